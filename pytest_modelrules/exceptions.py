@@ -1,0 +1,139 @@
+"""Every error the package raises on purpose; each message says what went wrong and where.
+
+The names that SageMaker Debugger users catch (`TensorUnavailableForStep`,
+`StepUnavailable`, `RuleEvaluationConditionMet`, ...) exist here under the same names.
+"""
+
+from __future__ import annotations
+
+
+class ModelRulesError(Exception):
+    """Base class of every error raised on purpose by pytest-modelrules."""
+
+
+# -- reading runs -----------------------------------------------------------------------------
+
+
+class RunError(ModelRulesError):
+    """A run could not be opened or read."""
+
+
+class RunNotFoundError(RunError, FileNotFoundError):
+    """The path holds no run in any known layout."""
+
+
+class CorruptRunError(RunError, ValueError):
+    """A file of the run is damaged or hostile; the message names the file and the offset."""
+
+    def __init__(self, path: str, problem: str, offset: int | None = None) -> None:
+        where = f"{path}" if offset is None else f"{path} at byte {offset}"
+        super().__init__(f"corrupt run file {where}: {problem}")
+        self.path = path
+        self.problem = problem
+        self.offset = offset
+
+
+class TensorUnavailable(RunError, KeyError):
+    """The run holds no tensor of that name."""
+
+    def __init__(self, name: str, hint: str = "") -> None:
+        msg = f"the run holds no tensor named {name!r}"
+        if hint:
+            msg += f"; {hint}"
+        super().__init__(msg)
+        self.tensor_name = name
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class StepUnavailable(RunError, KeyError):
+    """The run has no such (completed) step."""
+
+    def __init__(self, step: int, mode: object = None, hint: str = "") -> None:
+        where = f"step {step}" if mode is None else f"{mode} step {step}"
+        msg = f"the run has no {where}"
+        if hint:
+            msg += f"; {hint}"
+        super().__init__(msg)
+        self.step = step
+        self.mode = mode
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class TensorUnavailableForStep(RunError, KeyError):
+    """The tensor exists but was not saved at that step."""
+
+    def __init__(self, name: str, step: int, mode: object = None, hint: str = "") -> None:
+        where = f"step {step}" if mode is None else f"{mode} step {step}"
+        msg = f"tensor {name!r} was not saved at {where}"
+        if hint:
+            msg += f"; {hint}"
+        super().__init__(msg)
+        self.tensor_name = name
+        self.step = step
+        self.mode = mode
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class NoMoreData(RunError):
+    """The run ended and holds nothing past the requested step."""
+
+
+# -- rules ------------------------------------------------------------------------------------
+
+
+class RuleError(ModelRulesError):
+    """A rule was misconfigured or cannot run on this run."""
+
+
+class RuleParameterError(RuleError, ValueError):
+    """A rule parameter has the wrong type or value; the message names rule and parameter."""
+
+
+class MissingTensorError(RuleError):
+    """A rule needs a tensor (or a reduction of it) that the run does not hold."""
+
+
+class RuleEvaluationConditionMet(ModelRulesError):
+    """Raised by `invoke_rule(..., raise_eval_cond=True)` at the first step where a rule triggers.
+
+    Same name and message as SageMaker Debugger's exception, so notebooks that catch it work.
+    """
+
+    def __init__(self, rule_name: str, step: int, end_of_rule: bool = False, result=None) -> None:
+        super().__init__(
+            f"Evaluation of the rule {rule_name} at step {step} resulted in the condition being met"
+        )
+        self.rule_name = rule_name
+        self.step = step
+        self.end_of_rule = end_of_rule
+        self.result = result
+
+
+# -- capture ----------------------------------------------------------------------------------
+
+
+class RecorderError(ModelRulesError):
+    """The Recorder was configured wrongly (raised at construction, never during a step)."""
+
+
+__all__ = [
+    "CorruptRunError",
+    "MissingTensorError",
+    "ModelRulesError",
+    "NoMoreData",
+    "RecorderError",
+    "RuleError",
+    "RuleEvaluationConditionMet",
+    "RuleParameterError",
+    "RunError",
+    "RunNotFoundError",
+    "StepUnavailable",
+    "TensorUnavailable",
+    "TensorUnavailableForStep",
+]

@@ -1,0 +1,1 @@
+"""pytest hooks of pytest-modelrules (placeholder until the plugin lands)."""

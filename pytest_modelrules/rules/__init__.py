@@ -1,0 +1,1 @@
+"""The rules: SageMaker Debugger's built-ins that fit PyTorch, this project's own, custom rules."""

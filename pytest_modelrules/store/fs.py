@@ -1,0 +1,91 @@
+"""Where runs live: local folders or any fsspec URL (s3://, gs://, memory://, ...).
+
+Local paths go through the operating system directly (fast path); everything else through
+fsspec, imported only when a URL is used.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def is_url(path: str | os.PathLike) -> bool:
+    """True for ``proto://...`` other than ``file://``."""
+    text = os.fspath(path)
+    if "://" not in text:
+        return False
+    return not text.startswith("file://")
+
+
+def local_path(path: str | os.PathLike) -> str:
+    text = os.fspath(path)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    return text
+
+
+class Storage:
+    """Minimal file access used by the readers: list, read whole files, read from an offset."""
+
+    def __init__(self, root: str | os.PathLike, storage_options: dict[str, Any] | None = None):
+        self.url = os.fspath(root)
+        self.remote = is_url(self.url)
+        if self.remote:
+            import fsspec  # imported here: local runs never pay for it
+
+            self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
+            self.root = self.root.rstrip("/")
+        else:
+            self.fs = None
+            self.root = str(Path(local_path(self.url)))
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.root, *parts]) if self.remote else os.path.join(self.root, *parts)
+
+    def exists(self, path: str) -> bool:
+        return self.fs.exists(path) if self.remote else os.path.exists(path)
+
+    def isdir(self, path: str) -> bool:
+        return self.fs.isdir(path) if self.remote else os.path.isdir(path)
+
+    def listdir(self, path: str) -> list[str]:
+        """Names (not paths) in a folder; empty when it does not exist."""
+        if self.remote:
+            try:
+                entries = self.fs.ls(path, detail=False)
+            except FileNotFoundError:
+                return []
+            return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+        try:
+            return sorted(os.listdir(path))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def size(self, path: str) -> int:
+        return int(self.fs.size(path)) if self.remote else os.path.getsize(path)
+
+    def read(self, path: str, start: int = 0) -> bytes:
+        """The file's bytes from ``start`` to its current end (one read)."""
+        if self.remote:
+            return self.fs.cat_file(path, start=start or None)
+        with open(path, "rb") as fh:
+            if start:
+                fh.seek(start)
+            return fh.read()
+
+    def walk_files(self, path: str) -> list[str]:
+        """Every file below a folder, as paths relative to it."""
+        if self.remote:
+            try:
+                found = self.fs.find(path)
+            except FileNotFoundError:
+                return []
+            prefix = path.rstrip("/") + "/"
+            return sorted(f[len(prefix) :] for f in found if f.startswith(prefix))
+        out = []
+        for dirpath, _dirs, files in os.walk(path):
+            for name in files:
+                out.append(os.path.relpath(os.path.join(dirpath, name), path))
+        return sorted(out)

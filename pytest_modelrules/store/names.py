@@ -1,0 +1,96 @@
+"""Tensor naming shared by the Recorder, the readers and the rules.
+
+Reductions are stored as tensors of their own, named as SageMaker Debugger names them
+(``smdebug/reductions/[abs_]<reduction>/<tensor>``) for the reductions it knows, and under
+``modelrules/reductions/<reduction>/<tensor>`` for ours (per-unit positive fraction, zero
+fraction, histogram, 5th/95th percentile).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SMDEBUG_REDUCTIONS = ("min", "max", "mean", "std", "variance", "sum", "prod", "l1", "l2")
+OUR_REDUCTIONS = ("positive_fraction", "zero_fraction", "histogram", "nan_count", "inf_count", "p05", "p95", "numel")
+HISTOGRAM_BINS = 32
+
+
+def reduction_tensor_name(tensor: str, reduction: str, abs: bool = False) -> str:
+    """Where a reduction of ``tensor`` is stored."""
+    if reduction in SMDEBUG_REDUCTIONS:
+        return f"smdebug/reductions/{'abs_' if abs else ''}{reduction}/{tensor}"
+    if reduction in OUR_REDUCTIONS:
+        return f"modelrules/reductions/{reduction}/{tensor}"
+    raise ValueError(
+        f"unknown reduction {reduction!r}: expected one of {SMDEBUG_REDUCTIONS + OUR_REDUCTIONS}"
+    )
+
+
+def parse_reduction_name(name: str) -> tuple[str, str, bool] | None:
+    """(tensor, reduction, abs) for a reduction tensor's name, else None."""
+    for prefix in ("smdebug/reductions/", "modelrules/reductions/"):
+        if name.startswith(prefix):
+            red, _, tensor = name[len(prefix) :].partition("/")
+            absolute = red.startswith("abs_")
+            return tensor, red[4:] if absolute else red, absolute
+    return None
+
+
+def is_reduction(name: str) -> bool:
+    return parse_reduction_name(name) is not None
+
+
+def compute_reduction(value: np.ndarray, reduction: str, abs: bool = False) -> np.ndarray:
+    """A reduction of a full value, exactly as the Recorder computes it on the device.
+
+    ``positive_fraction``: for a batch (first axis = samples), per unit the fraction of
+    samples in which it is > 0 (what DeadRelu needs). ``histogram``: counts in
+    HISTOGRAM_BINS equal bins between min and max, followed by min and max.
+    """
+    x = np.asarray(value)
+    if abs:
+        x = np.abs(x)
+    if reduction == "positive_fraction":
+        if x.ndim == 0:
+            return np.asarray(float(x > 0), dtype=np.float32)
+        return (x > 0).reshape(x.shape[0], -1).mean(axis=0).astype(np.float32)
+    xf = x.astype(np.float64)
+    if reduction == "min":
+        return np.asarray(xf.min() if xf.size else np.nan)
+    if reduction == "max":
+        return np.asarray(xf.max() if xf.size else np.nan)
+    if reduction == "mean":
+        return np.asarray(xf.mean() if xf.size else np.nan)
+    if reduction == "std":
+        return np.asarray(xf.std() if xf.size else np.nan)
+    if reduction == "variance":
+        return np.asarray(xf.var() if xf.size else np.nan)
+    if reduction == "sum":
+        return np.asarray(xf.sum())
+    if reduction == "prod":
+        return np.asarray(xf.prod())
+    if reduction == "l1":
+        return np.asarray(np.abs(xf).sum())
+    if reduction == "l2":
+        return np.asarray(np.sqrt((xf * xf).sum()))
+    if reduction == "zero_fraction":
+        return np.asarray((x == 0).mean() if x.size else np.nan)
+    if reduction == "nan_count":
+        return np.asarray(np.isnan(xf).sum(), dtype=np.int64)
+    if reduction == "inf_count":
+        return np.asarray(np.isinf(xf).sum(), dtype=np.int64)
+    if reduction in ("p05", "p95"):
+        q = 5 if reduction == "p05" else 95
+        return np.asarray(np.percentile(xf, q) if xf.size else np.nan)
+    if reduction == "numel":
+        return np.asarray(x.size, dtype=np.int64)
+    if reduction == "histogram":
+        finite = xf[np.isfinite(xf)]
+        if finite.size == 0:
+            return np.zeros(HISTOGRAM_BINS + 2)
+        lo, hi = float(finite.min()), float(finite.max())
+        counts, _ = np.histogram(finite, bins=HISTOGRAM_BINS, range=(lo, hi if hi > lo else lo + 1))
+        return np.concatenate([counts.astype(np.float64), [lo, hi]])
+    raise ValueError(
+        f"unknown reduction {reduction!r}: expected one of {SMDEBUG_REDUCTIONS + OUR_REDUCTIONS}"
+    )

@@ -1,0 +1,538 @@
+"""The Run: SageMaker Debugger's trial API over any layout, with fast bulk access for rules.
+
+Step semantics follow SageMaker Debugger: every step has a global number and, within its
+mode, a mode step counted from 0. ``steps(mode=TRAIN)`` answers TRAIN mode steps,
+``steps()`` or ``steps(mode=GLOBAL)`` answers global steps, and ``tensor(n).value(s, mode)``
+reads mode step ``s`` (global step when mode is None or GLOBAL). A step counts once every
+worker committed it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..exceptions import (
+    RunNotFoundError,
+    StepUnavailable,
+    TensorUnavailable,
+    TensorUnavailableForStep,
+)
+from ..modes import ModeKeys, parse_mode
+from .base import Backend
+
+
+def _regex_union(regex: str | Iterable[str] | None) -> re.Pattern[str] | None:
+    if regex is None:
+        return None
+    if isinstance(regex, str):
+        return re.compile(regex)
+    parts = [r for r in regex]
+    if not parts:
+        return None
+    return re.compile("|".join(f"(?:{p})" for p in parts))
+
+
+@dataclass
+class Series:
+    """The saved values of one tensor in step order: what vectorised rules read.
+
+    ``steps`` are mode steps when a mode was asked for, else global steps; ``arrays`` are
+    read-only views (copy before changing them).
+    """
+
+    name: str
+    mode: ModeKeys | None
+    steps: np.ndarray
+    global_steps: np.ndarray
+    modes: np.ndarray
+    workers: np.ndarray
+    arrays: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    @property
+    def uniform(self) -> bool:
+        """All values have one shape and dtype, so :meth:`stack` is possible."""
+        if not self.arrays:
+            return True
+        first = self.arrays[0]
+        return all(a.shape == first.shape and a.dtype == first.dtype for a in self.arrays)
+
+    def stack(self) -> np.ndarray:
+        """One array of shape (len, *value_shape); ValueError if shapes differ between steps."""
+        if not self.arrays:
+            return np.zeros((0,), dtype=np.float32)
+        if not self.uniform:
+            shapes = sorted({a.shape for a in self.arrays})
+            raise ValueError(f"tensor {self.name!r} changes shape across steps: {shapes[:5]}")
+        return np.stack(self.arrays)
+
+    def concat(self) -> np.ndarray:
+        """All values joined along their first axis (e.g. every label of every batch)."""
+        if not self.arrays:
+            return np.zeros((0,), dtype=np.float32)
+        return np.concatenate([np.atleast_1d(a) for a in self.arrays])
+
+
+class Collection:
+    """A named group of tensors, as SageMaker Debugger's collections."""
+
+    def __init__(self, name: str, info: dict[str, Any]) -> None:
+        self.name = name
+        self.tensor_names: list[str] = list(info.get("tensor_names", []))
+        regex = info.get("include_regex") or []
+        self.include_regex: list[str] = [regex] if isinstance(regex, str) else list(regex)
+        self.info = info
+
+    def __repr__(self) -> str:
+        return f"Collection({self.name!r}, {len(self.tensor_names)} tensors)"
+
+
+class Tensor:
+    """One tensor of a run; values by step and mode."""
+
+    def __init__(self, run: Run, name: str) -> None:
+        self.run = run
+        self.name = name
+        self._cache_key: int = -1
+        self._lookup: dict[tuple[int, int | None], dict[int, int]] = {}
+
+    def __repr__(self) -> str:
+        return f"Tensor({self.name!r})"
+
+    # internal: the valid record indices, refreshed with the run
+    def _records(self):
+        return self.run._backend.tensor_records(self.name)
+
+    def _valid(self) -> np.ndarray:
+        recs = self._records()
+        if self._cache_key != self.run._generation:
+            self._lookup.clear()
+            self._cache_key = self.run._generation
+        return np.nonzero(np.isin(recs.steps, self.run._complete))[0]
+
+    def _index_map(self, mode: ModeKeys | None, worker: int | None) -> dict[int, int]:
+        key = (int(mode) if mode else 0, worker)
+        valid = self._valid()
+        found = self._lookup.get(key)
+        if found is not None:
+            return found
+        recs = self._records()
+        mapping: dict[int, int] = {}
+        if mode is not None:
+            valid = valid[recs.modes[valid] == int(mode)]
+            step_arr = recs.mode_steps
+        else:
+            step_arr = recs.steps
+        if worker is not None:
+            valid = valid[recs.workers[valid] == worker]
+        # lowest worker index wins when several workers saved the step
+        order = valid[np.lexsort((recs.workers[valid], step_arr[valid]))]
+        for i in order[::-1]:
+            mapping[int(step_arr[i])] = int(i)
+        self._lookup[key] = dict(sorted(mapping.items()))
+        return self._lookup[key]
+
+    def _worker_index(self, worker: str | None) -> int | None:
+        if worker is None:
+            return None
+        try:
+            return self.run._backend.workers().index(worker)
+        except ValueError:
+            raise StepUnavailable(-1, hint=f"the run has no worker {worker!r}") from None
+
+    def steps(self, mode: ModeKeys | str | None = None, worker: str | None = None) -> list[int]:
+        """The steps at which the tensor was saved (mode steps for a mode, else global)."""
+        m = _mode_arg(mode)
+        return list(self._index_map(m, self._worker_index(worker)))
+
+    def value(
+        self,
+        step_num: int,
+        mode: ModeKeys | str | None = None,
+        worker: str | None = None,
+    ) -> np.ndarray:
+        """The tensor at a step, as a new numpy array."""
+        m = _mode_arg(mode)
+        mapping = self._index_map(m, self._worker_index(worker))
+        i = mapping.get(int(step_num))
+        if i is None:
+            if not self.run._has_step(int(step_num), m):
+                raise StepUnavailable(int(step_num), m, hint=self.run._steps_hint(m))
+            raise TensorUnavailableForStep(
+                self.name, int(step_num), m, hint=_saved_hint(list(mapping))
+            )
+        return np.array(self._records().value(i))
+
+    def values(
+        self, mode: ModeKeys | str | None = None, worker: str | None = None
+    ) -> dict[int, np.ndarray]:
+        """Every saved value: {step: array}, steps as in :meth:`steps`."""
+        m = _mode_arg(mode)
+        recs = self._records()
+        return {
+            s: np.array(recs.value(i))
+            for s, i in self._index_map(m, self._worker_index(worker)).items()
+        }
+
+    def workers(self, step_num: int, mode: ModeKeys | str | None = None) -> list[str]:
+        """The workers that saved this tensor at a step."""
+        m = _mode_arg(mode)
+        recs = self._records()
+        valid = self._valid()
+        sel = (recs.mode_steps[valid] if m else recs.steps[valid]) == int(step_num)
+        if m:
+            sel &= recs.modes[valid] == int(m)
+        names = self.run._backend.workers()
+        return [names[w] for w in sorted(set(recs.workers[valid][sel].tolist()))]
+
+    def series(
+        self, mode: ModeKeys | str | None = None, worker: str | None = None, *, all_workers: bool = False
+    ) -> Series:
+        """Values in step order for vectorised reading; ``all_workers`` keeps every shard's."""
+        m = _mode_arg(mode)
+        recs = self._records()
+        if all_workers:
+            valid = self._valid()
+            if m is not None:
+                valid = valid[recs.modes[valid] == int(m)]
+            step_arr = recs.mode_steps if m else recs.steps
+            idx = valid[np.lexsort((recs.workers[valid], step_arr[valid]))]
+        else:
+            idx = np.fromiter(
+                self._index_map(m, self._worker_index(worker)).values(), dtype=np.int64
+            )
+        steps = (recs.mode_steps if m else recs.steps)[idx]
+        return Series(
+            self.name,
+            m,
+            steps.astype(np.int64),
+            recs.steps[idx].astype(np.int64),
+            recs.modes[idx],
+            recs.workers[idx],
+            recs.values(idx),
+        )
+
+    def has_reduction(self, reduction: str, abs: bool = False) -> bool:
+        """The run holds a stored reduction of this tensor."""
+        from .names import reduction_tensor_name
+
+        return self.run.has_tensor(reduction_tensor_name(self.name, reduction, abs))
+
+    def reduction_value(
+        self,
+        step_num: int,
+        reduction_name: str,
+        mode: ModeKeys | str | None = None,
+        worker: str | None = None,
+        abs: bool = False,
+    ) -> np.ndarray:
+        """A reduction (min, max, mean, std, variance, sum, l1, l2, positive_fraction, ...)
+        at a step: the stored one when the run holds it, else computed from the full value."""
+        from .names import compute_reduction, reduction_tensor_name
+
+        stored = reduction_tensor_name(self.name, reduction_name, abs)
+        if self.run.has_tensor(stored):
+            return self.run.tensor(stored).value(step_num, mode, worker)
+        return compute_reduction(self.value(step_num, mode, worker), reduction_name, abs)
+
+
+def _mode_arg(mode: ModeKeys | str | int | None) -> ModeKeys | None:
+    m = parse_mode(mode)
+    return None if m is ModeKeys.GLOBAL else m
+
+
+def _saved_hint(steps: list[int]) -> str:
+    if not steps:
+        return "it was saved at no step in that mode"
+    if len(steps) <= 8:
+        return f"it was saved at steps {steps}"
+    return f"it was saved at {len(steps)} steps from {steps[0]} to {steps[-1]}"
+
+
+class Run:
+    """A recorded training run (SageMaker Debugger's "trial"), in any supported layout."""
+
+    def __init__(self, backend: Backend, name: str | None = None) -> None:
+        self._backend = backend
+        self.path = backend.location
+        self.name = name or _default_name(backend.location)
+        self._generation = 0
+        self._tensors: dict[str, Tensor] = {}
+        self._index()
+
+    def __repr__(self) -> str:
+        return f"Run({self.path!r}, layout={self.layout!r}, steps={len(self._complete)})"
+
+    # -- internal step index -------------------------------------------------------------------
+
+    def _index(self) -> None:
+        table = self._backend.step_table()
+        need = self._backend.num_workers()
+        if len(table.steps):
+            uniq, first, counts = np.unique(table.steps, return_index=True, return_counts=True)
+            # distinct workers per step: rows are unique per (worker, step) in every layout
+            done = counts >= need
+            self._complete = uniq[done]
+            rows = first[done]
+            self._modes = table.modes[rows].astype(np.uint8)
+            self._mode_steps = table.mode_steps[rows].astype(np.int64)
+            self._walls = table.wall_times[rows]
+        else:
+            self._complete = np.zeros(0, np.int64)
+            self._modes = np.zeros(0, np.uint8)
+            self._mode_steps = np.zeros(0, np.int64)
+            self._walls = np.zeros(0, np.float64)
+        self._mode_lookup: dict[int, dict[int, int]] = {}
+        for m in np.unique(self._modes):
+            sel = self._modes == m
+            self._mode_lookup[int(m)] = dict(
+                zip(self._mode_steps[sel].tolist(), self._complete[sel].tolist())
+            )
+        self._generation += 1
+
+    def _has_step(self, step: int, mode: ModeKeys | None) -> bool:
+        if mode is None:
+            return bool(np.isin(step, self._complete))
+        return step in self._mode_lookup.get(int(mode), {})
+
+    def _steps_hint(self, mode: ModeKeys | None) -> str:
+        steps = self.steps(mode)
+        what = "global steps" if mode is None else f"{mode.name} steps"
+        if not steps:
+            return f"it has no {what} at all"
+        return f"its {what} run from {steps[0]} to {steps[-1]} ({len(steps)} saved)"
+
+    # -- SageMaker Debugger trial API ----------------------------------------------------------
+
+    @property
+    def layout(self) -> str:
+        """"native" or "smdebug"."""
+        return self._backend.layout
+
+    def refresh(self) -> None:
+        """Pick up what a training job still running has written since the run was opened."""
+        self._backend.refresh()
+        self._index()
+
+    def steps(self, mode: ModeKeys | str | None = None, show_incomplete_steps: bool = False) -> list[int]:
+        """Saved steps: mode steps for a mode, global steps for GLOBAL or None."""
+        m = _mode_arg(mode)
+        if show_incomplete_steps:
+            table = self._backend.step_table()
+            sel = np.ones(len(table.steps), bool) if m is None else table.modes == int(m)
+            arr = table.mode_steps[sel] if m else table.steps[sel]
+            return sorted(set(arr.tolist()))
+        if m is None:
+            return self._complete.tolist()
+        return sorted(self._mode_lookup.get(int(m), {}))
+
+    def modes(self) -> list[ModeKeys]:
+        """The modes that have at least one saved step."""
+        return [ModeKeys(int(m)) for m in sorted(self._mode_lookup)]
+
+    def mode(self, global_step: int) -> ModeKeys:
+        """The mode a global step belongs to."""
+        pos = np.searchsorted(self._complete, global_step)
+        if pos >= len(self._complete) or self._complete[pos] != global_step:
+            raise StepUnavailable(global_step, hint=self._steps_hint(None))
+        return ModeKeys(int(self._modes[pos]))
+
+    def mode_step(self, global_step: int) -> int:
+        """The mode step of a global step."""
+        pos = np.searchsorted(self._complete, global_step)
+        if pos >= len(self._complete) or self._complete[pos] != global_step:
+            raise StepUnavailable(global_step, hint=self._steps_hint(None))
+        return int(self._mode_steps[pos])
+
+    def global_step(self, mode: ModeKeys | str, mode_step: int) -> int:
+        """The global step of a mode step."""
+        m = parse_mode(mode, allow_none=False)
+        if m is ModeKeys.GLOBAL:
+            return int(mode_step)
+        try:
+            return self._mode_lookup[int(m)][int(mode_step)]
+        except KeyError:
+            raise StepUnavailable(mode_step, m, hint=self._steps_hint(m)) from None
+
+    def wall_time(self, global_step: int) -> float:
+        """When a step was written (seconds since the epoch)."""
+        pos = np.searchsorted(self._complete, global_step)
+        if pos >= len(self._complete) or self._complete[pos] != global_step:
+            raise StepUnavailable(global_step, hint=self._steps_hint(None))
+        return float(self._walls[pos])
+
+    def step_table(self) -> dict[str, np.ndarray]:
+        """Complete global steps with their mode, mode step and wall time, as arrays."""
+        return {
+            "step": self._complete.copy(),
+            "mode": self._modes.copy(),
+            "mode_step": self._mode_steps.copy(),
+            "wall_time": self._walls.copy(),
+        }
+
+    def workers(self) -> list[str]:
+        return self._backend.workers()
+
+    @property
+    def num_workers(self) -> int:
+        return self._backend.num_workers()
+
+    @property
+    def has_ended(self) -> bool:
+        """The training job marked its end (no more steps will come)."""
+        return self._backend.has_ended()
+
+    # smdebug spelling
+    @property
+    def loaded_all_steps(self) -> bool:
+        return self.has_ended
+
+    def training_ended(self) -> bool:
+        return self.has_ended
+
+    @property
+    def end_info(self) -> dict[str, Any]:
+        """What the end markers say: e.g. the reason a RuleMonitor stopped training."""
+        return self._backend.end_info()
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """What the training job stored: class names, recipe, anything JSON."""
+        return self._backend.metadata()
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """Class names from the metadata (``class_names``), if the job stored them."""
+        names = self.metadata.get("class_names")
+        if isinstance(names, list) and all(isinstance(n, str) for n in names):
+            return names
+        return None
+
+    def collections(self) -> dict[str, Collection]:
+        return {n: Collection(n, i) for n, i in self._backend.collections().items()}
+
+    def collection(self, name: str) -> Collection:
+        cols = self._backend.collections()
+        if name not in cols:
+            raise KeyError(f"the run has no collection {name!r}; it has {sorted(cols)}")
+        return Collection(name, cols[name])
+
+    def tensor_names(
+        self,
+        regex: str | Iterable[str] | None = None,
+        collection: str | Collection | Iterable[str] | None = None,
+        *,
+        step: int | None = None,
+        mode: ModeKeys | str | None = None,
+    ) -> list[str]:
+        """Tensor names, filtered by regex (``re.search``; a list is a union), collection(s),
+        and optionally only those saved at a step."""
+        names = self._backend.tensor_names()
+        if collection is not None:
+            wanted: set[str] = set()
+            cols = self._backend.collections()
+            targets = [collection] if isinstance(collection, (str, Collection)) else list(collection)
+            for c in targets:
+                cname = c.name if isinstance(c, Collection) else c
+                info = cols.get(cname)
+                if info is None:
+                    continue
+                wanted.update(info.get("tensor_names", []))
+                patt = _regex_union(info.get("include_regex") or None)
+                if patt is not None:
+                    wanted.update(n for n in names if patt.search(n))
+            names = [n for n in names if n in wanted]
+        patt = _regex_union(regex)
+        if patt is not None:
+            names = [n for n in names if patt.search(n)]
+        if step is not None:
+            names = [n for n in names if int(step) in self.tensor(n)._index_map(_mode_arg(mode), None)]
+        return sorted(names)
+
+    def has_tensor(self, name: str) -> bool:
+        return name in self._backend.tensor_names()
+
+    def tensor(self, name: str) -> Tensor:
+        """A tensor by exact name; TensorUnavailable (with close names) when absent."""
+        found = self._tensors.get(name)
+        if found is not None:
+            return found
+        if not self.has_tensor(name):
+            import difflib
+
+            close = difflib.get_close_matches(name, self._backend.tensor_names(), n=3)
+            hint = f"did you mean {', '.join(map(repr, close))}?" if close else (
+                f"it holds {len(self._backend.tensor_names())} tensors"
+            )
+            raise TensorUnavailable(name, hint)
+        tensor = self._tensors[name] = Tensor(self, name)
+        return tensor
+
+
+def _default_name(location: str) -> str:
+    text = location.rstrip("/\\")
+    base = re.split(r"[/\\]", text)[-1] or text
+    return base
+
+
+def detect_layout(location: str, storage=None) -> str:
+    """"native" or "smdebug", from the files at ``location``."""
+    from . import layout
+    from .fs import Storage
+
+    st = storage or Storage(location)
+    if st.exists(st.join(layout.RUN_FILE)):
+        return "native"
+    for marker in ("index", "events", "collections", "training_job_end.ts"):
+        if st.exists(st.join(marker)):
+            return "smdebug"
+    if not st.exists(st.root):
+        raise RunNotFoundError(f"{location}: no such file or folder")
+    raise RunNotFoundError(
+        f"{location}: neither a pytest-modelrules run (run.json) nor a SageMaker Debugger run "
+        "(index/, events/, collections/)"
+    )
+
+
+def open_run(
+    path: str | os.PathLike | Run,
+    *,
+    name: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    layout: str | None = None,
+) -> Run:
+    """Open a run (native or SageMaker Debugger layout, detected) from a folder or fsspec URL.
+
+    Loading never executes code from the run: see docs/security.md.
+    """
+    if isinstance(path, Run):
+        return path
+    from .fs import Storage
+
+    location = os.fspath(path)
+    storage = Storage(location, storage_options)
+    kind = layout or detect_layout(location, storage)
+    if kind == "native":
+        from .native import NativeBackend
+
+        backend: Backend = NativeBackend(location, storage)
+    elif kind == "smdebug":
+        from .smdebug import SMDebugBackend
+
+        backend = SMDebugBackend(location, storage)
+    else:
+        raise ValueError(f"unknown layout {kind!r}: expected 'native' or 'smdebug'")
+    return Run(backend, name=name)
+
+
+def create_trial(path: str | os.PathLike, name: str | None = None, **kwargs: Any) -> Run:
+    """SageMaker Debugger's name for :func:`open_run`."""
+    return open_run(path, name=name, **kwargs)

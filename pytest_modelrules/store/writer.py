@@ -1,0 +1,299 @@
+"""RunWriter: the low-level, append-only writer of the native format.
+
+The Recorder uses it; tests, benchmarks and synthetic runs use it directly. A step becomes
+visible to readers only when it is committed (a record in ``steps.mrt``), which happens when
+a write for a newer step arrives, on :meth:`RunWriter.end_step`, and on :meth:`close`. After
+``kill -9`` every committed step reads back; the step in flight is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from ..modes import ModeKeys, parse_mode
+from . import layout
+from .format import FORMAT_NAME, FORMAT_VERSION, encode_file_header, encode_record
+from .fs import is_url, local_path
+
+_MAX_OPEN_FILES = 256
+_EMPTY = np.zeros((0,), dtype=np.uint8)
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A numpy array from a numpy array, a number, or a torch tensor (any device, any dtype).
+
+    torch is never imported here: a tensor is recognised by its methods.
+    """
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        tensor = value.detach()
+        if str(getattr(tensor, "dtype", "")) in ("torch.bfloat16",):
+            tensor = tensor.float()
+        return tensor.cpu().numpy()
+    arr = np.asarray(value)
+    if arr.dtype == object:
+        raise TypeError(f"cannot record a value of type {type(value).__name__}")
+    return arr
+
+
+def _atomic_write_json(path: str, data: dict) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1, sort_keys=True, default=_json_default)
+    os.replace(tmp, path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    return str(obj)
+
+
+class RunWriter:
+    """Append tensors of one worker of a run, step by step.
+
+    ``path`` is a folder or an fsspec URL; for a URL the run is staged in a local folder and
+    uploaded by :meth:`sync` and :meth:`close`. ``worker`` names this process's shard
+    (``worker_0`` by default); under torch.distributed give each rank its own, with ``rank``
+    and ``num_workers`` so that readers know when a step is complete.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        worker: str = "worker_0",
+        *,
+        rank: int = 0,
+        num_workers: int = 1,
+        metadata: dict[str, Any] | None = None,
+        fsync: bool = False,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        if not layout.valid_worker_name(worker):
+            raise ValueError(f"worker name {worker!r}: use letters, digits, '-', '_' and '.'")
+        if num_workers < 1 or not 0 <= rank < num_workers:
+            raise ValueError(f"rank {rank} must lie in [0, num_workers={num_workers})")
+        self.url = os.fspath(path)
+        self.remote = is_url(self.url)
+        self.storage_options = storage_options or {}
+        if self.remote:
+            self.root = tempfile.mkdtemp(prefix="modelrules-stage-")
+        else:
+            self.root = local_path(self.url)
+        self.worker = worker
+        self.rank = rank
+        self.num_workers = num_workers
+        self.fsync = fsync
+        self.closed = False
+        self._metadata: dict[str, Any] = dict(metadata or {})
+        self._collections: dict[str, Any] = {}
+        self._files: OrderedDict[str, Any] = OrderedDict()
+        self._known: dict[str, str] = {}  # tensor name -> file path
+        self._current: tuple[int, int, int, float] | None = None  # step, mode, mode_step, wall
+        self._last_committed = -1
+        self._written_this_step: set[str] = set()
+        self._mode_counts: dict[int, int] = {}
+        self.worker_dir = os.path.join(self.root, layout.WORKERS_DIR, worker)
+        self.tensor_dir = os.path.join(self.worker_dir, layout.TENSORS_DIR)
+        if os.path.exists(os.path.join(self.worker_dir, layout.STEPS_FILE)):
+            raise FileExistsError(
+                f"{self.worker_dir} already holds a recorded run for worker {worker!r}; "
+                "choose a new folder (nothing recorded is ever overwritten)"
+            )
+        os.makedirs(self.tensor_dir, exist_ok=True)
+        run_file = os.path.join(self.root, layout.RUN_FILE)
+        if not os.path.exists(run_file):
+            _atomic_write_json(
+                run_file,
+                {"format": FORMAT_NAME, "version": FORMAT_VERSION, "created": time.time()},
+            )
+        self._write_worker_file()
+        self._steps_fh = self._open(os.path.join(self.worker_dir, layout.STEPS_FILE), "steps", "")
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def _open(self, path: str, kind: str, name: str):
+        fh = open(path, "ab", buffering=0)
+        if fh.tell() == 0:
+            fh.write(encode_file_header({"kind": kind, "name": name, "worker": self.worker}))
+        return fh
+
+    def _tensor_fh(self, name: str):
+        path = self._known.get(name)
+        if path is None:
+            path = os.path.join(self.tensor_dir, layout.tensor_filename(name))
+            self._known[name] = path
+        fh = self._files.get(path)
+        if fh is None:
+            if len(self._files) >= _MAX_OPEN_FILES:
+                _, old = self._files.popitem(last=False)
+                old.close()
+            fh = self._open(path, "tensor", name)
+            self._files[path] = fh
+        else:
+            self._files.move_to_end(path)
+        return fh
+
+    def _write_worker_file(self) -> None:
+        _atomic_write_json(
+            os.path.join(self.worker_dir, layout.WORKER_FILE),
+            {
+                "worker": self.worker,
+                "rank": self.rank,
+                "num_workers": self.num_workers,
+                "metadata": self._metadata,
+                "collections": self._collections,
+            },
+        )
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def write(
+        self,
+        name: str,
+        array: Any,
+        step: int,
+        mode: ModeKeys | str | int = ModeKeys.TRAIN,
+        mode_step: int | None = None,
+        wall_time: float | None = None,
+    ) -> None:
+        """Append ``array`` as tensor ``name`` at global ``step`` in ``mode``.
+
+        ``mode_step`` defaults to a per-mode counter of the global steps written in that mode
+        (0, 1, 2, ...), which is what SageMaker Debugger counts when every step is saved.
+        Writing a newer step commits the previous one.
+        """
+        self._check_open()
+        if not isinstance(name, str) or not name:
+            raise ValueError("a tensor name must be a non-empty string")
+        step = int(step)
+        mode_key = int(parse_mode(mode, allow_none=False))
+        cur = self._current
+        if cur is None or step != cur[0]:
+            if cur is not None and step < cur[0]:
+                raise ValueError(f"step {step} written after step {cur[0]}: steps must not go back")
+            if step <= self._last_committed:
+                raise ValueError(f"step {step} was already committed")
+            self.end_step()
+            if mode_step is None:
+                mode_step = self._mode_counts.get(mode_key, 0)
+            wall = time.time() if wall_time is None else float(wall_time)
+            self._current = (step, mode_key, int(mode_step), wall)
+            self._mode_counts[mode_key] = int(mode_step) + 1
+            cur = self._current
+        elif mode_key != cur[1] or (mode_step is not None and int(mode_step) != cur[2]):
+            raise ValueError(
+                f"step {step} was opened in mode {ModeKeys(cur[1]).name} mode step {cur[2]}; "
+                f"got mode {ModeKeys(mode_key).name} mode step {mode_step}"
+            )
+        if name in self._written_this_step:
+            raise ValueError(f"tensor {name!r} written twice at step {step}")
+        arr = to_numpy(array)
+        record = encode_record(arr, step=cur[0], mode=cur[1], mode_step=cur[2], wall_time=cur[3])
+        self._tensor_fh(name).write(record)
+        self._written_this_step.add(name)
+
+    def end_step(self) -> None:
+        """Commit the open step: from now on readers see it (and a crash cannot lose it)."""
+        cur = self._current
+        if cur is None:
+            return
+        if self.fsync:
+            for fh in self._files.values():
+                os.fsync(fh.fileno())
+        self._steps_fh.write(
+            encode_record(_EMPTY, step=cur[0], mode=cur[1], mode_step=cur[2], wall_time=cur[3])
+        )
+        if self.fsync:
+            os.fsync(self._steps_fh.fileno())
+        self._last_committed = cur[0]
+        self._current = None
+        self._written_this_step.clear()
+
+    def update_metadata(self, values: dict[str, Any] | None = None, **more: Any) -> None:
+        """Merge JSON-able values (class names, the recipe, ...) into the run's metadata."""
+        self._check_open()
+        self._metadata.update(values or {})
+        self._metadata.update(more)
+        self._write_worker_file()
+
+    def set_collections(self, collections: dict[str, Any]) -> None:
+        """Record which tensors belong to which collection (name -> {"tensor_names": [...]})."""
+        self._check_open()
+        self._collections = dict(collections)
+        self._write_worker_file()
+
+    @property
+    def last_committed_step(self) -> int:
+        """The newest committed global step, -1 before the first."""
+        return self._last_committed
+
+    def sync(self) -> None:
+        """Upload the staged run to its URL (no-op for local runs)."""
+        if not self.remote:
+            return
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        for dirpath, _dirs, files in os.walk(self.root):
+            for fname in files:
+                if fname.endswith(".tmp"):
+                    continue
+                src = os.path.join(dirpath, fname)
+                rel = os.path.relpath(src, self.root).replace(os.sep, "/")
+                fs.put_file(src, f"{root.rstrip('/')}/{rel}")
+
+    def close(self, reason: str | None = None) -> None:
+        """Commit the last step, mark this worker ended (with an optional stop reason), sync."""
+        if self.closed:
+            return
+        self.end_step()
+        for fh in self._files.values():
+            fh.close()
+        self._files.clear()
+        self._steps_fh.close()
+        end = {"wall_time": time.time(), "last_step": self._last_committed}
+        if reason:
+            end["reason"] = reason
+        _atomic_write_json(os.path.join(self.worker_dir, layout.END_FILE), end)
+        self.closed = True
+        if self.remote:
+            try:
+                self.sync()
+            finally:
+                shutil.rmtree(self.root, ignore_errors=True)
+
+    def abort(self) -> None:
+        """Close files without committing the open step or marking the end (used after errors)."""
+        for fh in self._files.values():
+            try:
+                fh.close()
+            except OSError:
+                pass
+        self._files.clear()
+        try:
+            self._steps_fh.close()
+        except OSError:
+            pass
+        self.closed = True
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("this RunWriter is closed")
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
