@@ -1,0 +1,217 @@
+"""The base of built-in rules: declared parameters (SageMaker Debugger's names and defaults,
+strings accepted), evaluation over a whole run, and the registry behind ``evaluate()``."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..exceptions import RuleParameterError
+from ..modes import ModeKeys, parse_mode
+from .result import RuleResult, TriggerStep
+
+_NONE_STRINGS = {"none", "null", ""}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One rule parameter: its default and its kind.
+
+    kinds: "int", "float", "bool", "str", "regex" (a regex, validated), "regex_list" (a str or
+    a list of regexes; strings with commas are NOT split since regexes may contain them),
+    "str_list" (list or comma-separated string), "mode" (ModeKeys or its name), "pairs"
+    (list of 2-item int lists, or "19-20,33-34" / JSON), "int_list", "any".
+    """
+
+    default: Any
+    kind: str
+    doc: str = ""
+    optional: bool = True  # None allowed
+
+
+def coerce(rule: str, pname: str, spec: Param, value: Any) -> Any:
+    """Convert a parameter given as a Python value or (as SageMaker passed them) a string."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_STRINGS and spec.kind not in ("str", "regex")):
+        if spec.optional or spec.default is None:
+            return None
+        raise RuleParameterError(f"{rule}: parameter {pname!r} must not be None")
+    kind = spec.kind
+    try:
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError("a bool is not an int")
+            if isinstance(value, str):
+                value = float(value.strip()) if any(c in value for c in ".eE") else int(value.strip())
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError(f"{value} is not a whole number")
+                value = int(value)
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError("a bool is not a number")
+            out = float(value.strip() if isinstance(value, str) else value)
+            return out
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, (int, float)) and value in (0, 1):
+                return bool(value)
+            if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.strip().lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError(f"{value!r} is not a boolean (use True/False)")
+        if kind == "str":
+            if not isinstance(value, str):
+                raise ValueError(f"{value!r} is not a string")
+            return value
+        if kind == "regex":
+            if not isinstance(value, str):
+                raise ValueError(f"{value!r} is not a regex string")
+            re.compile(value)
+            return value
+        if kind == "regex_list":
+            items = _as_list(value, split_commas=False)
+            for item in items:
+                re.compile(item)
+            return items
+        if kind == "str_list":
+            return _as_list(value, split_commas=True)
+        if kind == "int_list":
+            return [int(coerce(rule, pname, Param(None, "int"), v)) for v in _as_list(value, split_commas=True)]
+        if kind == "mode":
+            return parse_mode(value)
+        if kind == "pairs":
+            return _as_pairs(value)
+        if kind == "any":
+            return value
+    except (ValueError, TypeError, re.error) as exc:
+        raise RuleParameterError(f"{rule}: parameter {pname!r} = {value!r} is invalid: {exc}") from None
+    raise RuleParameterError(f"{rule}: parameter {pname!r} has unknown kind {kind!r}")
+
+
+def _as_list(value: Any, *, split_commas: bool) -> list[str]:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            loaded = json.loads(text)
+            if not isinstance(loaded, list):
+                raise ValueError("expected a JSON list")
+            return [str(v) for v in loaded]
+        if split_commas:
+            return [p.strip() for p in text.split(",") if p.strip()]
+        return [text]
+    if isinstance(value, (list, tuple, set)):
+        return [str(v) for v in value]
+    raise ValueError(f"{value!r} is not a string or a list")
+
+
+def _as_pairs(value: Any) -> list[tuple[int, int]]:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            value = json.loads(text)
+        else:
+            value = [tuple(p.replace(":", "-").split("-")) for p in text.split(",") if p.strip()]
+    pairs = []
+    for item in value:
+        a, b = item
+        pairs.append((int(a), int(b)))
+    return pairs
+
+
+class BuiltinRule(ABC):
+    """A rule that looks at a whole run at once (vectorised over steps).
+
+    Subclasses declare ``name`` (snake_case), ``params`` ({name: Param}) and implement
+    :meth:`_evaluate`. Parameters arrive as keyword arguments, as values or strings.
+    """
+
+    name: ClassVar[str] = ""
+    params: ClassVar[dict[str, Param]] = {}
+    #: in the default set that `modelrules check` and the bug benchmark run
+    default_enabled: ClassVar[bool] = True
+
+    def __init__(self, **params: Any) -> None:
+        rule = type(self).__name__
+        unknown = sorted(set(params) - set(self.params))
+        if unknown:
+            raise RuleParameterError(
+                f"{rule}: unknown parameter(s) {', '.join(unknown)}; "
+                f"it takes {', '.join(sorted(self.params)) or 'no parameters'}"
+            )
+        self.parameters: dict[str, Any] = {}
+        for pname, spec in self.params.items():
+            raw = params.get(pname, spec.default)
+            self.parameters[pname] = coerce(rule, pname, spec, raw) if raw is not None else None
+            setattr(self, pname, self.parameters[pname])
+        self._validate()
+
+    def _validate(self) -> None:
+        """Check parameter values together; raise RuleParameterError naming the parameter."""
+
+    def param_error(self, pname: str, problem: str) -> RuleParameterError:
+        return RuleParameterError(f"{type(self).__name__}: parameter {pname!r} {problem}")
+
+    def evaluate(self, run: Any) -> RuleResult:
+        """Run the rule over the whole run and return its result."""
+        from ..store.run import open_run
+
+        run = open_run(run)
+        started = time.perf_counter()
+        result = self._evaluate(run)
+        result.duration_s = time.perf_counter() - started
+        result.run_name = run.name
+        result.run_path = run.path
+        return result
+
+    @abstractmethod
+    def _evaluate(self, run: Any) -> RuleResult:
+        """The rule's logic."""
+
+    def make_result(self, triggered: bool, explanation: str, **fields: Any) -> RuleResult:
+        """A RuleResult filled with this rule's names and parameters."""
+        return RuleResult(
+            rule=type(self).__name__,
+            name=self.name,
+            triggered=triggered,
+            parameters={k: (v.name if isinstance(v, ModeKeys) else v) for k, v in self.parameters.items()},
+            explanation=explanation,
+            **fields,
+        )
+
+    @staticmethod
+    def trigger_step(run: Any, global_step: int) -> TriggerStep:
+        """A TriggerStep for a global step, with its mode and mode step."""
+        try:
+            return TriggerStep(int(global_step), run.mode(int(global_step)).name, run.mode_step(int(global_step)))
+        except Exception:
+            return TriggerStep(int(global_step))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.parameters.items())
+        return f"{type(self).__name__}({args})"
+
+
+_REGISTRY: dict[str, type[BuiltinRule]] = {}
+
+
+def register(cls: type[BuiltinRule]) -> type[BuiltinRule]:
+    """Class decorator: make a rule available to ``evaluate(run, cls.name)``."""
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} has no snake_case name")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registry() -> dict[str, type[BuiltinRule]]:
+    """snake_case name -> rule class, for every built-in rule (imports the rule modules)."""
+    from . import _load_all
+
+    _load_all()
+    return dict(_REGISTRY)
