@@ -10,8 +10,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..exceptions import RuleParameterError
+from ..exceptions import MissingTensorError, RuleParameterError
 from ..modes import ModeKeys, parse_mode
+from ..store.names import is_reduction
 from .result import RuleResult, TriggerStep
 
 _NONE_STRINGS = {"none", "null", ""}
@@ -136,6 +137,8 @@ class BuiltinRule(ABC):
     params: ClassVar[dict[str, Param]] = {}
     #: in the default set that `modelrules check` and the bug benchmark run
     default_enabled: ClassVar[bool] = True
+    #: a larger ``RuleResult.figure`` means a worse run (BaselineComparison reads this)
+    higher_is_worse: ClassVar[bool] = True
 
     def __init__(self, **params: Any) -> None:
         rule = type(self).__name__
@@ -150,13 +153,32 @@ class BuiltinRule(ABC):
             raw = params.get(pname, spec.default)
             self.parameters[pname] = coerce(rule, pname, spec, raw) if raw is not None else None
             setattr(self, pname, self.parameters[pname])
+        missing = [p for p in self.required_params() if self.parameters.get(p) is None]
+        if missing:
+            raise RuleParameterError(
+                f"{rule}: required parameter(s) {', '.join(missing)} not given"
+            )
         self._validate()
+
+    @classmethod
+    def required_params(cls) -> list[str]:
+        """Parameters without a default that must be given (``Param(None, ..., optional=False)``)."""
+        return [p for p, spec in cls.params.items() if spec.default is None and not spec.optional]
 
     def _validate(self) -> None:
         """Check parameter values together; raise RuleParameterError naming the parameter."""
 
     def param_error(self, pname: str, problem: str) -> RuleParameterError:
         return RuleParameterError(f"{type(self).__name__}: parameter {pname!r} {problem}")
+
+    def missing_tensor(self, run: Any, what: str) -> MissingTensorError:
+        """A MissingTensorError naming what this rule needed and what the run holds."""
+        names = [n for n in run.tensor_names() if not is_reduction(n)]
+        shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+        return MissingTensorError(
+            f"{type(self).__name__}: the run {run.name!r} has no {what}; "
+            f"it holds {shown or 'no tensors'}"
+        )
 
     def evaluate(self, run: Any) -> RuleResult:
         """Run the rule over the whole run and return its result."""

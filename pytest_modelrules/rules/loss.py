@@ -1,0 +1,503 @@
+"""Loss rules: LossNotDecreasing, Overfit, Overtraining (SageMaker Debugger's names and defaults).
+
+Also the helpers other rule modules share: choosing loss tensors, reading scalar series, the
+phases (stretches of one mode, e.g. one evaluation pass) of a run, number formatting."""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left, bisect_right
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..exceptions import TensorUnavailableForStep
+from ..modes import ModeKeys
+from ..store.names import is_reduction
+from .base import BuiltinRule, Param, register
+from .result import RuleResult
+
+_LOSS_NAME = re.compile(r"(?i)loss")
+
+
+def is_scalar_tensor(run: Any, name: str) -> bool:
+    """The tensor's first saved value holds one number (read from the record index)."""
+    tensor = run.tensor(name)
+    try:
+        records = tensor._records()  # the index knows shapes without decoding values
+        if len(records) == 0:
+            return False
+        shape = records.shapes(np.array([0]))[0]
+    except Exception:  # a backend without an index: decode one value
+        steps = tensor.steps()
+        if not steps:
+            return False
+        shape = tensor.value(steps[0]).shape
+    return int(np.prod(shape, dtype=np.int64)) == 1
+
+
+def select_loss_tensors(
+    rule: Any,
+    run: Any,
+    collection_names: list[str] | None = None,
+    tensor_regex: list[str] | None = None,
+    use_losses_collection: bool = True,
+) -> list[str]:
+    """The scalar loss tensors a loss rule reads.
+
+    Union of the ``losses`` collection (when ``use_losses_collection``), ``collection_names``
+    and ``tensor_regex``. With none of them matching and none given explicitly: scalar tensors
+    whose name contains "loss", else every scalar tensor (reductions excluded). Raises
+    MissingTensorError when nothing is found.
+    """
+    names: set[str] = set()
+    if use_losses_collection and "losses" in run.collections():
+        names.update(run.tensor_names(collection="losses"))
+    if collection_names:
+        names.update(run.tensor_names(collection=collection_names))
+    if tensor_regex:
+        names.update(run.tensor_names(regex=tensor_regex))
+    if not names and not collection_names and not tensor_regex:
+        scalars = [
+            n for n in run.tensor_names() if not is_reduction(n) and is_scalar_tensor(run, n)
+        ]
+        names.update([n for n in scalars if _LOSS_NAME.search(n)] or scalars)
+    if not names:
+        wanted = []
+        if collection_names:
+            wanted.append(f"collection(s) {collection_names}")
+        if tensor_regex:
+            wanted.append(f"tensor_regex {tensor_regex}")
+        what = (
+            " or ".join(wanted) if wanted else "a scalar tensor (looked for the losses collection)"
+        )
+        raise rule.missing_tensor(run, "loss tensor: " + what)
+    return sorted(names)
+
+
+def scalar_series(
+    run: Any, name: str, mode: ModeKeys | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, global_steps, values as float64) of a scalar tensor; steps are mode steps for a
+    mode, global steps for None/GLOBAL."""
+    mode_arg = None if mode in (None, ModeKeys.GLOBAL) else mode
+    series = run.tensor(name).series(mode_arg)
+    if len(series) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
+    values = np.array([np.asarray(a, dtype=np.float64).reshape(-1)[0] for a in series.arrays])
+    return series.steps, series.global_steps, values
+
+
+def resolve_mode(run: Any, names: list[str], mode: ModeKeys | None) -> ModeKeys:
+    """SageMaker's choice for mode None: the first of EVAL, TRAIN that holds data, else GLOBAL."""
+    if mode is not None:
+        return mode
+    for candidate in (ModeKeys.EVAL, ModeKeys.TRAIN):
+        if any(run.tensor(n).steps(candidate) for n in names):
+            return candidate
+    return ModeKeys.GLOBAL
+
+
+def phases(run: Any, mode: ModeKeys) -> list[np.ndarray]:
+    """The run's stretches of consecutive global steps in ``mode`` (e.g. one evaluation pass),
+    each as an array of global steps, in order."""
+    table = run.step_table()
+    steps, modes = table["step"], table["mode"]
+    if len(steps) == 0:
+        return []
+    inside = modes == int(mode)
+    if not inside.any():
+        return []
+    edges = np.flatnonzero(np.diff(inside.astype(np.int8)) != 0) + 1
+    chunks = np.split(np.arange(len(steps)), edges)
+    return [steps[c] for c in chunks if inside[c[0]]]
+
+
+def fmt(x: float) -> str:
+    """A number as people read it: integers plainly, others to 4 significant digits."""
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    x = float(x)
+    if x.is_integer() and abs(x) < 1e12:
+        return str(int(x))
+    return f"{x:.4g}"
+
+
+def where(run: Any, global_step: int) -> str:
+    """Where a step is, for messages: "global step 12 (EVAL step 3)"."""
+    try:
+        mode, mode_step = run.mode(global_step).name, run.mode_step(global_step)
+        return f"global step {global_step} ({mode} step {mode_step})"
+    except Exception:
+        return f"global step {global_step}"
+
+
+def _check_positions(steps: np.ndarray, num_steps: int) -> np.ndarray:
+    """Indices of the saved steps where LossNotDecreasing compares: the first saved step with an
+    earlier saved step at least ``num_steps`` back, then each first saved step at least
+    ``num_steps`` after the previous check. One iteration per check, not per step; regularly
+    spaced steps (the usual case) are done without a loop."""
+    n = len(steps)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    first = int(np.searchsorted(steps, steps[0] + num_steps, side="left"))
+    if first >= n:
+        return np.zeros(0, np.int64)
+    gaps = np.diff(steps[first:])
+    if len(gaps) == 0 or (gaps == gaps[0]).all():
+        stride = 1 if len(gaps) == 0 else -(-num_steps // int(gaps[0]))  # ceil
+        return np.arange(first, n, max(stride, 1), dtype=np.int64)
+    out = [first]
+    step_list = steps.tolist()
+    i = first
+    while True:
+        i = bisect_left(step_list, step_list[i] + num_steps, lo=i + 1)
+        if i >= n:
+            break
+        out.append(i)
+    return np.asarray(out, dtype=np.int64)
+
+
+@register
+class LossNotDecreasing(BuiltinRule):
+    """The loss did not go down over ``num_steps`` steps (SageMaker Debugger's rule).
+
+    At a saved step s with s >= last check + num_steps, loss(s) is compared with loss(p), p
+    the newest saved step <= s - num_steps: with diff_percent 0 it triggers iff
+    loss(s) >= loss(p), else iff loss(s) >= loss(p) * (1 + diff_percent / 100).
+    """
+
+    name = "loss_not_decreasing"
+    params: ClassVar[dict[str, Param]] = {
+        "collection_names": Param(None, "str_list", "collections whose tensors are losses"),
+        "tensor_regex": Param(None, "regex_list", "regex(es) of loss tensor names"),
+        "use_losses_collection": Param(True, "bool", "include the losses collection"),
+        "num_steps": Param(10, "int", "steps between comparisons"),
+        "diff_percent": Param(0.0, "float", "allowed increase, percent (0: any non-decrease)"),
+        "increase_threshold_percent": Param(5.0, "float", "accepted for compatibility"),
+        "mode": Param(None, "mode", "None: first of EVAL, TRAIN, GLOBAL with data"),
+    }
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.reset()
+
+    def _validate(self) -> None:
+        if self.num_steps is None or self.num_steps < 1:
+            raise self.param_error(
+                "num_steps", f"must be a whole number >= 1, got {self.num_steps}"
+            )
+        if self.diff_percent is None or self.diff_percent < 0:
+            raise self.param_error("diff_percent", f"must be >= 0, got {self.diff_percent}")
+        if self.increase_threshold_percent is not None and self.increase_threshold_percent < 0:
+            raise self.param_error(
+                "increase_threshold_percent", f"must be >= 0, got {self.increase_threshold_percent}"
+            )
+
+    def _fails(self, now: np.ndarray, before: np.ndarray) -> np.ndarray:
+        if self.diff_percent == 0:
+            return now >= before
+        return now >= before * (1.0 + self.diff_percent / 100.0)
+
+    def _evaluate(self, run: Any) -> RuleResult:
+        names = select_loss_tensors(
+            self, run, self.collection_names, self.tensor_regex, self.use_losses_collection
+        )
+        mode = resolve_mode(run, names, self.mode)
+        trig_steps: set[int] = set()
+        lines: list[str] = []
+        checks_total = fails_total = 0
+        evidence: dict[str, Any] = {"mode": mode.name, "tensors": names}
+        first_detail: tuple[int, str] | None = None
+        for name in names:
+            steps, gsteps, values = scalar_series(run, name, mode)
+            evidence[f"{name}/steps"] = gsteps
+            evidence[f"{name}/values"] = values
+            pos = _check_positions(steps, self.num_steps)
+            if len(pos) == 0:
+                lines.append(f"{name} ({mode.name}): fewer than {self.num_steps} steps of data")
+                continue
+            prev = np.searchsorted(steps, steps[pos] - self.num_steps, side="right") - 1
+            fails = self._fails(values[pos], values[prev])
+            checks_total += len(pos)
+            fails_total += int(fails.sum())
+            if fails.any():
+                k = int(np.flatnonzero(fails)[0])
+                s, p = int(pos[k]), int(prev[k])
+                trig_steps.update(gsteps[pos[fails]].tolist())
+                detail = (
+                    f"{name} ({mode.name}) did not decrease at {int(fails.sum())} of {len(pos)} "
+                    f"checks; first at {where(run, int(gsteps[s]))}: {fmt(values[s])} vs "
+                    f"{fmt(values[p])} at {mode.name} step {int(steps[p])}"
+                )
+                if self.diff_percent:
+                    detail += f" (allowed increase {fmt(self.diff_percent)}%)"
+                lines.append(detail)
+                if first_detail is None or gsteps[s] < first_detail[0]:
+                    first_detail = (int(gsteps[s]), detail)
+            else:
+                lines.append(
+                    f"{name} ({mode.name}) decreased at all {len(pos)} checks every "
+                    f"{self.num_steps} steps, from {fmt(values[0])} to {fmt(values[-1])}"
+                )
+        triggers = [self.trigger_step(run, g) for g in sorted(trig_steps)]
+        figure = 100.0 * fails_total / checks_total if checks_total else 0.0
+        return self.make_result(
+            bool(triggers),
+            "; ".join(lines) + ".",
+            first_trigger=triggers[0] if triggers else None,
+            triggers=triggers,
+            figure=figure,
+            figure_name="percent of checks where the loss did not decrease",
+            limit=0.0,
+            evidence=evidence,
+            steps_evaluated=checks_total,
+            skipped=checks_total == 0,
+        )
+
+    # -- the per-step path (custom-rule API, invoke_rule) ------------------------------------
+
+    def reset(self) -> None:
+        """Forget the per-step state (the last checked step of each loss)."""
+        self._last_checked: dict[str, int] = {}
+        self._step_names: list[str] | None = None
+        self._step_mode: ModeKeys | None = None
+
+    def invoke_at_step(self, run: Any, global_step: int) -> bool:
+        """SageMaker's incremental evaluation at one global step; keeps state between calls.
+
+        Raises TensorUnavailableForStep when no loss was saved at that step (invoke_rule then
+        skips it), so calling it for every step of a run gives the same triggers as
+        :meth:`evaluate`.
+        """
+        if self._step_names is None:
+            self._step_names = select_loss_tensors(
+                self, run, self.collection_names, self.tensor_regex, self.use_losses_collection
+            )
+            self._step_mode = resolve_mode(run, self._step_names, self.mode)
+        mode = self._step_mode
+        assert mode is not None
+        if mode is ModeKeys.GLOBAL:
+            step = int(global_step)
+        else:
+            if not run._has_step(int(global_step), None) or run.mode(global_step) != mode:
+                raise TensorUnavailableForStep(self._step_names[0], global_step, None)
+            step = run.mode_step(global_step)
+        mode_arg = None if mode is ModeKeys.GLOBAL else mode
+        saved_any = False
+        triggered = False
+        for name in self._step_names:
+            tensor = run.tensor(name)
+            steps = tensor.steps(mode_arg)
+            if step not in steps:
+                continue
+            saved_any = True
+            last = self._last_checked.get(name)
+            if last is not None and step < last + self.num_steps:
+                continue
+            i = bisect_right(steps, step - self.num_steps) - 1
+            if i < 0:
+                continue
+            now = float(np.asarray(tensor.value(step, mode_arg)).reshape(-1)[0])
+            before = float(np.asarray(tensor.value(steps[i], mode_arg)).reshape(-1)[0])
+            self._last_checked[name] = step
+            if bool(self._fails(np.float64(now), np.float64(before))):
+                triggered = True
+        if not saved_any:
+            raise TensorUnavailableForStep(self._step_names[0], global_step, None)
+        return triggered
+
+
+def _phase_means(
+    steps: np.ndarray, modes: np.ndarray, values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split a series (global order) into stretches of one mode: (mode, last global step,
+    mean value) per stretch."""
+    if len(steps) == 0:
+        return np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0)
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(modes.astype(np.int16)) != 0) + 1])
+    ends = np.concatenate([starts[1:], [len(steps)]])
+    means = np.add.reduceat(values, starts) / (ends - starts)
+    return modes[starts], steps[ends - 1], means
+
+
+def _loss_all_modes(run: Any, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    series = run.tensor(name).series(None)
+    values = np.array([np.asarray(a, dtype=np.float64).reshape(-1)[0] for a in series.arrays])
+    return series.global_steps, series.modes, values
+
+
+@register
+class Overfit(BuiltinRule):
+    """Validation loss pulls away from training loss (SageMaker Debugger's rule).
+
+    One check per evaluation pass (a stretch of EVAL steps): (mean EVAL loss of the pass - mean
+    TRAIN loss of the stretch of TRAIN steps before it) / mean TRAIN loss > ratio_threshold for
+    ``patience`` checks in a row, counting checks that end at global step >= start_step.
+    """
+
+    name = "overfit"
+    params: ClassVar[dict[str, Param]] = {
+        "tensor_regex": Param(None, "regex_list", "loss tensors (default: the losses)"),
+        "start_step": Param(0, "int", "first global step whose checks count"),
+        "patience": Param(1, "int", "checks in a row over the threshold"),
+        "ratio_threshold": Param(0.1, "float", "(val - train) / train limit"),
+    }
+
+    def _validate(self) -> None:
+        if self.patience is None or self.patience < 1:
+            raise self.param_error("patience", f"must be >= 1, got {self.patience}")
+        if self.start_step is None or self.start_step < 0:
+            raise self.param_error("start_step", f"must be >= 0, got {self.start_step}")
+        if self.ratio_threshold is None:
+            raise self.param_error("ratio_threshold", "must be a number")
+
+    def _evaluate(self, run: Any) -> RuleResult:
+        names = select_loss_tensors(self, run, None, self.tensor_regex, self.tensor_regex is None)
+        trig: set[int] = set()
+        lines: list[str] = []
+        worst = -np.inf
+        checks = 0
+        evidence: dict[str, Any] = {"tensors": names}
+        for name in names:
+            gsteps, modes, values = _loss_all_modes(run, name)
+            pmode, pend, pmean = _phase_means(gsteps, modes, values)
+            is_eval = pmode == int(ModeKeys.EVAL)
+            has_train_before = np.concatenate([[False], pmode[:-1] == int(ModeKeys.TRAIN)])
+            k = np.flatnonzero(is_eval & has_train_before & (pend >= self.start_step))
+            if len(k) == 0:
+                lines.append(f"{name}: no evaluation pass after training steps to compare")
+                continue
+            train_mean, val_mean = pmean[k - 1], pmean[k]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(train_mean > 0, (val_mean - train_mean) / train_mean, np.nan)
+            over = np.nan_to_num(ratio, nan=-np.inf) > self.ratio_threshold
+            run_len = np.convolve(over.astype(np.int64), np.ones(self.patience, np.int64))[
+                : len(over)
+            ]
+            hits = np.flatnonzero(run_len >= self.patience)
+            checks += len(k)
+            worst = max(worst, float(np.nanmax(ratio)) if np.isfinite(ratio).any() else -np.inf)
+            evidence[f"{name}/check_steps"] = pend[k]
+            evidence[f"{name}/ratio"] = ratio
+            if len(hits):
+                j = int(hits[0])
+                trig.update(pend[k][hits].tolist())
+                lines.append(
+                    f"{name}: validation loss {fmt(val_mean[j])} was {fmt(100 * ratio[j])}% above "
+                    f"training loss {fmt(train_mean[j])} at the evaluation ending "
+                    f"{where(run, int(pend[k][j]))}, over {fmt(100 * self.ratio_threshold)}% for "
+                    f"{self.patience} check(s) in a row ({len(hits)} of {len(k)} checks)"
+                )
+            else:
+                lines.append(
+                    f"{name}: validation loss stayed within {fmt(100 * self.ratio_threshold)}% of "
+                    f"training loss at all {len(k)} checks "
+                    f"(largest gap {fmt(100 * np.nanmax(ratio))}%)"
+                    if np.isfinite(ratio).any()
+                    else f"{name}: training loss was not positive, no ratio to compare"
+                )
+        triggers = [self.trigger_step(run, g) for g in sorted(trig)]
+        return self.make_result(
+            bool(triggers),
+            "; ".join(lines) + ".",
+            first_trigger=triggers[0] if triggers else None,
+            triggers=triggers,
+            figure=worst if np.isfinite(worst) else None,
+            figure_name="largest (validation - training) / training loss",
+            limit=self.ratio_threshold,
+            evidence=evidence,
+            steps_evaluated=checks,
+            skipped=checks == 0,
+        )
+
+
+def _since_improvement(values: np.ndarray, delta: float) -> np.ndarray:
+    """For each check, how many checks ago the value last beat the best before it by more than
+    ``delta`` (the first check counts as an improvement)."""
+    n = len(values)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    best_before = np.concatenate([[np.inf], np.minimum.accumulate(values)[:-1]])
+    improved = values < best_before - delta
+    improved[0] = True
+    idx = np.arange(n)
+    last = np.maximum.accumulate(np.where(improved, idx, 0))
+    return idx - last
+
+
+@register
+class Overtraining(BuiltinRule):
+    """Training or validation loss stopped improving (SageMaker Debugger's early-stopping rule).
+
+    Training checks are the saved TRAIN steps; validation checks are the evaluation passes
+    (mean EVAL loss of each stretch of EVAL steps). A check improves when its loss is below the
+    lowest earlier loss by more than ``delta`` (absolute). Triggers when the checks since the
+    last improvement exceed patience_train (training) or patience_validation (validation).
+    """
+
+    name = "overtraining"
+    params: ClassVar[dict[str, Param]] = {
+        "patience_train": Param(5, "int", "training checks without improvement"),
+        "patience_validation": Param(10, "int", "evaluation passes without improvement"),
+        "delta": Param(0.01, "float", "least improvement that counts (absolute)"),
+    }
+
+    def _validate(self) -> None:
+        for p in ("patience_train", "patience_validation"):
+            if getattr(self, p) is None or getattr(self, p) < 1:
+                raise self.param_error(p, f"must be >= 1, got {getattr(self, p)}")
+        if self.delta is None or self.delta < 0:
+            raise self.param_error("delta", f"must be >= 0, got {self.delta}")
+
+    def _evaluate(self, run: Any) -> RuleResult:
+        names = select_loss_tensors(self, run)
+        trig: set[int] = set()
+        lines: list[str] = []
+        figure = 0.0
+        checks = 0
+        evidence: dict[str, Any] = {"tensors": names}
+        for name in names:
+            gsteps, modes, values = _loss_all_modes(run, name)
+            train = modes == int(ModeKeys.TRAIN)
+            pmode, pend, pmean = _phase_means(gsteps, modes, values)
+            ev = pmode == int(ModeKeys.EVAL)
+            for label, steps_, vals, patience in (
+                ("training", gsteps[train], values[train], self.patience_train),
+                ("validation", pend[ev], pmean[ev], self.patience_validation),
+            ):
+                if len(vals) == 0:
+                    continue
+                since = _since_improvement(vals, self.delta)
+                checks += len(vals)
+                figure = max(figure, float(since.max()) / patience)
+                evidence[f"{name}/{label}_since_improvement"] = since
+                hits = np.flatnonzero(since > patience)
+                unit = "saved TRAIN steps" if label == "training" else "evaluation passes"
+                if len(hits):
+                    j = int(hits[0])
+                    trig.update(steps_[hits].tolist())
+                    best = float(vals[: j + 1].min())
+                    lines.append(
+                        f"{name}: {label} loss did not improve by more than {fmt(self.delta)} for "
+                        f"{int(since[j])} {unit} (patience {patience}) by "
+                        f"{where(run, int(steps_[j]))}; best {fmt(best)}, now {fmt(vals[j])}"
+                    )
+                else:
+                    lines.append(
+                        f"{name}: {label} loss kept improving (at most {int(since.max())} "
+                        f"{unit} without improvement; patience {patience})"
+                    )
+        triggers = [self.trigger_step(run, g) for g in sorted(trig)]
+        return self.make_result(
+            bool(triggers),
+            "; ".join(lines) + "." if lines else "No TRAIN or EVAL loss values to check.",
+            first_trigger=triggers[0] if triggers else None,
+            triggers=triggers,
+            figure=figure,
+            figure_name="longest stretch without improvement / patience",
+            limit=1.0,
+            evidence=evidence,
+            steps_evaluated=checks,
+            skipped=checks == 0,
+        )
