@@ -26,9 +26,14 @@ _LAZY = {
     "dataset_targets": "loading",
 }
 
-__all__ = sorted(
-    [*_LAZY, "CLASS_NAMES", "MIRROR_PAIRS", "NUM_CLASSES", "TOTAL_TRAIN", "TRAIN_COUNTS"]
-)
+__all__ = [
+    "CLASS_NAMES",
+    "MIRROR_PAIRS",
+    "NUM_CLASSES",
+    "TOTAL_TRAIN",
+    "TRAIN_COUNTS",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:

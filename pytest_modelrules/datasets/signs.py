@@ -3,14 +3,15 @@
 Templates are drawn once per resolution with vectorised numpy (signed-distance style masks
 on a supersampled grid, box-filtered down), as RGBA in [0, 1]. Images are made in batches:
 a random affine warp (scale, small rotation, aspect, position) samples the template
-bilinearly (optionally on a supersampled grid), the sign is lit (brightness, colour cast), composited on a smooth
-random background with clutter rectangles, blurred, noised and box-filtered to the output
-size. Mirror pairs are exact: the template of the second class IS the horizontally flipped
+bilinearly (optionally on a supersampled grid), the sign is lit (brightness, colour cast),
+composited on a smooth random background with clutter rectangles, blurred and noised.
+Mirror pairs are exact: the template of the second class IS the horizontally flipped
 template of the first (see :data:`~pytest_modelrules.datasets.gtsrb_meta.MIRROR_PAIRS`).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -73,7 +74,7 @@ class _Canvas:
     def line(self, pts: Sequence[tuple[float, float]], w: float) -> Mask:
         """A polyline of width w with round caps and joints."""
         out = np.zeros(self.u.shape, dtype=bool)
-        for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:]):
+        for (x0, y0), (x1, y1) in itertools.pairwise(pts):
             dx, dy = x1 - x0, y1 - y0
             L2 = dx * dx + dy * dy or 1e-12
             t = np.clip(((self.u - x0) * dx + (self.v - y0) * dy) / L2, 0.0, 1.0)
@@ -154,7 +155,7 @@ def _arrow(cv: _Canvas, pts: Sequence[tuple[float, float]], w: float, head: floa
     base = np.array([x1, y1]) - d * head * 0.2
     tip = base + d * head
     left, right = base + n * head * 0.75, base - n * head * 0.75
-    shaft = cv.line(list(pts[:-1]) + [tuple(base)], w)
+    shaft = cv.line([*pts[:-1], tuple(base)], w)
     return shaft | cv.polygon([tuple(tip), tuple(left), tuple(right)])
 
 

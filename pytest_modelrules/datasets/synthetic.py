@@ -64,7 +64,7 @@ class SignsConfig:
 
 
 def class_counts(total: int, weights: tuple[int, ...] | np.ndarray = TRAIN_COUNTS) -> np.ndarray:
-    """Split ``total`` over the classes in proportion to ``weights`` (largest remainder, each >= 1)."""
+    """Split ``total`` over the classes in proportion to ``weights`` (largest remainder, >= 1)."""
     w = np.asarray(weights, dtype=np.float64)
     k = len(w)
     if total < k:
