@@ -1,0 +1,705 @@
+"""Classification rules: ClassImbalance and Confusion (SageMaker Debugger's), DirectionConfusion
+and RecallFloor (this project's).
+
+They read labels and predictions. SageMaker's regex defaults (``.*labels``,
+``.*predictions``) match nothing in a PyTorch run, so when a default regex matches nothing
+the rules fall back to the inputs of the loss: ``CrossEntropyLoss_input_1`` (labels) and
+``CrossEntropyLoss_input_0`` (logits, reduced by argmax). Each step's arrays are decoded once
+per run and shared between the rules (``run_cache``).
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..exceptions import RuleError
+from ..modes import ModeKeys
+from .base import BuiltinRule, Param, register
+from .loss import fmt, phases, where
+from .result import RuleResult
+
+PYTORCH_LABELS = "CrossEntropyLoss_input_1"
+PYTORCH_PREDICTIONS = "CrossEntropyLoss_input_0"
+_FALLBACK_LABELS = (rf"^{PYTORCH_LABELS}$", r"Loss_input_1$")
+_FALLBACK_PREDICTIONS = (rf"^{PYTORCH_PREDICTIONS}$", r"Loss_input_0$")
+
+# run -> {key: value}; emptied when the run is refreshed (its generation changes)
+_CACHE: weakref.WeakKeyDictionary[Any, dict[tuple, Any]] = weakref.WeakKeyDictionary()
+
+
+def run_cache(run: Any) -> dict[tuple, Any]:
+    """A dict that lives as long as ``run`` and is emptied when the run is refreshed."""
+    gen = getattr(run, "_generation", 0)
+    entry = _CACHE.get(run)
+    if entry is None or entry.get(("generation",)) != gen:
+        entry = {("generation",): gen}
+        _CACHE[run] = entry
+    return entry
+
+
+def _find(run: Any, regex: str | None, collection: str | None, fallbacks: tuple[str, ...]):
+    """(tensor name or None, how it was found)."""
+    if collection:
+        names = run.tensor_names(collection=collection)
+        if names:
+            return names[0], f"collection {collection!r}"
+        return None, f"collection {collection!r}"
+    if regex:
+        names = run.tensor_names(regex=regex)
+        if names:
+            return names[0], f"regex {regex!r}"
+    for fb in fallbacks:
+        names = run.tensor_names(regex=fb)
+        if names:
+            return names[0], f"PyTorch loss input ({regex!r} matched nothing)"
+    return None, f"regex {regex!r}"
+
+
+def resolve_labels_predictions(
+    rule: BuiltinRule,
+    run: Any,
+    labels_regex: str | None,
+    predictions_regex: str | None,
+    *,
+    labels_collection: str | None = None,
+    predictions_collection: str | None = None,
+    need_predictions: bool = True,
+) -> tuple[str, str | None]:
+    """The labels tensor and the predictions tensor a rule reads; MissingTensorError naming
+    what was looked for when the labels (or required predictions) are absent."""
+    labels, how_l = _find(run, labels_regex, labels_collection, _FALLBACK_LABELS)
+    preds, how_p = _find(run, predictions_regex, predictions_collection, _FALLBACK_PREDICTIONS)
+    if labels is None:
+        raise rule.missing_tensor(run, f"labels tensor ({how_l}, nor {PYTORCH_LABELS})")
+    if preds is None and need_predictions:
+        raise rule.missing_tensor(run, f"predictions tensor ({how_p}, nor {PYTORCH_PREDICTIONS})")
+    return labels, preds
+
+
+@dataclass
+class LabelData:
+    """Labels and predicted classes of every saved step, flattened over samples."""
+
+    global_steps: np.ndarray  # (n_steps,) the steps holding labels (and predictions)
+    modes: np.ndarray  # (n_steps,)
+    sample_step: np.ndarray  # (N,) index into global_steps of each sample
+    labels: np.ndarray  # (N,) int64
+    predictions: np.ndarray | None  # (N,) int64 predicted class, or None
+
+    @property
+    def num_classes(self) -> int:
+        top = int(self.labels.max()) + 1 if len(self.labels) else 0
+        if self.predictions is not None and len(self.predictions):
+            top = max(top, int(self.predictions.max()) + 1)
+        return top
+
+
+def read_label_data(
+    run: Any,
+    labels_name: str,
+    preds_name: str | None,
+    mode: ModeKeys | None,
+    argmax: bool = True,
+) -> LabelData:
+    """Decode labels (and predictions: argmax over the last axis when they hold one more axis
+    than the labels, or when ``argmax`` and they hold more values than the labels) at every
+    step holding both, once per run."""
+    mode_arg = None if mode in (None, ModeKeys.GLOBAL) else mode
+    key = ("labels", labels_name, preds_name, int(mode_arg or 0), bool(argmax))
+    cache = run_cache(run)
+    if key in cache:
+        return cache[key]
+    lab = run.tensor(labels_name).series(mode_arg)
+    g = lab.global_steps
+    lab_arrays = lab.arrays
+    modes = lab.modes
+    pred_classes = None
+    if preds_name is not None:
+        pred = run.tensor(preds_name).series(mode_arg)
+        common, il, ip = np.intersect1d(g, pred.global_steps, return_indices=True)
+        if len(common) != len(g):
+            lab_arrays = [lab_arrays[i] for i in il]
+            modes = modes[il]
+        g = common
+        pred_arrays = [pred.arrays[i] for i in ip]
+        pred_classes = _predicted_classes(pred_arrays, lab_arrays, argmax, preds_name)
+    lengths = np.array([np.asarray(a).size for a in lab_arrays], dtype=np.int64)
+    labels = (
+        np.concatenate([np.asarray(a).reshape(-1) for a in lab_arrays])
+        if lab_arrays
+        else np.zeros(0, np.int64)
+    )
+    if labels.dtype.kind == "f" and not np.all(labels == np.round(labels)):
+        raise RuleError(f"{labels_name} holds non-integer class labels")
+    labels = labels.astype(np.int64)
+    if pred_classes is not None and len(pred_classes) != len(labels):
+        raise RuleError(
+            f"{preds_name} and {labels_name} hold different numbers of samples "
+            f"({len(pred_classes)} vs {len(labels)}); pass argmax=True for class scores"
+        )
+    data = LabelData(
+        g.astype(np.int64),
+        np.asarray(modes),
+        np.repeat(np.arange(len(g)), lengths),
+        labels,
+        pred_classes,
+    )
+    cache[key] = data
+    return data
+
+
+def _predicted_classes(
+    pred_arrays: list[np.ndarray], lab_arrays: list[np.ndarray], argmax: bool, name: str
+) -> np.ndarray:
+    if not pred_arrays:
+        return np.zeros(0, np.int64)
+    first_p, first_l = np.asarray(pred_arrays[0]), np.asarray(lab_arrays[0])
+    scores = first_p.ndim == first_l.ndim + 1 or (argmax and first_p.size > first_l.size)
+    if scores:
+        if first_p.ndim == 0:
+            raise RuleError(f"{name} holds scalars; cannot take argmax over a class axis")
+        joined = np.concatenate(
+            [np.asarray(a).reshape(-1, np.asarray(a).shape[-1]) for a in pred_arrays]
+        )
+        return joined.argmax(axis=-1).astype(np.int64)
+    joined = np.concatenate([np.asarray(a).reshape(-1) for a in pred_arrays])
+    if joined.dtype.kind == "f" and not np.all(joined == np.round(joined)):
+        raise RuleError(f"{name} holds fractional values: pass argmax=True for class scores")
+    return joined.astype(np.int64)
+
+
+def per_step_counts(data: LabelData, mask: np.ndarray | None, num_classes: int) -> np.ndarray:
+    """(n_steps, num_classes): how many samples of each label class per step (masked)."""
+    n = len(data.global_steps)
+    sel_step = data.sample_step if mask is None else data.sample_step[mask]
+    sel_lab = data.labels if mask is None else data.labels[mask]
+    flat = np.bincount(sel_step * num_classes + sel_lab, minlength=n * num_classes)
+    return flat.reshape(n, num_classes)
+
+
+def class_label(run: Any, cls: int) -> str:
+    """ "19 (Dangerous curve to the left)" when the run knows class names, else "19"."""
+    names = run.class_names
+    if names and 0 <= cls < len(names):
+        return f"{cls} ({names[cls]})"
+    return str(cls)
+
+
+def _check_classes(rule: BuiltinRule, data: LabelData, labels_name: str) -> None:
+    if len(data.labels) and data.labels.min() < 0:
+        raise RuleError(
+            f"{type(rule).__name__}: tensor {labels_name!r} holds negative class labels "
+            f"({data.labels.min()})"
+        )
+
+
+# -- ClassImbalance ----------------------------------------------------------------------------
+
+
+@register
+class ClassImbalance(BuiltinRule):
+    """Too few samples of some classes, or some class mostly mispredicted (SageMaker's rule).
+
+    Counts labels (and mispredictions) cumulatively over the steps so far; once ``samples``
+    labels were seen it triggers at a step iff max count / min count (over the classes seen so
+    far) > threshold_imbalance, or some class's mispredicted fraction > threshold_misprediction.
+    """
+
+    name = "class_imbalance"
+    params: ClassVar[dict[str, Param]] = {
+        "threshold_imbalance": Param(10.0, "float", "largest / smallest class count"),
+        "threshold_misprediction": Param(0.7, "float", "mispredicted fraction of a class"),
+        "samples": Param(500, "int", "labels seen before the rule judges"),
+        "argmax": Param(False, "bool", "argmax over the class axis of predictions"),
+        "labels_regex": Param(".*labels", "regex", "labels tensor (fallback: PyTorch's)"),
+        "predictions_regex": Param(".*predictions", "regex", "predictions (fallback: logits)"),
+        "mode": Param(None, "mode", "only steps of this mode (default: all steps)"),
+    }
+
+    def _validate(self) -> None:
+        if self.threshold_imbalance is None or self.threshold_imbalance < 1:
+            raise self.param_error(
+                "threshold_imbalance", f"must be >= 1, got {self.threshold_imbalance}"
+            )
+        if self.samples is None or self.samples < 1:
+            raise self.param_error("samples", f"must be >= 1, got {self.samples}")
+
+    def _evaluate(self, run: Any) -> RuleResult:
+        lname, pname = resolve_labels_predictions(
+            self, run, self.labels_regex, self.predictions_regex, need_predictions=False
+        )
+        data = read_label_data(run, lname, pname, self.mode, bool(self.argmax))
+        _check_classes(self, data, lname)
+        n = len(data.global_steps)
+        if n == 0 or len(data.labels) == 0:
+            return self.make_result(False, f"{lname} holds no labels.", skipped=True)
+        k = data.num_classes
+        counts = np.cumsum(per_step_counts(data, None, k), axis=0)
+        total = counts.sum(axis=1)
+        seen = counts > 0
+        big = counts.max(axis=1)
+        small = np.where(seen, counts, np.iinfo(np.int64).max).min(axis=1)
+        ratio = big / np.maximum(small, 1)
+        judged = total >= self.samples
+        cond = judged & (ratio > self.threshold_imbalance)
+        mis_frac = None
+        if data.predictions is not None and self.threshold_misprediction is not None:
+            wrong = np.cumsum(per_step_counts(data, data.labels != data.predictions, k), axis=0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                mis_frac = np.where(seen, wrong / np.maximum(counts, 1), 0.0)
+            cond |= judged & (mis_frac.max(axis=1) > self.threshold_misprediction)
+        hits = np.flatnonzero(cond)
+        triggers = [self.trigger_step(run, g) for g in data.global_steps[hits]]
+        last = counts[-1]
+        final_ratio = float(ratio[-1])
+        evidence: dict[str, Any] = {
+            "labels_tensor": lname,
+            "predictions_tensor": pname,
+            "class_counts": last,
+        }
+        if not judged.any():
+            text = (
+                f"only {int(total[-1])} labels in {lname}, fewer than samples={self.samples}; "
+                "not judged"
+            )
+            return self.make_result(False, text, evidence=evidence, steps_evaluated=n, skipped=True)
+        if len(hits):
+            j = int(hits[0])
+            c = counts[j]
+            cmax = int(np.argmax(c))
+            cmin = int(np.argmin(np.where(c > 0, c, np.iinfo(np.int64).max)))
+            parts = []
+            if ratio[j] > self.threshold_imbalance:
+                parts.append(
+                    f"class {class_label(run, cmax)} had {int(c[cmax])} samples and class "
+                    f"{class_label(run, cmin)} {int(c[cmin])}, a ratio of {fmt(ratio[j])} "
+                    f"(limit {fmt(self.threshold_imbalance)})"
+                )
+            if mis_frac is not None and mis_frac[j].max() > self.threshold_misprediction:
+                worst = int(np.argmax(mis_frac[j]))
+                parts.append(
+                    f"class {class_label(run, worst)} was mispredicted in "
+                    f"{fmt(100 * mis_frac[j][worst])}% of its {int(c[worst])} samples "
+                    f"(limit {fmt(100 * self.threshold_misprediction)}%)"
+                )
+            text = (
+                f"By {where(run, int(data.global_steps[j]))}, after {int(total[j])} labels of "
+                f"{lname}: " + " and ".join(parts) + f"; it held at {len(hits)} of {n} steps. "
+                f"At the end: ratio {fmt(final_ratio)}."
+            )
+        else:
+            text = (
+                f"{int(total[-1])} labels of {lname} over {n} steps: largest / smallest class "
+                f"count {fmt(final_ratio)} (limit {fmt(self.threshold_imbalance)})"
+            )
+            if mis_frac is not None:
+                text += (
+                    f"; worst mispredicted fraction of a class "
+                    f"{fmt(100 * mis_frac[-1].max())}% (limit "
+                    f"{fmt(100 * self.threshold_misprediction)}%)"
+                )
+            text += "."
+        return self.make_result(
+            bool(triggers),
+            text,
+            first_trigger=triggers[0] if triggers else None,
+            triggers=triggers,
+            figure=final_ratio,
+            figure_name="largest / smallest class count",
+            limit=self.threshold_imbalance,
+            evidence=evidence,
+            steps_evaluated=n,
+        )
+
+
+# -- Confusion ---------------------------------------------------------------------------------
+
+
+@register
+class Confusion(BuiltinRule):
+    """A predicted class is often wrong, per step (SageMaker Debugger's rule).
+
+    Builds each step's confusion matrix C[label][prediction]; triggers at a step iff for some
+    predicted class (a column with predictions) the diagonal share is < min_diag or an
+    off-diagonal share is > max_off_diag.
+    """
+
+    name = "confusion"
+    params: ClassVar[dict[str, Param]] = {
+        "category_no": Param(None, "int", "number of classes (default: largest label + 1)"),
+        "labels": Param("labels", "regex", "labels tensor (fallback: PyTorch's)"),
+        "predictions": Param("predictions", "regex", "predictions (fallback: logits)"),
+        "labels_collection": Param(None, "str", "collection holding the labels"),
+        "predictions_collection": Param(None, "str", "collection holding the predictions"),
+        "min_diag": Param(0.9, "float", "least share of a column on the diagonal"),
+        "max_off_diag": Param(0.1, "float", "largest share of one wrong class in a column"),
+        "mode": Param(None, "mode", "only steps of this mode (default: all steps)"),
+    }
+
+    def _validate(self) -> None:
+        if self.category_no is not None and self.category_no < 2:
+            raise self.param_error("category_no", f"must be >= 2, got {self.category_no}")
+        for p in ("min_diag", "max_off_diag"):
+            v = getattr(self, p)
+            if v is None or not 0 <= v <= 1:
+                raise self.param_error(p, f"must lie in [0, 1], got {v}")
+
+    def _evaluate(self, run: Any) -> RuleResult:
+        lname, pname = resolve_labels_predictions(
+            self,
+            run,
+            self.labels,
+            self.predictions,
+            labels_collection=self.labels_collection,
+            predictions_collection=self.predictions_collection,
+        )
+        data = read_label_data(run, lname, pname, self.mode, False)
+        _check_classes(self, data, lname)
+        assert data.predictions is not None
+        n = len(data.global_steps)
+        if n == 0 or len(data.labels) == 0:
+            return self.make_result(False, f"{lname} holds no labels.", skipped=True)
+        k = data.num_classes
+        if self.category_no is not None:
+            if k > self.category_no:
+                raise self.param_error(
+                    "category_no",
+                    f"is {self.category_no} but {lname}/{pname} hold class {k - 1}",
+                )
+            k = self.category_no
+        step, lab, pred = data.sample_step, data.labels, data.predictions
+        col = np.bincount(step * k + pred, minlength=n * k).reshape(n, k)
+        ok = lab == pred
+        diag = np.bincount(step[ok] * k + pred[ok], minlength=n * k).reshape(n, k)
+        # the largest single wrong class per (step, predicted column)
+        cell = (step[~ok] * k + pred[~ok]) * k + lab[~ok]
+        cells, cell_counts = np.unique(cell, return_counts=True)
+        max_off = np.zeros(n * k, np.int64)
+        np.maximum.at(max_off, cells // k, cell_counts)
+        max_off = max_off.reshape(n, k)
+        used = col > 0
+        denom = np.maximum(col, 1)
+        diag_share = np.where(used, diag / denom, 1.0)
+        off_share = np.where(used, max_off / denom, 0.0)
+        bad = (diag_share < self.min_diag) | (off_share > self.max_off_diag)
+        step_bad = bad.any(axis=1)
+        hits = np.flatnonzero(step_bad)
+        triggers = [self.trigger_step(run, g) for g in data.global_steps[hits]]
+        evidence: dict[str, Any] = {
+            "labels_tensor": lname,
+            "predictions_tensor": pname,
+            "bad_steps": data.global_steps[hits],
+        }
+        if len(hits):
+            j = int(hits[0])
+            c = int(np.flatnonzero(bad[j])[0])
+            wrong_cls = _worst_wrong(data, j, c)
+            text = (
+                f"At {where(run, int(data.global_steps[j]))} predicted class "
+                f"{class_label(run, c)} was right for {int(diag[j, c])} of {int(col[j, c])} "
+                f"samples ({fmt(100 * diag_share[j, c])}%, limit {fmt(100 * self.min_diag)}%)"
+            )
+            if wrong_cls is not None:
+                text += (
+                    f"; {int(max_off[j, c])} were class {class_label(run, wrong_cls)} "
+                    f"({fmt(100 * off_share[j, c])}%, limit {fmt(100 * self.max_off_diag)}%)"
+                )
+            text += f". The confusion condition held at {len(hits)} of {n} steps."
+        else:
+            text = (
+                f"Every predicted class stayed at least {fmt(100 * self.min_diag)}% right and no "
+                f"wrong class passed {fmt(100 * self.max_off_diag)}% at any of {n} steps."
+            )
+        return self.make_result(
+            bool(triggers),
+            text,
+            first_trigger=triggers[0] if triggers else None,
+            triggers=triggers,
+            figure=100.0 * len(hits) / n,
+            figure_name="percent of steps with a confused predicted class",
+            limit=0.0,
+            evidence=evidence,
+            steps_evaluated=n,
+        )
+
+
+def _worst_wrong(data: LabelData, j: int, c: int) -> int | None:
+    assert data.predictions is not None
+    sel = (data.sample_step == j) & (data.predictions == c) & (data.labels != c)
+    if not sel.any():
+        return None
+    return int(np.bincount(data.labels[sel]).argmax())
+
+
+# -- DirectionConfusion ------------------------------------------------------------------------
+
+_SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def mirror_pairs(class_names: list[str] | None) -> list[tuple[int, int]]:
+    """Pairs of classes whose names differ only by "left" <-> "right" (e.g. GTSRB's
+    "Keep right" / "Keep left" -> (38, 39)); a name without a twin gives no pair."""
+    if not class_names:
+        return []
+    index = {n.strip().lower(): i for i, n in enumerate(class_names)}
+    pairs: set[tuple[int, int]] = set()
+    for i, name in enumerate(class_names):
+        if not _SIDE.search(name):
+            continue
+        twin = _SIDE.sub(lambda m: "right" if m.group(1).lower() == "left" else "left", name)
+        j = index.get(twin.strip().lower())
+        if j is not None and j != i:
+            pairs.add((min(i, j), max(i, j)))
+    return sorted(pairs)
+
+
+@register
+class DirectionConfusion(BuiltinRule):
+    """Mirror-image classes predicted as each other (the seed's custom rule, built in).
+
+    For each pair (a, b) counts, cumulatively over the steps, samples of a predicted as b and of
+    b predicted as a; triggers at the first step where a pair's count exceeds ``limit`` or (with
+    ``max_rate``, once ``min_samples`` samples of the pair were seen) its share of the pair's
+    samples exceeds ``max_rate``. Pairs default to the left/right twins among the run's class
+    names. mode None counts every step, TRAIN and EVAL, as the seed's custom rule did.
+    """
+
+    name = "direction_confusion"
+    params: ClassVar[dict[str, Param]] = {
+        "pairs": Param(None, "pairs", "class pairs, e.g. '19-20,33-34' (default: mirror names)"),
+        "limit": Param(10, "int", "confusions of a pair, both ways together, allowed"),
+        "max_rate": Param(None, "float", "allowed confusions / samples of the pair"),
+        "min_samples": Param(50, "int", "samples of a pair before max_rate is judged"),
+        "mode": Param(None, "mode", "only steps of this mode (default: all steps)"),
+        "labels_regex": Param(".*labels", "regex", "labels tensor (fallback: PyTorch's)"),
+        "predictions_regex": Param(".*predictions", "regex", "predictions (fallback: logits)"),
+    }
+
+    def _validate(self) -> None:
+        if self.limit is not None and self.limit < 0:
+            raise self.param_error("limit", f"must be >= 0, got {self.limit}")
+        if self.max_rate is not None and not 0 <= self.max_rate <= 1:
+            raise self.param_error("max_rate", f"must lie in [0, 1], got {self.max_rate}")
+        if self.limit is None and self.max_rate is None:
+            raise self.param_error("limit", "and max_rate are both None: nothing to check")
+        for a, b in self.pairs or []:
+            if a == b or a < 0 or b < 0:
+                raise self.param_error("pairs", f"holds ({a}, {b}): two different classes >= 0")
+
+    def _evaluate(self, run: Any) -> RuleResult:
+        pairs = sorted({(min(a, b), max(a, b)) for a, b in (self.pairs or [])})
+        source = "given"
+        if not pairs:
+            pairs = mirror_pairs(run.class_names)
+            source = "from the run's class names"
+            if not pairs:
+                why = (
+                    "its class names have no left/right twins"
+                    if run.class_names
+                    else "it stores no class_names"
+                )
+                return self.make_result(
+                    False,
+                    f"No class pairs to check: none given and {why}; pass pairs=[(a, b), ...].",
+                    skipped=True,
+                )
+        lname, pname = resolve_labels_predictions(
+            self, run, self.labels_regex, self.predictions_regex
+        )
+        data = read_label_data(run, lname, pname, self.mode, False)
+        assert data.predictions is not None
+        n = len(data.global_steps)
+        lab, pred, step = data.labels, data.predictions, data.sample_step
+        trig: set[int] = set()
+        lines: list[str] = []
+        worst = 0
+        evidence: dict[str, Any] = {"pairs": pairs, "pairs_source": source}
+        for a, b in pairs:
+            ab = (lab == a) & (pred == b)
+            ba = (lab == b) & (pred == a)
+            per_step = np.bincount(step[ab | ba], minlength=n)
+            cum = np.cumsum(per_step)
+            cond = np.zeros(n, bool)
+            if self.limit is not None:
+                cond |= cum > self.limit
+            samples = np.cumsum(np.bincount(step[(lab == a) | (lab == b)], minlength=n))
+            if self.max_rate is not None:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    rate = np.where(samples > 0, cum / np.maximum(samples, 1), 0.0)
+                cond |= (samples >= max(self.min_samples or 0, 1)) & (rate > self.max_rate)
+            n_ab, n_ba = int(ab.sum()), int(ba.sum())
+            total = n_ab + n_ba
+            worst = max(worst, total)
+            evidence[f"{a}-{b}/cumulative"] = cum
+            hits = np.flatnonzero(cond)
+            last_step = int(data.global_steps[-1]) if n else -1
+            if len(hits):
+                j = int(hits[0])
+                trig.update(data.global_steps[hits].tolist())
+                limit_text = f"limit {self.limit}" if self.limit is not None else ""
+                if self.max_rate is not None:
+                    share = 100 * cum[j] / max(int(samples[j]), 1)
+                    limit_text += (", " if limit_text else "") + (
+                        f"{fmt(share)}% of {int(samples[j])} samples of the pair, "
+                        f"rate limit {fmt(100 * self.max_rate)}%"
+                    )
+                lines.append(
+                    f"class {class_label(run, a)} was predicted as {class_label(run, b)} and back "
+                    f"{int(cum[j])} times by global step {int(data.global_steps[j])}; {limit_text} "
+                    f"({total} times in all by global step {last_step}: {n_ab} as {b}, {n_ba} "
+                    f"as {a})"
+                )
+            else:
+                lines.append(
+                    f"classes {a} and {b}: {total} confusions over {n} steps "
+                    f"({n_ab} as {b}, {n_ba} as {a}, {int(samples[-1]) if n else 0} samples)"
+                )
+        triggers = [self.trigger_step(run, g) for g in sorted(trig)]
+        head = f"Pairs {source}: {', '.join(f'{a}/{b}' for a, b in pairs)}"
+        if self.mode is not None:
+            head += f" ({self.mode.name} steps only)"
+        return self.make_result(
+            bool(triggers),
+            head + ". " + "; ".join(lines) + ".",
+            first_trigger=triggers[0] if triggers else None,
+            triggers=triggers,
+            figure=float(worst),
+            figure_name="most confusions of one pair",
+            limit=float(self.limit) if self.limit is not None else None,
+            evidence=evidence,
+            steps_evaluated=n,
+        )
+
+
+# -- RecallFloor -------------------------------------------------------------------------------
+
+
+def recall_by_phase(
+    run: Any, data: LabelData, mode: ModeKeys, which: str
+) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """[(last global step, correct per class, samples per class)] for each stretch of ``mode``
+    steps ("all"), the last stretch ("last"), or every ``mode`` step pooled ("run")."""
+    assert data.predictions is not None
+    k = data.num_classes
+    if which == "run":
+        groups = [data.global_steps]
+    else:
+        groups = phases(run, mode)
+        if which == "last":
+            groups = groups[-1:]
+    out = []
+    for g in groups:
+        idx = np.flatnonzero(np.isin(data.global_steps, g))
+        if len(idx) == 0:
+            continue
+        sel = np.isin(data.sample_step, idx)
+        lab, pred = data.labels[sel], data.predictions[sel]
+        samples = np.bincount(lab, minlength=k)
+        correct = np.bincount(lab[lab == pred], minlength=k)
+        out.append((int(data.global_steps[idx[-1]]), correct, samples))
+    return out
+
+
+@register
+class RecallFloor(BuiltinRule):
+    """Some class's recall is below a floor (this project's rule, for gating models).
+
+    Recall of class c = samples of c predicted as c / samples of c, over the ``mode`` steps of
+    the last evaluation pass (``phases="last"``), each pass (``"all"``), or all of them pooled
+    (``"run"``). Classes with fewer than ``min_samples`` samples there are not judged.
+    """
+
+    name = "recall_floor"
+    higher_is_worse = False
+    params: ClassVar[dict[str, Param]] = {
+        "min_recall": Param(0.5, "float", "least recall of every judged class"),
+        "min_samples": Param(20, "int", "samples a class needs to be judged"),
+        "classes": Param(None, "int_list", "only these classes (default: all)"),
+        "mode": Param(ModeKeys.EVAL, "mode", "steps whose predictions count"),
+        "phases": Param("last", "str", "last | all | run"),
+        "labels_regex": Param(".*labels", "regex", "labels tensor (fallback: PyTorch's)"),
+        "predictions_regex": Param(".*predictions", "regex", "predictions (fallback: logits)"),
+    }
+
+    def _validate(self) -> None:
+        if self.min_recall is None or not 0 <= self.min_recall <= 1:
+            raise self.param_error("min_recall", f"must lie in [0, 1], got {self.min_recall}")
+        if self.phases not in ("last", "all", "run"):
+            raise self.param_error("phases", f"must be 'last', 'all' or 'run', got {self.phases!r}")
+        if self.min_samples is None or self.min_samples < 1:
+            raise self.param_error("min_samples", f"must be >= 1, got {self.min_samples}")
+
+    def _evaluate(self, run: Any) -> RuleResult:
+        mode = self.mode or ModeKeys.EVAL
+        lname, pname = resolve_labels_predictions(
+            self, run, self.labels_regex, self.predictions_regex
+        )
+        data = read_label_data(run, lname, pname, mode, False)
+        if len(data.global_steps) == 0:
+            return self.make_result(
+                False,
+                f"The run has no {mode.name} steps with {lname}; nothing judged.",
+                skipped=True,
+            )
+        groups = recall_by_phase(run, data, mode, self.phases)
+        trig: list[int] = []
+        lines: list[str] = []
+        lowest = 1.0
+        judged_any = False
+        evidence: dict[str, Any] = {"labels_tensor": lname, "predictions_tensor": pname}
+        for end, correct, samples in groups:
+            judged = samples >= self.min_samples
+            if self.classes is not None:
+                keep = np.zeros_like(judged)
+                keep[[c for c in self.classes if c < len(keep)]] = True
+                judged &= keep
+            with np.errstate(divide="ignore", invalid="ignore"):
+                recall = np.where(samples > 0, correct / np.maximum(samples, 1), np.nan)
+            evidence[f"recall@{end}"] = recall
+            if not judged.any():
+                continue
+            judged_any = True
+            lowest = min(lowest, float(np.nanmin(recall[judged])))
+            low = np.flatnonzero(judged & (recall < self.min_recall))
+            if len(low):
+                trig.append(end)
+                worst = sorted(low.tolist(), key=lambda c: recall[c])
+                shown = ", ".join(
+                    f"class {class_label(run, c)} {fmt(100 * recall[c])}% of {int(samples[c])}"
+                    for c in worst[:5]
+                )
+                more = f" and {len(worst) - 5} more" if len(worst) > 5 else ""
+                lines.append(
+                    f"in the {mode.name} steps up to global step {end}: recall below "
+                    f"{fmt(100 * self.min_recall)}% for {shown}{more}"
+                )
+        if not judged_any:
+            return self.make_result(
+                False,
+                f"No class had {self.min_samples} {mode.name} samples; nothing judged.",
+                evidence=evidence,
+                skipped=True,
+                steps_evaluated=len(data.global_steps),
+            )
+        if not lines:
+            lines.append(
+                f"every judged class had recall >= {fmt(100 * self.min_recall)}% "
+                f"(lowest {fmt(100 * lowest)}%) over {mode.name} steps ({self.phases} pass)"
+            )
+        triggers = [self.trigger_step(run, g) for g in trig]
+        return self.make_result(
+            bool(triggers),
+            ("Recall " if not triggers else "Recall floor broken ") + "; ".join(lines) + ".",
+            first_trigger=triggers[0] if triggers else None,
+            triggers=triggers,
+            figure=lowest,
+            figure_name="lowest recall of a judged class",
+            limit=self.min_recall,
+            evidence=evidence,
+            steps_evaluated=len(data.global_steps),
+        )
