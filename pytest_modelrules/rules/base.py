@@ -36,7 +36,11 @@ class Param:
 
 def coerce(rule: str, pname: str, spec: Param, value: Any) -> Any:
     """Convert a parameter given as a Python value or (as SageMaker passed them) a string."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_STRINGS and spec.kind not in ("str", "regex")):
+    if value is None or (
+        isinstance(value, str)
+        and value.strip().lower() in _NONE_STRINGS
+        and spec.kind not in ("str", "regex")
+    ):
         if spec.optional or spec.default is None:
             return None
         raise RuleParameterError(f"{rule}: parameter {pname!r} must not be None")
@@ -46,7 +50,9 @@ def coerce(rule: str, pname: str, spec: Param, value: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError("a bool is not an int")
             if isinstance(value, str):
-                value = float(value.strip()) if any(c in value for c in ".eE") else int(value.strip())
+                value = (
+                    float(value.strip()) if any(c in value for c in ".eE") else int(value.strip())
+                )
             if isinstance(value, float):
                 if not value.is_integer():
                     raise ValueError(f"{value} is not a whole number")
@@ -84,7 +90,10 @@ def coerce(rule: str, pname: str, spec: Param, value: Any) -> Any:
         if kind == "str_list":
             return _as_list(value, split_commas=True)
         if kind == "int_list":
-            return [int(coerce(rule, pname, Param(None, "int"), v)) for v in _as_list(value, split_commas=True)]
+            return [
+                int(coerce(rule, pname, Param(None, "int"), v))
+                for v in _as_list(value, split_commas=True)
+            ]
         if kind == "mode":
             return parse_mode(value)
         if kind == "pairs":
@@ -92,7 +101,9 @@ def coerce(rule: str, pname: str, spec: Param, value: Any) -> Any:
         if kind == "any":
             return value
     except (ValueError, TypeError, re.error) as exc:
-        raise RuleParameterError(f"{rule}: parameter {pname!r} = {value!r} is invalid: {exc}") from None
+        raise RuleParameterError(
+            f"{rule}: parameter {pname!r} = {value!r} is invalid: {exc}"
+        ) from None
     raise RuleParameterError(f"{rule}: parameter {pname!r} has unknown kind {kind!r}")
 
 
@@ -162,10 +173,10 @@ class BuiltinRule(ABC):
 
     @classmethod
     def required_params(cls) -> list[str]:
-        """Parameters without a default that must be given (``Param(None, ..., optional=False)``)."""
+        """Parameters that must be given: ``Param(None, kind, optional=False)``."""
         return [p for p, spec in cls.params.items() if spec.default is None and not spec.optional]
 
-    def _validate(self) -> None:
+    def _validate(self) -> None:  # noqa: B027 - optional hook
         """Check parameter values together; raise RuleParameterError naming the parameter."""
 
     def param_error(self, pname: str, problem: str) -> RuleParameterError:
@@ -202,7 +213,9 @@ class BuiltinRule(ABC):
             rule=type(self).__name__,
             name=self.name,
             triggered=triggered,
-            parameters={k: (v.name if isinstance(v, ModeKeys) else v) for k, v in self.parameters.items()},
+            parameters={
+                k: (v.name if isinstance(v, ModeKeys) else v) for k, v in self.parameters.items()
+            },
             explanation=explanation,
             **fields,
         )
@@ -211,7 +224,9 @@ class BuiltinRule(ABC):
     def trigger_step(run: Any, global_step: int) -> TriggerStep:
         """A TriggerStep for a global step, with its mode and mode step."""
         try:
-            return TriggerStep(int(global_step), run.mode(int(global_step)).name, run.mode_step(int(global_step)))
+            return TriggerStep(
+                int(global_step), run.mode(int(global_step)).name, run.mode_step(int(global_step))
+            )
         except Exception:
             return TriggerStep(int(global_step))
 

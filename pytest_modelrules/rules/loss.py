@@ -413,17 +413,30 @@ class Overfit(BuiltinRule):
 
 
 def _since_improvement(values: np.ndarray, delta: float) -> np.ndarray:
-    """For each check, how many checks ago the value last beat the best before it by more than
-    ``delta`` (the first check counts as an improvement)."""
+    """For each check, how many checks ago the last improvement was, with Keras' early-stopping
+    meaning: a check improves when its value is below the best so far (the value at the last
+    improvement) by more than ``delta``; the first check counts as one.
+
+    The value at an improvement is also the running minimum there, so the next improvement is
+    the first index whose running minimum drops below it minus delta: one binary search per
+    improvement, not a loop over steps.
+    """
     n = len(values)
     if n == 0:
         return np.zeros(0, np.int64)
-    best_before = np.concatenate([[np.inf], np.minimum.accumulate(values)[:-1]])
-    improved = values < best_before - delta
-    improved[0] = True
+    neg_run_min = -np.minimum.accumulate(values)  # non-decreasing
+    improved = [0]
+    i = 0
+    while True:
+        j = int(np.searchsorted(neg_run_min, -(values[i] - delta), side="right"))
+        if j >= n or j <= i:
+            break
+        improved.append(j)
+        i = j
+    marks = np.zeros(n, np.int64)
+    marks[improved] = improved
     idx = np.arange(n)
-    last = np.maximum.accumulate(np.where(improved, idx, 0))
-    return idx - last
+    return idx - np.maximum.accumulate(marks)
 
 
 @register
@@ -432,8 +445,9 @@ class Overtraining(BuiltinRule):
 
     Training checks are the saved TRAIN steps; validation checks are the evaluation passes
     (mean EVAL loss of each stretch of EVAL steps). A check improves when its loss is below the
-    lowest earlier loss by more than ``delta`` (absolute). Triggers when the checks since the
-    last improvement exceed patience_train (training) or patience_validation (validation).
+    best so far by more than ``delta`` (absolute, as Keras' EarlyStopping min_delta). Triggers
+    when the checks since the last improvement exceed patience_train (training) or
+    patience_validation (validation).
     """
 
     name = "overtraining"

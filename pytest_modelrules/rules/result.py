@@ -87,7 +87,9 @@ class RuleResult:
         data = dict(data)
         ft = data.get("first_trigger")
         data["first_trigger"] = TriggerStep(**ft) if isinstance(ft, dict) else None
-        data["triggers"] = [TriggerStep(**t) for t in data.get("triggers", []) if isinstance(t, dict)]
+        data["triggers"] = [
+            TriggerStep(**t) for t in data.get("triggers", []) if isinstance(t, dict)
+        ]
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -105,6 +107,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _fmt(x: float) -> str:
-    if isinstance(x, (int, np.integer)) or (isinstance(x, float) and x.is_integer() and abs(x) < 1e12):
+    if isinstance(x, (int, np.integer)) or (
+        isinstance(x, float) and x.is_integer() and abs(x) < 1e12
+    ):
         return str(int(x))
     return f"{x:.4g}"

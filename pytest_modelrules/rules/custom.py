@@ -1,0 +1,171 @@
+"""SageMaker Debugger's custom-rule API: subclass :class:`Rule`, implement
+``invoke_at_step(step) -> bool``, run it with :func:`invoke_rule`.
+
+Notebook code written for smdebug runs unchanged once its imports point here::
+
+    from pytest_modelrules import Rule, invoke_rule, RuleEvaluationConditionMet, create_trial
+
+Built-in rules run step by step too: ``invoke_rule(LossNotDecreasing(), trial=run)`` (or
+``as_custom_rule(rule, run)``). A built-in rule with its own incremental path
+(LossNotDecreasing) uses it; the others are evaluated over the run once and answer each step
+from their trigger steps, which is the same thing for rules whose verdict at a step depends
+only on the steps up to it (all of this project's are).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+from ..exceptions import RuleEvaluationConditionMet, StepUnavailable, TensorUnavailableForStep
+from .base import BuiltinRule
+from .result import RuleResult, TriggerStep
+
+_LOG = logging.getLogger("pytest_modelrules.rules")
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+class Rule:
+    """Base of a custom rule, as smdebug's ``smdebug.rules.Rule``.
+
+    ``self.base_trial`` is the run (a path is opened), ``self.other_trials`` further runs to
+    compare with, ``self.logger`` a logger named after the rule. Subclasses implement
+    :meth:`invoke_at_step`, returning True where their condition holds.
+    """
+
+    def __init__(self, base_trial: Any, other_trials: list[Any] | None = None) -> None:
+        from ..store.run import open_run
+
+        self.base_trial = open_run(base_trial)
+        self.other_trials = [open_run(t) for t in (other_trials or [])]
+        self.rule_name = type(self).__name__
+        self.logger = logging.getLogger(f"pytest_modelrules.rules.{self.rule_name}")
+
+    def invoke_at_step(self, step: int) -> bool:
+        """True iff the rule's condition holds at global ``step``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement invoke_at_step(step)")
+
+    def invoke(self, step: int) -> None:
+        """smdebug's entry point: raise RuleEvaluationConditionMet when the condition holds."""
+        if self.invoke_at_step(step):
+            raise RuleEvaluationConditionMet(self.rule_name, step)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base_trial.name!r})"
+
+
+class BuiltinAsCustomRule(Rule):
+    """A built-in rule answering step by step (see the module's docstring)."""
+
+    def __init__(self, rule: BuiltinRule, base_trial: Any) -> None:
+        super().__init__(base_trial)
+        self.rule = rule
+        self.rule_name = type(rule).__name__
+        self._triggers: set[int] = set()
+        self._covered = -1
+
+    def invoke_at_step(self, step: int) -> bool:
+        incremental = getattr(self.rule, "invoke_at_step", None)
+        if incremental is not None:
+            return bool(incremental(self.base_trial, step))
+        if step > self._covered:
+            if self._covered >= 0:
+                self.base_trial.refresh()
+            result = self.rule.evaluate(self.base_trial)
+            self._triggers = {t.step for t in result.triggers}
+            steps = self.base_trial.steps()
+            self._covered = steps[-1] if steps else -1
+        if not self.base_trial._has_step(int(step), None):
+            raise StepUnavailable(int(step))
+        return int(step) in self._triggers
+
+
+def as_custom_rule(rule: BuiltinRule, trial: Any) -> Rule:
+    """A built-in rule bound to a run, usable with :func:`invoke_rule`."""
+    return BuiltinAsCustomRule(rule, trial)
+
+
+def invoke_rule(
+    rule: Rule | BuiltinRule,
+    start_step: int = 0,
+    end_step: int | None = None,
+    raise_eval_cond: bool = False,
+    *,
+    trial: Any = None,
+) -> RuleResult:
+    """Walk the run's saved global steps from ``start_step`` up to (not including)
+    ``end_step`` and call ``rule.invoke_at_step`` at each.
+
+    Steps where a tensor the rule reads is missing (TensorUnavailableForStep, StepUnavailable)
+    are skipped. With ``raise_eval_cond`` the first step where the rule returns True raises
+    RuleEvaluationConditionMet(rule_name, step) (its ``result`` holds what was found so far);
+    otherwise a RuleResult listing every trigger step comes back. A run still being written is
+    refreshed once at the start; steps written later are not waited for.
+    """
+    if isinstance(rule, BuiltinRule):
+        if trial is None:
+            raise TypeError("invoke_rule(builtin_rule, trial=run): a built-in rule needs the run")
+        rule = as_custom_rule(rule, trial)
+    if not isinstance(rule, Rule):
+        raise TypeError(f"invoke_rule needs a Rule (subclass with invoke_at_step), got {rule!r}")
+    run = rule.base_trial
+    if not run.has_ended:
+        run.refresh()
+    name = rule.rule_name
+    started = time.perf_counter()
+    _LOG.info("Started execution of rule %s at step %d", name, start_step)
+    steps = [s for s in run.steps() if s >= start_step and (end_step is None or s < end_step)]
+    triggers: list[TriggerStep] = []
+    skipped: list[int] = []
+    evaluated = 0
+
+    def result() -> RuleResult:
+        if triggers:
+            first = triggers[0]
+            text = (
+                f"The condition of {name} held at {len(triggers)} of {evaluated} steps evaluated, "
+                f"first at global step {first.step}"
+            )
+        else:
+            text = f"The condition of {name} held at none of {evaluated} steps evaluated"
+        if skipped:
+            text += f"; {len(skipped)} steps skipped (a tensor the rule reads was not saved there)"
+        return RuleResult(
+            rule=name,
+            name=_snake(name),
+            triggered=bool(triggers),
+            parameters=dict(getattr(getattr(rule, "rule", None), "parameters", {}) or {}),
+            explanation=text + ".",
+            first_trigger=triggers[0] if triggers else None,
+            triggers=list(triggers),
+            evidence={"skipped_steps": skipped},
+            steps_evaluated=evaluated,
+            run_name=run.name,
+            run_path=run.path,
+            duration_s=time.perf_counter() - started,
+            skipped=evaluated == 0,
+        )
+
+    for step in steps:
+        try:
+            met = bool(rule.invoke_at_step(step))
+        except (TensorUnavailableForStep, StepUnavailable) as exc:
+            skipped.append(int(step))
+            _LOG.debug("%s: step %d skipped: %s", name, step, exc)
+            continue
+        evaluated += 1
+        if met:
+            triggers.append(BuiltinRule.trigger_step(run, step))
+            if raise_eval_cond:
+                _LOG.info("Ended execution of rule %s at step %d", name, step)
+                raise RuleEvaluationConditionMet(name, step, result=result())
+    _LOG.info("Ended execution of rule %s at end_step %s", name, end_step)
+    return result()
+
+
+__all__ = ["BuiltinAsCustomRule", "Rule", "as_custom_rule", "invoke_rule"]

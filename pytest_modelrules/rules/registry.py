@@ -1,0 +1,70 @@
+"""Rules by name: ``evaluate(run, "loss_not_decreasing", num_steps=20)``, the list of rules,
+and the default set (the rules that need no parameter, run by "check everything")."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from ..exceptions import RuleParameterError
+from .base import BuiltinRule, registry
+from .result import RuleResult
+
+
+def available_rules() -> list[str]:
+    """snake_case names of every built-in rule, sorted."""
+    return sorted(registry())
+
+
+def default_rules() -> list[str]:
+    """The rules that run when a user asks for all defaults: those enabled by default that
+    need no required parameter (sorted snake_case names)."""
+    return sorted(
+        name
+        for name, cls in registry().items()
+        if cls.default_enabled and not cls.required_params()
+    )
+
+
+def rule_class(name: str | type[BuiltinRule]) -> type[BuiltinRule]:
+    """The rule class for a snake_case name or a class name (any case); RuleParameterError
+    listing the known names otherwise."""
+    if isinstance(name, type) and issubclass(name, BuiltinRule):
+        return name
+    if not isinstance(name, str):
+        raise RuleParameterError(f"a rule name must be a string, got {name!r}")
+    rules = registry()
+    key = name.strip()
+    if key in rules:
+        return rules[key]
+    folded = key.lower().replace("_", "").replace("-", "")
+    for snake, cls in rules.items():
+        if folded in (snake.replace("_", ""), cls.__name__.lower()):
+            return cls
+    close = difflib.get_close_matches(key.lower(), list(rules), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise RuleParameterError(
+        f"unknown rule {name!r}{hint}; the rules are: {', '.join(sorted(rules))}"
+    )
+
+
+def make_rule(spec: Any, **params: Any) -> BuiltinRule:
+    """A rule instance from a name, a class, a (name, params) pair or an instance."""
+    if isinstance(spec, BuiltinRule):
+        if params:
+            raise RuleParameterError(
+                f"{type(spec).__name__} is already configured; pass parameters to its constructor"
+            )
+        return spec
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], dict):
+        return rule_class(spec[0])(**{**spec[1], **params})
+    return rule_class(spec)(**params)
+
+
+def evaluate(run: Any, name: Any, **params: Any) -> RuleResult:
+    """Evaluate one rule (snake_case name, class name, class or instance) on a run (a Run or a
+    path/URL) with parameters as values or strings."""
+    return make_rule(name, **params).evaluate(run)
+
+
+__all__ = ["available_rules", "default_rules", "evaluate", "make_rule", "rule_class"]
