@@ -109,6 +109,13 @@ def _rng(draw: Any) -> np.random.Generator:
     return np.random.default_rng(draw(st.integers(0, 2**32 - 1), label="seed"))
 
 
+class _Compact:
+    """Hypothesis prints falsifying examples with ``_repr_pretty_``: keep them one line."""
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(repr(self))
+
+
 def _short(values: np.ndarray, n: int = 6) -> str:
     vals = [f"{float(v):.7g}" for v in np.asarray(values).ravel()[:n]]
     more = (
@@ -121,7 +128,7 @@ def _short(values: np.ndarray, n: int = 6) -> str:
 
 
 @dataclass(frozen=True, repr=False)
-class LossCurve:
+class LossCurve(_Compact):
     """A loss curve (float32 values, one per saved step) and the shape it was built with.
 
     Promises, for the finite values (every index outside ``nonfinite``):
@@ -281,7 +288,7 @@ def _band(center: Any, noise: float) -> tuple[Any, Any]:
 
 
 @dataclass(frozen=True, repr=False)
-class LabelStream:
+class LabelStream(_Compact):
     """Labels (int64) split into batches, with the exact count of every class.
 
     Promise: ``counts.min() == min_count`` and ``counts.max() == round(ratio * min_count)``, so
@@ -322,6 +329,8 @@ def _draw_counts(draw: Any, num_classes: int, ratio: float, min_count: int) -> n
         raise InvalidArgument(f"imbalance ratio {ratio} must be >= 1 (max count / min count)")
     if num_classes < 1:
         raise InvalidArgument(f"num_classes={num_classes} must be >= 1")
+    if num_classes == 1 and ratio != 1.0:
+        raise InvalidArgument(f"one class cannot be imbalanced (ratio {ratio} asked)")
     m = int(min_count)
     big = max(m, math.floor(ratio * m + 0.5))
     if num_classes == 1:
@@ -376,7 +385,7 @@ def label_streams(
 
 
 @dataclass(frozen=True, repr=False)
-class Predictions:
+class Predictions(_Compact):
     """Labels, logits (float32, samples x classes) and the exact confusion they hold.
 
     ``confusion[label, predicted]`` counts the samples; ``argmax(logits, 1)`` equals
@@ -544,7 +553,7 @@ def predictions(
 
 
 @dataclass(frozen=True, repr=False)
-class ReluOutput:
+class ReluOutput(_Compact):
     """One ReLU output batch: shape (batch, units) or (batch, channels, h, w).
 
     Promise: exactly ``dead_units`` units (channels for 4-D outputs) are 0 for every sample;
@@ -624,7 +633,7 @@ def relu_outputs(
 
 
 @dataclass(frozen=True, repr=False)
-class ParamSeries:
+class ParamSeries(_Compact):
     """A parameter's weights and gradients over steps, with their exact statistics.
 
     Promises: ``mean(|gradient|)`` at every step is ``grad_scale`` within a relative 1e-5;
@@ -782,7 +791,7 @@ class RunTruth:
 
 
 @dataclass(repr=False)
-class GeneratedRun:
+class GeneratedRun(_Compact):
     """A generated run (an in-memory :class:`~pytest_modelrules.store.run.Run`) and its truth.
 
     ``save(path)`` writes it to disk (native layout) to inspect a failing example.
@@ -1033,15 +1042,15 @@ def training_runs(
             truth.dead_fraction[tname] = len(dead) / units
             for key in values:
                 values[key][tname] = _relu_batch(rng, batch, (units,), dead, 0.5)
-    if "weights" in tensors or "gradients" in tensors:
-        train_rows = [r for r in schedule if r.mode == "TRAIN"]
+    train_rows = [r for r in schedule if r.mode == "TRAIN"]
+    if train_rows and ("weights" in tensors or "gradients" in tensors):
         n_complete = sum(r.complete for r in train_rows)
         gs = _scale(_v(draw, grad_scale))
         ur = float(_v(draw, _floats(update_ratio)))
         for p in params:
             shape = _param_shape(p, n_classes)
             ws = iter(_weights(rng, shape, max(n_complete, 1), ur, 0.1))
-            if "weights" in tensors:
+            if "weights" in tensors and n_complete:
                 truth.update_ratio[p] = ur
                 for r in train_rows:
                     # incomplete steps hold zeros: a reader that shows them breaks the ratio
@@ -1050,7 +1059,8 @@ def training_runs(
                         values[(r.step, w)][p] = wv
             if "gradients" in tensors:
                 gname = gradient_name(p)
-                truth.grad_scale[gname] = gs
+                if n_complete:
+                    truth.grad_scale[gname] = gs
                 for r in train_rows:
                     g = _gradient(rng, shape, gs)
                     for w in r.workers:
