@@ -42,7 +42,7 @@ DPI = 100
 
 _LABEL_NAMES = (r"CrossEntropyLoss_input_1$", r"(?i)labels?$", r"(?i)labels?")
 _LOGIT_NAMES = (r"CrossEntropyLoss_input_0$", r"(?i)(predictions?|logits)$", r"(?i)predictions?")
-_INPUT_NAMES = (r"ResNet_input_0$", r"(?i)model_input", r"^[A-Za-z0-9]+_input_0$")
+_INPUT_NAMES = (r"ResNet_input_0$", r"(?i)model_input", r"^(?!.*(?i:loss))[A-Za-z0-9]+_input_0$")
 _LOSS_NAMES = (r"CrossEntropyLoss_output_0$", r"(?i)loss\w*_output_0$", r"(?i)loss")
 
 

@@ -1,0 +1,316 @@
+"""The report's plots: each renders for the fixture run, shows the run's numbers, and reads
+reductions / only the steps it needs on large runs."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from report_synthetic import GTSRB_NAMES, MEAN, STD, sign_image
+
+from pytest_modelrules import MissingTensorError, open_run
+from pytest_modelrules.report import plots
+from pytest_modelrules.rules.result import RuleResult, TriggerStep
+from pytest_modelrules.store.names import compute_reduction, reduction_tensor_name
+from pytest_modelrules.store.writer import RunWriter
+
+LOSS, LOGITS, LABELS = (
+    "CrossEntropyLoss_output_0",
+    "CrossEntropyLoss_input_0",
+    "CrossEntropyLoss_input_1",
+)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a PNG file; fails unless it is one."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def assert_sane_png(path: Path, min_side: int = 300) -> None:
+    w, h = png_size(path)
+    assert min_side <= w <= 4000 and min_side <= h <= 4000, (w, h)
+    assert path.stat().st_size > 5_000
+
+
+def truth_series(truth: dict, name: str, mode: int) -> tuple[list[int], list[np.ndarray]]:
+    """(mode steps, values) of a tensor in a mode, straight from the fixture's truth file."""
+    steps, values = [], []
+    for g, m, ms, saved in truth["__steps__"].tolist():
+        if m == mode and saved and f"{g}/{name}" in truth:
+            steps.append(ms)
+            values.append(truth[f"{g}/{name}"])
+    return steps, values
+
+
+# -- the fixture run ----------------------------------------------------------------------------
+
+
+def test_loss_plot_of_fixture_run(fixture_run, smdebug_truth, tmp_path):
+    trig = RuleResult(
+        "LossNotDecreasing", "loss_not_decreasing", True,
+        first_trigger=TriggerStep(13, "TRAIN", 9), triggers=[TriggerStep(13, "TRAIN", 9)],
+    )  # fmt: skip
+    fig = plots.plot_loss(fixture_run, results=[trig], path=tmp_path / "loss.png")
+    assert_sane_png(tmp_path / "loss.png")
+    train, evl = fig.axes
+    assert train.get_title() == f"TRAIN loss ({LOSS})" and evl.get_title() == f"EVAL loss ({LOSS})"
+    assert train.get_xlabel() == "TRAIN step" and train.get_ylabel() == "loss"
+    for ax, mode in ((train, 1), (evl, 2)):
+        steps, values = truth_series(smdebug_truth, LOSS, mode)
+        line = ax.get_lines()[0]
+        assert list(line.get_xdata()) == steps
+        np.testing.assert_allclose(line.get_ydata(), [float(v) for v in values], rtol=1e-6)
+    # the trigger is marked on the TRAIN panel only, at its mode step
+    marks = [ln for ln in train.get_lines() if ln.get_label() == "loss_not_decreasing triggered"]
+    assert len(marks) == 1 and list(marks[0].get_xdata()) == [9]
+    assert not [ln for ln in evl.get_lines() if "triggered" in str(ln.get_label())]
+
+
+def test_label_counts_of_fixture_run(fixture_run, smdebug_truth, tmp_path):
+    fig = plots.plot_label_counts(fixture_run, path=tmp_path / "labels.png")
+    assert_sane_png(tmp_path / "labels.png")
+    ax = fig.axes[0]
+    bars = ax.containers[0]
+    _, labels = truth_series(smdebug_truth, LABELS, 1)
+    expected = np.bincount(np.concatenate(labels), minlength=43)
+    assert len(bars) == 43
+    assert [p.get_height() for p in bars] == expected.tolist()
+    assert ax.get_xlabel() == "class" and ax.get_ylabel() == "samples"
+    assert ax.get_title().startswith(f"Label counts per class (TRAIN, {LABELS})")
+    ratio = expected.max() / expected.min()
+    assert f"max/min {ratio:.1f}" in ax.get_title()
+
+
+def test_label_counts_side_by_side_with_class_names(demo_run_dir, baseline_run_dir, tmp_path):
+    fig = plots.plot_label_counts(demo_run_dir, baseline=baseline_run_dir, path=tmp_path / "l.png")
+    ax = fig.axes[0]
+    assert [len(c) for c in ax.containers] == [43, 43]
+    run_bars, base_bars = ax.containers
+    # the two runs' bars stand side by side around each class's tick
+    assert run_bars[19].get_x() < 19 < base_bars[19].get_x() + base_bars[19].get_width()
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks[19] == "19 Dangerous curve to the left" and ticks[14] == "14 Stop"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "demo_run",
+        "fixed_run (baseline)",
+    ]
+    assert_sane_png(tmp_path / "l.png")
+
+
+def test_confusion_matrix_of_fixture_run(fixture_run, smdebug_truth, tmp_path):
+    fig = plots.plot_confusion_matrix(fixture_run, path=tmp_path / "cm.png")
+    assert_sane_png(tmp_path / "cm.png")
+    ax = fig.axes[0]
+    heat = ax.get_images()[0].get_array()
+    assert heat.shape == (43, 43)
+    _, logits = truth_series(smdebug_truth, LOGITS, 2)
+    _, labels = truth_series(smdebug_truth, LABELS, 2)
+    y, p = np.concatenate(labels), np.concatenate([lg.argmax(1) for lg in logits])
+    cm = np.zeros((43, 43))
+    np.add.at(cm, (y, p), 1)
+    rows = cm.sum(1, keepdims=True)
+    np.testing.assert_allclose(heat, np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0))
+    assert ax.get_xlabel() == "predicted class" and ax.get_ylabel() == "true class"
+    assert ax.get_title().startswith(f"Confusion matrix (EVAL, {len(y)} samples")
+    # the fixture confuses 19 and 20: both cells are among the outlined ones
+    outlined = {(round(r.get_y() + 0.5), round(r.get_x() + 0.5)) for r in ax.patches}
+    assert {(19, 20), (20, 19)} <= outlined
+
+
+def _gallery_panels(fig) -> list[tuple[str, str]]:
+    return [
+        (" ".join(ax.get_title().split()), ax.get_xlabel()) for ax in fig.axes if ax.get_title()
+    ]
+
+
+def test_gallery_titles_match_the_fixture_data(fixture_run, smdebug_truth, tmp_path):
+    fig = plots.plot_misclassified(fixture_run, max_images=8, path=tmp_path / "gallery.png")
+    assert_sane_png(tmp_path / "gallery.png")
+    panels = _gallery_panels(fig)
+    assert len(panels) == 8
+    steps, logits = truth_series(smdebug_truth, LOGITS, 2)
+    _, labels = truth_series(smdebug_truth, LABELS, 2)
+    by_step = {s: (lg.argmax(1), lb) for s, lg, lb in zip(steps, logits, labels)}
+    for title, where in panels:
+        _, _, step, _, index = where.replace(",", "").split()  # "EVAL step 15, sample 3"
+        pred, truth = by_step[int(step)][0][int(index)], by_step[int(step)][1][int(index)]
+        assert pred != truth
+        assert title == f"predicted {pred}, truth {truth}"
+    # the newest mistakes are shown: the last EVAL step is among them
+    assert any(w.startswith(f"EVAL step {steps[-1]},") for _, w in panels)
+    assert "model input not saved" in fig.get_suptitle()
+
+
+def test_dead_relu_of_fixture_run(fixture_run, smdebug_truth, tmp_path):
+    fig = plots.plot_dead_relu(fixture_run, path=tmp_path / "relu.png")
+    assert_sane_png(tmp_path / "relu.png")
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "dead units (%)" and ax.get_xlabel() == "TRAIN step"
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    for layer in ("layer1.relu_output_0", "layer2.relu_output_0"):
+        steps, values = truth_series(smdebug_truth, layer, 1)
+        expected = [100 * np.mean((v > 0).mean(0) * 100 < 1.0) for v in values]
+        assert list(lines[layer].get_xdata()) == steps
+        np.testing.assert_allclose(lines[layer].get_ydata(), expected)
+    assert lines["threshold_layer 50%"].get_ydata()[0] == 50
+
+
+def test_gradient_plot_says_what_is_missing(fixture_run):
+    with pytest.raises(MissingTensorError, match="no gradients"):
+        plots.plot_gradient_norms(fixture_run)
+
+
+# -- what the fixture lacks: images, gradients, stored reductions --------------------------------
+
+
+def test_gallery_unnormalises_images_with_the_runs_mean_and_std(demo_run_dir, tmp_path):
+    fig = plots.plot_misclassified(demo_run_dir, max_images=6, path=tmp_path / "g.png")
+    assert_sane_png(tmp_path / "g.png")
+    run = open_run(demo_run_dir)
+    shown = 0
+    for ax in fig.axes:
+        if not ax.get_images():
+            continue
+        _, _, step, _, index = ax.get_xlabel().replace(",", "").split()
+        labels = run.tensor(LABELS).value(int(step), "EVAL")
+        pred = run.tensor(LOGITS).value(int(step), "EVAL").argmax(1)
+        truth, guess = int(labels[int(index)]), int(pred[int(index)])
+        assert " ".join(ax.get_title().split()) == (
+            f"predicted {GTSRB_NAMES[guess]}, truth {GTSRB_NAMES[truth]}"
+        )
+        # the pixels are the sign the run normalised, back in [0, 1]
+        np.testing.assert_allclose(ax.get_images()[0].get_array(), sign_image(truth), atol=1e-6)
+        shown += 1
+    assert shown == 6
+    assert run.metadata["normalize"] == {"mean": list(MEAN), "std": list(STD)}
+
+
+def test_gallery_can_keep_only_mirror_pairs(demo_run_dir):
+    fig = plots.plot_misclassified(demo_run_dir, max_images=4, pairs=[(19, 20)])
+    titles = [t for t, _ in _gallery_panels(fig)]
+    assert len(titles) == 4
+    assert set(titles) <= {
+        f"predicted {GTSRB_NAMES[20]}, truth {GTSRB_NAMES[19]}",
+        f"predicted {GTSRB_NAMES[19]}, truth {GTSRB_NAMES[20]}",
+    }
+
+
+def test_to_pixels_layouts():
+    chw = np.zeros((3, 2, 2), np.float32)
+    px = plots.to_pixels(chw, plots.IMAGENET_MEAN, plots.IMAGENET_STD)
+    assert px.shape == (2, 2, 3)
+    np.testing.assert_allclose(px[0, 0], plots.IMAGENET_MEAN)
+    gray = plots.to_pixels(np.full((1, 2, 2), 2.0), [0.5], [0.1])
+    assert gray.shape == (2, 2) and np.allclose(gray, 0.7)
+    u8 = plots.to_pixels(np.full((2, 2, 3), 255, np.uint8), [9], [9])
+    assert np.allclose(u8, 1.0)
+    assert plots.to_pixels(np.full((3, 2, 2), 50.0), [0, 0, 0], [1, 1, 1]).max() == 1.0
+
+
+def test_gradient_norms_from_full_tensors_and_stored_l2(demo_run_dir, tmp_path):
+    fig = plots.plot_gradient_norms(demo_run_dir, path=tmp_path / "grad.png")
+    assert_sane_png(tmp_path / "grad.png")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "gradient L2 norm"
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    run = open_run(demo_run_dir)
+    full = run.tensor("gradient/conv1.weight").values("TRAIN")
+    np.testing.assert_allclose(
+        lines["gradient/conv1.weight"].get_ydata(),
+        [np.linalg.norm(v) for v in full.values()],
+        rtol=1e-6,
+    )
+    stored = run.tensor(reduction_tensor_name("gradient/fc.weight", "l2")).values("TRAIN")
+    np.testing.assert_allclose(
+        lines["gradient/fc.weight"].get_ydata(), [float(v) for v in stored.values()]
+    )
+
+
+def _write_disagreeing_run(path: Path) -> Path:
+    """Full tensors that say one thing and stored reductions that say another: a plot that
+    follows the reduction proves it read the reduction."""
+    with RunWriter(path) as w:
+        for s in range(4):
+            act = np.ones((8, 10), np.float32)  # every unit alive
+            w.write("block.relu_output_0", act, s, "TRAIN")
+            pf = np.zeros(10, np.float32)  # the stored reduction says every unit is dead
+            w.write(
+                reduction_tensor_name("block.relu_output_0", "positive_fraction"), pf, s, "TRAIN"
+            )
+            w.write("gradient/w", np.ones(4, np.float32), s, "TRAIN")
+            w.write(reduction_tensor_name("gradient/w", "l2"), np.float32(123.0), s, "TRAIN")
+    return path
+
+
+def test_plots_read_stored_reductions_not_full_tensors(tmp_path):
+    run = open_run(_write_disagreeing_run(tmp_path / "run"))
+    relu = plots.dead_relu_percent(run)
+    assert relu["block.relu_output_0"][1].tolist() == [100.0] * 4
+    grads = plots.gradient_norms(run)
+    assert grads["gradient/w"][1].tolist() == [123.0] * 4
+    # without the reductions, the same numbers come from the full tensors
+    assert compute_reduction(np.ones((8, 10)), "positive_fraction").min() == 1.0
+
+
+def test_loss_line_is_subsampled_on_long_runs(tmp_path):
+    n = 12_000
+    with RunWriter(tmp_path / "long") as w:
+        for s in range(n):
+            w.write(LOSS, np.float32(1.0 / (1 + s)), s, "TRAIN")
+    trig = RuleResult(
+        "LossNotDecreasing", "loss_not_decreasing", True, triggers=[TriggerStep(7777)]
+    )
+    started = time.perf_counter()
+    fig = plots.plot_loss(tmp_path / "long", results=[trig], path=tmp_path / "loss.png")
+    elapsed = time.perf_counter() - started
+    line = fig.axes[0].get_lines()[0]
+    xs = np.asarray(line.get_xdata())
+    assert 4_000 <= len(xs) <= plots.MAX_LOSS_POINTS + 1
+    assert xs[0] == 0 and xs[-1] == n - 1 and 7777 in xs
+    assert any(f"{len(xs)} of {n} steps shown" in t.get_text() for t in fig.axes[0].texts)
+    assert elapsed < 10, f"plot_loss took {elapsed:.1f} s on {n} steps"
+
+
+def test_gallery_reads_only_the_input_steps_it_shows(demo_run_dir, monkeypatch):
+    from pytest_modelrules.store import run as run_mod
+
+    reads: list[tuple[str, int]] = []
+    original = run_mod.Tensor.value
+
+    def spy(self, step_num, mode=None, worker=None):
+        reads.append((self.name, int(step_num)))
+        return original(self, step_num, mode, worker)
+
+    def no_series(self, *a, **k):
+        raise AssertionError(f"the gallery read every step of {self.name}")
+
+    monkeypatch.setattr(run_mod.Tensor, "value", spy)
+    original_series = run_mod.Tensor.series
+    monkeypatch.setattr(
+        run_mod.Tensor,
+        "series",
+        lambda self, *a, **k: (
+            no_series(self) if self.name == "ResNet_input_0" else original_series(self, *a, **k)
+        ),
+    )
+    fig = plots.plot_misclassified(demo_run_dir, max_images=3)
+    shown = {int(ax.get_xlabel().split()[2].rstrip(",")) for ax in fig.axes if ax.get_images()}
+    input_reads = [s for name, s in reads if name == "ResNet_input_0"]
+    assert sorted(set(input_reads)) == sorted(shown) and len(input_reads) == len(shown)
+
+
+def test_plots_do_not_import_matplotlib_at_package_import():
+    code = (
+        "import sys, pytest_modelrules, pytest_modelrules.report, pytest_modelrules.report.mapping;"
+        "pytest_modelrules.report.evidence_anchor('dead_relu');"
+        "assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
