@@ -1,0 +1,282 @@
+"""LossNotDecreasing, Overfit, Overtraining on runs written with RunWriter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pytest_modelrules import MissingTensorError, RuleParameterError, RunWriter, open_run
+from pytest_modelrules.rules.custom import invoke_rule
+from pytest_modelrules.rules.loss import (
+    LossNotDecreasing,
+    Overfit,
+    Overtraining,
+    _since_improvement,
+)
+from pytest_modelrules.store.memory import MemoryRunBuilder
+
+LOSS = "CrossEntropyLoss_output_0"
+
+
+def write_losses(path, rows, collections=None, **extra):
+    """rows: (global_step, mode, loss[, mode_step]); extra: name -> {global_step: array}."""
+    with RunWriter(path) as w:
+        if collections:
+            w.set_collections(collections)
+        for row in rows:
+            g, mode, value = row[:3]
+            mode_step = row[3] if len(row) > 3 else None
+            w.write(LOSS, np.float32(value), g, mode, mode_step=mode_step)
+            for name, by_step in extra.items():
+                if g in by_step:
+                    w.write(name, by_step[g], g, mode, mode_step=mode_step)
+    return open_run(path)
+
+
+@pytest.fixture
+def old_case(tmp_path):
+    """SageMaker's old test: losses at steps 0, 4, 8, 12, 16."""
+    rows = [(s, "TRAIN", v, s) for s, v in zip([0, 4, 8, 12, 16], [0.30, 0.33, 0.31, 0.30, 0.28])]
+    return write_losses(tmp_path / "run", rows)
+
+
+def test_old_sequence_triggers_first_at_12(old_case):
+    result = LossNotDecreasing(num_steps=10, diff_percent=0).evaluate(old_case)
+    assert result.triggered
+    assert result.first_step == 12
+    assert [t.step for t in result.triggers] == [12]
+    assert result.first_trigger.mode == "TRAIN"
+    assert "0.3 vs 0.3" in result.explanation
+
+
+def test_old_sequence_stepwise_on_one_rule_object(old_case):
+    rule = LossNotDecreasing(num_steps="10", diff_percent="0")
+    assert rule.invoke_at_step(old_case, 12) is True
+    assert rule.invoke_at_step(old_case, 16) is False  # 16 < 12 + 10: not checked again
+    result = invoke_rule(rule, start_step=13, end_step=17, trial=old_case)
+    assert not result.triggered
+    assert result.steps_evaluated == 1  # 16; 13, 14, 15 are no saved steps of the run
+    # a fresh object walking the whole run agrees with the vectorised evaluation
+    walked = invoke_rule(LossNotDecreasing(num_steps=10), trial=old_case)
+    assert [t.step for t in walked.triggers] == [12]
+
+
+def test_decreasing_loss_passes(tmp_path):
+    run = write_losses(tmp_path / "r", [(g, "TRAIN", 2.0 / (g + 1)) for g in range(60)])
+    result = LossNotDecreasing().evaluate(run)
+    assert not result.triggered
+    assert result.steps_evaluated == 5  # checks at 10, 20, 30, 40, 50
+    assert "decreased at all 5 checks" in result.explanation
+
+
+def test_flat_loss_triggers_at_first_check(tmp_path):
+    run = write_losses(tmp_path / "r", [(g, "TRAIN", 1.5) for g in range(35)])
+    result = LossNotDecreasing(num_steps=10).evaluate(run)
+    assert [t.step for t in result.triggers] == [10, 20, 30]
+    assert result.figure == 100.0
+
+
+def test_diff_percent_allows_small_increase(tmp_path):
+    rows = [(0, "TRAIN", 1.0, 0), (10, "TRAIN", 1.03, 10), (20, "TRAIN", 1.03 * 1.06, 20)]
+    run = write_losses(tmp_path / "r", rows)
+    assert [t.step for t in LossNotDecreasing(diff_percent="5").evaluate(run).triggers] == [20]
+    assert [t.step for t in LossNotDecreasing().evaluate(run).triggers] == [10, 20]
+
+
+def test_irregular_steps_check_sequence(tmp_path):
+    steps = [0, 3, 9, 11, 14, 22, 23, 40]
+    run = write_losses(tmp_path / "r", [(s, "TRAIN", 1.0, s) for s in steps])
+    result = LossNotDecreasing(num_steps=10).evaluate(run)
+    # checks: 11 (first >= 0 + 10), then first >= 21 -> 22, then first >= 32 -> 40
+    assert [t.step for t in result.triggers] == [11, 22, 40]
+
+
+def test_mode_none_prefers_eval(tmp_path):
+    rows = [(g, "TRAIN", 1.0 / (g + 1)) for g in range(20)]
+    rows += [(g, "EVAL", 0.5) for g in range(20, 40)]
+    run = write_losses(tmp_path / "r", rows)
+    auto = LossNotDecreasing().evaluate(run)
+    assert auto.evidence["mode"] == "EVAL" and auto.triggered
+    assert auto.first_trigger.mode == "EVAL" and auto.first_trigger.mode_step == 10
+    assert auto.first_step == 30
+    train = LossNotDecreasing(mode="TRAIN").evaluate(run)
+    assert train.evidence["mode"] == "TRAIN" and not train.triggered
+    assert LossNotDecreasing(mode="modes.GLOBAL").evaluate(run).evidence["mode"] == "GLOBAL"
+
+
+def test_losses_collection_and_regex(tmp_path):
+    other = {g: np.float32(5.0) for g in range(30)}  # flat, but not a loss
+    run = write_losses(
+        tmp_path / "r",
+        [(g, "TRAIN", 1.0 / (g + 1)) for g in range(30)],
+        collections={"losses": {"tensor_names": [LOSS]}},
+        lr=other,
+    )
+    assert LossNotDecreasing().evaluate(run).evidence["tensors"] == [LOSS]
+    flat = LossNotDecreasing(tensor_regex="^lr$", use_losses_collection="false").evaluate(run)
+    assert flat.evidence["tensors"] == ["lr"] and flat.triggered
+
+
+def test_scalar_fallback_without_collection(tmp_path):
+    run = write_losses(
+        tmp_path / "r",
+        [(g, "TRAIN", 1.0) for g in range(12)],
+        features={g: np.zeros((4, 3), np.float32) for g in range(12)},
+    )
+    assert LossNotDecreasing().evaluate(run).evidence["tensors"] == [LOSS]
+
+
+def test_missing_loss_names_what_the_run_has(tmp_path):
+    with RunWriter(tmp_path / "r") as w:
+        w.write("fc.weight", np.ones((3, 3), np.float32), 0)
+    with pytest.raises(MissingTensorError) as info:
+        LossNotDecreasing().evaluate(tmp_path / "r")
+    assert "loss tensor" in str(info.value) and "fc.weight" in str(info.value)
+    run = write_losses(tmp_path / "r2", [(0, "TRAIN", 1.0)])
+    with pytest.raises(MissingTensorError, match=r"tensor_regex \['nope'\].*CrossEntropyLoss"):
+        LossNotDecreasing(tensor_regex="nope").evaluate(run)
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"num_steps": "0"}, "num_steps"),
+        ({"num_steps": "ten"}, "num_steps"),
+        ({"diff_percent": "-1"}, "diff_percent"),
+        ({"mode": "TRAINING"}, "mode"),
+        ({"use_losses_collection": "maybe"}, "use_losses_collection"),
+        ({"numsteps": 3}, "unknown parameter"),
+    ],
+)
+def test_bad_parameters(params, match):
+    with pytest.raises(RuleParameterError, match=match):
+        LossNotDecreasing(**params)
+
+
+def test_parameters_as_strings_equal_values(old_case):
+    a = LossNotDecreasing(num_steps="10", diff_percent="0.0", mode="TRAIN").evaluate(old_case)
+    b = LossNotDecreasing(num_steps=10, diff_percent=0.0, mode="TRAIN").evaluate(old_case)
+    assert a.triggers == b.triggers and a.parameters == b.parameters
+
+
+# -- Overfit ------------------------------------------------------------------------------------
+
+
+def epochs(train_losses, eval_losses, train_steps=5, eval_steps=3):
+    """Rows of alternating TRAIN / EVAL phases with the given per-phase losses."""
+    rows, g = [], 0
+    for tl, el in zip(train_losses, eval_losses):
+        for _ in range(train_steps):
+            rows.append((g, "TRAIN", tl))
+            g += 1
+        for _ in range(eval_steps):
+            rows.append((g, "EVAL", el))
+            g += 1
+    return rows
+
+
+def test_overfit_triggers_with_patience(tmp_path):
+    # gaps: 0%, 5%, 20%, 30%, 40% -> over 10% at checks 3, 4, 5 (ending 23, 31, 39)
+    run = write_losses(tmp_path / "r", epochs([1.0] * 5, [1.0, 1.05, 1.2, 1.3, 1.4]))
+    assert Overfit().evaluate(run).first_step == 23
+    result = Overfit(patience="2").evaluate(run)
+    assert [t.step for t in result.triggers] == [31, 39]
+    assert result.first_trigger.mode == "EVAL"
+    assert Overfit(patience=4).evaluate(run).triggered is False
+    assert Overfit(start_step=32).evaluate(run).first_step == 39
+    assert result.figure == pytest.approx(0.4, rel=1e-5)
+
+
+def test_overfit_passes_and_skips_without_eval(tmp_path):
+    run = write_losses(tmp_path / "r", epochs([1.0, 0.8, 0.6], [1.05, 0.85, 0.65]))
+    assert not Overfit().evaluate(run).triggered
+    only_train = write_losses(tmp_path / "t", [(g, "TRAIN", 1.0) for g in range(10)])
+    result = Overfit().evaluate(only_train)
+    assert result.skipped and not result.triggered
+
+
+def test_overfit_bad_patience():
+    with pytest.raises(RuleParameterError, match="patience"):
+        Overfit(patience="0")
+
+
+# -- Overtraining -------------------------------------------------------------------------------
+
+
+def test_overtraining_training_patience(tmp_path):
+    values = [1.0, 0.9, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8]
+    run = write_losses(tmp_path / "r", [(g, "TRAIN", v) for g, v in enumerate(values)])
+    result = Overtraining().evaluate(run)
+    # last improvement at step 2; 6 steps later (step 8) exceeds patience_train 5
+    assert result.first_step == 8
+    assert "patience 5" in result.explanation
+    assert not Overtraining(patience_train="7").evaluate(run).triggered
+
+
+def test_overtraining_validation_passes(tmp_path):
+    evals = [1.0, 0.9] + [0.9] * 11
+    run = write_losses(tmp_path / "r", epochs([1.0 - 0.05 * i for i in range(13)], evals, 2, 2))
+    result = Overtraining(patience_train=100).evaluate(run)
+    assert result.triggered
+    assert result.first_trigger.mode == "EVAL"
+    assert "validation loss" in result.explanation
+    assert not Overtraining(patience_train=100, patience_validation=11).evaluate(run).triggered
+
+
+def test_overtraining_slow_steady_decrease_counts_as_improvement(tmp_path):
+    # 0.004 per step: every third step beats the best by more than delta 0.01 (Keras semantics)
+    run = write_losses(tmp_path / "r", [(g, "TRAIN", 1.0 - 0.004 * g) for g in range(40)])
+    assert not Overtraining().evaluate(run).triggered
+
+
+def test_overtraining_bad_delta():
+    with pytest.raises(RuleParameterError, match="delta"):
+        Overtraining(delta="-0.1")
+
+
+# -- properties -----------------------------------------------------------------------------
+
+
+def _memory_run(values, mode="TRAIN"):
+    builder = MemoryRunBuilder()
+    for g, v in enumerate(values):
+        builder.write(LOSS, np.float32(v), g, mode)
+    builder.close()
+    return builder.run()
+
+
+losses = st.lists(st.floats(0.015625, 10.0, width=32), min_size=1, max_size=60)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values=losses, factor=st.sampled_from([0.5, 2.0, 8.0, 0.125]), n=st.integers(1, 12))
+def test_scaling_losses_keeps_the_verdict(values, factor, n):
+    # powers of two scale float32 exactly, so comparisons are unchanged
+    a = LossNotDecreasing(num_steps=n).evaluate(_memory_run(values))
+    b = LossNotDecreasing(num_steps=n).evaluate(_memory_run([v * factor for v in values]))
+    assert a.triggered == b.triggered
+    assert [t.step for t in a.triggers] == [t.step for t in b.triggers]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values=losses, n=st.integers(1, 12))
+def test_vectorised_and_stepwise_agree(values, n):
+    run = _memory_run(values)
+    whole = LossNotDecreasing(num_steps=n).evaluate(run)
+    walked = invoke_rule(LossNotDecreasing(num_steps=n), trial=run)
+    assert [t.step for t in whole.triggers] == [t.step for t in walked.triggers]
+
+
+@given(
+    values=st.lists(st.floats(0, 1, width=16), min_size=1, max_size=40),
+    delta=st.sampled_from([0.0, 0.01, 0.1]),
+)
+def test_since_improvement_matches_keras(values, delta):
+    best, last, expected = np.inf, 0, []
+    for i, v in enumerate(values):
+        if i == 0 or v < best - delta:
+            best, last = v, i
+        expected.append(i - last)
+    assert _since_improvement(np.array(values, np.float64), delta).tolist() == expected
