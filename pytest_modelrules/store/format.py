@@ -6,6 +6,10 @@ fixed 48-byte little-endian header, ``ndim`` uint64 dimensions and the raw C-ord
 CRC32 (zlib's) covers everything in a record after its CRC field. Nothing here unpickles or
 evaluates: dtypes come from a fixed table, lengths are checked against the file before any
 array is made, and arrays are numpy views of the bytes read.
+
+Reading is vectorised where the file allows it: a run of records with one dtype, one shape
+and one payload size (every step of a training loop) is validated through one structured
+numpy view of all its headers, and its payloads can be handed out as one strided view.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,6 +33,10 @@ RECORD_HEADER = struct.Struct("<4sIqqdQBBBB4x")
 FILE_HEADER = struct.Struct("<8sII")  # magic, json length, crc32(json)
 MAX_NDIM = 32
 MAX_FILE_HEADER_JSON = 1 << 20  # 1 MiB: a file header is a name and a few fields
+#: a complete record larger than this is hostile whatever the file size (1 TiB)
+MAX_RECORD_BYTES = 1 << 40
+#: shortest run of records worth the vectorised path
+_MIN_UNIFORM_RUN = 4
 
 # dtype codes: a closed table, so a file can never name an arbitrary (object) dtype
 DTYPE_CODES: dict[int, np.dtype] = {
@@ -44,14 +52,19 @@ DTYPE_CODES: dict[int, np.dtype] = {
     11: np.dtype("<u4"),
     12: np.dtype("<u8"),
     13: np.dtype("?"),
+    14: np.dtype("<c8"),
+    15: np.dtype("<c16"),
 }
-CODE_OF_DTYPE: dict[np.dtype, int] = {dt.newbyteorder("<"): code for code, dt in DTYPE_CODES.items()}
+CODE_OF_DTYPE: dict[np.dtype, int] = {
+    dt.newbyteorder("<"): code for code, dt in DTYPE_CODES.items()
+}
+_MAGIC_U32 = int.from_bytes(RECORD_MAGIC, "little")
 
 
 def dtype_code(dtype: np.dtype) -> int:
     """The format's code for a numpy dtype; raises TypeError for one the format cannot hold."""
     dt = np.dtype(dtype)
-    code = CODE_OF_DTYPE.get(dt.newbyteorder("<"))
+    code = CODE_OF_DTYPE.get(dt.newbyteorder("<")) if dt.kind in "biufc" else None
     if code is None:
         raise TypeError(
             f"dtype {dt} cannot be stored: use one of "
@@ -96,6 +109,8 @@ def parse_file_header(buf: bytes | memoryview, path: str) -> FileHeader | None:
     """Validate and decode a file header; None when the file is too short to hold one yet
     (a file being created), CorruptRunError when it is wrong."""
     if len(buf) < FILE_HEADER.size:
+        if bytes(buf[: len(FILE_MAGIC)]) != FILE_MAGIC[: len(buf)]:
+            raise CorruptRunError(path, "not a pytest-modelrules file (bad magic)", 0)
         return None
     magic, length, crc = FILE_HEADER.unpack_from(buf, 0)
     if magic != FILE_MAGIC:
@@ -111,7 +126,9 @@ def parse_file_header(buf: bytes | memoryview, path: str) -> FileHeader | None:
     try:
         fields = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptRunError(path, f"file header is not valid JSON ({exc})", FILE_HEADER.size)
+        raise CorruptRunError(
+            path, f"file header is not valid JSON ({exc})", FILE_HEADER.size
+        ) from None
     if not isinstance(fields, dict):
         raise CorruptRunError(path, "file header JSON is not an object", FILE_HEADER.size)
     return FileHeader(fields, end)
@@ -119,19 +136,138 @@ def parse_file_header(buf: bytes | memoryview, path: str) -> FileHeader | None:
 
 @dataclass
 class RecordIndex:
-    """Where the records of one file lie, as parallel numpy arrays (one entry per record)."""
+    """Where the records of one file lie, as parallel numpy arrays (one entry per record).
+
+    ``layouts`` holds each distinct (dtype, shape) once; ``kinds[i]`` points into it, so a
+    file of a million same-shaped records costs no per-record Python objects. ``chunks[i]``
+    names the buffer (of the reader's list of buffers) that holds record ``i``, ``offsets[i]``
+    its payload's offset in that buffer.
+    """
 
     steps: np.ndarray  # int64 global steps
     modes: np.ndarray  # uint8
     mode_steps: np.ndarray  # int64
     wall_times: np.ndarray  # float64
-    offsets: np.ndarray  # int64 payload offsets into the buffer
-    dtypes: list[np.dtype]
-    shapes: list[tuple[int, ...]]
-    end: int  # offset just past the last complete record
+    offsets: np.ndarray  # int64 payload offsets into the chunk
+    kinds: np.ndarray  # int32 index into layouts
+    chunks: np.ndarray  # int32 chunk number
+    layouts: list[tuple[np.dtype, tuple[int, ...]]] = field(default_factory=list)
+    end: int = 0  # file offset just past the last complete record
 
     def __len__(self) -> int:
         return len(self.steps)
+
+    @property
+    def dtypes(self) -> list[np.dtype]:
+        return [self.layouts[k][0] for k in self.kinds.tolist()]
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        return [self.layouts[k][1] for k in self.kinds.tolist()]
+
+    @classmethod
+    def empty(cls, end: int = 0) -> RecordIndex:
+        i64 = np.zeros(0, np.int64)
+        return cls(
+            i64, np.zeros(0, np.uint8), i64, np.zeros(0, np.float64), i64,
+            np.zeros(0, np.int32), np.zeros(0, np.int32), [], end,
+        )  # fmt: skip
+
+    def extend(self, new: RecordIndex) -> RecordIndex:
+        """This index followed by ``new`` (whose layouts are merged into ours)."""
+        if not len(new):
+            return RecordIndex(
+                self.steps, self.modes, self.mode_steps, self.wall_times, self.offsets,
+                self.kinds, self.chunks, self.layouts, new.end,
+            )  # fmt: skip
+        layouts = list(self.layouts)
+        remap = np.empty(len(new.layouts), np.int32)
+        for j, lay in enumerate(new.layouts):
+            if lay not in layouts:
+                layouts.append(lay)
+            remap[j] = layouts.index(lay)
+        return RecordIndex(
+            np.concatenate([self.steps, new.steps]),
+            np.concatenate([self.modes, new.modes]),
+            np.concatenate([self.mode_steps, new.mode_steps]),
+            np.concatenate([self.wall_times, new.wall_times]),
+            np.concatenate([self.offsets, new.offsets]),
+            np.concatenate([self.kinds, remap[new.kinds]]),
+            np.concatenate([self.chunks, new.chunks]),
+            layouts,
+            new.end,
+        )
+
+
+def _header_dtype(ndim: int, stride: int) -> np.dtype:
+    """A structured dtype that reads a run of equal-size records as one array."""
+    names = ["magic", "crc", "step", "mode_step", "wall", "nbytes", "mode", "code", "ndim"]
+    formats: list = ["<u4", "<u4", "<i8", "<i8", "<f8", "<u8", "u1", "u1", "u1"]
+    offsets = [0, 4, 8, 16, 24, 32, 40, 41, 42]
+    names += ["flags"]
+    formats += ["u1"]
+    offsets += [43]
+    if ndim:
+        names.append("shape")
+        formats.append(("<u8", (ndim,)))
+        offsets.append(RECORD_HEADER.size)
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": stride})
+
+
+class _Builder:
+    """Collects parsed records in file order: single records and vectorised runs."""
+
+    def __init__(self, chunk: int) -> None:
+        self.chunk = chunk
+        self.parts: list[tuple[np.ndarray, ...]] = []
+        self.single: list[tuple[int, int, int, float, int, int]] = []
+        self.layouts: list[tuple[np.dtype, tuple[int, ...]]] = []
+        self._kind_of: dict[tuple[np.dtype, tuple[int, ...]], int] = {}
+
+    def kind(self, dtype: np.dtype, shape: tuple[int, ...]) -> int:
+        key = (dtype, shape)
+        k = self._kind_of.get(key)
+        if k is None:
+            k = self._kind_of[key] = len(self.layouts)
+            self.layouts.append(key)
+        return k
+
+    def _flush(self) -> None:
+        if self.single:
+            cols = list(zip(*self.single))
+            self.parts.append(
+                (
+                    np.asarray(cols[0], np.int64),
+                    np.asarray(cols[1], np.uint8),
+                    np.asarray(cols[2], np.int64),
+                    np.asarray(cols[3], np.float64),
+                    np.asarray(cols[4], np.int64),
+                    np.asarray(cols[5], np.int32),
+                )
+            )
+            self.single = []
+
+    def add_run(self, steps, modes, mode_steps, walls, offsets, kind: int) -> None:
+        self._flush()
+        n = len(steps)
+        self.parts.append(
+            (
+                np.asarray(steps, np.int64),
+                np.asarray(modes, np.uint8),
+                np.asarray(mode_steps, np.int64),
+                np.asarray(walls, np.float64),
+                offsets,
+                np.full(n, kind, np.int32),
+            )
+        )
+
+    def build(self, end: int) -> RecordIndex:
+        self._flush()
+        if not self.parts:
+            return RecordIndex.empty(end)
+        cols = [np.concatenate([p[i] for p in self.parts]) for i in range(6)]
+        chunks = np.full(len(cols[0]), self.chunk, np.int32)
+        return RecordIndex(*cols, chunks, self.layouts, end)
 
 
 def parse_records(
@@ -141,6 +277,8 @@ def parse_records(
     *,
     verify_crc: bool = True,
     commit_limit: int | None = None,
+    base: int = 0,
+    chunk: int = 0,
 ) -> RecordIndex:
     """Walk the records from ``start``; stop at an incomplete record at the end of the file.
 
@@ -148,37 +286,39 @@ def parse_records(
     refresh. A complete record that fails validation raises CorruptRunError with its offset.
     ``commit_limit`` (a global step) is the newest committed step: an incomplete tail that
     belongs to a committed step means the file was cut after the fact, which is corruption.
+    ``base`` is the file offset of ``buf[0]`` (for messages and ``end``); ``chunk`` is stored
+    in the index so that the caller knows which buffer holds the records.
     """
-    size = len(buf)
+    mv = memoryview(buf).cast("B") if not isinstance(buf, bytes) else memoryview(buf)
+    size = len(mv)
     hsize = RECORD_HEADER.size
-    steps: list[int] = []
-    modes: list[int] = []
-    mode_steps: list[int] = []
-    walls: list[float] = []
-    offsets: list[int] = []
-    dtypes: list[np.dtype] = []
-    shapes: list[tuple[int, ...]] = []
+    out = _Builder(chunk)
     pos = start
     unpack = RECORD_HEADER.unpack_from
     crc32 = zlib.crc32
     while pos < size:
         if size - pos < hsize:
-            _incomplete(buf, path, pos, commit_limit, None)
+            _incomplete(mv, path, pos, base, commit_limit)
             break
-        magic, crc, step, mode_step, wall, nbytes, mode, code, ndim, _flags = unpack(buf, pos)
+        magic, crc, step, mode_step, wall, nbytes, mode, code, ndim, flags = unpack(mv, pos)
+        where = base + pos
         if magic != RECORD_MAGIC:
-            raise CorruptRunError(path, f"bad record magic {bytes(magic)!r}", pos)
+            raise CorruptRunError(path, f"bad record magic {bytes(magic)!r}", where)
         if ndim > MAX_NDIM:
-            raise CorruptRunError(path, f"record claims {ndim} dimensions (max {MAX_NDIM})", pos)
+            raise CorruptRunError(path, f"record claims {ndim} dimensions (max {MAX_NDIM})", where)
         dtype = DTYPE_CODES.get(code)
         if dtype is None:
-            raise CorruptRunError(path, f"unknown dtype code {code}", pos)
+            raise CorruptRunError(path, f"unknown dtype code {code}", where)
         if mode not in (1, 2, 3, 4):
-            raise CorruptRunError(path, f"unknown mode {mode}", pos)
+            raise CorruptRunError(path, f"unknown mode {mode}", where)
+        if flags:
+            raise CorruptRunError(path, f"unknown record flags {flags:#x}", where)
+        if step < 0 or mode_step < 0:
+            raise CorruptRunError(path, f"negative step {step} / mode step {mode_step}", where)
         if size - pos - hsize < 8 * ndim:
-            _incomplete(buf, path, pos, commit_limit, step)
+            _incomplete(mv, path, pos, base, commit_limit)
             break
-        shape = struct.unpack_from(f"<{ndim}Q", buf, pos + hsize)
+        shape = struct.unpack_from(f"<{ndim}Q", mv, pos + hsize)
         count = 1
         for dim in shape:
             count *= dim  # Python ints: no overflow on hostile sizes
@@ -186,48 +326,141 @@ def parse_records(
             raise CorruptRunError(
                 path,
                 f"record of shape {tuple(shape)} and dtype {dtype} claims {nbytes} bytes",
-                pos,
+                where,
             )
+        if nbytes > MAX_RECORD_BYTES:
+            raise CorruptRunError(path, f"record claims {nbytes} bytes", where)
         data = pos + hsize + 8 * ndim
         if nbytes > size - data:
-            if nbytes > (1 << 40):
-                raise CorruptRunError(path, f"record claims {nbytes} bytes", pos)
-            _incomplete(buf, path, pos, commit_limit, step)
+            _incomplete(mv, path, pos, base, commit_limit)
             break
-        if verify_crc and crc32(buf[data : data + nbytes], crc32(buf[pos + 8 : data])) != crc:
-            raise CorruptRunError(path, f"checksum mismatch in the record of step {step}", pos)
-        steps.append(step)
-        modes.append(mode)
-        mode_steps.append(mode_step)
-        walls.append(wall)
-        offsets.append(data)
-        dtypes.append(dtype)
-        shapes.append(tuple(shape))
+        stride = data + nbytes - pos
+        # a run of records with this one layout: validate all headers at once
+        n_fit = (size - pos) // stride
+        if n_fit >= _MIN_UNIFORM_RUN:
+            k = _uniform_run(
+                mv, path, pos, n_fit, stride, ndim, shape, code, nbytes, base, verify_crc
+            )
+            if k >= 2:
+                view = np.frombuffer(mv, _header_dtype(ndim, stride), count=k, offset=pos)
+                offsets = np.arange(k, dtype=np.int64) * stride + data
+                out.add_run(
+                    view["step"], view["mode"], view["mode_step"], view["wall"],
+                    offsets, out.kind(dtype, tuple(shape)),
+                )  # fmt: skip
+                pos += k * stride
+                continue
+        if verify_crc and crc32(mv[pos + 8 : data + nbytes]) != crc:
+            raise CorruptRunError(path, f"checksum mismatch in the record of step {step}", where)
+        out.single.append((step, mode, mode_step, wall, data, out.kind(dtype, tuple(shape))))
         pos = data + nbytes
-    return RecordIndex(
-        np.asarray(steps, dtype=np.int64),
-        np.asarray(modes, dtype=np.uint8),
-        np.asarray(mode_steps, dtype=np.int64),
-        np.asarray(walls, dtype=np.float64),
-        np.asarray(offsets, dtype=np.int64),
-        dtypes,
-        shapes,
-        pos,
-    )
-
-
-def _incomplete(buf, path: str, pos: int, commit_limit: int | None, step: int | None) -> None:
-    """Decide whether a short tail is a write in flight (fine) or a truncated file (error)."""
-    if commit_limit is not None and step is not None and step <= commit_limit:
+    index = out.build(base + pos)
+    if len(index) > 1 and not bool(np.all(np.diff(index.steps) > 0)):
+        bad = int(np.argmin(np.diff(index.steps) > 0)) + 1
         raise CorruptRunError(
-            path, f"file is truncated inside the record of committed step {step}", pos
+            path,
+            f"record of step {int(index.steps[bad])} follows step {int(index.steps[bad - 1])}: "
+            "steps must increase within a file",
+            base + int(index.offsets[bad]),
         )
+    return index
+
+
+def _uniform_run(
+    mv: memoryview,
+    path: str,
+    pos: int,
+    n_fit: int,
+    stride: int,
+    ndim: int,
+    shape: tuple[int, ...],
+    code: int,
+    nbytes: int,
+    base: int,
+    verify_crc: bool,
+) -> int:
+    """How many records from ``pos`` share the first one's layout (checksums verified)."""
+    view = np.frombuffer(mv, _header_dtype(ndim, stride), count=n_fit, offset=pos)
+    ok = (
+        (view["magic"] == _MAGIC_U32)
+        & (view["nbytes"] == nbytes)
+        & (view["code"] == code)
+        & (view["ndim"] == ndim)
+        & (view["flags"] == 0)
+        & (view["mode"] >= 1)
+        & (view["mode"] <= 4)
+        & (view["step"] >= 0)
+        & (view["mode_step"] >= 0)
+    )
+    if ndim:
+        ok &= (view["shape"] == np.asarray(shape, np.uint64)).all(axis=1)
+    k = n_fit if bool(ok.all()) else int(np.argmin(ok))
+    if k < 2:
+        return k
+    if verify_crc:
+        crc32 = zlib.crc32
+        got = np.fromiter(
+            (crc32(mv[p + 8 : p + stride]) for p in range(pos, pos + k * stride, stride)),
+            dtype=np.uint32,
+            count=k,
+        )
+        bad = np.nonzero(got != view["crc"][:k])[0]
+        if len(bad):
+            i = int(bad[0])
+            raise CorruptRunError(
+                path,
+                f"checksum mismatch in the record of step {int(view['step'][i])}",
+                base + pos + i * stride,
+            )
+    return k
+
+
+def _incomplete(mv: memoryview, path: str, pos: int, base: int, commit_limit: int | None) -> None:
+    """Decide whether a short tail is a write in flight (fine) or a truncated file (error).
+
+    A write in flight always belongs to a step newer than every committed one; the tail's
+    step is readable once 16 bytes of its header are there.
+    """
+    avail = len(mv) - pos
+    head = bytes(mv[pos : pos + min(avail, 4)])
+    if head != RECORD_MAGIC[: len(head)]:
+        raise CorruptRunError(path, f"bad record magic {head!r}", base + pos)
+    if commit_limit is None or avail < 16:
+        return
+    step = struct.unpack_from("<q", mv, pos + 8)[0]
+    if step <= commit_limit:
+        raise CorruptRunError(
+            path, f"file is truncated inside the record of committed step {step}", base + pos
+        )
+
+
+def strided_view(
+    buf: bytes | memoryview,
+    dtype: np.dtype,
+    shape: tuple[int, ...],
+    first: int,
+    stride: int,
+    n: int,
+) -> np.ndarray:
+    """``n`` same-layout payloads, ``stride`` bytes apart from offset ``first``, as one
+    read-only (n, *shape) view of ``buf``: no copy."""
+    count = 1
+    for dim in shape:
+        count *= dim
+    if n == 0 or count == 0:
+        return np.zeros((n, *shape), dtype=dtype)
+    inner = np.frombuffer(buf, dtype=dtype, count=count, offset=first).reshape(shape)
+    span = first + (n - 1) * stride + count * dtype.itemsize
+    if span > len(buf) or stride < count * dtype.itemsize:
+        raise ValueError("records do not fit the buffer")  # an internal error, never the file's
+    return np.lib.stride_tricks.as_strided(
+        inner, shape=(n, *shape), strides=(stride, *inner.strides), writeable=False
+    )
 
 
 def array_at(buf: bytes | memoryview, index: RecordIndex, i: int) -> np.ndarray:
     """The i-th record's array as a read-only view of ``buf`` (no copy)."""
-    dtype = index.dtypes[i]
-    shape = index.shapes[i]
+    dtype, shape = index.layouts[int(index.kinds[i])]
     count = 1
     for dim in shape:
         count *= dim

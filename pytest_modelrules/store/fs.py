@@ -1,7 +1,8 @@
 """Where runs live: local folders or any fsspec URL (s3://, gs://, memory://, ...).
 
 Local paths go through the operating system directly (fast path); everything else through
-fsspec, imported only when a URL is used.
+fsspec, imported only when a URL is used. Remote reads of many files or byte ranges go out
+concurrently (fsspec's ``cat`` / ``cat_ranges``, which s3fs runs as parallel requests).
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ class Storage:
     def join(self, *parts: str) -> str:
         return "/".join([self.root, *parts]) if self.remote else os.path.join(self.root, *parts)
 
+    def invalidate(self) -> None:
+        """Forget cached listings (s3fs caches them), so that a refresh sees new files."""
+        if self.remote:
+            self.fs.invalidate_cache()
+
     def exists(self, path: str) -> bool:
         return self.fs.exists(path) if self.remote else os.path.exists(path)
 
@@ -55,7 +61,7 @@ class Storage:
         if self.remote:
             try:
                 entries = self.fs.ls(path, detail=False)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 return []
             return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
         try:
@@ -75,6 +81,59 @@ class Storage:
                 fh.seek(start)
             return fh.read()
 
+    def read_many(self, paths: list[str]) -> list[bytes]:
+        """Whole files, in the order asked (remote: concurrent requests)."""
+        if not paths:
+            return []
+        if self.remote:
+            got = self.fs.cat(list(paths), on_error="raise")
+            if isinstance(got, bytes):  # a single path
+                return [got]
+            return [got[p] if p in got else got[self.fs._strip_protocol(p)] for p in paths]
+        out = []
+        for p in paths:
+            fd = os.open(p, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            try:
+                size = os.fstat(fd).st_size
+                data = os.read(fd, size) if size else b""
+                while len(data) < size:  # a short read: keep going
+                    more = os.read(fd, size - len(data))
+                    if not more:
+                        break
+                    data += more
+            finally:
+                os.close(fd)
+            out.append(data)
+        return out
+
+    def read_ranges(self, paths: list[str], starts: list[int], lengths: list[int]) -> list[bytes]:
+        """Byte ranges of files; a range past the end of its file comes back short (the
+        caller checks), and nothing larger than the file is ever allocated."""
+        if not paths:
+            return []
+        if self.remote:
+            ends = [s + n for s, n in zip(starts, lengths)]
+            return list(self.fs.cat_ranges(list(paths), list(starts), ends))
+        out = []
+        cur_path = None
+        fd = -1
+        size = 0
+        try:
+            for p, s, n in zip(paths, starts, lengths):
+                if p != cur_path:
+                    if fd >= 0:
+                        os.close(fd)
+                        fd = -1
+                    fd = os.open(p, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+                    size = os.fstat(fd).st_size
+                    cur_path = p
+                n = max(0, min(n, size - s))  # never allocate past the file's end
+                out.append(os.pread(fd, n, s) if n else b"")
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        return out
+
     def walk_files(self, path: str) -> list[str]:
         """Every file below a folder, as paths relative to it."""
         if self.remote:
@@ -82,10 +141,10 @@ class Storage:
                 found = self.fs.find(path)
             except FileNotFoundError:
                 return []
-            prefix = path.rstrip("/") + "/"
+            prefix = self.fs._strip_protocol(path).rstrip("/") + "/"
             return sorted(f[len(prefix) :] for f in found if f.startswith(prefix))
         out = []
         for dirpath, _dirs, files in os.walk(path):
             for name in files:
-                out.append(os.path.relpath(os.path.join(dirpath, name), path))
+                out.append(os.path.relpath(os.path.join(dirpath, name), path).replace(os.sep, "/"))
         return sorted(out)

@@ -11,7 +11,16 @@ from __future__ import annotations
 import numpy as np
 
 SMDEBUG_REDUCTIONS = ("min", "max", "mean", "std", "variance", "sum", "prod", "l1", "l2")
-OUR_REDUCTIONS = ("positive_fraction", "zero_fraction", "histogram", "nan_count", "inf_count", "p05", "p95", "numel")
+OUR_REDUCTIONS = (
+    "positive_fraction",
+    "zero_fraction",
+    "histogram",
+    "nan_count",
+    "inf_count",
+    "p05",
+    "p95",
+    "numel",
+)
 HISTOGRAM_BINS = 32
 
 

@@ -1,4 +1,9 @@
-"""Reader of the native layout (see docs/format.md and :mod:`.format`)."""
+"""Reader of the native layout (see docs/format.md and :mod:`.format`).
+
+Files are read incrementally: each refresh reads only the bytes appended since the last one
+(a new chunk that starts at a record boundary), so a run still being written costs
+O(new data) per refresh. Values are read-only views of those bytes.
+"""
 
 from __future__ import annotations
 
@@ -11,39 +16,56 @@ import numpy as np
 from ..exceptions import CorruptRunError, RunNotFoundError
 from . import layout
 from .base import Backend, StepTable, TensorRecords
-from .format import FORMAT_NAME, FORMAT_VERSION, RecordIndex, array_at, parse_file_header, parse_records
+from .format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    RecordIndex,
+    parse_file_header,
+    parse_records,
+    strided_view,
+)
 from .fs import Storage
 
 MAX_JSON_BYTES = 64 << 20
 
 
-def _load_json(storage: Storage, path: str) -> dict[str, Any]:
-    try:
-        raw = storage.read(path)
-    except FileNotFoundError:
-        raise
+def load_json(storage: Storage, path: str) -> dict[str, Any]:
+    """A JSON object from a file; CorruptRunError naming the file when it is not one."""
+    size = storage.size(path)
+    if size > MAX_JSON_BYTES:
+        raise CorruptRunError(path, f"JSON file of {size} bytes is larger than allowed")
+    raw = storage.read(path)
+    return parse_json_object(raw, path)
+
+
+def parse_json_object(raw: bytes, path: str) -> dict[str, Any]:
+    """Decode JSON bytes that must hold an object (plain data: JSON never runs code)."""
     if len(raw) > MAX_JSON_BYTES:
         raise CorruptRunError(path, f"JSON file of {len(raw)} bytes is larger than allowed")
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CorruptRunError(path, f"invalid JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise CorruptRunError(path, "expected a JSON object")
+        raise CorruptRunError(path, f"expected a JSON object, found {type(data).__name__}")
     return data
 
 
+_load_json = load_json  # the name other modules used before
+
+
 class _LogFile:
-    """One append-only file of records, read incrementally."""
+    """One append-only file of records, read incrementally (one chunk per refresh)."""
 
     def __init__(self, storage: Storage, path: str, expect_kind: str) -> None:
         self.storage = storage
         self.path = path
         self.expect_kind = expect_kind
-        self.buf: bytes = b""
+        self.chunks: list[bytes] = []
         self.header: dict[str, Any] | None = None
         self.data_offset = 0
         self.index: RecordIndex | None = None
+        self.read_to = 0  # file size at the last read
 
     def update(self, commit_limit: int | None) -> bool:
         """Read what was appended; True when new records arrived."""
@@ -51,41 +73,49 @@ class _LogFile:
             size = self.storage.size(self.path)
         except FileNotFoundError:
             return False
-        if size == len(self.buf) and self.index is not None:
-            return False
-        if size < len(self.buf):
+        if size < self.read_to:
             raise CorruptRunError(self.path, "file shrank while the run was being read")
-        self.buf = self.storage.read(self.path)
+        if size == self.read_to:
+            return False
+        start = self.index.end if self.index is not None else 0
+        chunk = self.storage.read(self.path, start)
+        self.read_to = start + len(chunk)
+        local = 0
         if self.header is None:
-            parsed = parse_file_header(self.buf, self.path)
+            parsed = parse_file_header(chunk, self.path)
             if parsed is None:
                 return False
             kind = parsed.fields.get("kind")
             if kind != self.expect_kind:
-                raise CorruptRunError(self.path, f"file kind {kind!r}, expected {self.expect_kind!r}")
+                raise CorruptRunError(
+                    self.path, f"file kind {kind!r}, expected {self.expect_kind!r}"
+                )
             name = parsed.fields.get("name")
             if not isinstance(name, str):
                 raise CorruptRunError(self.path, "file header has no tensor name")
             self.header = parsed.fields
-            self.data_offset = parsed.data_offset
-        start = self.index.end if self.index is not None else self.data_offset
-        new = parse_records(self.buf, self.path, start, commit_limit=commit_limit)
+            self.data_offset = local = parsed.data_offset
+        new = parse_records(
+            chunk,
+            self.path,
+            local,
+            commit_limit=commit_limit,
+            base=start,
+            chunk=len(self.chunks),
+        )
+        if len(new):
+            self.chunks.append(chunk)
         if self.index is None:
             self.index = new
-        elif len(new):
-            old = self.index
-            self.index = RecordIndex(
-                np.concatenate([old.steps, new.steps]),
-                np.concatenate([old.modes, new.modes]),
-                np.concatenate([old.mode_steps, new.mode_steps]),
-                np.concatenate([old.wall_times, new.wall_times]),
-                np.concatenate([old.offsets, new.offsets]),
-                old.dtypes + new.dtypes,
-                old.shapes + new.shapes,
-                new.end,
-            )
         else:
-            self.index.end = new.end
+            old = self.index
+            if len(new) and len(old) and new.steps[0] <= old.steps[-1]:
+                raise CorruptRunError(
+                    self.path,
+                    f"record of step {int(new.steps[0])} follows step {int(old.steps[-1])}",
+                    start,
+                )
+            self.index = old.extend(new)
         return len(new) > 0
 
 
@@ -93,30 +123,93 @@ class NativeRecords(TensorRecords):
     """Records of one tensor across workers; values are views of the files' bytes."""
 
     def __init__(self, parts: list[tuple[int, _LogFile]]) -> None:
-        self.parts = [(w, f) for w, f in parts if f.index is not None]
+        self.parts = [(w, f) for w, f in parts if f.index is not None and len(f.index)]
         idx = [f.index for _, f in self.parts]
         self.workers = np.concatenate(
-            [np.full(len(i), w, np.int32) for (w, _), i in zip(self.parts, idx)] or [np.zeros(0, np.int32)]
+            [np.full(len(i), w, np.int32) for (w, _), i in zip(self.parts, idx)]
+            or [np.zeros(0, np.int32)]
         )
         self.steps = np.concatenate([i.steps for i in idx] or [np.zeros(0, np.int64)])
         self.modes = np.concatenate([i.modes for i in idx] or [np.zeros(0, np.uint8)])
         self.mode_steps = np.concatenate([i.mode_steps for i in idx] or [np.zeros(0, np.int64)])
-        self._bounds = np.cumsum([0] + [len(i) for i in idx])
-
-    def _locate(self, i: int) -> tuple[_LogFile, int]:
-        part = int(np.searchsorted(self._bounds, i, side="right")) - 1
-        return self.parts[part][1], i - int(self._bounds[part])
+        self._part = np.concatenate(
+            [np.full(len(i), p, np.int32) for p, i in enumerate(idx)] or [np.zeros(0, np.int32)]
+        )
+        self._local = np.concatenate(
+            [np.arange(len(i), dtype=np.int64) for i in idx] or [np.zeros(0, np.int64)]
+        )
 
     def value(self, i: int) -> np.ndarray:
-        log, j = self._locate(i)
-        return array_at(log.buf, log.index, j)
+        log = self.parts[int(self._part[i])][1]
+        j = int(self._local[i])
+        index = log.index
+        dtype, shape = index.layouts[int(index.kinds[j])]
+        count = 1
+        for dim in shape:
+            count *= dim
+        buf = log.chunks[int(index.chunks[j])]
+        return np.frombuffer(buf, dtype, count=count, offset=int(index.offsets[j])).reshape(shape)
 
     def shapes(self, indices: np.ndarray) -> list[tuple[int, ...]]:
         out = []
-        for i in indices:
-            log, j = self._locate(int(i))
-            out.append(log.index.shapes[j])
+        for i in np.asarray(indices, np.int64).tolist():
+            index = self.parts[int(self._part[i])][1].index
+            out.append(index.layouts[int(index.kinds[int(self._local[i])])][1])
         return out
+
+    def stacked(self, indices: np.ndarray) -> np.ndarray | None:
+        """The values at ``indices`` as one (n, *shape) array when they share dtype and shape:
+        a strided view of the file's bytes (no copy) when they lie equally spaced in one
+        buffer, else a concatenation of such views. None when layouts differ."""
+        indices = np.asarray(indices, np.int64)
+        if not len(indices):
+            return None
+        parts = self._part[indices]
+        local = self._local[indices]
+        # maximal runs of (part, chunk) in the requested order
+        chunk_ids = np.empty(len(indices), np.int64)
+        for p in np.unique(parts).tolist():
+            sel = parts == p
+            chunk_ids[sel] = self.parts[p][1].index.chunks[local[sel]]
+        key = parts.astype(np.int64) * (1 << 32) + chunk_ids
+        cuts = np.flatnonzero(np.diff(key)) + 1
+        pieces = []
+        layout_seen = None
+        for seg in np.split(np.arange(len(indices)), cuts):
+            log = self.parts[int(parts[seg[0]])][1]
+            index = log.index
+            js = local[seg]
+            kinds = index.kinds[js]
+            if len(kinds) > 1 and not bool(np.all(kinds == kinds[0])):
+                return None
+            lay = index.layouts[int(kinds[0])]
+            if layout_seen is None:
+                layout_seen = lay
+            elif lay != layout_seen:
+                return None
+            offs = index.offsets[js]
+            stride = int(offs[1] - offs[0]) if len(offs) > 1 else 1 << 20
+            if len(offs) > 2 and not bool(np.all(np.diff(offs) == stride)):
+                return None
+            if stride <= 0:
+                return None
+            buf = log.chunks[int(index.chunks[js[0]])]
+            pieces.append(strided_view(buf, lay[0], lay[1], int(offs[0]), stride, len(offs)))
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    def values(self, indices: np.ndarray) -> list[np.ndarray]:
+        st = self.stacked(indices)
+        if st is not None:
+            return split_stacked(st)
+        return [self.value(i) for i in np.asarray(indices, np.int64).tolist()]
+
+
+def split_stacked(st: np.ndarray) -> list[np.ndarray]:
+    """Per-step views of a stacked (n, *shape) array, 0-d arrays for scalars (not numpy
+    scalars)."""
+    if st.ndim > 1:
+        return list(st)
+    return [st[i, ...] for i in range(len(st))]
 
 
 class NativeBackend(Backend):
@@ -129,12 +222,16 @@ class NativeBackend(Backend):
         self.storage = storage or Storage(location)
         run_file = self.storage.join(layout.RUN_FILE)
         if not self.storage.exists(run_file):
-            raise RunNotFoundError(f"{location}: no {layout.RUN_FILE}, so not a pytest-modelrules run")
-        info = _load_json(self.storage, run_file)
+            raise RunNotFoundError(
+                f"{location}: no {layout.RUN_FILE}, so not a pytest-modelrules run"
+            )
+        info = load_json(self.storage, run_file)
         if info.get("format") != FORMAT_NAME:
-            raise CorruptRunError(run_file, f"format is {info.get('format')!r}, not {FORMAT_NAME!r}")
+            raise CorruptRunError(
+                run_file, f"format is {info.get('format')!r}, not {FORMAT_NAME!r}"
+            )
         version = info.get("version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
             raise CorruptRunError(
                 run_file,
                 f"format version {version!r} is newer than this reader ({FORMAT_VERSION}); "
@@ -143,6 +240,7 @@ class NativeBackend(Backend):
         self.info = info
         self._workers: list[str] = []
         self._worker_info: dict[str, dict[str, Any]] = {}
+        self._worker_raw: dict[str, int] = {}
         self._steps: dict[str, _LogFile] = {}
         self._ended: dict[str, dict[str, Any]] = {}
         self._tensor_files: dict[str, dict[str, str]] = {}  # name -> worker -> path
@@ -154,36 +252,41 @@ class NativeBackend(Backend):
     # -- discovery -----------------------------------------------------------------------------
 
     def refresh(self) -> None:
-        workers_dir = self.storage.join(layout.WORKERS_DIR)
-        found = [w for w in self.storage.listdir(workers_dir) if layout.valid_worker_name(w)]
+        """Commits first, then the listing: every tensor file of a committed step is listed."""
+        self.storage.invalidate()
+        j = self.storage.join
+        found = [
+            w for w in self.storage.listdir(j(layout.WORKERS_DIR)) if layout.valid_worker_name(w)
+        ]
         for worker in found:
-            wdir = self.storage.join(layout.WORKERS_DIR, worker)
-            wfile = self.storage.join(layout.WORKERS_DIR, worker, layout.WORKER_FILE)
+            wfile = j(layout.WORKERS_DIR, worker, layout.WORKER_FILE)
             try:
-                winfo = _load_json(self.storage, wfile)
+                winfo = load_json(self.storage, wfile)
             except FileNotFoundError:
                 continue  # a worker being created
             self._validate_worker(wfile, winfo)
             self._worker_info[worker] = winfo
             if worker not in self._steps:
                 self._steps[worker] = _LogFile(
-                    self.storage, self.storage.join(layout.WORKERS_DIR, worker, layout.STEPS_FILE), "steps"
+                    self.storage, j(layout.WORKERS_DIR, worker, layout.STEPS_FILE), "steps"
                 )
+            self._steps[worker].update(None)
             if worker not in self._ended:
-                end = self.storage.join(layout.WORKERS_DIR, worker, layout.END_FILE)
+                end = j(layout.WORKERS_DIR, worker, layout.END_FILE)
                 if self.storage.exists(end):
-                    self._ended[worker] = _load_json(self.storage, end)
-            tdir = self.storage.join(layout.WORKERS_DIR, worker, layout.TENSORS_DIR)
-            del wdir
+                    self._ended[worker] = load_json(self.storage, end)
+        for worker in self._worker_info:
+            tdir = j(layout.WORKERS_DIR, worker, layout.TENSORS_DIR)
             for fname in self.storage.listdir(tdir):
                 if not fname.endswith(layout.TENSOR_SUFFIX) or fname.startswith("."):
                     continue
-                path = self.storage.join(layout.WORKERS_DIR, worker, layout.TENSORS_DIR, fname)
+                path = j(layout.WORKERS_DIR, worker, layout.TENSORS_DIR, fname)
                 stem = fname[: -len(layout.TENSOR_SUFFIX)]
                 if "~" in stem:  # hashed long name: the header knows the real one
                     log = self._logs.get(path) or _LogFile(self.storage, path, "tensor")
                     self._logs[path] = log
-                    log.update(None)
+                    if log.header is None:
+                        log.update(None)
                     if log.header is None:
                         continue
                     name = log.header["name"]
@@ -193,13 +296,17 @@ class NativeBackend(Backend):
         self._workers = sorted(self._worker_info, key=lambda w: (self._worker_info[w]["rank"], w))
         tables = []
         for widx, worker in enumerate(self._workers):
-            log = self._steps[worker]
-            log.update(None)
-            if log.index is None:
+            idx = self._steps[worker].index
+            if idx is None:
                 continue
-            idx = log.index
             tables.append(
-                StepTable(np.full(len(idx), widx, np.int32), idx.steps, idx.modes, idx.mode_steps, idx.wall_times)
+                StepTable(
+                    np.full(len(idx), widx, np.int32),
+                    idx.steps,
+                    idx.modes,
+                    idx.mode_steps,
+                    idx.wall_times,
+                )
             )
         self._table = StepTable.concat(tables)
         self._records.clear()
@@ -217,7 +324,7 @@ class NativeBackend(Backend):
         log = self._steps.get(worker)
         if log is None or log.index is None or not len(log.index):
             return None
-        return int(log.index.steps.max())
+        return int(log.index.steps[-1])
 
     # -- Backend API ---------------------------------------------------------------------------
 
@@ -226,7 +333,7 @@ class NativeBackend(Backend):
 
     def num_workers(self) -> int:
         declared = [info["num_workers"] for info in self._worker_info.values()]
-        return max(declared + [len(self._workers), 1])
+        return max([*declared, len(self._workers), 1])
 
     def step_table(self) -> StepTable:
         return self._table
@@ -251,7 +358,9 @@ class NativeBackend(Backend):
                 log = self._logs[path] = _LogFile(self.storage, path, "tensor")
             log.update(self._last_committed(worker))
             if log.header is not None and log.header.get("name") != name:
-                raise CorruptRunError(path, f"file holds tensor {log.header.get('name')!r}, expected {name!r}")
+                raise CorruptRunError(
+                    path, f"file holds tensor {log.header.get('name')!r}, expected {name!r}"
+                )
             parts.append((widx, log))
         records = NativeRecords(parts)
         self._records[name] = records
@@ -263,8 +372,12 @@ class NativeBackend(Backend):
             for cname, cinfo in self._worker_info[worker].get("collections", {}).items():
                 if not isinstance(cinfo, dict):
                     continue
-                entry = merged.setdefault(cname, {"name": cname, "tensor_names": [], "include_regex": []})
-                names = set(entry["tensor_names"]) | {n for n in cinfo.get("tensor_names", []) if isinstance(n, str)}
+                entry = merged.setdefault(
+                    cname, {"name": cname, "tensor_names": [], "include_regex": []}
+                )
+                names = set(entry["tensor_names"]) | {
+                    n for n in cinfo.get("tensor_names", []) if isinstance(n, str)
+                }
                 entry["tensor_names"] = sorted(names)
                 for key, val in cinfo.items():
                     if key not in ("tensor_names", "name"):

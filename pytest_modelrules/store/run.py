@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,35 +37,75 @@ def _regex_union(regex: str | Iterable[str] | None) -> re.Pattern[str] | None:
     return re.compile("|".join(f"(?:{p})" for p in parts))
 
 
-@dataclass
 class Series:
     """The saved values of one tensor in step order: what vectorised rules read.
 
     ``steps`` are mode steps when a mode was asked for, else global steps; ``arrays`` are
-    read-only views (copy before changing them).
+    read-only views (copy before changing them). When every value has one dtype and shape
+    and the layout allows it, the series holds them as one stacked array and :meth:`stack`
+    returns it without copying (a read-only view of the run's bytes).
     """
 
-    name: str
-    mode: ModeKeys | None
-    steps: np.ndarray
-    global_steps: np.ndarray
-    modes: np.ndarray
-    workers: np.ndarray
-    arrays: list[np.ndarray]
+    def __init__(
+        self,
+        name: str,
+        mode: ModeKeys | None,
+        steps: np.ndarray,
+        global_steps: np.ndarray,
+        modes: np.ndarray,
+        workers: np.ndarray,
+        arrays: list[np.ndarray] | None = None,
+        *,
+        stacked: np.ndarray | None = None,
+    ) -> None:
+        if arrays is None and stacked is None:
+            raise ValueError("a Series needs arrays or a stacked array")
+        self.name = name
+        self.mode = mode
+        self.steps = steps
+        self.global_steps = global_steps
+        self.modes = modes
+        self.workers = workers
+        self._arrays = arrays
+        self._stacked = stacked
+
+    def __repr__(self) -> str:
+        return f"Series({self.name!r}, mode={self.mode}, steps={len(self)})"
 
     def __len__(self) -> int:
         return len(self.steps)
 
     @property
+    def arrays(self) -> list[np.ndarray]:
+        """One array per step (views of the stacked array on the fast path)."""
+        if self._arrays is None:
+            from .native import split_stacked
+
+            self._arrays = split_stacked(self._stacked)
+        return self._arrays
+
+    @arrays.setter
+    def arrays(self, value: list[np.ndarray]) -> None:
+        self._arrays = list(value)
+        self._stacked = None
+
+    @property
     def uniform(self) -> bool:
         """All values have one shape and dtype, so :meth:`stack` is possible."""
-        if not self.arrays:
+        if self._stacked is not None:
             return True
-        first = self.arrays[0]
-        return all(a.shape == first.shape and a.dtype == first.dtype for a in self.arrays)
+        arrays = self.arrays
+        if not arrays:
+            return True
+        first = arrays[0]
+        return all(a.shape == first.shape and a.dtype == first.dtype for a in arrays)
 
     def stack(self) -> np.ndarray:
-        """One array of shape (len, *value_shape); ValueError if shapes differ between steps."""
+        """One array of shape (len, *value_shape); ValueError if shapes differ between steps.
+
+        Read-only (a view of the run's bytes when possible): copy before changing it."""
+        if self._stacked is not None:
+            return self._stacked
         if not self.arrays:
             return np.zeros((0,), dtype=np.float32)
         if not self.uniform:
@@ -76,6 +115,9 @@ class Series:
 
     def concat(self) -> np.ndarray:
         """All values joined along their first axis (e.g. every label of every batch)."""
+        if self._stacked is not None and self._stacked.ndim >= 2:
+            st = self._stacked
+            return st.reshape(st.shape[0] * st.shape[1], *st.shape[2:])
         if not self.arrays:
             return np.zeros((0,), dtype=np.float32)
         return np.concatenate([np.atleast_1d(a) for a in self.arrays])
@@ -102,6 +144,7 @@ class Tensor:
         self.run = run
         self.name = name
         self._cache_key: int = -1
+        self._valid_idx: np.ndarray | None = None
         self._lookup: dict[tuple[int, int | None], dict[int, int]] = {}
 
     def __repr__(self) -> str:
@@ -112,20 +155,24 @@ class Tensor:
         return self.run._backend.tensor_records(self.name)
 
     def _valid(self) -> np.ndarray:
-        recs = self._records()
+        """Indices of the records that belong to complete steps (cached per run refresh)."""
         if self._cache_key != self.run._generation:
             self._lookup.clear()
+            self._valid_idx = None
             self._cache_key = self.run._generation
-        return np.nonzero(np.isin(recs.steps, self.run._complete))[0]
+        if self._valid_idx is None:
+            recs = self._records()
+            self._valid_idx = np.flatnonzero(np.isin(recs.steps, self.run._complete))
+        return self._valid_idx
 
     def _index_map(self, mode: ModeKeys | None, worker: int | None) -> dict[int, int]:
+        """{step: record index} in step order; the lowest worker wins a step saved twice."""
         key = (int(mode) if mode else 0, worker)
         valid = self._valid()
         found = self._lookup.get(key)
         if found is not None:
             return found
         recs = self._records()
-        mapping: dict[int, int] = {}
         if mode is not None:
             valid = valid[recs.modes[valid] == int(mode)]
             step_arr = recs.mode_steps
@@ -133,12 +180,13 @@ class Tensor:
             step_arr = recs.steps
         if worker is not None:
             valid = valid[recs.workers[valid] == worker]
-        # lowest worker index wins when several workers saved the step
         order = valid[np.lexsort((recs.workers[valid], step_arr[valid]))]
-        for i in order[::-1]:
-            mapping[int(step_arr[i])] = int(i)
-        self._lookup[key] = dict(sorted(mapping.items()))
-        return self._lookup[key]
+        steps = step_arr[order]
+        first = np.ones(len(order), bool)
+        first[1:] = steps[1:] != steps[:-1]
+        mapping = dict(zip(steps[first].tolist(), order[first].tolist()))
+        self._lookup[key] = mapping
+        return mapping
 
     def _worker_index(self, worker: str | None) -> int | None:
         if worker is None:
@@ -176,11 +224,16 @@ class Tensor:
     ) -> dict[int, np.ndarray]:
         """Every saved value: {step: array}, steps as in :meth:`steps`."""
         m = _mode_arg(mode)
+        mapping = self._index_map(m, self._worker_index(worker))
         recs = self._records()
-        return {
-            s: np.array(recs.value(i))
-            for s, i in self._index_map(m, self._worker_index(worker)).items()
-        }
+        idx = np.fromiter(mapping.values(), dtype=np.int64, count=len(mapping))
+        stacked = _stacked(recs, idx)
+        if stacked is not None:
+            from .native import split_stacked
+
+            # one copy of everything, then a view per step: each value is independent memory
+            return dict(zip(mapping, split_stacked(np.array(stacked))))
+        return dict(zip(mapping, (np.array(a) for a in recs.values(idx))))
 
     def workers(self, step_num: int, mode: ModeKeys | str | None = None) -> list[str]:
         """The workers that saved this tensor at a step."""
@@ -194,7 +247,11 @@ class Tensor:
         return [names[w] for w in sorted(set(recs.workers[valid][sel].tolist()))]
 
     def series(
-        self, mode: ModeKeys | str | None = None, worker: str | None = None, *, all_workers: bool = False
+        self,
+        mode: ModeKeys | str | None = None,
+        worker: str | None = None,
+        *,
+        all_workers: bool = False,
     ) -> Series:
         """Values in step order for vectorised reading; ``all_workers`` keeps every shard's."""
         m = _mode_arg(mode)
@@ -210,6 +267,7 @@ class Tensor:
                 self._index_map(m, self._worker_index(worker)).values(), dtype=np.int64
             )
         steps = (recs.mode_steps if m else recs.steps)[idx]
+        stacked = _stacked(recs, idx)
         return Series(
             self.name,
             m,
@@ -217,7 +275,8 @@ class Tensor:
             recs.steps[idx].astype(np.int64),
             recs.modes[idx],
             recs.workers[idx],
-            recs.values(idx),
+            None if stacked is not None else recs.values(idx),
+            stacked=stacked,
         )
 
     def has_reduction(self, reduction: str, abs: bool = False) -> bool:
@@ -242,6 +301,12 @@ class Tensor:
         if self.run.has_tensor(stored):
             return self.run.tensor(stored).value(step_num, mode, worker)
         return compute_reduction(self.value(step_num, mode, worker), reduction_name, abs)
+
+
+def _stacked(recs, idx: np.ndarray) -> np.ndarray | None:
+    """The backend's stacked fast path, when it has one."""
+    fn = getattr(recs, "stacked", None)
+    return fn(idx) if fn is not None and len(idx) else None
 
 
 def _mode_arg(mode: ModeKeys | str | int | None) -> ModeKeys | None:
@@ -314,7 +379,7 @@ class Run:
 
     @property
     def layout(self) -> str:
-        """"native" or "smdebug"."""
+        """ "native" or "smdebug"."""
         return self._backend.layout
 
     def refresh(self) -> None:
@@ -322,7 +387,9 @@ class Run:
         self._backend.refresh()
         self._index()
 
-    def steps(self, mode: ModeKeys | str | None = None, show_incomplete_steps: bool = False) -> list[int]:
+    def steps(
+        self, mode: ModeKeys | str | None = None, show_incomplete_steps: bool = False
+    ) -> list[int]:
         """Saved steps: mode steps for a mode, global steps for GLOBAL or None."""
         m = _mode_arg(mode)
         if show_incomplete_steps:
@@ -439,7 +506,9 @@ class Run:
         if collection is not None:
             wanted: set[str] = set()
             cols = self._backend.collections()
-            targets = [collection] if isinstance(collection, (str, Collection)) else list(collection)
+            targets = (
+                [collection] if isinstance(collection, (str, Collection)) else list(collection)
+            )
             for c in targets:
                 cname = c.name if isinstance(c, Collection) else c
                 info = cols.get(cname)
@@ -454,7 +523,9 @@ class Run:
         if patt is not None:
             names = [n for n in names if patt.search(n)]
         if step is not None:
-            names = [n for n in names if int(step) in self.tensor(n)._index_map(_mode_arg(mode), None)]
+            names = [
+                n for n in names if int(step) in self.tensor(n)._index_map(_mode_arg(mode), None)
+            ]
         return sorted(names)
 
     def has_tensor(self, name: str) -> bool:
@@ -469,8 +540,10 @@ class Run:
             import difflib
 
             close = difflib.get_close_matches(name, self._backend.tensor_names(), n=3)
-            hint = f"did you mean {', '.join(map(repr, close))}?" if close else (
-                f"it holds {len(self._backend.tensor_names())} tensors"
+            hint = (
+                f"did you mean {', '.join(map(repr, close))}?"
+                if close
+                else (f"it holds {len(self._backend.tensor_names())} tensors")
             )
             raise TensorUnavailable(name, hint)
         tensor = self._tensors[name] = Tensor(self, name)
@@ -484,7 +557,7 @@ def _default_name(location: str) -> str:
 
 
 def detect_layout(location: str, storage=None) -> str:
-    """"native" or "smdebug", from the files at ``location``."""
+    """ "native" or "smdebug", from the files at ``location``."""
     from . import layout
     from .fs import Storage
 

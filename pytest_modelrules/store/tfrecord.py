@@ -1,0 +1,517 @@
+"""TFRecord framing, CRC32C and a small strict protobuf decoder for SageMaker Debugger's
+event files (Event -> Summary -> Value -> TensorProto), and the matching encoder.
+
+Why not the ``protobuf`` package: the messages needed are five, with a dozen fields; the
+package would add a compiled dependency plus generated TensorFlow classes, and a generic
+parser accepts what a strict one should refuse (see docs/format.md). Every length is checked
+against the bytes that hold it before anything is allocated, and nothing is evaluated.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+# -- CRC32C (Castagnoli), as TFRecord uses it ---------------------------------------------------
+
+
+def _make_table() -> list[int]:
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC_TABLE = _make_table()
+
+
+def _crc32c_py(data: bytes | memoryview, crc: int = 0) -> int:
+    """CRC32C in pure Python (the fallback: about 10 MB/s)."""
+    table = _CRC_TABLE
+    c = crc ^ 0xFFFFFFFF
+    for b in bytes(data):
+        c = table[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+def _fast_crc32c():
+    """A compiled CRC32C when one happens to be installed (optional, never required)."""
+    try:
+        import google_crc32c  # type: ignore[import-not-found]
+
+        return lambda data: int(google_crc32c.value(bytes(data)))
+    except Exception:
+        pass
+    try:
+        import crc32c  # type: ignore[import-not-found]
+
+        return lambda data: int(crc32c.crc32c(bytes(data)))
+    except Exception:
+        return None
+
+
+_compiled = _fast_crc32c()
+
+
+def crc32c(data: bytes | memoryview) -> int:
+    """CRC32C of ``data``."""
+    if _compiled is not None and len(data) > 64:
+        return _compiled(data)
+    return _crc32c_py(data)
+
+
+def masked_crc(data: bytes | memoryview) -> int:
+    """TFRecord's masked CRC32C."""
+    c = crc32c(data)
+    return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+#: the footer smdebug writes instead of the payload's CRC (unless write_checksum was on)
+SMDEBUG_FOOTER = masked_crc(b"0x12345678")
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+_len_crc_cache: dict[bytes, int] = {}
+
+
+def length_crc(header8: bytes) -> int:
+    """The masked CRC of a record's 8 length bytes (memoised: lengths repeat step after step)."""
+    c = _len_crc_cache.get(header8)
+    if c is None:
+        c = masked_crc(header8)
+        if len(_len_crc_cache) < 65536:
+            _len_crc_cache[header8] = c
+    return c
+
+
+def frame_record(payload: bytes, *, checksum: bool = False) -> bytes:
+    """One TFRecord: length, masked CRC of the length, payload, footer.
+
+    smdebug's writer puts the masked CRC of ``b"0x12345678"`` as footer; ``checksum=True``
+    writes the real CRC of the payload (what TensorFlow writes)."""
+    head = _U64.pack(len(payload))
+    footer = masked_crc(payload) if checksum else SMDEBUG_FOOTER
+    return head + _U32.pack(length_crc(head)) + payload + _U32.pack(footer)
+
+
+class FramingError(ValueError):
+    """A TFRecord or protobuf problem; the caller turns it into CorruptRunError with a path."""
+
+    def __init__(self, problem: str, offset: int) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.offset = offset
+
+
+def unframe_record(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    """Check the record at ``buf[pos:end]``; (payload start, payload end). Raises FramingError."""
+    if end - pos < 16:
+        raise FramingError(f"record of {end - pos} bytes is shorter than its framing", pos)
+    head = buf[pos : pos + 8]
+    (length,) = _U64.unpack(head)
+    if length != end - pos - 16:
+        raise FramingError(
+            f"record claims {length} payload bytes where {end - pos - 16} are indexed", pos
+        )
+    (hcrc,) = _U32.unpack_from(buf, pos + 8)
+    if hcrc != length_crc(head):
+        raise FramingError("checksum mismatch of the record length", pos)
+    start = pos + 12
+    stop = start + length
+    (footer,) = _U32.unpack_from(buf, stop)
+    if footer != SMDEBUG_FOOTER and footer != masked_crc(memoryview(buf)[start:stop]):
+        raise FramingError("checksum mismatch of the record payload", stop)
+    return start, stop
+
+
+def iter_records(buf: bytes) -> list[tuple[int, int]]:
+    """(start, end) of every complete record of a whole event file, in order; a short tail
+    (a file being written) ends the list. Raises FramingError on damage."""
+    out = []
+    pos = 0
+    n = len(buf)
+    while n - pos >= 12:
+        (length,) = _U64.unpack_from(buf, pos)
+        if length > n:  # also catches absurd lengths before any arithmetic on them
+            break
+        end = pos + 16 + length
+        if end > n:
+            break
+        unframe_record(buf, pos, end)
+        out.append((pos, end))
+        pos = end
+    return out
+
+
+# -- protobuf wire format --------------------------------------------------------------------
+
+
+def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    """A base-128 varint; at most 10 bytes."""
+    result = 0
+    shift = 0
+    while True:
+        if pos >= end:
+            raise FramingError("truncated varint", pos)
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            if result >= 1 << 64:
+                raise FramingError("varint larger than 64 bits", pos)
+            return result, pos
+        shift += 7
+        if shift >= 70:
+            raise FramingError("varint longer than 10 bytes", pos)
+
+
+def _signed64(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def fields(buf: bytes, pos: int, end: int):
+    """Yield (field number, wire type, value) of a message; value is an int for varints and
+    fixed-size fields, (start, end) for length-delimited ones. Groups are refused."""
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        num, wt = key >> 3, key & 7
+        if num == 0:
+            raise FramingError("protobuf field number 0", pos)
+        if wt == 0:
+            val, pos = _varint(buf, pos, end)
+            yield num, wt, val
+        elif wt == 2:
+            ln, pos = _varint(buf, pos, end)
+            if ln > end - pos:
+                raise FramingError(f"field {num} claims {ln} bytes past its message", pos)
+            yield num, wt, (pos, pos + ln)
+            pos += ln
+        elif wt == 1:
+            if end - pos < 8:
+                raise FramingError("truncated fixed64", pos)
+            yield num, wt, int.from_bytes(buf[pos : pos + 8], "little")
+            pos += 8
+        elif wt == 5:
+            if end - pos < 4:
+                raise FramingError("truncated fixed32", pos)
+            yield num, wt, int.from_bytes(buf[pos : pos + 4], "little")
+            pos += 4
+        else:
+            raise FramingError(f"unsupported protobuf wire type {wt} (field {num})", pos)
+
+
+# TensorFlow's DataType enum -> numpy (every one that numpy has; quantised types as their ints)
+TF_DTYPES: dict[int, np.dtype] = {
+    1: np.dtype("<f4"),  # DT_FLOAT
+    2: np.dtype("<f8"),  # DT_DOUBLE
+    3: np.dtype("<i4"),  # DT_INT32
+    4: np.dtype("u1"),  # DT_UINT8
+    5: np.dtype("<i2"),  # DT_INT16
+    6: np.dtype("i1"),  # DT_INT8 (smdebug reads it back as uint8: a known fault, not copied)
+    8: np.dtype("<c8"),  # DT_COMPLEX64
+    9: np.dtype("<i8"),  # DT_INT64
+    10: np.dtype("?"),  # DT_BOOL
+    11: np.dtype("i1"),  # DT_QINT8
+    12: np.dtype("u1"),  # DT_QUINT8
+    13: np.dtype("<i4"),  # DT_QINT32
+    15: np.dtype("<i2"),  # DT_QINT16
+    16: np.dtype("<u2"),  # DT_QUINT16
+    17: np.dtype("<u2"),  # DT_UINT16
+    18: np.dtype("<c16"),  # DT_COMPLEX128
+    19: np.dtype("<f2"),  # DT_HALF
+    22: np.dtype("<u4"),  # DT_UINT32
+    23: np.dtype("<u8"),  # DT_UINT64
+}
+DT_STRING = 7
+DT_BFLOAT16 = 14  # numpy has no bfloat16: read as float32 (exact: its upper 16 bits)
+TF_CODE_OF_DTYPE: dict[np.dtype, int] = {
+    np.dtype("<f4"): 1, np.dtype("<f8"): 2, np.dtype("<i4"): 3, np.dtype("u1"): 4,
+    np.dtype("<i2"): 5, np.dtype("i1"): 6, np.dtype("<c8"): 8, np.dtype("<i8"): 9,
+    np.dtype("?"): 10, np.dtype("<u2"): 17, np.dtype("<c16"): 18, np.dtype("<f2"): 19,
+    np.dtype("<u4"): 22, np.dtype("<u8"): 23,
+}  # fmt: skip
+MAX_DIMS = 64
+MAX_STRING_ARRAY_BYTES = 256 << 20
+
+_MODE_CODES = {b"1": 1, b"2": 2, b"3": 3, b"4": 4}
+
+
+@dataclass
+class DecodedEvent:
+    """What one event record holds about one tensor."""
+
+    tag: str
+    step: int
+    wall_time: float
+    mode: int | None
+    mode_step: int | None
+    value: np.ndarray
+
+
+def decode_event(buf: bytes, start: int, end: int, want_tag: str | None = None) -> DecodedEvent:
+    """Decode an Event payload ``buf[start:end]``: its step, wall time and the tensor of the
+    Summary value tagged ``want_tag`` (the first value when None). Raises FramingError."""
+    step = 0
+    wall = 0.0
+    summary = None
+    for num, wt, val in fields(buf, start, end):
+        if num == 1 and wt == 1:
+            wall = struct.unpack("<d", val.to_bytes(8, "little"))[0]
+        elif num == 2 and wt == 0:
+            step = _signed64(val)
+        elif num == 5 and wt == 2:
+            summary = val
+        elif num in (1, 2, 5):
+            raise FramingError(f"Event field {num} has wire type {wt}", start)
+    if summary is None:
+        raise FramingError("event holds no summary", start)
+    if step < 0:
+        raise FramingError(f"negative step {step}", start)
+    found = None
+    for num, wt, val in fields(buf, *summary):
+        if num != 1:
+            continue
+        if wt != 2:
+            raise FramingError("Summary.value is not a message", summary[0])
+        tag_span = None
+        for vnum, vwt, vval in fields(buf, *val):
+            if vnum == 1 and vwt == 2:
+                tag_span = vval
+                break
+        if tag_span is None:
+            raise FramingError("summary value without a tag", val[0])
+        try:
+            tag = buf[tag_span[0] : tag_span[1]].decode("utf-8")
+        except UnicodeDecodeError:
+            raise FramingError("tag is not UTF-8", tag_span[0]) from None
+        if want_tag is None or tag == want_tag:
+            found = (tag, val)
+            break
+    if found is None:
+        what = "no value" if want_tag is None else f"no value tagged {want_tag!r}"
+        raise FramingError(f"event holds {what}", summary[0])
+    tag, (vs, ve) = found
+    mode = mode_step = None
+    tensor = None
+    simple = None
+    for num, wt, val in fields(buf, vs, ve):
+        if num == 8 and wt == 2:
+            tensor = val
+        elif num == 9 and wt == 2:
+            mode, mode_step = _plugin_data(buf, *val)
+        elif num == 2 and wt == 5:
+            simple = val
+        elif num in (8, 9):
+            raise FramingError(f"Value field {num} has wire type {wt}", vs)
+    if tensor is not None:
+        arr = decode_tensor(buf, *tensor)
+    elif simple is not None:
+        arr = np.array(struct.unpack("<f", simple.to_bytes(4, "little"))[0], dtype=np.float32)
+    else:
+        raise FramingError(f"value {tag!r} holds no tensor", vs)
+    return DecodedEvent(tag, step, wall, mode, mode_step, arr)
+
+
+def _plugin_data(buf: bytes, start: int, end: int) -> tuple[int | None, int | None]:
+    """smdebug's SummaryMetadata: plugin_data entries ("mode", k) and ("mode_step", n)."""
+    mode = mode_step = None
+    for num, wt, val in fields(buf, start, end):
+        if num != 1 or wt != 2:
+            continue
+        name = content = None
+        for pnum, pwt, pval in fields(buf, *val):
+            if pwt == 2 and pnum == 1:
+                name = buf[pval[0] : pval[1]]
+            elif pwt == 2 and pnum == 2:
+                content = buf[pval[0] : pval[1]]
+        if name == b"mode":
+            if content not in _MODE_CODES:
+                raise FramingError(f"unknown mode {content!r}", val[0])
+            mode = _MODE_CODES[content]
+        elif name == b"mode_step":
+            if content is None or not content.isdigit() or len(content) > 19:
+                raise FramingError(f"bad mode step {content!r}", val[0])
+            mode_step = int(content)
+    return mode, mode_step
+
+
+def decode_tensor(buf: bytes, start: int, end: int) -> np.ndarray:
+    """A TensorProto as a numpy array (a read-only view of ``buf`` for tensor_content)."""
+    dtype_code = 0
+    dims: list[int] = []
+    content = None
+    strings: list[tuple[int, int]] = []
+    packed: dict[int, list[tuple[int, int, int]]] = {}
+    for num, wt, val in fields(buf, start, end):
+        if num == 1 and wt == 0:
+            dtype_code = val
+        elif num == 2 and wt == 2:
+            for snum, swt, sval in fields(buf, *val):
+                if snum == 2 and swt == 2:
+                    size = None
+                    for dnum, dwt, dval in fields(buf, *sval):
+                        if dnum == 1 and dwt == 0:
+                            size = _signed64(dval)
+                    if size is None:
+                        size = 0
+                    if size < 0:
+                        raise FramingError(f"negative dimension {size}", sval[0])
+                    dims.append(size)
+                    if len(dims) > MAX_DIMS:
+                        raise FramingError(f"more than {MAX_DIMS} dimensions", sval[0])
+                elif snum == 3 and swt == 0 and sval:
+                    raise FramingError("tensor of unknown rank", val[0])
+        elif num == 4 and wt == 2:
+            content = val
+        elif num == 8 and wt == 2:
+            strings.append(val)
+        elif num in (5, 6, 7, 10, 11, 13, 16, 17):
+            packed.setdefault(num, []).append((wt, *val) if wt == 2 else (wt, val, 0))
+    count = 1
+    for d in dims:
+        count *= d
+    if dtype_code in (0, DT_STRING) and (strings or content is None):
+        return _strings(buf, strings, dims, count, start)
+    if dtype_code == DT_BFLOAT16:
+        if content is None and not count:
+            return np.zeros(dims, np.float32)
+        if content is None or content[1] - content[0] != 2 * count:
+            raise FramingError(f"bfloat16 tensor of shape {dims} holds the wrong byte count", start)
+        raw = np.frombuffer(buf, "<u2", count=count, offset=content[0]).astype(np.uint32) << 16
+        return raw.view(np.float32).reshape(dims)
+    dtype = TF_DTYPES.get(dtype_code)
+    if dtype is None:
+        raise FramingError(f"unknown or unsupported TensorFlow dtype {dtype_code}", start)
+    nbytes = count * dtype.itemsize
+    if content is not None:
+        if content[1] - content[0] != nbytes:
+            raise FramingError(
+                f"tensor of shape {tuple(dims)} and dtype {dtype} holds "
+                f"{content[1] - content[0]} bytes, not {nbytes}",
+                content[0],
+            )
+        return np.frombuffer(buf, dtype, count=count, offset=content[0]).reshape(dims)
+    if not packed:
+        if count:
+            raise FramingError(f"tensor of shape {tuple(dims)} holds no values", start)
+        return np.zeros(dims, dtype)
+    return _typed_values(buf, packed, dtype, dims, count, start)
+
+
+def _typed_values(buf, packed, dtype: np.dtype, dims, count: int, where: int) -> np.ndarray:
+    """TensorFlow's typed value fields (float_val, int_val, ...): exact element count only."""
+    if len(packed) != 1:
+        raise FramingError("tensor mixes several value fields", where)
+    ((num, entries),) = packed.items()
+    fixed = {5: "<f4", 6: "<f8"}
+    if num in fixed:
+        parts = []
+        item = np.dtype(fixed[num]).itemsize
+        for wt, s, e in entries:
+            if wt == 2:
+                if (e - s) % item:
+                    raise FramingError("packed values of a partial width", s)
+                parts.append(np.frombuffer(buf, fixed[num], count=(e - s) // item, offset=s))
+            else:
+                raise FramingError("unpacked float values are not supported", where)
+        vals = np.concatenate(parts) if parts else np.zeros(0)
+    else:
+        ints = []
+        for wt, s, e in entries:
+            if wt == 0:
+                ints.append(s)
+                continue
+            pos = s
+            while pos < e:
+                v, pos = _varint(buf, pos, e)
+                ints.append(v)
+                if len(ints) > count:
+                    break
+        if num in (7, 10):  # int32 / int64 are two's complement varints
+            ints = [_signed64(v) for v in ints]
+        if num == 13:  # half_val holds float16 bit patterns
+            vals = np.asarray(ints, np.uint16).view(np.float16)
+        else:
+            vals = np.asarray(ints, dtype=np.int64 if num in (7, 10) else np.uint64)
+    if len(vals) != count:
+        raise FramingError(f"tensor of shape {tuple(dims)} holds {len(vals)} values", where)
+    return vals.astype(dtype).reshape(dims)
+
+
+def _strings(buf: bytes, spans: list[tuple[int, int]], dims, count: int, where: int):
+    """A string tensor: str when every value is UTF-8, else bytes (never object dtype)."""
+    if not dims:
+        dims = [len(spans)]
+    if count != len(spans):
+        raise FramingError(f"string tensor of shape {dims} holds {len(spans)} values", where)
+    longest = max((e - s for s, e in spans), default=0)
+    if 4 * longest * len(spans) > MAX_STRING_ARRAY_BYTES:
+        raise FramingError("string tensor too large to hold as a fixed-width array", where)
+    raw = [buf[s:e] for s, e in spans]
+    try:
+        return np.array([r.decode("utf-8") for r in raw], dtype=f"<U{max(longest, 1)}").reshape(
+            dims
+        )
+    except UnicodeDecodeError:
+        return np.array(raw, dtype=f"S{max(longest, 1)}").reshape(dims)
+
+
+# -- encoding (used by SMDebugWriter) ------------------------------------------------------------
+
+
+def _enc_varint(v: int) -> bytes:
+    if v < 0:
+        v += 1 << 64
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if v:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _field(num: int, payload: bytes) -> bytes:
+    return _enc_varint(num << 3 | 2) + _enc_varint(len(payload)) + payload
+
+
+def _field_varint(num: int, v: int) -> bytes:
+    return _enc_varint(num << 3) + _enc_varint(v)
+
+
+def encode_tensor(array: np.ndarray, tag: str) -> bytes:
+    """A TensorProto as smdebug's writer makes it (dims named ``<tag>_<size>``)."""
+    arr = np.asarray(array)
+    if arr.dtype.kind in "US":
+        flat = arr.reshape(-1)
+        vals = [s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in flat.tolist()]
+        shape = _field(2, _field_varint(1, len(vals)))
+        return _field(2, shape) + b"".join(_field(8, v) for v in vals)
+    code = TF_CODE_OF_DTYPE.get(arr.dtype.newbyteorder("<"))
+    if code is None:
+        raise TypeError(f"dtype {arr.dtype} cannot be written in the SageMaker Debugger layout")
+    arr = np.asarray(arr, dtype=arr.dtype.newbyteorder("<"))  # tobytes() is C order
+    dims = b"".join(
+        _field(2, _field_varint(1, d) + _field(2, f"{tag}_{d}".encode())) for d in arr.shape
+    )
+    return _field_varint(1, code) + _field(2, dims) + _field(4, arr.tobytes())
+
+
+def encode_event(
+    tag: str, array: np.ndarray, *, step: int, wall_time: float, mode: int, mode_step: int
+) -> bytes:
+    """An Event with one Summary value, field for field as smdebug 1.0 writes it."""
+    meta = _field(1, _field(1, b"mode_step") + _field(2, str(mode_step).encode())) + _field(
+        1, _field(1, b"mode") + _field(2, str(mode).encode())
+    )
+    value = _field(1, tag.encode()) + _field(8, encode_tensor(array, tag)) + _field(9, meta)
+    out = _enc_varint(1 << 3 | 1) + struct.pack("<d", wall_time)
+    if step:
+        out += _field_varint(2, step)
+    return out + _field(5, _field(1, value))
