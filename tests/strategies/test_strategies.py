@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import tempfile
@@ -302,7 +303,7 @@ def _check_run_against_truth(gen: mst.GeneratedRun) -> None:
             assert abs(np.abs(arr.astype(np.float64)).mean() / scale - 1) <= 1e-5
     for pname, ratio in truth.update_ratio.items():
         ws = run.tensor(pname).series("TRAIN").arrays
-        for a, b in zip(ws, ws[1:]):
+        for a, b in itertools.pairwise(ws):
             a64, b64 = a.astype(np.float64), b.astype(np.float64)
             assert abs(np.linalg.norm(b64 - a64) / np.linalg.norm(a64) / ratio - 1) <= 1e-3
 
