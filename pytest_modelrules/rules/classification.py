@@ -27,6 +27,8 @@ PYTORCH_LABELS = "CrossEntropyLoss_input_1"
 PYTORCH_PREDICTIONS = "CrossEntropyLoss_input_0"
 _FALLBACK_LABELS = (rf"^{PYTORCH_LABELS}$", r"Loss_input_1$")
 _FALLBACK_PREDICTIONS = (rf"^{PYTORCH_PREDICTIONS}$", r"Loss_input_0$")
+# SageMaker's defaults: when one of them matches nothing, the PyTorch loss inputs are used
+_DEFAULT_REGEXES = (".*labels", ".*predictions", "labels", "predictions")
 
 # run -> {key: value}; emptied when the run is refreshed (its generation changes)
 _CACHE: weakref.WeakKeyDictionary[Any, dict[tuple, Any]] = weakref.WeakKeyDictionary()
@@ -53,11 +55,13 @@ def _find(run: Any, regex: str | None, collection: str | None, fallbacks: tuple[
         names = run.tensor_names(regex=regex)
         if names:
             return names[0], f"regex {regex!r}"
+        if regex not in _DEFAULT_REGEXES:  # the user's own regex: no silent fallback
+            return None, f"regex {regex!r}"
     for fb in fallbacks:
         names = run.tensor_names(regex=fb)
         if names:
             return names[0], f"PyTorch loss input ({regex!r} matched nothing)"
-    return None, f"regex {regex!r}"
+    return None, f"regex {regex!r}, nor the PyTorch loss input {fallbacks[0][1:-1]!r},"
 
 
 def resolve_labels_predictions(

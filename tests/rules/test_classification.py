@@ -1,0 +1,319 @@
+"""ClassImbalance, Confusion, DirectionConfusion, RecallFloor on runs written with RunWriter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pytest_modelrules import MissingTensorError, RuleParameterError, RunWriter, open_run
+from pytest_modelrules.datasets.gtsrb_meta import CLASS_NAMES
+from pytest_modelrules.rules.classification import (
+    ClassImbalance,
+    Confusion,
+    DirectionConfusion,
+    RecallFloor,
+    mirror_pairs,
+)
+from pytest_modelrules.store.memory import MemoryRunBuilder
+
+LABELS, LOGITS = "CrossEntropyLoss_input_1", "CrossEntropyLoss_input_0"
+
+
+def logits_for(pred: np.ndarray, k: int = 43) -> np.ndarray:
+    """Logits whose argmax is ``pred``."""
+    out = np.zeros((len(pred), k), np.float32)
+    out[np.arange(len(pred)), pred] = 5.0
+    return out
+
+
+def write_steps(path, steps, metadata=None, names=(LABELS, LOGITS), k=43):
+    """steps: list of (mode, labels, predicted classes); predictions stored as logits."""
+    with RunWriter(path, metadata=metadata) as w:
+        for g, (mode, lab, pred) in enumerate(steps):
+            w.write(names[0], np.asarray(lab, np.int64), g, mode)
+            w.write(names[1], logits_for(np.asarray(pred), k), g, mode)
+    return open_run(path)
+
+
+# -- ClassImbalance -----------------------------------------------------------------------------
+
+
+def test_class_imbalance_old_case_triggers_at_the_step(tmp_path):
+    lab = np.array([0] * 990 + [1] * 10)
+    with RunWriter(tmp_path / "r") as w:
+        for g in range(3):  # 30 balanced labels first: fewer than samples=500
+            w.write("labels", np.array([0, 1] * 5), g)
+            w.write("predictions", np.array([0, 1] * 5), g)
+        w.write("labels", lab, 3)
+        w.write("predictions", lab, 3)
+    result = ClassImbalance().evaluate(tmp_path / "r")
+    assert result.triggered and result.first_step == 3
+    assert "class 0 had 1005 samples and class 1 25" in result.explanation
+    assert result.figure == pytest.approx(1005 / 25)
+    assert not ClassImbalance(threshold_imbalance="50").evaluate(tmp_path / "r").triggered
+
+
+def test_class_imbalance_balanced_run_passes(tmp_path):
+    rng = np.random.default_rng(0)
+    steps = [
+        ("TRAIN", lab, lab) for lab in (rng.permutation(np.arange(64) % 43) for _ in range(20))
+    ]
+    run = write_steps(tmp_path / "r", steps)
+    result = ClassImbalance().evaluate(run)
+    assert not result.triggered
+    assert result.evidence["labels_tensor"] == LABELS  # PyTorch fallback
+    assert result.evidence["predictions_tensor"] == LOGITS
+
+
+def test_class_imbalance_misprediction(tmp_path):
+    rng = np.random.default_rng(1)
+    steps = []
+    for _ in range(12):
+        lab = rng.permutation(np.arange(64) % 8)
+        pred = lab.copy()
+        pred[lab == 2] = 3  # class 2 always wrong
+        steps.append(("TRAIN", lab, pred))
+    run = write_steps(tmp_path / "r", steps)
+    result = ClassImbalance().evaluate(run)
+    assert result.triggered
+    assert result.first_step == 7  # 8 x 64 = 512 labels >= samples 500
+    assert "class 2 was mispredicted in 100% of its 64 samples" in result.explanation
+    assert not ClassImbalance(threshold_misprediction="1.0").evaluate(run).triggered
+
+
+def test_class_imbalance_too_few_samples_is_not_judged(tmp_path):
+    run = write_steps(tmp_path / "r", [("TRAIN", [0] * 99 + [1], [0] * 100)])
+    result = ClassImbalance().evaluate(run)
+    assert not result.triggered and result.skipped
+    assert "fewer than samples=500" in result.explanation
+    assert ClassImbalance(samples="100").evaluate(run).triggered
+
+
+def test_class_imbalance_missing_labels(tmp_path):
+    with RunWriter(tmp_path / "r") as w:
+        w.write("CrossEntropyLoss_output_0", np.float32(1.0), 0)
+    with pytest.raises(MissingTensorError) as info:
+        ClassImbalance().evaluate(tmp_path / "r")
+    text = str(info.value)
+    assert "labels tensor" in text and "CrossEntropyLoss_input_1" in text
+    assert "CrossEntropyLoss_output_0" in text  # what the run has
+
+
+def test_own_regex_does_not_fall_back(tmp_path):
+    run = write_steps(tmp_path / "r", [("TRAIN", [0, 1], [0, 1])])
+    with pytest.raises(MissingTensorError, match="my_labels"):
+        ClassImbalance(labels_regex="my_labels").evaluate(run)
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"threshold_imbalance": "0.5"}, "threshold_imbalance"),
+        ({"samples": "0"}, "samples"),
+        ({"argmax": "perhaps"}, "argmax"),
+        ({"labels_regex": "(["}, "labels_regex"),
+    ],
+)
+def test_class_imbalance_bad_parameters(params, match):
+    with pytest.raises(RuleParameterError, match=match):
+        ClassImbalance(**params)
+
+
+def _memory_steps(steps):
+    builder = MemoryRunBuilder()
+    for g, (lab, pred) in enumerate(steps):
+        builder.write(LABELS, np.asarray(lab, np.int64), g)
+        builder.write(LOGITS, logits_for(np.asarray(pred), 6), g)
+    builder.close()
+    return builder.run()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.lists(
+        st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=40),
+        min_size=1,
+        max_size=8,
+    ),
+    seed=st.integers(0, 2**16),
+)
+def test_shuffling_inside_a_step_changes_nothing(data, seed):
+    rng = np.random.default_rng(seed)
+    steps = [(np.array([a for a, _ in s]), np.array([b for _, b in s])) for s in data]
+    shuffled = []
+    for lab, pred in steps:
+        order = rng.permutation(len(lab))
+        shuffled.append((lab[order], pred[order]))
+    rule = ClassImbalance(samples=10, threshold_imbalance=3)
+    a, b = rule.evaluate(_memory_steps(steps)), rule.evaluate(_memory_steps(shuffled))
+    assert a.triggered == b.triggered
+    assert [t.step for t in a.triggers] == [t.step for t in b.triggers]
+    assert np.array_equal(a.evidence["class_counts"], b.evidence["class_counts"])
+
+
+# -- Confusion ----------------------------------------------------------------------------------
+
+
+def test_confusion_identity_passes_one_mistake_triggers(tmp_path):
+    lab = np.arange(10)
+    with RunWriter(tmp_path / "ok") as w:
+        for g in range(3):
+            w.write("labels", lab, g)
+            w.write("predictions", lab, g)
+    assert not Confusion().evaluate(tmp_path / "ok").triggered
+    wrong = lab.copy()
+    wrong[4] = 7
+    with RunWriter(tmp_path / "bad") as w:
+        for g, pred in enumerate([lab, wrong, lab]):
+            w.write("labels", lab, g)
+            w.write("predictions", pred, g)
+    result = Confusion().evaluate(tmp_path / "bad")
+    assert [t.step for t in result.triggers] == [1]
+    assert "predicted class 7 was right for 1 of 2 samples" in result.explanation
+    assert "1 were class 4" in result.explanation
+
+
+def test_confusion_category_no_and_thresholds(tmp_path):
+    lab = np.arange(10)
+    wrong = lab.copy()
+    wrong[4] = 7
+    with RunWriter(tmp_path / "r") as w:
+        w.write("labels", lab, 0)
+        w.write("predictions", wrong, 0)
+    run = open_run(tmp_path / "r")
+    assert not Confusion(min_diag="0.5", max_off_diag="0.5").evaluate(run).triggered
+    with pytest.raises(RuleParameterError, match="category_no"):
+        Confusion(category_no=5).evaluate(run)
+    with pytest.raises(RuleParameterError, match="min_diag"):
+        Confusion(min_diag="1.5")
+
+
+def test_confusion_on_pytorch_logits(tmp_path):
+    run = write_steps(tmp_path / "r", [("TRAIN", [1, 2, 3], [1, 2, 3]), ("EVAL", [1, 2], [2, 2])])
+    result = Confusion().evaluate(run)
+    assert [t.step for t in result.triggers] == [1]
+    assert not Confusion(mode="TRAIN").evaluate(run).triggered
+
+
+# -- DirectionConfusion -------------------------------------------------------------------------
+
+
+def test_mirror_pairs_of_gtsrb():
+    assert mirror_pairs(list(CLASS_NAMES)) == [(19, 20), (33, 34), (36, 37), (38, 39)]
+    assert mirror_pairs(["Road narrows on the right", "Stop"]) == []
+    assert mirror_pairs(None) == []
+
+
+def confusion_run(path, per_step, mode_of=lambda g: "TRAIN"):
+    """per_step[g] = (19 -> 20 confusions, 20 -> 19 confusions) among 64 samples of class 5."""
+    steps = []
+    for g, (ab, ba) in enumerate(per_step):
+        lab = np.full(64, 5)
+        pred = np.full(64, 5)
+        lab[:ab], pred[:ab] = 19, 20
+        lab[ab : ab + ba], pred[ab : ab + ba] = 20, 19
+        lab[60:], pred[60:] = 19, 19  # some right answers of the pair
+        steps.append((mode_of(g), lab, pred))
+    return write_steps(path, steps, metadata={"class_names": list(CLASS_NAMES)})
+
+
+def test_direction_confusion_triggers_at_the_step_the_count_passes_10(tmp_path):
+    run = confusion_run(tmp_path / "r", [(0, 0), (3, 1), (0, 0), (2, 3), (1, 1), (0, 2), (4, 0)])
+    # cumulative 0, 4, 4, 9, 11, 13, 17: more than 10 first at step 4
+    result = DirectionConfusion().evaluate(run)
+    assert result.triggered and result.first_step == 4
+    assert [t.step for t in result.triggers] == [4, 5, 6]
+    assert (
+        "class 19 (Dangerous curve to the left) was predicted as 20 (Dangerous curve to the "
+        "right) and back 11 times by global step 4; limit 10" in result.explanation
+    )
+    assert "17 times in all by global step 6: 10 as 20, 7 as 19" in result.explanation
+    assert result.figure == 17
+    assert result.evidence["pairs"] == [(19, 20), (33, 34), (36, 37), (38, 39)]
+    assert not DirectionConfusion(limit="17").evaluate(run).triggered
+
+
+def test_direction_confusion_rate_and_mode(tmp_path):
+    run = confusion_run(
+        tmp_path / "r", [(2, 0)] * 6, mode_of=lambda g: "EVAL" if g >= 3 else "TRAIN"
+    )
+    # per step: 2 confusions among 2 + 4 samples of the pair
+    assert DirectionConfusion().evaluate(run).first_step == 5  # 12 confusions > 10
+    result = DirectionConfusion(limit=100, max_rate="0.3", min_samples=12).evaluate(run)
+    assert result.first_step == 1  # 4 of 12 samples = 33% once 12 samples were seen
+    assert "rate limit 30%" in result.explanation
+    eval_only = DirectionConfusion(limit=5, mode="EVAL").evaluate(run)
+    assert eval_only.first_step == 5  # EVAL steps 3, 4, 5: 2, 4, 6 confusions
+    assert "EVAL steps only" in eval_only.explanation
+
+
+def test_direction_confusion_pairs_given_and_skipped_without_names(tmp_path):
+    steps = [("TRAIN", [1, 2] * 8, [2, 1] * 8)]
+    run = write_steps(tmp_path / "r", steps)
+    skipped = DirectionConfusion().evaluate(run)
+    assert skipped.skipped and not skipped.triggered
+    assert "stores no class_names" in skipped.explanation
+    assert DirectionConfusion(pairs="2-1").evaluate(run).first_step == 0
+    assert DirectionConfusion(pairs=[[1, 2]], limit=16).evaluate(run).triggered is False
+    with pytest.raises(RuleParameterError, match="pairs"):
+        DirectionConfusion(pairs="3-3")
+    with pytest.raises(RuleParameterError, match="max_rate"):
+        DirectionConfusion(max_rate="2")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.lists(
+        st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4)), min_size=1, max_size=30),
+        min_size=1,
+        max_size=6,
+    ),
+    pair=st.tuples(st.integers(0, 5), st.integers(0, 5)).filter(lambda p: p[0] != p[1]),
+    limit=st.integers(0, 6),
+)
+def test_direction_confusion_symmetric_in_pair_order(data, pair, limit):
+    steps = [(np.array([a for a, _ in s]), np.array([b for _, b in s])) for s in data]
+    run = _memory_steps(steps)
+    a = DirectionConfusion(pairs=[pair], limit=limit).evaluate(run)
+    b = DirectionConfusion(pairs=[pair[::-1]], limit=limit).evaluate(run)
+    assert a.triggered == b.triggered and a.figure == b.figure
+    assert [t.step for t in a.triggers] == [t.step for t in b.triggers]
+
+
+# -- RecallFloor --------------------------------------------------------------------------------
+
+
+def recall_run(path, eval_passes):
+    """Each pass: 2 TRAIN steps, then 2 EVAL steps whose class-3 recall is given."""
+    steps = []
+    for recall3 in eval_passes:
+        lab = np.arange(64) % 4
+        steps += [("TRAIN", lab, lab)] * 2
+        pred = lab.copy()
+        threes = np.flatnonzero(lab == 3)
+        pred[threes[: round(len(threes) * (1 - recall3))]] = 0
+        steps += [("EVAL", lab, pred)] * 2
+    return write_steps(path, steps)
+
+
+def test_recall_floor_last_pass(tmp_path):
+    run = recall_run(tmp_path / "r", [0.25, 0.75])
+    assert not RecallFloor().evaluate(run).triggered  # last pass: class 3 at 75%
+    result = RecallFloor(phases="all").evaluate(run)
+    assert [t.step for t in result.triggers] == [3]
+    assert "class 3 25% of 32" in result.explanation
+    worse = recall_run(tmp_path / "w", [0.75, 0.25])
+    low = RecallFloor(min_recall="0.5").evaluate(worse)
+    assert low.first_step == 7 and low.figure == pytest.approx(0.25)
+    assert not RecallFloor(min_samples=33).evaluate(worse).triggered  # 32 samples of class 3
+    assert not RecallFloor(classes="0,1,2").evaluate(worse).triggered
+
+
+def test_recall_floor_without_eval_is_skipped(tmp_path):
+    run = write_steps(tmp_path / "r", [("TRAIN", [0, 1], [1, 0])])
+    result = RecallFloor().evaluate(run)
+    assert result.skipped and not result.triggered
+    with pytest.raises(RuleParameterError, match="phases"):
+        RecallFloor(phases="first")
