@@ -1,0 +1,190 @@
+"""The custom-rule API: the seed's MyCustomRule cell runs unchanged but for its imports."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pytest_modelrules import (
+    RuleEvaluationConditionMet,
+    RunWriter,
+    TensorUnavailable,
+    create_trial,
+)
+from pytest_modelrules.datasets.gtsrb_meta import CLASS_NAMES
+from pytest_modelrules.rules.classification import DirectionConfusion
+from pytest_modelrules.rules.custom import Rule, as_custom_rule, invoke_rule
+from pytest_modelrules.rules.loss import LossNotDecreasing
+
+# The two notebook cells of the seed (shared/seed/sagemaker_debugger_transfer_learning.txt),
+# verbatim but for their import lines (and trailing blanks on blank lines).
+SEED_IMPORTS = "from smdebug.rules.rule import Rule\n"
+SEED_RULE_CELL = """\
+class MyCustomRule(Rule):
+    def __init__(self, base_trial):
+        super().__init__(base_trial)
+        self.counter = 0
+
+    def invoke_at_step(self, step):
+
+
+        predictions = np.argmax(trial.tensor('CrossEntropyLoss_input_0').value(step),axis=1)
+        labels = trial.tensor('CrossEntropyLoss_input_1').value(step)
+
+        for prediction, label in zip(predictions, labels):
+
+            if prediction == 19 and label == 20 or prediction == 20 and label == 19:
+                self.counter += 1
+                if self.counter > 10:
+                    self.logger.info(f'Found {self.counter} cases where class 19 was mistaken as class 20 and vice versa')
+                    return True
+
+        return False"""  # noqa: E501
+SEED_INVOKE_IMPORTS = "from smdebug.rules import invoke_rule\nfrom smdebug.exceptions import *\n\n"
+SEED_INVOKE_CELL = """\
+rule = MyCustomRule(trial)
+try:
+    invoke_rule(rule, raise_eval_cond=True)
+except RuleEvaluationConditionMet as e:
+    print(e)"""
+OUR_IMPORTS = (
+    "import numpy as np\n"
+    "from pytest_modelrules import Rule, invoke_rule, RuleEvaluationConditionMet, create_trial\n"
+)
+
+
+def _seed_text() -> str:
+    env = os.environ.get("MODELRULES_SHARED_DIR")
+    root = Path(__file__).resolve().parents[2]
+    candidates = [Path(env)] if env else [root / "shared", root.parent / "shared"]
+    for c in candidates:
+        path = c / "seed" / "sagemaker_debugger_transfer_learning.txt"
+        if path.exists():
+            return path.read_text(encoding="utf-8")
+    raise FileNotFoundError("shared/seed not found beside the repository")
+
+
+def _strip_blanks(text: str) -> str:
+    return "\n".join(line.rstrip() for line in text.splitlines())
+
+
+def test_the_cells_here_are_the_seeds():
+    seed = _strip_blanks(_seed_text())
+    assert _strip_blanks(SEED_IMPORTS + "\n" + SEED_RULE_CELL) in seed
+    assert _strip_blanks(SEED_INVOKE_IMPORTS + SEED_INVOKE_CELL) in seed
+
+
+def write_confusions(path, per_step, missing_logits_at=()):
+    """Steps alternate TRAIN x 3 / EVAL x 2; per_step[g] = 19<->20 confusions at step g."""
+    with RunWriter(path, metadata={"class_names": list(CLASS_NAMES)}) as w:
+        for g, n in enumerate(per_step):
+            mode = "TRAIN" if g % 5 < 3 else "EVAL"
+            lab = np.full(64, 7)
+            pred = np.full(64, 7)
+            lab[:n] = np.where(np.arange(n) % 2, 19, 20)
+            pred[:n] = np.where(np.arange(n) % 2, 20, 19)
+            logits = np.zeros((64, 43), np.float32)
+            logits[np.arange(64), pred] = 3.0
+            w.write("CrossEntropyLoss_input_1", lab, g, mode)
+            if g not in missing_logits_at:
+                w.write("CrossEntropyLoss_input_0", logits, g, mode)
+    return create_trial(path)
+
+
+# confusions per global step: cumulative 0, 3, 3, 3, 7, 7, 7, 7, 11 -> the 11th at step 8 (TRAIN)
+PER_STEP = [0, 3, 0, 0, 4, 0, 0, 0, 4, 1, 0, 2]
+
+
+def test_seed_cell_runs_unchanged(tmp_path, capsys, caplog):
+    trial = write_confusions(tmp_path / "run", PER_STEP)
+    namespace = {"trial": trial}
+    exec(OUR_IMPORTS + SEED_RULE_CELL, namespace)
+    with caplog.at_level(logging.INFO, logger="pytest_modelrules"):
+        exec(SEED_INVOKE_CELL, namespace)
+    printed = capsys.readouterr().out.strip()
+    assert printed == (
+        "Evaluation of the rule MyCustomRule at step 8 resulted in the condition being met"
+    )
+    assert "Found 11 cases where class 19 was mistaken as class 20" in caplog.text
+    assert "Started execution of rule MyCustomRule at step 0" in caplog.text
+    # the built-in rule agrees with the hand-written one (limit 10, every step counted)
+    assert DirectionConfusion().evaluate(trial).first_step == 8
+
+
+def test_invoke_rule_without_raising_lists_every_trigger(tmp_path):
+    trial = write_confusions(tmp_path / "run", PER_STEP)
+    namespace = {"trial": trial}
+    exec(OUR_IMPORTS + SEED_RULE_CELL, namespace)
+    result = invoke_rule(namespace["MyCustomRule"](trial))
+    # after the 11th confusion every step holding one returns True
+    assert [t.step for t in result.triggers] == [8, 9, 11]
+    assert [t.mode for t in result.triggers] == ["EVAL", "EVAL", "TRAIN"]
+    assert result.rule == "MyCustomRule" and result.name == "my_custom_rule"
+    assert result.steps_evaluated == len(PER_STEP)
+    windowed = invoke_rule(namespace["MyCustomRule"](trial), start_step=2, end_step=9)
+    assert not windowed.triggered and windowed.steps_evaluated == 7  # 4 + 4 = 8 confusions
+
+
+def test_steps_missing_a_tensor_are_skipped(tmp_path):
+    trial = write_confusions(tmp_path / "run", PER_STEP, missing_logits_at={1})
+    namespace = {"trial": trial}
+    exec(OUR_IMPORTS + SEED_RULE_CELL, namespace)
+    with pytest.raises(RuleEvaluationConditionMet) as info:
+        invoke_rule(namespace["MyCustomRule"](trial), raise_eval_cond=True)
+    # the 3 confusions of step 1 are never seen: 4 + 4 + 1 + 2 = 11 at step 11
+    assert info.value.step == 11
+    assert info.value.rule_name == "MyCustomRule"
+    assert info.value.result.evidence["skipped_steps"] == [1]
+    assert info.value.result.steps_evaluated == 11  # steps 0..11 but 1
+
+
+def test_a_tensor_absent_from_the_run_is_an_error(tmp_path):
+    trial = write_confusions(tmp_path / "run", [1, 2])
+
+    class NeedsWeights(Rule):
+        def invoke_at_step(self, step):
+            return bool(self.base_trial.tensor("fc.weight").value(step).any())
+
+    with pytest.raises(TensorUnavailable, match=r"fc\.weight"):
+        invoke_rule(NeedsWeights(trial))
+
+
+def test_rule_base_class():
+    class Bare(Rule):
+        pass
+
+    with pytest.raises(FileNotFoundError):
+        Bare("/nonexistent/run/folder")
+
+
+def test_rule_invoke_raises_condition_met(tmp_path):
+    trial = write_confusions(tmp_path / "run", [1])
+
+    class Always(Rule):
+        def invoke_at_step(self, step):
+            return True
+
+    rule = Always(trial, other_trials=[trial])
+    assert rule.other_trials[0] is trial and rule.logger.name.endswith("Always")
+    with pytest.raises(RuleEvaluationConditionMet, match=re.escape("rule Always at step 0")):
+        rule.invoke(0)
+    with pytest.raises(NotImplementedError):
+        Rule(trial).invoke_at_step(0)
+
+
+def test_builtin_rules_step_by_step(tmp_path):
+    trial = write_confusions(tmp_path / "run", PER_STEP)
+    whole = DirectionConfusion().evaluate(trial)
+    walked = invoke_rule(DirectionConfusion(), trial=trial)
+    assert [t.step for t in walked.triggers] == [t.step for t in whole.triggers] == [8, 9, 10, 11]
+    with pytest.raises(RuleEvaluationConditionMet, match="DirectionConfusion at step 8"):
+        invoke_rule(as_custom_rule(DirectionConfusion(), trial), raise_eval_cond=True)
+    with pytest.raises(TypeError, match="trial=run"):
+        invoke_rule(LossNotDecreasing())
+    with pytest.raises(TypeError, match="invoke_at_step"):
+        invoke_rule(object())
