@@ -1,0 +1,86 @@
+"""evaluate() by name, the list of rules and the default set."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import pytest_modelrules
+from pytest_modelrules import RuleParameterError, RunWriter
+from pytest_modelrules.rules.base import BuiltinRule
+from pytest_modelrules.rules.loss import LossNotDecreasing
+from pytest_modelrules.rules.registry import (
+    available_rules,
+    default_rules,
+    evaluate,
+    make_rule,
+    rule_class,
+)
+
+MINE = {
+    "loss_not_decreasing",
+    "overfit",
+    "overtraining",
+    "class_imbalance",
+    "confusion",
+    "direction_confusion",
+    "recall_floor",
+    "baseline_comparison",
+}
+
+
+@pytest.fixture
+def flat_run(tmp_path):
+    with RunWriter(tmp_path / "r") as w:
+        for g in range(25):
+            w.write("CrossEntropyLoss_output_0", np.float32(1.0), g)
+    return str(tmp_path / "r")
+
+
+def test_evaluate_by_snake_case_or_class_name(flat_run):
+    a = evaluate(flat_run, "loss_not_decreasing", num_steps="10")
+    b = evaluate(flat_run, "LossNotDecreasing", num_steps=10)
+    c = pytest_modelrules.evaluate(flat_run, "lossnotdecreasing")
+    assert a.triggered and [t.step for t in a.triggers] == [10, 20]
+    assert a.triggers == b.triggers == c.triggers
+    assert a.parameters["num_steps"] == 10 and a.run_path.endswith("r")
+    assert evaluate(flat_run, LossNotDecreasing).triggers == a.triggers
+    assert evaluate(flat_run, LossNotDecreasing(num_steps=20)).triggers[0].step == 20
+
+
+def test_unknown_rule_lists_the_names(flat_run):
+    with pytest.raises(RuleParameterError) as info:
+        evaluate(flat_run, "loss_not_decreasin")
+    text = str(info.value)
+    assert "did you mean loss_not_decreasing" in text
+    for name in MINE:
+        assert name in text
+    with pytest.raises(RuleParameterError, match="already configured"):
+        make_rule(LossNotDecreasing(), num_steps=3)
+    with pytest.raises(RuleParameterError, match="must be a string"):
+        rule_class(42)
+
+
+def test_available_and_default_rules():
+    names = available_rules()
+    assert set(names) >= MINE
+    assert names == sorted(names)
+    assert all(re.fullmatch(r"[a-z][a-z0-9_]*", n) for n in names)
+    defaults = default_rules()
+    assert set(defaults) <= set(names)
+    assert MINE - {"baseline_comparison"} <= set(defaults)
+    assert "baseline_comparison" not in defaults  # needs a baseline
+    for name in defaults:  # each default rule builds without any parameter
+        assert isinstance(rule_class(name)(), BuiltinRule)
+
+
+def test_required_parameter_is_reported():
+    with pytest.raises(RuleParameterError, match=r"required parameter.*baseline"):
+        rule_class("baseline_comparison")()
+
+
+def test_tuple_spec():
+    rule = make_rule(("loss_not_decreasing", {"num_steps": "7"}))
+    assert isinstance(rule, LossNotDecreasing) and rule.num_steps == 7
