@@ -1,0 +1,738 @@
+"""The Recorder: hooks on a PyTorch model (and its loss module and optimizer) that record a run.
+
+Names, collections and step counting follow SageMaker Debugger's PyTorch hook, so rules and
+notebooks written against smdebug read a recorded run unchanged. See docs/recording.md.
+
+Cost model: a step that saves nothing runs two Python counter checks (the model's forward
+pre-hook and the optimizer's step hooks); every other hook is installed only for steps that
+save something and removed afterwards. At a saved step, reductions are computed on the
+tensor's device and moved to the CPU in one transfer per device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import re
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import modes as _modes
+from ..exceptions import RecorderError
+from ..modes import ModeKeys, parse_mode
+from ..store.names import reduction_tensor_name
+from ..store.writer import RunWriter
+from .config import CollectionConfig, SaveConfig, default_collections, merge_collections
+from .reductions import STORED_DTYPE, compute_many
+
+logger = logging.getLogger("pytest_modelrules.capture")
+
+_FULL_DTYPES_AS_FLOAT32 = {torch.bfloat16}
+for _name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"):
+    if hasattr(torch, _name):
+        _FULL_DTYPES_AS_FLOAT32.add(getattr(torch, _name))
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The user's model inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
+    inner = model
+    for _ in range(4):
+        if isinstance(inner, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            inner = inner.module
+        elif hasattr(inner, "_orig_mod") and isinstance(inner._orig_mod, torch.nn.Module):
+            inner = inner._orig_mod
+        else:
+            break
+    return inner
+
+
+def relu_tensor_base(path: str) -> str:
+    """``layer1.0.relu`` -> ``layer1.0.relu``; ``features.1`` -> ``features.1.relu``; root -> relu.
+
+    Every ReLU's tensors end up named ``<...>relu_output_<k>`` so that smdebug's regex
+    ``.*relu_output`` finds them, whatever the module is called.
+    """
+    if not path:
+        return "relu"
+    if path.rsplit(".", 1)[-1] == "relu":
+        return path
+    return f"{path}.relu"
+
+
+def _flatten_tensors(value: Any) -> list[tuple[int, torch.Tensor]]:
+    """(position, tensor) for a tensor, or the tensors of a tuple/list/dict (one level)."""
+    if isinstance(value, torch.Tensor):
+        return [(0, value)]
+    if isinstance(value, Mapping):
+        items: Iterable[Any] = value.values()
+    elif isinstance(value, (tuple, list)):
+        items = value
+    else:
+        return []
+    return [(i, v) for i, v in enumerate(items) if isinstance(v, torch.Tensor)]
+
+
+class _Collection:
+    """A resolved collection: matcher, schedule, what to store, the names seen so far."""
+
+    def __init__(self, config: CollectionConfig, default_interval: int) -> None:
+        self.config = config
+        self.name = config.name
+        self.save_config: SaveConfig = config.resolve_save_config(default_interval)
+        regexes = list(config.include_regex or [])
+        self.regex = re.compile("|".join(f"(?:{r})" for r in regexes)) if regexes else None
+        self.names: set[str] = set(config.tensor_names or [])
+        self.reductions = config.reduction_list
+        self.full = config.full
+        self.seen: set[str] = set()
+
+    def matches(self, name: str) -> bool:
+        return name in self.names or (
+            self.regex is not None and self.regex.search(name) is not None
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        stored = set(self.seen)
+        for tensor in self.seen:
+            stored.update(reduction_tensor_name(tensor, r, a) for r, a in self.reductions)
+        return {
+            "name": self.name,
+            "tensor_names": sorted(stored),
+            "include_regex": list(self.config.include_regex or []),
+            "save_config": self.save_config.to_json(),
+            "reductions": [("abs_" if a else "") + r for r, a in self.reductions],
+            "save_raw_tensor": self.full,
+        }
+
+
+class Recorder:
+    """Record a PyTorch training run in SageMaker Debugger's terms (see docs/recording.md).
+
+    ``with Recorder(out_dir, model, loss=loss_fn, optimizer=opt) as rec:`` then train as usual;
+    call ``rec.set_mode(modes.EVAL)`` around validation. A step is one optimizer step in TRAIN
+    mode when an optimizer is given, else one forward pass of ``model``. Recording never makes a
+    training step fail: the first error inside recording is reported once and recording stops.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        model: torch.nn.Module,
+        loss: torch.nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        save_interval: int = 500,
+        collections: Iterable[CollectionConfig | str] | None = None,
+        include_regex: str | Iterable[str] | None = None,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        monitor: Any = None,
+        default_collections_enabled: bool = True,
+        sync_interval_s: float = 60.0,
+        storage_options: Mapping[str, Any] | None = None,
+        mode: ModeKeys | str = ModeKeys.TRAIN,
+        async_write: bool = True,
+    ) -> None:
+        if not isinstance(model, torch.nn.Module):
+            raise RecorderError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if loss is not None and not isinstance(loss, torch.nn.Module):
+            raise RecorderError(
+                f"loss must be a torch.nn.Module (e.g. nn.CrossEntropyLoss()), got "
+                f"{type(loss).__name__}; for a functional loss leave loss=None"
+            )
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise RecorderError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
+        if int(save_interval) < 0:
+            raise RecorderError(f"save_interval must be >= 0, got {save_interval}")
+        self.out_dir = os.fspath(out_dir)
+        self.root = model
+        self.model = unwrap_model(model)
+        self.loss_module = loss
+        self.optimizer = optimizer
+        self.save_interval = int(save_interval)
+        self.root_name = type(self.model).__name__
+        self.loss_name = type(loss).__name__ if loss is not None else None
+        self.monitor = monitor
+        self.sync_interval_s = float(sync_interval_s)
+
+        # collections
+        try:
+            defaults = (
+                default_collections(self.root_name, self.loss_name, record_outputs=loss is None)
+                if default_collections_enabled
+                else []
+            )
+            given = list(collections or [])
+            if include_regex is not None:
+                given.append(CollectionConfig("default", include_regex=include_regex))
+            configs = merge_collections(defaults, given)
+            self._collections = [_Collection(c, self.save_interval) for c in configs]
+        except (ValueError, TypeError) as exc:
+            raise RecorderError(f"Recorder collections: {exc}") from exc
+        self._losses_idx = next(
+            (i for i, c in enumerate(self._collections) if c.name == "losses"), None
+        )
+        self._weights_idx = next(
+            (i for i, c in enumerate(self._collections) if c.name == "weights"), None
+        )
+        self._params = list(self.model.named_parameters())
+        if self._weights_idx is not None:  # params called neither *weight nor *bias: weights
+            wcoll = self._collections[self._weights_idx]
+            for pname, _ in self._params:
+                if not any(c.matches(pname) for c in self._collections):
+                    wcoll.names.add(pname)
+        self._relus = [
+            (relu_tensor_base(path), m)
+            for path, m in self.model.named_modules()
+            if isinstance(m, torch.nn.ReLU)
+        ]
+        self._membership: dict[str, tuple[int, ...]] = {}
+
+        # step state
+        self.mode: ModeKeys = parse_mode(mode, allow_none=False)  # type: ignore[assignment]
+        self.global_step = 0
+        self._mode_steps: dict[ModeKeys, int] = {}
+        self._open = False
+        self._forward_index = 0
+        self._saving: frozenset[int] = frozenset()
+        self._spec_cache: dict[str, tuple[bool, tuple[tuple[str, bool], ...]] | None] = {}
+        self._captured: set[str] = set()
+        self._pending_red: list[tuple[str, str, torch.Tensor]] = []
+        self._pending_full: list[tuple[str, torch.Tensor]] = []
+        self._grad_acc: dict[str, torch.Tensor] = {}
+        self._relu_calls: dict[int, int] = {}
+        self._relu_in_calls: dict[int, int] = {}
+        self._dyn_handles: list[Any] = []
+        self._handles: list[Any] = []
+        self._collections_dirty = False
+        self._last_sync = time.monotonic()
+        self.dead = False
+        self.closed = False
+        self._async = bool(async_write)
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+        # distributed: one shard per rank
+        rank, world = 0, 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        self.rank, self.num_workers = rank, world
+        self.worker = f"worker_{rank}"
+        meta = {"recorder": {"model": self.root_name, "loss": self.loss_name,
+                             "save_interval": self.save_interval}}  # fmt: skip
+        meta.update(dict(metadata or {}))
+        self.writer: RunWriter | None = None
+        try:
+            self.writer = RunWriter(
+                self.out_dir, self.worker, rank=rank, num_workers=world, metadata=meta,
+                storage_options=dict(storage_options or {}),
+            )  # fmt: skip
+            self.writer.set_collections(self._collections_json())
+        except FileExistsError as exc:
+            raise RecorderError(str(exc)) from exc
+        except OSError as exc:
+            self._fail(exc, "opening the run")
+        self._install_static_hooks()
+        if self.monitor is not None and not self.dead:
+            try:
+                self.monitor.attach(self.out_dir)
+            except Exception as exc:
+                self._monitor_failed(exc)
+
+    # -- public API ----------------------------------------------------------------------------
+
+    @property
+    def mode_step(self) -> int:
+        """The current step within the current mode."""
+        return self._mode_steps.get(self.mode, 0)
+
+    @property
+    def run_path(self) -> str:
+        return self.out_dir
+
+    @property
+    def should_stop(self) -> bool:
+        """True when the RuleMonitor asked to stop training (``if rec.should_stop: break``)."""
+        monitor = self.monitor
+        if monitor is None:
+            return False
+        try:
+            return bool(monitor.stop_requested)
+        except Exception as exc:
+            self._monitor_failed(exc)
+            return False
+
+    def set_mode(self, mode: ModeKeys | str) -> None:
+        """Switch to TRAIN, EVAL or PREDICT; the open step of the previous mode ends here."""
+        new = parse_mode(mode, allow_none=False)
+        if new is ModeKeys.GLOBAL:
+            raise ValueError("set_mode takes TRAIN, EVAL or PREDICT (GLOBAL is not a phase)")
+        if new == self.mode:
+            return
+        if not self.dead:
+            try:
+                self._finalize_step()
+            except Exception as exc:
+                self._fail(exc, "ending a step")
+        self.mode = new  # type: ignore[assignment]
+
+    def update_metadata(self, values: Mapping[str, Any] | None = None, **more: Any) -> None:
+        """Store JSON metadata with the run (``class_names=[...]``, the recipe, ...)."""
+        if self.dead or self.writer is None:
+            return
+        self._submit(self.writer.update_metadata, {**dict(values or {}), **more})
+
+    def close(self, reason: str | None = None) -> None:
+        """End the last step, close the monitor, mark the run ended (with a stop reason)."""
+        if self.closed:
+            return
+        self.closed = True
+        if not self.dead:
+            try:
+                self._finalize_step()
+            except Exception as exc:
+                self._fail(exc, "ending the last step")
+        self._drain()
+        if self.monitor is not None:
+            try:
+                self.monitor.close()
+                if reason is None:
+                    reason = getattr(self.monitor, "stop_reason", None)
+            except Exception as exc:
+                self._monitor_failed(exc)
+        if not self.dead and self.writer is not None:
+            try:
+                self.writer.close(reason=reason)
+            except Exception as exc:
+                self._fail(exc, "closing the run")
+        self._remove_hooks(static=True)
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        reason = None
+        if exc_type is not None and not (self.monitor is not None and self.should_stop):
+            reason = f"error: {exc_type.__name__}: {exc}"
+        self.close(reason=reason)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ("stopped" if self.dead else "recording")
+        return f"Recorder({self.out_dir!r}, {self.root_name}, step={self.global_step}, {state})"
+
+    # -- failure handling ----------------------------------------------------------------------
+
+    def _fail(self, exc: BaseException, where: str) -> None:
+        """Report the first recording error once, stop recording, keep training going."""
+        if self.dead:
+            return
+        self.dead = True
+        self.error = exc
+        message = (
+            f"pytest-modelrules Recorder: recording stopped at global step {self.global_step} "
+            f"while {where} ({type(exc).__name__}: {exc}); training continues unrecorded"
+        )
+        logger.warning(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        self._pending_red.clear()
+        self._pending_full.clear()
+        self._grad_acc.clear()
+        if self.writer is not None:
+            with contextlib.suppress(Exception):  # the disk already fails: nothing more to say
+                self.writer.abort()
+
+    def _monitor_failed(self, exc: BaseException) -> None:
+        message = (
+            f"pytest-modelrules Recorder: the rule monitor failed ({type(exc).__name__}: {exc}); "
+            "it is detached, recording goes on"
+        )
+        logger.warning(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        self.monitor = None
+
+    # -- hooks ---------------------------------------------------------------------------------
+
+    def _install_static_hooks(self) -> None:
+        self._handles.append(self.root.register_forward_pre_hook(self._root_pre_hook))
+        self._handles.append(self.root.register_forward_hook(self._root_hook))
+        if self.optimizer is not None:
+            self._handles.append(self.optimizer.register_step_pre_hook(self._opt_pre_hook))
+            self._handles.append(self.optimizer.register_step_post_hook(self._opt_post_hook))
+
+    def _remove_hooks(self, static: bool = False) -> None:
+        for handle in self._dyn_handles:
+            handle.remove()
+        self._dyn_handles.clear()
+        if static:
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
+
+    def _steps_by_optimizer(self) -> bool:
+        return self.optimizer is not None and self.mode == ModeKeys.TRAIN
+
+    def _root_pre_hook(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        if self.dead:
+            if self._handles:  # safe here: not inside the optimizer's hook loop
+                self._remove_hooks(static=True)
+            return
+        try:
+            if self._steps_by_optimizer() and self._open:
+                self._forward_index += 1  # another micro-batch of the same optimizer step
+                return
+            if self._open:
+                self._finalize_step()
+            self._open_step()
+            if self._saving:
+                with torch.no_grad():
+                    for i, value in enumerate(args):
+                        if isinstance(value, torch.Tensor):
+                            self._capture(f"{self.root_name}_input_{i}", value)
+        except Exception as exc:
+            self._fail(exc, "recording the model input")
+
+    def _root_hook(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if self.dead or not self._saving or self._forward_index:
+            return
+        try:
+            with torch.no_grad():
+                for i, value in _flatten_tensors(output):
+                    name = f"{self.root_name}_output_{i}"
+                    if (
+                        self.loss_module is None
+                        and self._losses_idx is not None
+                        and value.ndim == 0
+                        and value.is_floating_point()
+                    ):
+                        losses = self._collections[self._losses_idx]
+                        if name not in losses.names:  # the model computes its own loss
+                            losses.names.add(name)
+                            self._membership.pop(name, None)
+                            self._spec_cache.clear()
+                    self._capture(name, value)
+        except Exception as exc:
+            self._fail(exc, "recording the model output")
+
+    def _loss_hook(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if self.dead or self._forward_index:
+            return
+        try:
+            with torch.no_grad():
+                for i, value in enumerate(args):
+                    if isinstance(value, torch.Tensor):
+                        self._capture(f"{self.loss_name}_input_{i}", value)
+                for i, value in _flatten_tensors(output):
+                    self._capture(f"{self.loss_name}_output_{i}", value)
+        except Exception as exc:
+            self._fail(exc, "recording the loss")
+
+    def _make_relu_hooks(self, base: str, module: torch.nn.Module, inputs: bool, outputs: bool):
+        key = id(module)
+
+        def pre_hook(mod: torch.nn.Module, args: tuple[Any, ...]) -> None:
+            if self.dead or self._forward_index:
+                return
+            try:
+                k = self._relu_in_calls.get(key, 0)
+                self._relu_in_calls[key] = k + 1
+                if args and isinstance(args[0], torch.Tensor):
+                    with torch.no_grad():
+                        self._capture(f"{base}_input_{k}", args[0])
+            except Exception as exc:
+                self._fail(exc, "recording a ReLU input")
+
+        def hook(mod: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if self.dead or self._forward_index:
+                return
+            try:
+                k = self._relu_calls.get(key, 0)
+                self._relu_calls[key] = k + 1
+                if isinstance(output, torch.Tensor):
+                    with torch.no_grad():
+                        self._capture(f"{base}_output_{k}", output)
+            except Exception as exc:
+                self._fail(exc, "recording a ReLU output")
+
+        if inputs:
+            self._dyn_handles.append(module.register_forward_pre_hook(pre_hook))
+        if outputs:
+            self._dyn_handles.append(module.register_forward_hook(hook))
+
+    def _grad_hook(self, name: str):
+        def hook(grad: torch.Tensor) -> None:
+            if self.dead:
+                return
+            try:
+                with torch.no_grad():
+                    prev = self._grad_acc.get(name)
+                    self._grad_acc[name] = grad.detach().clone() if prev is None else prev + grad
+            except Exception as exc:
+                self._fail(exc, "recording a gradient")
+
+        return hook
+
+    def _opt_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self.dead or self.mode != ModeKeys.TRAIN:
+            return
+        try:
+            if not self._open:
+                self._open_step()
+            if self._saving:
+                with torch.no_grad():
+                    for pname, p in self._params:
+                        if p.grad is not None:
+                            self._capture(f"gradient/{pname}", p.grad)
+        except Exception as exc:
+            self._fail(exc, "recording gradients")
+
+    def _opt_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self.dead or self.mode != ModeKeys.TRAIN:
+            return
+        try:
+            self._finalize_step()
+        except Exception as exc:
+            self._fail(exc, "writing a step")
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _open_step(self) -> None:
+        self._open = True
+        self._forward_index = 0
+        mode_step = self._mode_steps.get(self.mode, 0)
+        mode = self.mode
+        saving = frozenset(
+            i for i, c in enumerate(self._collections) if c.save_config.should_save(mode, mode_step)
+        )
+        if saving != self._saving:
+            self._spec_cache.clear()
+        self._saving = saving
+        if not saving:
+            return
+        self._captured.clear()
+        self._relu_calls.clear()
+        self._relu_in_calls.clear()
+        if self.loss_module is not None and self._could_save(
+            f"{self.loss_name}_input_0", f"{self.loss_name}_output_0"
+        ):
+            self._dyn_handles.append(self.loss_module.register_forward_hook(self._loss_hook))
+        for base, module in self._relus:
+            want_in = self._spec(f"{base}_input_0") is not None
+            want_out = self._spec(f"{base}_output_0") is not None
+            if want_in or want_out:
+                self._make_relu_hooks(base, module, want_in, want_out)
+        with torch.no_grad():
+            for pname, p in self._params:
+                self._capture(pname, p)
+        if not self._steps_by_optimizer():
+            for pname, p in self._params:
+                gname = f"gradient/{pname}"
+                if p.requires_grad and self._spec(gname) is not None:
+                    self._dyn_handles.append(p.register_hook(self._grad_hook(gname)))
+
+    def _could_save(self, *names: str) -> bool:
+        return any(self._spec(n) is not None for n in names)
+
+    def _finalize_step(self) -> None:
+        if not self._open:
+            return
+        try:
+            if self._saving:
+                self._remove_hooks()
+                if self._grad_acc:
+                    with torch.no_grad():
+                        for gname, grad in self._grad_acc.items():
+                            self._capture(gname, grad)
+                    self._grad_acc.clear()
+                self._flush()
+        finally:
+            self._open = False
+            self._saving = frozenset()
+            self._spec_cache.clear()
+            self._mode_steps[self.mode] = self._mode_steps.get(self.mode, 0) + 1
+            self.global_step += 1
+
+    # -- capture -------------------------------------------------------------------------------
+
+    def _members(self, name: str) -> tuple[int, ...]:
+        found = self._membership.get(name)
+        if found is None:
+            found = tuple(i for i, c in enumerate(self._collections) if c.matches(name))
+            self._membership[name] = found
+        return found
+
+    def _spec(self, name: str) -> tuple[bool, tuple[tuple[str, bool], ...]] | None:
+        """(store the full tensor?, reductions) for ``name`` at this step; None: skip it."""
+        if name in self._spec_cache:
+            return self._spec_cache[name]
+        full = False
+        reductions: list[tuple[str, bool]] = []
+        for i in self._members(name):
+            if i in self._saving:
+                coll = self._collections[i]
+                full = full or coll.full
+                reductions.extend(r for r in coll.reductions if r not in reductions)
+        spec = (full, tuple(reductions)) if (full or reductions) else None
+        self._spec_cache[name] = spec
+        return spec
+
+    def _capture(self, name: str, tensor: torch.Tensor) -> None:
+        """Queue the full value and/or the reductions of a tensor for this step."""
+        if name in self._captured:
+            return
+        spec = self._spec(name)
+        if spec is None:
+            return
+        self._captured.add(name)
+        full, reductions = spec
+        x = tensor.detach()
+        if reductions:
+            with torch.autocast(x.device.type, enabled=False):
+                values = compute_many(x, reductions)
+            for (red, absolute), value in zip(reductions, values):
+                self._pending_red.append((reduction_tensor_name(name, red, absolute), red, value))
+        if full:
+            self._pending_full.append((name, x.clone()))
+        for i in self._members(name):
+            if i in self._saving:
+                coll = self._collections[i]
+                if name not in coll.seen:
+                    coll.seen.add(name)
+                    self._collections_dirty = True
+
+    def _flush(self) -> None:
+        """Move the step's values to the CPU (one transfer per device for reductions), write,
+        commit, tell the monitor."""
+        writer = self.writer
+        if writer is None or (not self._pending_red and not self._pending_full):
+            return
+        step, mode = self.global_step, self.mode
+        mode_step = self._mode_steps.get(mode, 0)
+        arrays: list[tuple[str, np.ndarray]] = []
+        cuda_devices = set()
+        # reductions: float32 vectors (positive_fraction) and float64 scalars, per device
+        groups: dict[tuple[torch.device, bool], list[int]] = {}
+        for idx, (_, red, value) in enumerate(self._pending_red):
+            groups.setdefault((value.device, red == "positive_fraction"), []).append(idx)
+        moved: dict[int, np.ndarray] = {}
+        host: list[tuple[list[int], torch.Tensor]] = []
+        for (device, is_f32), idxs in groups.items():
+            dtype = torch.float32 if is_f32 else torch.float64
+            parts = [self._pending_red[i][2].reshape(-1).to(dtype) for i in idxs]
+            flat = torch.cat(parts) if len(parts) > 1 else parts[0]
+            if device.type == "cuda":
+                cuda_devices.add(device)
+                host.append((idxs, flat.to("cpu", non_blocking=True)))
+            else:
+                host.append((idxs, flat.cpu()))
+        fulls: list[tuple[str, torch.Tensor]] = []
+        for name, value in self._pending_full:
+            if value.dtype in _FULL_DTYPES_AS_FLOAT32:
+                value = value.float()
+            if value.device.type == "cuda":
+                cuda_devices.add(value.device)
+                fulls.append((name, value.to("cpu", non_blocking=True)))
+            else:
+                fulls.append((name, value.cpu()))
+        for device in cuda_devices:
+            torch.cuda.synchronize(device)
+        for idxs, flat in host:
+            data = flat.numpy()
+            offset = 0
+            for i in idxs:
+                _, red, value = self._pending_red[i]
+                n = value.numel()
+                chunk = data[offset : offset + n].reshape(tuple(value.shape))
+                offset += n
+                moved[i] = chunk.astype(STORED_DTYPE.get(red, "float64"), copy=True)
+        for i, (tname, _, _) in enumerate(self._pending_red):
+            arrays.append((tname, moved[i]))
+        arrays.extend((name, value.numpy()) for name, value in fulls)
+        self._pending_red.clear()
+        self._pending_full.clear()
+        collections = None
+        if self._collections_dirty:
+            collections = self._collections_json()
+            self._collections_dirty = False
+        self._submit(self._write_step, step, mode, mode_step, arrays, collections)
+
+    # -- the writer thread: disk (and upload) work overlaps training ---------------------------
+
+    def _submit(self, fn: Any, *args: Any) -> None:
+        """Run ``fn(*args)`` on the writer thread (in order); blocks when 2 steps are queued."""
+        if self._async:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._writer_loop, name="modelrules-recorder", daemon=True
+                )
+                self._thread.start()
+            self._queue.put((fn, args))
+        else:
+            self._run_job(fn, args)
+
+    def _writer_loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            self._run_job(*job)
+
+    def _run_job(self, fn: Any, args: tuple[Any, ...]) -> None:
+        if self.dead:
+            return
+        try:
+            fn(*args)
+        except Exception as exc:
+            self._fail(exc, f"writing ({getattr(fn, '__name__', 'job')})")
+
+    def _drain(self) -> None:
+        """Wait until the writer thread has written everything submitted so far."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _write_step(
+        self,
+        step: int,
+        mode: ModeKeys,
+        mode_step: int,
+        arrays: list[tuple[str, np.ndarray]],
+        collections: dict[str, Any] | None,
+    ) -> None:
+        writer = self.writer
+        assert writer is not None
+        for tname, arr in arrays:
+            writer.write(tname, arr, step, mode, mode_step)
+        writer.end_step()
+        if collections is not None:
+            writer.set_collections(collections)
+        if writer.remote and time.monotonic() - self._last_sync >= self.sync_interval_s:
+            writer.sync()
+            self._last_sync = time.monotonic()
+        monitor = self.monitor
+        if monitor is not None:
+            try:
+                monitor.on_step_committed(step)
+            except Exception as exc:
+                self._monitor_failed(exc)
+
+    def _collections_json(self) -> dict[str, Any]:
+        return {c.name: c.to_json() for c in self._collections}
+
+
+__all__ = ["Recorder", "relu_tensor_base", "unwrap_model"]
+
+# keep the modes module reachable as ``Recorder``'s users expect (rec.set_mode(modes.EVAL))
+modes = _modes

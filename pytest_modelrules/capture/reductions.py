@@ -1,0 +1,177 @@
+"""Reductions computed on the tensor's own device, matching ``store.names.compute_reduction``.
+
+Every function returns a small tensor on the input's device and never synchronises with it
+(no ``.item()``, no boolean indexing), so the Recorder can gather a step's reductions and move
+them to the CPU in one transfer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..store.names import HISTOGRAM_BINS
+
+# how a reduction's value is stored (numpy dtype name), as compute_reduction returns it
+STORED_DTYPE = {
+    "positive_fraction": "float32",
+    "nan_count": "int64",
+    "inf_count": "int64",
+    "numel": "int64",
+}
+
+_QUANTILE_LIMIT = 16_000_000  # torch.quantile refuses larger inputs
+
+
+def _float(x: torch.Tensor) -> torch.Tensor:
+    if x.dtype in (torch.float32, torch.float64):
+        return x
+    return x.float()
+
+
+def _percentiles(xf: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
+    """Linear-interpolation percentiles (numpy's default) of a flat float tensor."""
+    flat = xf.reshape(-1)
+    n = flat.numel()
+    if n == 0:
+        return torch.full((len(qs),), float("nan"), dtype=torch.float64, device=xf.device)
+    q = torch.tensor(qs, dtype=flat.dtype, device=flat.device)
+    if n <= _QUANTILE_LIMIT:
+        return torch.quantile(flat, q).double()
+    ordered = torch.sort(flat).values.double()
+    pos = q.double() * (n - 1)
+    lo = pos.floor().long()
+    hi = torch.clamp(lo + 1, max=n - 1)
+    frac = pos - lo.double()
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * frac
+
+
+def _histogram(xf: torch.Tensor) -> torch.Tensor:
+    """HISTOGRAM_BINS counts between the finite min and max, then min and max (float64)."""
+    flat = xf.reshape(-1).double()
+    finite = torch.isfinite(flat)
+    inf = torch.tensor(float("inf"), dtype=torch.float64, device=flat.device)
+    lo = torch.where(finite, flat, inf).amin() if flat.numel() else inf
+    hi = torch.where(finite, flat, -inf).amax() if flat.numel() else -inf
+    any_finite = finite.any() if flat.numel() else torch.tensor(False, device=flat.device)
+    width = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    idx = torch.floor((flat - lo) / width * HISTOGRAM_BINS)
+    idx = torch.clamp(torch.nan_to_num(idx, nan=0.0, posinf=0.0, neginf=0.0), 0, HISTOGRAM_BINS - 1)
+    idx = torch.where(finite, idx.long(), torch.full_like(idx, HISTOGRAM_BINS).long())
+    counts = torch.zeros(HISTOGRAM_BINS + 1, dtype=torch.float64, device=flat.device)
+    counts.index_add_(0, idx, torch.ones_like(flat))
+    zero = torch.zeros((), dtype=torch.float64, device=flat.device)
+    edges = torch.stack([torch.where(any_finite, lo, zero), torch.where(any_finite, hi, zero)])
+    return torch.cat([counts[:HISTOGRAM_BINS], edges])
+
+
+_EXACT_LIMIT = 1 << 16  # up to this size std/variance use the exact two-pass formula
+
+
+def compute_many(x: torch.Tensor, wanted: tuple[tuple[str, bool], ...]) -> list[torch.Tensor]:
+    """The reductions ``wanted`` ((name, abs) pairs) of ``x``, each a tensor on x's device.
+
+    Passes over the data are shared between reductions: mean, l2 and (for large tensors) std
+    come from one ``mean`` and one ``vector_norm`` (variance = E[x^2] - mean^2 in float64,
+    which loses precision only when |mean| >> std; tensors up to 65,536 elements use the exact
+    two-pass formula); min and max from one ``aminmax``. Results are float64 (positive_fraction
+    float32, counts int64), as ``compute_reduction`` returns them.
+    """
+    out: list[torch.Tensor] = []
+    cache: dict[Any, torch.Tensor] = {}
+    numel = x.numel()
+    dev = x.device
+    nan = torch.tensor(float("nan"), dtype=torch.float64, device=dev)
+
+    def base(absolute: bool) -> torch.Tensor:
+        t = cache.get(("x", absolute))
+        if t is None:
+            t = _float(x).abs() if absolute else _float(x)
+            cache[("x", absolute)] = t
+        return t
+
+    def mean(absolute: bool) -> torch.Tensor:
+        t = cache.get(("mean", absolute))
+        if t is None:
+            t = base(absolute).mean().double()
+            cache[("mean", absolute)] = t
+        return t
+
+    def l2(absolute: bool) -> torch.Tensor:
+        t = cache.get(("l2", absolute))
+        if t is None:
+            t = torch.linalg.vector_norm(base(absolute)).double()
+            cache[("l2", absolute)] = t
+        return t
+
+    def variance(absolute: bool) -> torch.Tensor:
+        t = cache.get(("var", absolute))
+        if t is None:
+            xf = base(absolute)
+            if numel <= _EXACT_LIMIT:
+                xd = xf.double()
+                t = (xd - xd.mean()).pow(2).mean()
+            else:
+                norm = l2(absolute)
+                t = torch.clamp(norm * norm / numel - mean(absolute) ** 2, min=0.0)
+            cache[("var", absolute)] = t
+        return t
+
+    def minmax(absolute: bool) -> torch.Tensor:
+        t = cache.get(("mm", absolute))
+        if t is None:
+            lo, hi = torch.aminmax(base(absolute))
+            t = torch.stack([lo.double(), hi.double()])
+            cache[("mm", absolute)] = t
+        return t
+
+    for name, absolute in wanted:
+        if name == "positive_fraction":
+            if x.ndim == 0:
+                out.append((x > 0).float())
+            else:
+                counts = (x > 0).sum(0, dtype=torch.int32).reshape(-1)
+                out.append((counts.double() / x.shape[0]).float())
+        elif name == "numel":
+            out.append(torch.tensor(numel, dtype=torch.int64, device=dev))
+        elif name in ("nan_count", "inf_count"):
+            if x.is_floating_point():
+                fn = torch.isnan if name == "nan_count" else torch.isinf
+                out.append(fn(x).sum())
+            else:
+                out.append(torch.zeros((), dtype=torch.int64, device=dev))
+        elif numel == 0 and name in ("min", "max", "mean", "std", "variance", "zero_fraction"):
+            out.append(nan)
+        elif name == "zero_fraction":
+            nonzero = torch.count_nonzero(x)
+            out.append(1.0 - nonzero.double() / numel)
+        elif name == "mean":
+            out.append(mean(absolute))
+        elif name == "l2":
+            out.append(l2(absolute))
+        elif name == "variance":
+            out.append(variance(absolute))
+        elif name == "std":
+            out.append(variance(absolute).sqrt())
+        elif name in ("min", "max"):
+            mm = minmax(absolute)
+            out.append(mm[0] if name == "min" else mm[1])
+        elif name == "sum":
+            out.append(base(absolute).sum(dtype=torch.float64) if numel <= _EXACT_LIMIT
+                       else mean(absolute) * numel)  # fmt: skip
+        elif name == "prod":
+            out.append(base(absolute).double().prod())
+        elif name == "l1":
+            out.append(base(True).sum().double())
+        elif name in ("p05", "p95"):
+            pct = cache.get(("pct", absolute))
+            if pct is None:
+                pct = _percentiles(base(absolute), (0.05, 0.95))
+                cache[("pct", absolute)] = pct
+            out.append(pct[0] if name == "p05" else pct[1])
+        elif name == "histogram":
+            out.append(_histogram(base(absolute)))
+        else:  # pragma: no cover - parse_reductions rejects unknown names
+            raise ValueError(f"unknown reduction {name!r}")
+    return out
