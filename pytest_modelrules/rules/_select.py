@@ -183,7 +183,8 @@ def align(per_tensor: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndar
 def step_label(run: Any, global_step: int) -> str:
     """ "global step 37 (TRAIN step 21)", or "global step 37" when the mode is unknown."""
     try:
-        return f"global step {int(global_step)} ({run.mode(int(global_step)).name} step {run.mode_step(int(global_step))})"
+        g = int(global_step)
+        return f"global step {g} ({run.mode(g).name} step {run.mode_step(g)})"
     except Exception:
         return f"global step {int(global_step)}"
 

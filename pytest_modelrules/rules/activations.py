@@ -94,8 +94,9 @@ class _UnitActivityRule(BuiltinRule):
             )
             bad = [layers[j] for j in np.nonzero(over.any(axis=0))[0]]
             counts = over.sum(axis=0)
+            saved = (~np.isnan(mat)).sum(axis=0)
             text += " Layers over the limit: " + ", ".join(
-                f"{n} at {int(counts[layers.index(n)])} of {int((~np.isnan(mat[:, layers.index(n)])).sum())} steps"
+                f"{n} at {int(counts[layers.index(n)])} of {int(saved[layers.index(n)])} steps"
                 for n in bad
             )
             text += f". Largest: {sel.pct(worst)} ({layers[c]} at {sel.step_label(run, steps[r])})."

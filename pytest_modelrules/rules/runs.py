@@ -97,7 +97,8 @@ class SimilarAcrossRuns(BuiltinRule):
         if not names:
             raise sel.missing(
                 "SimilarAcrossRuns",
-                f"no full tensor matches {sel.selection_text(self.collection_names, self.tensor_regex)}",
+                "no full tensor matches "
+                + sel.selection_text(self.collection_names, self.tensor_regex),
                 run,
             )
         per: dict[str, tuple[np.ndarray, np.ndarray]] = {}

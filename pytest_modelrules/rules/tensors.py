@@ -599,7 +599,8 @@ class PoorWeightInitialization(BuiltinRule):
             note(
                 steps[hit],
                 lambda i, r=ratio[hit]: (
-                    f"largest/smallest activation-input variance {sel.fmt(r[i])} > {sel.fmt(self.threshold)}"
+                    "largest/smallest activation-input variance "
+                    f"{sel.fmt(r[i])} > {sel.fmt(self.threshold)}"
                 ),
             )
         # 2: spread of gradients
@@ -632,7 +633,8 @@ class PoorWeightInitialization(BuiltinRule):
             note(
                 steps[hit],
                 lambda i, s=smallest[hit]: (
-                    f"smallest gradient spread (p95-p05) {sel.fmt(s[i])} < {sel.fmt(self.distribution_range)}"
+                    "smallest gradient spread (p95-p05) "
+                    f"{sel.fmt(s[i])} < {sel.fmt(self.distribution_range)}"
                 ),
             )
         # 3: loss not decreasing for `patience` steps
@@ -658,7 +660,8 @@ class PoorWeightInitialization(BuiltinRule):
             note(
                 g[hit_idx],
                 lambda i, n=n, idx=hit_idx, v=v: (
-                    f"{n} did not decrease for {self.patience} steps (from {sel.fmt(v[idx[i] - self.patience])} to {sel.fmt(v[idx[i]])})"
+                    f"{n} did not decrease for {self.patience} steps (from "
+                    f"{sel.fmt(v[idx[i] - self.patience])} to {sel.fmt(v[idx[i]])})"
                 ),
             )
         if loss_ev:
@@ -666,8 +669,8 @@ class PoorWeightInitialization(BuiltinRule):
         if not checks:
             raise sel.missing(
                 "PoorWeightInitialization",
-                f"nothing to check: no two activation inputs match {self.activation_inputs_regex!r}, "
-                "no gradient tensors, no loss tensors",
+                "nothing to check: no two activation inputs match "
+                f"{self.activation_inputs_regex!r}, no gradient tensors, no loss tensors",
                 run,
             )
         trig = sorted(bad_steps)
@@ -751,9 +754,9 @@ class WeightUpdateRatio(BuiltinRule):
             if candidates:
                 raise sel.missing(
                     "WeightUpdateRatio",
-                    f"it needs full weight tensors, but only reductions of {', '.join(candidates[:5])} "
-                    "are stored (norms of two steps do not give the norm of their difference); "
-                    "record the weights in full",
+                    "it needs full weight tensors, but only reductions of "
+                    f"{', '.join(candidates[:5])} are stored (norms of two steps do not give "
+                    "the norm of their difference); record the weights in full",
                     run,
                 )
             raise sel.missing(
@@ -798,19 +801,22 @@ class WeightUpdateRatio(BuiltinRule):
             lim = self.large_threshold if large[r0, c0] else self.small_threshold
             bad_cols = np.nonzero(bad.any(axis=0))[0]
             text = (
-                f"{tensors[c0]}: update ratio {sel.fmt(mat[r0, c0])} at {sel.step_label(run, steps[r0])}, "
-                f"{kind} the limit {sel.fmt(lim)} (limits: {sel.fmt(self.small_threshold)} to "
-                f"{sel.fmt(self.large_threshold)}). {len(bad_cols)} of {len(tensors)} weight tensor(s) "
-                f"out of range at {len(rows)} step(s): "
+                f"{tensors[c0]}: update ratio {sel.fmt(mat[r0, c0])} at "
+                f"{sel.step_label(run, steps[r0])}, {kind} the limit {sel.fmt(lim)} (limits: "
+                f"{sel.fmt(self.small_threshold)} to {sel.fmt(self.large_threshold)}). "
+                f"{len(bad_cols)} of {len(tensors)} weight tensor(s) out of range at "
+                f"{len(rows)} step(s): "
                 + ", ".join(
-                    f"{tensors[j]} ({int(large[:, j].sum())} too large, {int(small[:, j].sum())} too small)"
+                    f"{tensors[j]} ({int(large[:, j].sum())} too large, "
+                    f"{int(small[:, j].sum())} too small)"
                     for j in bad_cols[:8]
                 )
                 + "."
             )
         else:
             text = (
-                f"Every update ratio of {len(tensors)} weight tensor(s) over {len(steps)} steps lay "
+                f"Every update ratio of {len(tensors)} weight tensor(s) over {len(steps)} steps "
+                "lay "
                 f"within {sel.fmt(self.small_threshold)} to {sel.fmt(self.large_threshold)} "
                 f"(from {sel.fmt(np.nanmin(mat))} to {sel.fmt(np.nanmax(mat))})."
             )
@@ -921,7 +927,8 @@ class UnchangedTensor(BuiltinRule):
             cols = np.nonzero(bad[r0])[0]
             bad_cols = np.nonzero(bad.any(axis=0))[0]
             text = (
-                f"{', '.join(tensors[j] for j in cols[:5])}: the last {self.num_steps} saved values "
+                f"{', '.join(tensors[j] for j in cols[:5])}: the last {self.num_steps} saved "
+                "values "
                 f"were all close (rtol {sel.fmt(self.rtol)}, atol {sel.fmt(self.atol)}) at "
                 f"{sel.step_label(run, steps[r0])}. {len(bad_cols)} of {len(tensors)} tensor(s) "
                 f"unchanged at {len(rows)} step(s): "

@@ -112,7 +112,8 @@ class TransferLearning(BuiltinRule):
             if not frozen:
                 raise sel.missing(
                     "TransferLearning",
-                    f"no parameter (other than the head) matches frozen_regex {self.frozen_regex!r}",
+                    "no parameter (other than the head) matches frozen_regex "
+                    f"{self.frozen_regex!r}",
                     run,
                 )
             how = f"matching frozen_regex {self.frozen_regex!r}"
@@ -163,12 +164,13 @@ class TransferLearning(BuiltinRule):
             p, g, v = changed[0]
             parts.append(
                 f"frozen parameter {p} changed by up to {sel.fmt(v)} at {sel.step_label(run, g)} "
-                f"(allowed {sel.fmt(self.frozen_atol)}); {len(changed)} of {len(frozen_max)} frozen "
-                f"parameter(s) changed: {', '.join(c[0] for c in changed[:8])}"
+                f"(allowed {sel.fmt(self.frozen_atol)}); {len(changed)} of {len(frozen_max)} "
+                f"frozen parameter(s) changed: {', '.join(c[0] for c in changed[:8])}"
             )
         if still:
+            listed = ", ".join(f"{p} (relative change {sel.fmt(v)})" for p, _g, v in still[:8])
             parts.append(
-                f"head parameter(s) {', '.join(f'{p} (relative change {sel.fmt(v)})' for p, _g, v in still[:8])} "
+                f"head parameter(s) {listed} "
                 f"did not change (must exceed {sel.fmt(self.min_head_update)})"
             )
         if parts:
