@@ -1,0 +1,102 @@
+"""BaselineComparison: regressions against a baseline run gate a merge."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pytest_modelrules import RuleParameterError, RunWriter, open_run
+from pytest_modelrules.rules.baseline import BaselineComparison
+
+
+def write_run(path, recall3=1.0, loss_slope=0.05, confusions=0, passes=2):
+    """TRAIN x 4 then EVAL x 2 per pass; class 3's EVAL recall and 1<->2 confusions set."""
+    g = 0
+    with RunWriter(path) as w:
+        for _ in range(passes):
+            for mode in ["TRAIN"] * 4 + ["EVAL"] * 2:
+                lab = np.arange(64) % 4
+                pred = lab.copy()
+                if mode == "EVAL":
+                    threes = np.flatnonzero(lab == 3)
+                    pred[threes[: round(len(threes) * (1 - recall3))]] = 0
+                    if confusions and g == 5:  # the first EVAL pass: confusions of 1 and 2
+                        ones = np.flatnonzero(lab == 1)[:confusions]
+                        pred[ones] = 2
+                logits = np.zeros((64, 4), np.float32)
+                logits[np.arange(64), pred] = 2.0
+                loss = 2.0 - loss_slope * g
+                w.write("CrossEntropyLoss_output_0", np.float32(loss), g, mode)
+                w.write("CrossEntropyLoss_input_0", logits, g, mode)
+                w.write("CrossEntropyLoss_input_1", lab, g, mode)
+                g += 1
+    return open_run(path)
+
+
+def test_recall_drop_beyond_margin_is_a_regression(tmp_path):
+    base = write_run(tmp_path / "base", recall3=1.0)
+    worse = write_run(tmp_path / "new", recall3=0.75)
+    result = BaselineComparison(baseline=base, rules="recall_floor").evaluate(worse)
+    assert result.triggered
+    assert "class 3 recall 75% vs 100% in the baseline (-25 points, margin 5)" in result.explanation
+    # the recall drop itself, and recall_floor's figure (lowest recall 0.75 vs 1, lower is worse)
+    assert result.figure == 2
+    assert "recall_floor: lowest recall of a judged class 0.75 vs 1" in result.explanation
+    assert result.first_step == 11  # the run's last step
+    ok = BaselineComparison(
+        baseline=str(base.path), recall_margin="0.3", figure_margin="0.3", rules="recall_floor"
+    )
+    assert not ok.evaluate(worse).triggered
+
+
+def test_same_run_has_no_regression(tmp_path):
+    run = write_run(tmp_path / "r")
+    result = BaselineComparison(baseline=run.path).evaluate(run)
+    assert not result.triggered
+    assert "no class recall and no rule figure got worse" in result.explanation
+    assert {"class_imbalance", "confusion", "overfit"} <= set(result.evidence["rules"])
+
+
+def test_rule_triggering_now_but_not_before(tmp_path):
+    base = write_run(tmp_path / "base", loss_slope=0.05)
+    flat = write_run(tmp_path / "new", loss_slope=0.0)
+    params = {"loss_not_decreasing": {"mode": "TRAIN", "num_steps": "2"}}
+    rule = BaselineComparison(baseline=base, rules=["loss_not_decreasing"], rule_parameters=params)
+    result = rule.evaluate(flat)
+    assert result.triggered
+    assert "loss_not_decreasing triggers now but not in the baseline" in result.explanation
+
+
+def test_figure_worse_by_more_than_the_margin(tmp_path):
+    base = write_run(tmp_path / "base", confusions=2)
+    new = write_run(tmp_path / "new", confusions=5)
+    params = {"direction_confusion": {"pairs": "1-2"}}
+    result = BaselineComparison(
+        baseline=base, rules="direction_confusion", rule_parameters=params
+    ).evaluate(new)
+    # 5 vs 2 confusions (limit 10): worse by 3 > 0.1 x max(2, 10)
+    assert result.triggered
+    assert "direction_confusion: most confusions of one pair 5 vs 2" in result.explanation
+    wide = BaselineComparison(
+        baseline=base, rules="direction_confusion", rule_parameters=params, figure_margin=0.5
+    )
+    assert not wide.evaluate(new).triggered
+
+
+def test_lower_is_worse_for_recall_figures(tmp_path):
+    base = write_run(tmp_path / "base", recall3=1.0)
+    worse = write_run(tmp_path / "new", recall3=0.75)
+    result = BaselineComparison(
+        baseline=base, rules="recall_floor", recall_margin=1.0, figure_margin=0.1
+    ).evaluate(worse)
+    assert result.triggered
+    assert "lower is worse" in result.explanation
+
+
+def test_bad_parameters():
+    with pytest.raises(RuleParameterError, match="baseline"):
+        BaselineComparison()
+    with pytest.raises(RuleParameterError, match="unknown rule 'no_such_rule'"):
+        BaselineComparison(baseline="x", rules="no_such_rule")
+    with pytest.raises(RuleParameterError, match="recall_margin"):
+        BaselineComparison(baseline="x", recall_margin="-1")
