@@ -27,6 +27,10 @@ def local_path(path: str | os.PathLike) -> str:
     return text
 
 
+#: reads up to this size go without a size check (the allocation is harmless)
+_SMALL_READ = 1 << 20
+
+
 class Storage:
     """Minimal file access used by the readers: list, read whole files, read from an offset."""
 
@@ -106,31 +110,32 @@ class Storage:
             out.append(data)
         return out
 
-    def read_ranges(self, paths: list[str], starts: list[int], lengths: list[int]) -> list[bytes]:
+    def read_ranges(
+        self, paths: list[str], starts: list[int], lengths: list[int], writable: bool = False
+    ) -> list[bytes] | list[bytearray]:
         """Byte ranges of files; a range past the end of its file comes back short (the
-        caller checks), and nothing larger than the file is ever allocated."""
+        caller checks), and nothing larger than the file is ever allocated. ``writable``
+        gives bytearrays (arrays made on them are writable)."""
         if not paths:
             return []
         if self.remote:
             ends = [s + n for s, n in zip(starts, lengths)]
-            return list(self.fs.cat_ranges(list(paths), list(starts), ends))
+            got = self.fs.cat_ranges(list(paths), list(starts), ends)
+            return [bytearray(b) for b in got] if writable else list(got)
         out = []
-        cur_path = None
-        fd = -1
-        size = 0
-        try:
-            for p, s, n in zip(paths, starts, lengths):
-                if p != cur_path:
-                    if fd >= 0:
-                        os.close(fd)
-                        fd = -1
-                    fd = os.open(p, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-                    size = os.fstat(fd).st_size
-                    cur_path = p
-                n = max(0, min(n, size - s))  # never allocate past the file's end
-                out.append(os.pread(fd, n, s) if n else b"")
-        finally:
-            if fd >= 0:
+        flags = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+        for p, s, n in zip(paths, starts, lengths):
+            fd = os.open(p, flags)
+            try:
+                if n > _SMALL_READ:  # never allocate past the file's end
+                    n = max(0, min(n, os.fstat(fd).st_size - s))
+                if writable:
+                    buf = bytearray(n)
+                    got = os.preadv(fd, [buf], s) if n else 0
+                    out.append(buf if got == n else buf[:got])
+                else:
+                    out.append(os.pread(fd, n, s) if n else b"")
+            finally:
                 os.close(fd)
         return out
 

@@ -217,7 +217,9 @@ class Tensor:
             raise TensorUnavailableForStep(
                 self.name, int(step_num), m, hint=_saved_hint(list(mapping))
             )
-        return np.array(self._records().value(i))
+        recs = self._records()
+        value = recs.value(i)
+        return value if getattr(recs, "fresh_values", False) else np.array(value)
 
     def values(
         self, mode: ModeKeys | str | None = None, worker: str | None = None
@@ -233,6 +235,8 @@ class Tensor:
 
             # one copy of everything, then a view per step: each value is independent memory
             return dict(zip(mapping, split_stacked(np.array(stacked))))
+        if getattr(recs, "fresh_values", False):
+            return dict(zip(mapping, recs.values(idx)))
         return dict(zip(mapping, (np.array(a) for a in recs.values(idx))))
 
     def workers(self, step_num: int, mode: ModeKeys | str | None = None) -> list[str]:

@@ -48,7 +48,7 @@ def _worker_key(name: str) -> tuple[int, str]:
 
 
 def _int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return type(value) is int
 
 
 class _Columns:
@@ -88,6 +88,9 @@ class SMDebugRecords(TensorRecords):
     """Where each saved value of one tensor lies (event file, byte range); values decoded on
     demand, in bulk for :meth:`values`."""
 
+    #: every value is a new writable array of its own (no copy needed before handing it out)
+    fresh_values = True
+
     def __init__(self, backend: SMDebugBackend, name: str, cols: dict[str, np.ndarray]) -> None:
         self.backend = backend
         self.name = name
@@ -108,7 +111,7 @@ class SMDebugRecords(TensorRecords):
         paths = [paths_of[e] for e in self._event[idx].tolist()]
         starts = self._start[idx].tolist()
         lengths = self._length[idx].tolist()
-        blobs = self.backend.storage.read_ranges(paths, starts, lengths)
+        blobs = self.backend.storage.read_ranges(paths, starts, lengths, writable=True)
         steps = self.steps[idx].tolist()
         modes = self.modes[idx].tolist()
         mode_steps = self.mode_steps[idx].tolist()
@@ -123,7 +126,7 @@ class SMDebugRecords(TensorRecords):
                 )
             try:
                 p0, p1 = unframe_record(blob, 0, length)
-                ev = decode_event(blob, p0, p1, name)
+                ev = decode_event(blob, p0, p1, name, (mode, mode_step))
             except FramingError as exc:
                 raise CorruptRunError(path, exc.problem, start + exc.offset) from None
             if ev.step != step:
@@ -291,7 +294,15 @@ class SMDebugBackend(Backend):
             cols = self._entries.get(name)
             if cols is None:
                 cols = self._entries[name] = _Columns(*_ENTRY_DTYPES)
-            cols.add(wid, step, mode, mode_step, event, start, length)
+            c = cols.cols
+            c["worker"].append(wid)
+            c["step"].append(step)
+            c["mode"].append(mode)
+            c["mode_step"].append(mode_step)
+            c["event"].append(event)
+            c["start"].append(start)
+            c["length"].append(length)
+            cols._arrays = None
             self._records.pop(name, None)
         self._rows.add(wid, step, mode, mode_step)
         self._step_workers.setdefault(step, set()).add(wid)
@@ -301,6 +312,13 @@ class SMDebugBackend(Backend):
         index can never point outside the run)."""
         if not isinstance(name, str):
             raise CorruptRunError(index_path, f"invalid event_file_name {name!r}")
+        if name == f"{EVENTS_DIR}/{step:012d}/{step:012d}_{worker}.tfevents" and "/" not in worker:
+            rel = name[len(EVENTS_DIR) + 1 :]
+            eid = self._event_ids.get(rel)
+            if eid is None:
+                eid = self._event_ids[rel] = len(self._event_paths)
+                self._event_paths.append(self.storage.join(EVENTS_DIR, *rel.split("/")))
+            return eid
         parts = name.replace("\\", "/").rstrip("/").split("/")
         if len(parts) < 2 or not _EVENT_DIR.match(parts[-2]) or not _EVENT_FILE.match(parts[-1]):
             raise CorruptRunError(index_path, f"invalid event_file_name {name!r}")

@@ -111,7 +111,7 @@ def unframe_record(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     """Check the record at ``buf[pos:end]``; (payload start, payload end). Raises FramingError."""
     if end - pos < 16:
         raise FramingError(f"record of {end - pos} bytes is shorter than its framing", pos)
-    head = buf[pos : pos + 8]
+    head = bytes(buf[pos : pos + 8])
     (length,) = _U64.unpack(head)
     if length != end - pos - 16:
         raise FramingError(
@@ -173,35 +173,56 @@ def _signed64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def fields(buf: bytes, pos: int, end: int):
-    """Yield (field number, wire type, value) of a message; value is an int for varints and
-    fixed-size fields, (start, end) for length-delimited ones. Groups are refused."""
+def fields(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int]]:
+    """The fields of a message as (number, wire type, a, b): for varints and fixed-size fields
+    ``a`` is the value, for length-delimited ones ``buf[a:b]`` is the payload. Groups and
+    field number 0 are refused; every length is checked against ``end``."""
+    out = []
+    append = out.append
     while pos < end:
-        key, pos = _varint(buf, pos, end)
-        num, wt = key >> 3, key & 7
+        key = buf[pos]
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _varint(buf, pos, end)
+        num = key >> 3
+        wt = key & 7
         if num == 0:
             raise FramingError("protobuf field number 0", pos)
-        if wt == 0:
-            val, pos = _varint(buf, pos, end)
-            yield num, wt, val
-        elif wt == 2:
-            ln, pos = _varint(buf, pos, end)
+        if wt == 2:
+            if pos >= end:
+                raise FramingError("truncated length", pos)
+            ln = buf[pos]
+            if ln < 0x80:
+                pos += 1
+            else:
+                ln, pos = _varint(buf, pos, end)
             if ln > end - pos:
                 raise FramingError(f"field {num} claims {ln} bytes past its message", pos)
-            yield num, wt, (pos, pos + ln)
+            append((num, 2, pos, pos + ln))
             pos += ln
+        elif wt == 0:
+            if pos >= end:
+                raise FramingError("truncated varint", pos)
+            val = buf[pos]
+            if val < 0x80:
+                pos += 1
+            else:
+                val, pos = _varint(buf, pos, end)
+            append((num, 0, val, 0))
         elif wt == 1:
             if end - pos < 8:
                 raise FramingError("truncated fixed64", pos)
-            yield num, wt, int.from_bytes(buf[pos : pos + 8], "little")
+            append((num, 1, int.from_bytes(buf[pos : pos + 8], "little"), 0))
             pos += 8
         elif wt == 5:
             if end - pos < 4:
                 raise FramingError("truncated fixed32", pos)
-            yield num, wt, int.from_bytes(buf[pos : pos + 4], "little")
+            append((num, 5, int.from_bytes(buf[pos : pos + 4], "little"), 0))
             pos += 4
         else:
             raise FramingError(f"unsupported protobuf wire type {wt} (field {num})", pos)
+    return out
 
 
 # TensorFlow's DataType enum -> numpy (every one that numpy has; quantised types as their ints)
@@ -252,59 +273,79 @@ class DecodedEvent:
     value: np.ndarray
 
 
-def decode_event(buf: bytes, start: int, end: int, want_tag: str | None = None) -> DecodedEvent:
+def decode_event(
+    buf: bytes,
+    start: int,
+    end: int,
+    want_tag: str | None = None,
+    expect: tuple[int, int] | None = None,
+) -> DecodedEvent:
     """Decode an Event payload ``buf[start:end]``: its step, wall time and the tensor of the
-    Summary value tagged ``want_tag`` (the first value when None). Raises FramingError."""
+    Summary value tagged ``want_tag`` (the first value when None). ``expect`` (mode, mode
+    step) lets metadata that is exactly smdebug's encoding of them skip the generic parse.
+    Raises FramingError."""
+    if want_tag is not None and expect is not None:
+        try:
+            fast = _fast_event(buf, start, end, want_tag.encode(), expect)
+        except (IndexError, struct.error, FramingError):
+            fast = None
+        if fast is not None:
+            return fast
     step = 0
     wall = 0.0
     summary = None
-    for num, wt, val in fields(buf, start, end):
+    for num, wt, a, b in fields(buf, start, end):
         if num == 1 and wt == 1:
-            wall = struct.unpack("<d", val.to_bytes(8, "little"))[0]
+            wall = _F64.unpack(a.to_bytes(8, "little"))[0]
         elif num == 2 and wt == 0:
-            step = _signed64(val)
+            step = _signed64(a)
         elif num == 5 and wt == 2:
-            summary = val
+            summary = (a, b)
         elif num in (1, 2, 5):
             raise FramingError(f"Event field {num} has wire type {wt}", start)
     if summary is None:
         raise FramingError("event holds no summary", start)
     if step < 0:
         raise FramingError(f"negative step {step}", start)
+    want = want_tag.encode() if want_tag is not None else None
     found = None
-    for num, wt, val in fields(buf, *summary):
+    for num, wt, a, b in fields(buf, *summary):
         if num != 1:
             continue
         if wt != 2:
             raise FramingError("Summary.value is not a message", summary[0])
-        tag_span = None
-        for vnum, vwt, vval in fields(buf, *val):
+        vfields = fields(buf, a, b)
+        tag = None
+        for vnum, vwt, va, vb in vfields:
             if vnum == 1 and vwt == 2:
-                tag_span = vval
+                tag = buf[va:vb]
                 break
-        if tag_span is None:
-            raise FramingError("summary value without a tag", val[0])
-        try:
-            tag = buf[tag_span[0] : tag_span[1]].decode("utf-8")
-        except UnicodeDecodeError:
-            raise FramingError("tag is not UTF-8", tag_span[0]) from None
-        if want_tag is None or tag == want_tag:
-            found = (tag, val)
+        if tag is None:
+            raise FramingError("summary value without a tag", a)
+        if want is None or tag == want:
+            found = (tag, a, vfields)
             break
     if found is None:
         what = "no value" if want_tag is None else f"no value tagged {want_tag!r}"
         raise FramingError(f"event holds {what}", summary[0])
-    tag, (vs, ve) = found
+    raw_tag, vs, vfields = found
+    try:
+        tag = want_tag if want_tag is not None else raw_tag.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FramingError("tag is not UTF-8", vs) from None
     mode = mode_step = None
     tensor = None
     simple = None
-    for num, wt, val in fields(buf, vs, ve):
+    for num, wt, a, b in vfields:
         if num == 8 and wt == 2:
-            tensor = val
+            tensor = (a, b)
         elif num == 9 and wt == 2:
-            mode, mode_step = _plugin_data(buf, *val)
+            if expect is not None and buf[a:b] == _plugin_bytes(*expect):
+                mode, mode_step = expect  # the exact bytes smdebug writes for these values
+            else:
+                mode, mode_step = _plugin_data(buf, a, b)
         elif num == 2 and wt == 5:
-            simple = val
+            simple = a
         elif num in (8, 9):
             raise FramingError(f"Value field {num} has wire type {wt}", vs)
     if tensor is not None:
@@ -316,61 +357,167 @@ def decode_event(buf: bytes, start: int, end: int, want_tag: str | None = None) 
     return DecodedEvent(tag, step, wall, mode, mode_step, arr)
 
 
+_F64 = struct.Struct("<d")
+
+
+def _v(buf, pos: int, end: int) -> tuple[int, int]:
+    """A varint at ``pos`` (inline fast path for one byte)."""
+    if pos < end:
+        b = buf[pos]
+        if b < 0x80:
+            return b, pos + 1
+    return _varint(buf, pos, end)
+
+
+def _fast_event(
+    buf, start: int, end: int, want: bytes, expect: tuple[int, int]
+) -> DecodedEvent | None:
+    """smdebug's exact encoding of an event (fields in its order, nothing else), or None.
+
+    Only byte strings that the generic parser decodes to the same result are accepted: every
+    nested length must end exactly where its parent ends; anything unexpected falls back.
+    """
+    pos = start
+    if end - pos < 9 or buf[pos] != 0x09:
+        return None
+    wall = _F64.unpack_from(buf, pos + 1)[0]
+    pos += 9
+    step = 0
+    if pos < end and buf[pos] == 0x10:
+        step, pos = _v(buf, pos + 1, end)
+        if step >= 1 << 63:
+            return None
+    if pos >= end or buf[pos] != 0x2A:
+        return None
+    ln, pos = _v(buf, pos + 1, end)
+    if pos + ln != end or pos >= end or buf[pos] != 0x0A:
+        return None
+    ln, pos = _v(buf, pos + 1, end)
+    if pos + ln != end or pos >= end or buf[pos] != 0x0A:
+        return None
+    ln, pos = _v(buf, pos + 1, end)
+    if buf[pos : pos + ln] != want:
+        return None
+    pos += ln
+    if pos >= end or buf[pos] != 0x42:
+        return None
+    tlen, pos = _v(buf, pos + 1, end)
+    tend = pos + tlen
+    if tend > end:
+        return None
+    tensor = (pos, tend)
+    pos = tend
+    if pos >= end or buf[pos] != 0x4A:
+        return None
+    mlen, pos = _v(buf, pos + 1, end)
+    if pos + mlen != end or buf[pos:end] != _plugin_bytes(*expect):
+        return None
+    return DecodedEvent(
+        want.decode(), step, wall, expect[0], expect[1], decode_tensor(buf, *tensor)
+    )
+
+
+#: TensorShapeProto bytes -> dims: shapes repeat step after step (only strict parses are kept)
+_dims_cache: dict[bytes, tuple[int, ...]] = {}
+
+
+def _plugin_bytes(mode: int, mode_step: int) -> bytes:
+    """smdebug's SummaryMetadata bytes for a mode and mode step."""
+    ms = str(mode_step).encode()
+    first = b"\x0a\x09mode_step\x12" + bytes([len(ms)]) + ms
+    return b"\x0a" + bytes([len(first)]) + first + b"\x0a\x09\x0a\x04mode\x12\x01" + b"%d" % mode
+
+
 def _plugin_data(buf: bytes, start: int, end: int) -> tuple[int | None, int | None]:
     """smdebug's SummaryMetadata: plugin_data entries ("mode", k) and ("mode_step", n)."""
     mode = mode_step = None
-    for num, wt, val in fields(buf, start, end):
+    for num, wt, a, b in fields(buf, start, end):
         if num != 1 or wt != 2:
             continue
         name = content = None
-        for pnum, pwt, pval in fields(buf, *val):
+        for pnum, pwt, pa, pb in fields(buf, a, b):
             if pwt == 2 and pnum == 1:
-                name = buf[pval[0] : pval[1]]
+                name = bytes(buf[pa:pb])
             elif pwt == 2 and pnum == 2:
-                content = buf[pval[0] : pval[1]]
+                content = bytes(buf[pa:pb])
         if name == b"mode":
             if content not in _MODE_CODES:
-                raise FramingError(f"unknown mode {content!r}", val[0])
+                raise FramingError(f"unknown mode {content!r}", a)
             mode = _MODE_CODES[content]
         elif name == b"mode_step":
             if content is None or not content.isdigit() or len(content) > 19:
-                raise FramingError(f"bad mode step {content!r}", val[0])
+                raise FramingError(f"bad mode step {content!r}", a)
             mode_step = int(content)
     return mode, mode_step
 
 
+def _fast_tensor(buf, start: int, end: int) -> np.ndarray | None:
+    """dtype, shape (already seen), content, in that order and nothing else; else None."""
+    pos = start
+    if end - pos < 4 or buf[pos] != 0x08:
+        return None
+    code, pos = _v(buf, pos + 1, end)
+    dtype = TF_DTYPES.get(code)
+    if dtype is None or pos >= end or buf[pos] != 0x12:
+        return None
+    slen, pos = _v(buf, pos + 1, end)
+    dims = _dims_cache.get(bytes(buf[pos : pos + slen]))
+    if dims is None:
+        return None
+    pos += slen
+    if pos >= end or buf[pos] != 0x22:
+        return None
+    clen, pos = _v(buf, pos + 1, end)
+    if pos + clen != end:
+        return None
+    count = 1
+    for d in dims:
+        count *= d
+    if count * dtype.itemsize != clen:
+        return None
+    return np.frombuffer(buf, dtype, count=count, offset=pos).reshape(dims)
+
+
 def decode_tensor(buf: bytes, start: int, end: int) -> np.ndarray:
-    """A TensorProto as a numpy array (a read-only view of ``buf`` for tensor_content)."""
+    """A TensorProto as a numpy array (a view of ``buf`` for tensor_content)."""
+    fast = _fast_tensor(buf, start, end)
+    if fast is not None:
+        return fast
     dtype_code = 0
     dims: list[int] = []
     content = None
     strings: list[tuple[int, int]] = []
     packed: dict[int, list[tuple[int, int, int]]] = {}
-    for num, wt, val in fields(buf, start, end):
+    for num, wt, a, b in fields(buf, start, end):
         if num == 1 and wt == 0:
-            dtype_code = val
+            dtype_code = a
         elif num == 2 and wt == 2:
-            for snum, swt, sval in fields(buf, *val):
+            key = bytes(buf[a:b])
+            cached = _dims_cache.get(key)
+            if cached is not None:
+                dims = list(cached)
+                continue
+            for snum, swt, sa, sb in fields(buf, a, b):
                 if snum == 2 and swt == 2:
-                    size = None
-                    for dnum, dwt, dval in fields(buf, *sval):
+                    size = 0
+                    for dnum, dwt, da, _db in fields(buf, sa, sb):
                         if dnum == 1 and dwt == 0:
-                            size = _signed64(dval)
-                    if size is None:
-                        size = 0
+                            size = _signed64(da)
                     if size < 0:
-                        raise FramingError(f"negative dimension {size}", sval[0])
+                        raise FramingError(f"negative dimension {size}", sa)
                     dims.append(size)
                     if len(dims) > MAX_DIMS:
-                        raise FramingError(f"more than {MAX_DIMS} dimensions", sval[0])
-                elif snum == 3 and swt == 0 and sval:
-                    raise FramingError("tensor of unknown rank", val[0])
+                        raise FramingError(f"more than {MAX_DIMS} dimensions", sa)
+                elif snum == 3 and swt == 0 and sa:
+                    raise FramingError("tensor of unknown rank", a)
+            if len(_dims_cache) < 4096:
+                _dims_cache[key] = tuple(dims)
         elif num == 4 and wt == 2:
-            content = val
+            content = (a, b)
         elif num == 8 and wt == 2:
-            strings.append(val)
+            strings.append((a, b))
         elif num in (5, 6, 7, 10, 11, 13, 16, 17):
-            packed.setdefault(num, []).append((wt, *val) if wt == 2 else (wt, val, 0))
+            packed.setdefault(num, []).append((wt, a, b))
     count = 1
     for d in dims:
         count *= d
