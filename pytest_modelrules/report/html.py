@@ -197,15 +197,33 @@ def _draw(key: str, run: Any, baseline: Any, results: list[RuleResult]) -> Any:
     raise KeyError(key)
 
 
+def _plot_keys(plots: Iterable[str] | None) -> list[str]:
+    if plots is None:
+        return list(PLOTS)
+    keys = list(plots)
+    unknown = sorted(set(keys) - set(PLOTS))
+    if unknown:
+        raise ValueError(
+            f"unknown plot(s) {', '.join(unknown)}; the report draws {', '.join(PLOTS)}"
+        )
+    return keys
+
+
 def _render_plots(
-    run: Any, baseline: Any, results: list[RuleResult], png_dir: Path | None
+    run: Any,
+    baseline: Any,
+    results: list[RuleResult],
+    png_dir: Path | None,
+    keys: list[str],
 ) -> dict[str, _Plot]:
     from .plots import figure_png
 
     out: dict[str, _Plot] = {}
     for key in PLOTS:
         plot = _Plot(key)
-        if run is None:
+        if key not in keys:
+            plot.error = "left out of this report (plots=...)"
+        elif run is None:
             plot.error = "the run could not be opened"
         else:
             try:
@@ -429,12 +447,15 @@ def write_report(
     baseline: Any = None,
     results: Sequence[RuleResult | dict[str, Any]] | None = None,
     rules: Iterable[Any] | None = None,
+    plots: Iterable[str] | None = None,
 ) -> Path:
     """Write ``out_dir/report.html`` (and each plot as ``out_dir/<plot>.png``) for one run,
     optionally against a baseline; ``results`` default to evaluating ``rules`` (the default
-    rules when None). Returns the page's path."""
+    rules when None); ``plots`` picks plot keys (all of :data:`PLOTS` by default). Returns
+    the page's path."""
     from ..store.run import open_run
 
+    keys = _plot_keys(plots)
     run = open_run(run)
     base = open_run(baseline) if baseline is not None else None
     if results is None:
@@ -443,7 +464,7 @@ def write_report(
         found = [_as_result(r) for r in results]
     rows = [_row_of(r) for r in found]
     real = [r for r in found if isinstance(r, RuleResult)]
-    plots = _render_plots(run, base, real, Path(out_dir))
+    drawn = _render_plots(run, base, real, Path(out_dir), keys)
     title = f"pytest-modelrules report: {run.name}"
     used: set[str] = set()
     body = (
@@ -453,7 +474,7 @@ def write_report(
             run.name,
             run,
             rows,
-            plots,
+            drawn,
             used,
             heading=f"Run {run.name}",
             info=_run_info(run, base),
@@ -471,13 +492,17 @@ def _same_path(a: str, b: str) -> bool:
 
 
 def write_report_from_verdicts(
-    verdicts_json_path: str | os.PathLike, out_dir: str | os.PathLike
+    verdicts_json_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    plots: Iterable[str] | None = None,
 ) -> Path:
     """Write ``out_dir/report.html`` from the plugin's verdicts.json: one section per run
     (its rules with the tests that checked them, then its plots, PNGs in
     ``out_dir/<run>/``); results of runs not listed get a table of their own."""
     from ..store.run import open_run
 
+    keys = _plot_keys(plots)
     src = Path(verdicts_json_path)
     try:
         data = json.loads(src.read_text(encoding="utf-8"))
@@ -519,13 +544,13 @@ def write_report_from_verdicts(
         except Exception as exc:
             run, error = None, f"{type(exc).__name__}: {exc}"
         results = [r.result for r in rows if r.result is not None]
-        plots = _render_plots(run, None, results, out / run_slug(name) if run else None)
+        drawn = _render_plots(run, None, results, out / run_slug(name) if run else None, keys)
         parts.append(
             _section(
                 name,
                 run,
                 rows,
-                plots,
+                drawn,
                 used,
                 heading=f"Run {name}",
                 info=_run_info(run, error=error, path=path),

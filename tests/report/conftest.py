@@ -60,3 +60,12 @@ def baseline_run_dir(tmp_path_factory) -> Path:
     """The "fixed" run: balanced sampling, no flip confusion."""
     path = tmp_path_factory.mktemp("demo") / "fixed_run"
     return write_demo_run(path, seed=1, balanced=True, flip_confusion=0.0)
+
+
+@pytest.fixture(scope="session")
+def demo_report(demo_run_dir, baseline_run_dir, tmp_path_factory) -> Path:
+    """The full report of the demo run against the fixed run, default rules evaluated."""
+    from pytest_modelrules.report.html import write_report
+
+    out = tmp_path_factory.mktemp("report")
+    return write_report(demo_run_dir, out, baseline=baseline_run_dir)
