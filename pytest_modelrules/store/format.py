@@ -74,8 +74,12 @@ def dtype_code(dtype: np.dtype) -> int:
 
 
 def encode_file_header(fields: dict) -> bytes:
-    """The bytes that open every file of the format."""
+    """The bytes that open every file of the format.
+
+    The JSON is padded with spaces to a multiple of 8 bytes so that records start 8-aligned
+    (payloads then are aligned for their dtype; readers need not rely on it)."""
     payload = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    payload += b" " * (-(FILE_HEADER.size + len(payload)) % 8)
     return FILE_HEADER.pack(FILE_MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -391,6 +391,38 @@ def save_run(run: Run, path: str | os.PathLike) -> None:
     """
     from .writer import RunWriter
 
+    def make_writer(worker: str, rank: int, num: int, metadata: dict[str, Any]) -> Any:
+        return RunWriter(path, worker, rank=rank, num_workers=num, metadata=metadata)
+
+    _replay(run, make_writer, None)
+
+
+def transform_run(
+    run: Run,
+    fn: Callable[[str, np.ndarray], np.ndarray | None],
+    *,
+    name: str | None = None,
+) -> MemoryRun:
+    """A copy of ``run`` in memory with every value replaced by ``fn(tensor_name, array)``
+    (None drops the value). For metamorphic tests: scale the loss, permute class ids, ..."""
+    builder = MemoryRunBuilder(name or run.name)
+    builder._workers.clear()
+    builder._writers.clear()
+
+    def make_writer(worker: str, rank: int, num: int, metadata: dict[str, Any]) -> Any:
+        builder.num_workers = num
+        builder._metadata = dict(metadata)
+        return builder.writer(worker, rank)
+
+    _replay(run, make_writer, fn)
+    return builder.run()
+
+
+def _replay(
+    run: Run,
+    make_writer: Callable[[str, int, int, dict[str, Any]], Any],
+    fn: Callable[[str, np.ndarray], np.ndarray | None] | None,
+) -> None:
     backend = run._backend
     table = backend.step_table()
     workers = backend.workers()
@@ -402,20 +434,25 @@ def save_run(run: Run, path: str | os.PathLike) -> None:
     ended = backend.has_ended()
     reason = backend.end_info().get("reason")
     for widx, worker in enumerate(workers):
-        writer = RunWriter(path, worker, rank=widx, num_workers=num, metadata=metadata)
+        writer = make_writer(worker, widx, num, metadata)
         if collections:
             writer.set_collections(collections)
         sel = np.nonzero(table.workers == widx)[0]
         by_step: dict[int, list[tuple[str, int]]] = {}
-        for name, rec in records.items():
+        for tname, rec in records.items():
             for i in np.nonzero(rec.workers == widx)[0]:
-                by_step.setdefault(int(rec.steps[i]), []).append((name, int(i)))
+                by_step.setdefault(int(rec.steps[i]), []).append((tname, int(i)))
         for row in sel[np.argsort(table.steps[sel], kind="stable")]:
             step = int(table.steps[row])
-            for name, i in by_step.get(step, []):
+            for tname, i in by_step.get(step, []):
+                value = records[tname].value(i)
+                if fn is not None:
+                    value = fn(tname, np.array(value))
+                    if value is None:
+                        continue
                 writer.write(
-                    name,
-                    records[name].value(i),
+                    tname,
+                    value,
                     step,
                     mode=int(table.modes[row]),
                     mode_step=int(table.mode_steps[row]),

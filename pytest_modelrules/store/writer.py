@@ -8,6 +8,7 @@ a write for a newer step arrives, on :meth:`RunWriter.end_step`, and on :meth:`c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -87,7 +88,9 @@ class RunWriter:
         self.url = os.fspath(path)
         self.remote = is_url(self.url)
         self.storage_options = storage_options or {}
+        self._uploaded: dict[str, tuple[int, int]] = {}  # rel path -> (size, mtime_ns) sent
         if self.remote:
+            self._check_remote_free(worker)
             self.root = tempfile.mkdtemp(prefix="modelrules-stage-")
         else:
             self.root = local_path(self.url)
@@ -124,7 +127,7 @@ class RunWriter:
     # -- files ---------------------------------------------------------------------------------
 
     def _open(self, path: str, kind: str, name: str):
-        fh = open(path, "ab", buffering=0)
+        fh = open(path, "ab", buffering=0)  # noqa: SIM115 (kept open across writes)
         if fh.tell() == 0:
             fh.write(encode_file_header({"kind": kind, "name": name, "worker": self.worker}))
         return fh
@@ -138,6 +141,8 @@ class RunWriter:
         if fh is None:
             if len(self._files) >= _MAX_OPEN_FILES:
                 _, old = self._files.popitem(last=False)
+                if self.fsync:  # the commit's fsync only reaches files still open
+                    os.fsync(old.fileno())
                 old.close()
             fh = self._open(path, "tensor", name)
             self._files[path] = fh
@@ -239,23 +244,57 @@ class RunWriter:
         """The newest committed global step, -1 before the first."""
         return self._last_committed
 
-    def sync(self) -> None:
-        """Upload the staged run to its URL (no-op for local runs)."""
-        if not self.remote:
-            return
+    def _remote_fs(self):
         import fsspec
 
-        fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        return fsspec.core.url_to_fs(self.url, **self.storage_options)
+
+    def _check_remote_free(self, worker: str) -> None:
+        fs, root = self._remote_fs()
+        steps = f"{root.rstrip('/')}/{layout.WORKERS_DIR}/{worker}/{layout.STEPS_FILE}"
+        if fs.exists(steps):
+            raise FileExistsError(
+                f"{self.url} already holds a recorded run for worker {worker!r}; "
+                "choose a new location (nothing recorded is ever overwritten)"
+            )
+
+    def sync(self) -> None:
+        """Upload the staged run to its URL (no-op for local runs).
+
+        Files go up in commit order: tensor files, then worker.json, then steps.mrt, then END,
+        so that a reader of the URL never sees a committed step whose records are not there
+        yet (each object store write is atomic). Only files changed since the last sync are
+        sent.
+        """
+        if not self.remote:
+            return
+        for fh in self._files.values():
+            fh.flush()
+        fs, root = self._remote_fs()
+        order = {layout.WORKER_FILE: 1, layout.STEPS_FILE: 2, layout.END_FILE: 3}
+        todo = []
         for dirpath, _dirs, files in os.walk(self.root):
             for fname in files:
                 if fname.endswith(".tmp"):
                     continue
                 src = os.path.join(dirpath, fname)
                 rel = os.path.relpath(src, self.root).replace(os.sep, "/")
-                fs.put_file(src, f"{root.rstrip('/')}/{rel}")
+                st = os.stat(src)
+                stamp = (st.st_size, st.st_mtime_ns)
+                if self._uploaded.get(rel) == stamp:
+                    continue
+                rank = -1 if rel == layout.RUN_FILE else order.get(fname, 0)
+                todo.append((rank, rel, src, stamp))
+        for _rank, rel, src, stamp in sorted(todo):
+            fs.put_file(src, f"{root.rstrip('/')}/{rel}")
+            self._uploaded[rel] = stamp
 
     def close(self, reason: str | None = None) -> None:
-        """Commit the last step, mark this worker ended (with an optional stop reason), sync."""
+        """Commit the last step, mark this worker ended (with an optional stop reason), sync.
+
+        For a URL, the staging folder is removed only once everything is uploaded; when the
+        upload fails the error names the folder that still holds the run.
+        """
         if self.closed:
             return
         self.end_step()
@@ -271,21 +310,21 @@ class RunWriter:
         if self.remote:
             try:
                 self.sync()
-            finally:
-                shutil.rmtree(self.root, ignore_errors=True)
+            except Exception as exc:
+                raise OSError(
+                    f"uploading the run to {self.url} failed ({exc}); "
+                    f"the recorded run is kept in {self.root}"
+                ) from exc
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def abort(self) -> None:
         """Close files without committing the open step or marking the end (used after errors)."""
         for fh in self._files.values():
-            try:
+            with contextlib.suppress(OSError):
                 fh.close()
-            except OSError:
-                pass
         self._files.clear()
-        try:
+        with contextlib.suppress(OSError):
             self._steps_fh.close()
-        except OSError:
-            pass
         self.closed = True
 
     def _check_open(self) -> None:
@@ -295,5 +334,11 @@ class RunWriter:
     def __enter__(self) -> RunWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+        if exc_type is not None and not self.closed:
+            # the step in flight may be half written: drop it rather than commit it
+            self._current = None
+            self._written_this_step.clear()
+            self.close(reason=f"error: {exc_type.__name__}")
+        else:
+            self.close()
