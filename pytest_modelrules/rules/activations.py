@@ -148,7 +148,7 @@ class DeadRelu(_UnitActivityRule):
         if red is not None:
             series = run.tensor(red).series()
             frac = sel.apply_per_step(
-                series.arrays, lambda x: x.reshape(x.shape[0], -1).astype(np.float64)
+                series, lambda x: x.reshape(x.shape[0], -1).astype(np.float64)
             )
             return series.global_steps, frac, "positive_fraction reduction"
         if not run.has_tensor(name):
@@ -159,7 +159,14 @@ class DeadRelu(_UnitActivityRule):
                 run,
             )
         series = run.tensor(name).series()
-        frac = sel.apply_per_step(series.arrays, lambda x: (_per_sample_units(x) > 0).mean(axis=1))
+
+        def positive(x: np.ndarray) -> np.ndarray:
+            u = _per_sample_units(x)
+            # rounded to float32 as the Recorder stores the reduction: both sources agree
+            frac = (u > 0).sum(axis=1, dtype=np.int64) / u.shape[1]
+            return frac.astype(np.float32).astype(np.float64)
+
+        frac = sel.apply_per_step(series, positive)
         return series.global_steps, frac, "full tensor"
 
 
@@ -221,4 +228,4 @@ class SaturatedActivation(_UnitActivityRule):
             u = _per_sample_units(x)
             return ((u > lo) & (u < hi)).mean(axis=1)
 
-        return series.global_steps, sel.apply_per_step(series.arrays, inside), "full tensor"
+        return series.global_steps, sel.apply_per_step(series, inside), "full tensor"

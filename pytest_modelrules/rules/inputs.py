@@ -73,7 +73,7 @@ class CheckInputImages(BuiltinRule):
                 batch = np.full((x.shape[0], 1), x.shape[1], np.float64)
                 return np.concatenate([total, counts, batch], axis=1)
 
-            got = sel.apply_per_step(s.arrays, sums)
+            got = sel.apply_per_step(s, sums)
             cum = np.cumsum(got, axis=0)
             means = cum[:, :-2] / cum[:, -2:-1]
             per[name] = (s.global_steps, means, cum[:, -1])

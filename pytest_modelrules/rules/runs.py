@@ -33,20 +33,22 @@ def _other_runs(value: Any) -> list[Any]:
     raise ValueError(f"{value!r} is not a run, a path or a list of them")
 
 
-def _differs(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
-    """Per pair of values: shapes differ or not allclose (vectorised when shapes agree)."""
-    if a and all(x.shape == a[0].shape for x in a) and all(y.shape == a[0].shape for y in b):
-        x = np.stack(a).reshape(len(a), -1)
-        y = np.stack(b).reshape(len(b), -1)
-        if x.dtype.kind not in "biufc" or y.dtype.kind not in "biufc":
-            return ~(x == y).all(axis=1)
-        close = np.isclose(x, y, rtol=SIMILAR_RTOL, atol=SIMILAR_ATOL, equal_nan=True)
-        return ~close.all(axis=1)
+def _differs(a: Any, ia: np.ndarray, b: Any, ib: np.ndarray) -> np.ndarray:
+    """Per common step (indices ``ia`` into Series ``a``, ``ib`` into ``b``): the shapes
+    differ or the values are not allclose (vectorised when both series are uniform)."""
+    if a.uniform and b.uniform and len(ia):
+        x, y = a.stack()[ia], b.stack()[ib]
+        if x.shape == y.shape:
+            x, y = x.reshape(len(ia), -1), y.reshape(len(ib), -1)
+            if x.dtype.kind not in "biufc" or y.dtype.kind not in "biufc":
+                return ~(x == y).all(axis=1)
+            return ~sel.rows_close(x, y, SIMILAR_RTOL, SIMILAR_ATOL, equal_nan=True)
+    pairs = zip((a.arrays[i] for i in ia), (b.arrays[i] for i in ib))
     return np.array(
         [
             x.shape != y.shape
             or not np.allclose(x, y, rtol=SIMILAR_RTOL, atol=SIMILAR_ATOL, equal_nan=True)
-            for x, y in zip(a, b)
+            for x, y in pairs
         ],
         dtype=bool,
     )
@@ -118,7 +120,7 @@ class SimilarAcrossRuns(BuiltinRule):
                 if not len(common):
                     no_common.append(key)
                     continue
-                diff = _differs([a.arrays[i] for i in ia], [b.arrays[i] for i in ib])
+                diff = _differs(a, ia, b, ib)
                 per[key] = (common, diff.astype(np.float64))
                 if diff.any():
                     first_diff[key] = (int(common[np.argmax(diff)]), other.name)

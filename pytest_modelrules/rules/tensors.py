@@ -38,9 +38,7 @@ def _scalar_series(
         stored = sel.stored_reduction(run, name, red, absolute)
         if stored is not None:
             s = run.tensor(stored).series(mode)
-            vals = sel.apply_per_step(
-                s.arrays, lambda x: np.asarray(x, np.float64).reshape(x.shape[0])
-            )
+            vals = sel.apply_per_step(s, lambda x: np.asarray(x, np.float64).reshape(x.shape[0]))
             return (
                 s.global_steps,
                 s.steps,
@@ -52,7 +50,7 @@ def _scalar_series(
         return (
             s.global_steps,
             s.steps,
-            sel.apply_per_step(s.arrays, full).astype(np.float64),
+            sel.apply_per_step(s, full).astype(np.float64),
             "full tensor",
         )
     return None
@@ -94,6 +92,8 @@ class _PerTensorRule(BuiltinRule):
     condition on it holds; subclasses give the selection, the number and the condition."""
 
     quantity = "value"
+    #: the evidence key of the (steps x tensors) matrix of numbers
+    evidence_key = "value"
 
     def _names(self, run: Any) -> list[str]:
         raise NotImplementedError
@@ -178,7 +178,7 @@ class _PerTensorRule(BuiltinRule):
             evidence={
                 "tensors": tensors,
                 "steps": steps,
-                q.replace(" ", "_"): mat,
+                self.evidence_key: mat,
                 "triggered": bad,
                 "source": sources,
                 "skipped": skipped,
@@ -199,6 +199,7 @@ class VanishingGradient(_PerTensorRule):
     name = "vanishing_gradient"
     higher_is_worse = False
     quantity = "mean |gradient|"
+    evidence_key = "abs_mean"
     figure_largest = False
     params: ClassVar[dict[str, Param]] = {
         "threshold": Param(1e-7, "float", "mean |g| under which a gradient vanished")
@@ -238,6 +239,7 @@ class AllZero(_PerTensorRule):
 
     name = "all_zero"
     quantity = "zero percent"
+    evidence_key = "zero_percent"
     default_enabled = False
     params: ClassVar[dict[str, Param]] = {
         "collection_names": Param(None, "str_list"),
@@ -289,6 +291,7 @@ class TensorVariance(_PerTensorRule):
 
     name = "tensor_variance"
     quantity = "variance"
+    evidence_key = "variance"
     default_enabled = False
     params: ClassVar[dict[str, Param]] = {
         "collection_names": Param(None, "str_list"),
@@ -374,13 +377,11 @@ class ExplodingTensor(BuiltinRule):
         inf_red = sel.stored_reduction(run, name, "inf_count")
         if nan_red and (inf_red or self.only_nan):
             s = run.tensor(nan_red).series()
-            nan = np.asarray(
-                sel.apply_per_step(s.arrays, lambda x: x.reshape(x.shape[0])), np.float64
-            )
+            nan = np.asarray(sel.apply_per_step(s, lambda x: x.reshape(x.shape[0])), np.float64)
             if inf_red:
                 t = run.tensor(inf_red).series()
                 inf_all = np.asarray(
-                    sel.apply_per_step(t.arrays, lambda x: x.reshape(x.shape[0])), np.float64
+                    sel.apply_per_step(t, lambda x: x.reshape(x.shape[0])), np.float64
                 )
                 inf = np.zeros(len(s.global_steps))
                 pos = np.searchsorted(t.global_steps, s.global_steps).clip(
@@ -411,7 +412,7 @@ class ExplodingTensor(BuiltinRule):
                 f = x.reshape(x.shape[0], -1)
                 return np.stack([np.isnan(f).sum(axis=1), np.isinf(f).sum(axis=1)], axis=1)
 
-            c = sel.apply_per_step(s.arrays, counts).astype(np.float64)
+            c = sel.apply_per_step(s, counts).astype(np.float64)
             return s.global_steps, c[:, 0], c[:, 1], "full tensor"
         per: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for red in ("min", "max"):
@@ -420,9 +421,7 @@ class ExplodingTensor(BuiltinRule):
                 s = run.tensor(stored).series()
                 per[red] = (
                     s.global_steps,
-                    np.asarray(
-                        sel.apply_per_step(s.arrays, lambda x: x.reshape(x.shape[0])), np.float64
-                    ),
+                    np.asarray(sel.apply_per_step(s, lambda x: x.reshape(x.shape[0])), np.float64),
                 )
         if not per:
             return None
@@ -840,22 +839,21 @@ class WeightUpdateRatio(BuiltinRule):
 
 
 def _unchanged_flags(
-    arrays: list[np.ndarray], num_steps: int, rtol: float, atol: float, equal_nan: bool
+    series: Any, num_steps: int, rtol: float, atol: float, equal_nan: bool
 ) -> np.ndarray:
     """flags[k]: the values at the previous num_steps-1 saved steps are all close to value k."""
-    n = len(arrays)
+    n = len(series)
     flags = np.zeros(n, bool)
     if n < num_steps:
         return flags
     flags[num_steps - 1 :] = True
-    if all(a.shape == arrays[0].shape for a in arrays):
-        x = np.stack(arrays).reshape(n, -1)
-        if x.dtype.kind not in "biufc":
+    arrays = series.arrays if not series.uniform else None
+    if arrays is None or all(a.shape == arrays[0].shape for a in arrays):
+        x = (series.stack() if arrays is None else np.stack(arrays)).reshape(n, -1)
+        if x.dtype.kind not in "fc":
             x = x.astype(np.float64)
         for lag in range(1, num_steps):
-            close = np.isclose(x[:-lag], x[lag:], rtol=rtol, atol=atol, equal_nan=equal_nan).all(
-                axis=1
-            )
+            close = sel.rows_close(x[:-lag], x[lag:], rtol, atol, equal_nan)
             flags[lag:] &= close
             flags[:lag] = False
         return flags
@@ -913,9 +911,9 @@ class UnchangedTensor(BuiltinRule):
             s = run.tensor(n).series()
             per[n] = (
                 s.global_steps,
-                _unchanged_flags(
-                    s.arrays, self.num_steps, self.rtol, self.atol, self.equal_nan
-                ).astype(np.float64),
+                _unchanged_flags(s, self.num_steps, self.rtol, self.atol, self.equal_nan).astype(
+                    np.float64
+                ),
             )
         tensors = list(per)
         steps, mat = sel.align(per)

@@ -54,7 +54,7 @@ def _changes(run: Any, name: str, chunk_elems: int = 1 << 24):
     s = run.tensor(red).series()
     if not s.arrays:
         return None
-    norms = sel.apply_per_step(s.arrays, lambda x: x.reshape(x.shape[0]).astype(np.float64))
+    norms = sel.apply_per_step(s, lambda x: x.reshape(x.shape[0]).astype(np.float64))
     change = np.abs(norms - norms[0])
     rel = float(change[-1] / (abs(norms[0]) + 1e-12))
     return s.global_steps, change, rel, "l2 reduction (approximate)"

@@ -258,15 +258,23 @@ def test_dead_relu_is_invariant_to_permuting_samples(
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), batch=st.integers(1, 10), units=st.integers(1, 10))
-def test_full_tensor_and_reduction_agree(seed: int, batch: int, units: int) -> None:
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    batch=st.integers(1, 200),
+    units=st.integers(1, 10),
+    inactivity=st.sampled_from([0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0]),
+)
+def test_full_tensor_and_reduction_agree(
+    seed: int, batch: int, units: int, inactivity: float
+) -> None:
     rng = np.random.default_rng(seed)
     values = [
         np.maximum(rng.normal(size=(batch, units)), 0) * (rng.random(units) < 0.6) for _ in range(3)
     ]
     full = build_run({g: {L1: v} for g, v in enumerate(values)})
     reduced = build_run({g: {red(L1): pos_frac(v)} for g, v in enumerate(values)})
-    a, b = DeadRelu().evaluate(full), DeadRelu().evaluate(reduced)
+    rule = DeadRelu(threshold_inactivity=inactivity, threshold_layer=0.0)
+    a, b = rule.evaluate(full), rule.evaluate(reduced)
     assert (a.triggered, a.first_step) == (b.triggered, b.first_step)
     np.testing.assert_array_equal(a.evidence["dead_percent"], b.evidence["dead_percent"])
 
