@@ -168,6 +168,14 @@ def _row_of(r: RuleResult | _Row, nodeid: str = "") -> _Row:
     )
 
 
+_VERDICT_ORDER = {"TRIGGERED": 0, "error": 1, "ok": 2, "skipped": 3}
+
+
+def _ordered(rows: list[_Row]) -> list[_Row]:
+    """Failures first (triggered, then rules that could not run), each group in given order."""
+    return sorted(rows, key=lambda r: _VERDICT_ORDER.get(r.verdict, 9))
+
+
 # -- plots --------------------------------------------------------------------------------------
 
 
@@ -462,7 +470,7 @@ def write_report(
         found = evaluate_rules(run, rules)
     else:
         found = [_as_result(r) for r in results]
-    rows = [_row_of(r) for r in found]
+    rows = _ordered([_row_of(r) for r in found])
     real = [r for r in found if isinstance(r, RuleResult)]
     drawn = _render_plots(run, base, real, Path(out_dir), keys)
     title = f"pytest-modelrules report: {run.name}"
@@ -518,12 +526,14 @@ def write_report_from_verdicts(
     orphans: list[_Row] = []
     for item in data.get("results") or []:
         result = RuleResult.from_dict(item)
-        row = _row_of(result, str(item.get("nodeid", "")))
+        row = _row_of(result, str(item.get("nodeid", "")))  # ordered below
         if result.run_name in grouped:
             grouped[result.run_name].append(row)
             continue
         match = next((n for n, p in runs.items() if _same_path(p, result.run_path)), None)
         (grouped[match] if match is not None else orphans).append(row)
+    grouped = {name: _ordered(rows) for name, rows in grouped.items()}
+    orphans = _ordered(orphans)
     all_rows = [r for rows in grouped.values() for r in rows] + orphans
     title = "pytest-modelrules report"
     parts = [_header(title, all_rows)]
