@@ -398,15 +398,13 @@ class ExplodingTensor(BuiltinRule):
             return s.global_steps, nan, inf, "nan_count/inf_count reductions"
         if run.has_tensor(name):
             s = run.tensor(name).series()
-            if not s.arrays or not all(sel.is_numeric(a) for a in s.arrays):
-                return (
-                    s.global_steps,
-                    np.zeros(len(s)),
-                    np.zeros(len(s)),
-                    "full tensor (not numeric)",
-                )
-            if all(a.dtype.kind in "biu" for a in s.arrays):
-                return s.global_steps, np.zeros(len(s)), np.zeros(len(s)), "full tensor (integer)"
+            dtypes = {s.stack().dtype} if s.uniform and len(s) else {a.dtype for a in s.arrays}
+            if not len(s) or any(d.kind not in "biufc" for d in dtypes):
+                zeros = np.zeros(len(s))
+                return s.global_steps, zeros, zeros, "full tensor (not numeric)"
+            if all(d.kind in "biu" for d in dtypes):
+                zeros = np.zeros(len(s))
+                return s.global_steps, zeros, zeros, "full tensor (integer)"
 
             def counts(x: np.ndarray) -> np.ndarray:
                 f = x.reshape(x.shape[0], -1)

@@ -395,6 +395,16 @@ def test_unchanged_tensor_saved_steps_need_not_be_consecutive_and_changes_pass(
         UnchangedTensor(num_steps=1)
 
 
+def test_unchanged_tensor_and_all_zero_missing_tensors(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run", {g: {rname("w", "l2"): np.float64(1.0)} for g in range(3)})
+    with pytest.raises(MissingTensorError, match="stored only as reductions"):
+        UnchangedTensor(tensor_regex="w").evaluate(run)
+    with pytest.raises(MissingTensorError, match=r"tensor_regex=.*relu"):
+        AllZero(tensor_regex="relu").evaluate(run)
+    with pytest.raises(MissingTensorError, match="tensor_regex"):
+        TensorVariance(tensor_regex="relu", max_threshold=1).evaluate(run)
+
+
 def test_unchanged_tensor_nan_handling(tmp_path: Path) -> None:
     run = write_run(tmp_path / "run", {g: {"w": np.array([np.nan, 1.0])} for g in range(3)})
     assert not UnchangedTensor().evaluate(run).triggered
