@@ -11,7 +11,6 @@ per run and shared between the rules (``run_cache``).
 from __future__ import annotations
 
 import re
-import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,7 +19,7 @@ import numpy as np
 from ..exceptions import RuleError
 from ..modes import ModeKeys
 from .base import BuiltinRule, Param, register
-from .loss import fmt, phases, where
+from .loss import fmt, phases, run_cache, where
 from .result import RuleResult
 
 PYTORCH_LABELS = "CrossEntropyLoss_input_1"
@@ -29,19 +28,6 @@ _FALLBACK_LABELS = (rf"^{PYTORCH_LABELS}$", r"Loss_input_1$")
 _FALLBACK_PREDICTIONS = (rf"^{PYTORCH_PREDICTIONS}$", r"Loss_input_0$")
 # SageMaker's defaults: when one of them matches nothing, the PyTorch loss inputs are used
 _DEFAULT_REGEXES = (".*labels", ".*predictions", "labels", "predictions")
-
-# run -> {key: value}; emptied when the run is refreshed (its generation changes)
-_CACHE: weakref.WeakKeyDictionary[Any, dict[tuple, Any]] = weakref.WeakKeyDictionary()
-
-
-def run_cache(run: Any) -> dict[tuple, Any]:
-    """A dict that lives as long as ``run`` and is emptied when the run is refreshed."""
-    gen = getattr(run, "_generation", 0)
-    entry = _CACHE.get(run)
-    if entry is None or entry.get(("generation",)) != gen:
-        entry = {("generation",): gen}
-        _CACHE[run] = entry
-    return entry
 
 
 def _find(run: Any, regex: str | None, collection: str | None, fallbacks: tuple[str, ...]):
@@ -167,10 +153,9 @@ def _predicted_classes(
     if scores:
         if first_p.ndim == 0:
             raise RuleError(f"{name} holds scalars; cannot take argmax over a class axis")
-        joined = np.concatenate(
-            [np.asarray(a).reshape(-1, np.asarray(a).shape[-1]) for a in pred_arrays]
-        )
-        return joined.argmax(axis=-1).astype(np.int64)
+        # argmax of each step's array (views of the file bytes): no copy of all the logits
+        per_step = [np.asarray(a).argmax(axis=-1).reshape(-1) for a in pred_arrays]
+        return np.concatenate(per_step).astype(np.int64)
     joined = np.concatenate([np.asarray(a).reshape(-1) for a in pred_arrays])
     if joined.dtype.kind == "f" and not np.all(joined == np.round(joined)):
         raise RuleError(f"{name} holds fractional values: pass argmax=True for class scores")
@@ -258,7 +243,7 @@ class ClassImbalance(BuiltinRule):
                 mis_frac = np.where(seen, wrong / np.maximum(counts, 1), 0.0)
             cond |= judged & (mis_frac.max(axis=1) > self.threshold_misprediction)
         hits = np.flatnonzero(cond)
-        triggers = [self.trigger_step(run, g) for g in data.global_steps[hits]]
+        triggers = self.trigger_steps(run, data.global_steps[hits])
         last = counts[-1]
         final_ratio = float(ratio[-1])
         evidence: dict[str, Any] = {
@@ -393,7 +378,7 @@ class Confusion(BuiltinRule):
         bad = (diag_share < self.min_diag) | (off_share > self.max_off_diag)
         step_bad = bad.any(axis=1)
         hits = np.flatnonzero(step_bad)
-        triggers = [self.trigger_step(run, g) for g in data.global_steps[hits]]
+        triggers = self.trigger_steps(run, data.global_steps[hits])
         evidence: dict[str, Any] = {
             "labels_tensor": lname,
             "predictions_tensor": pname,
@@ -563,7 +548,7 @@ class DirectionConfusion(BuiltinRule):
                     f"classes {a} and {b}: {total} confusions over {n} steps "
                     f"({n_ab} as {b}, {n_ba} as {a}, {int(samples[-1]) if n else 0} samples)"
                 )
-        triggers = [self.trigger_step(run, g) for g in sorted(trig)]
+        triggers = self.trigger_steps(run, sorted(trig))
         head = f"Pairs {source}: {', '.join(f'{a}/{b}' for a, b in pairs)}"
         if self.mode is not None:
             head += f" ({self.mode.name} steps only)"
@@ -695,7 +680,7 @@ class RecallFloor(BuiltinRule):
                 f"every judged class had recall >= {fmt(100 * self.min_recall)}% "
                 f"(lowest {fmt(100 * lowest)}%) over {mode.name} steps ({self.phases} pass)"
             )
-        triggers = [self.trigger_step(run, g) for g in trig]
+        triggers = self.trigger_steps(run, trig)
         return self.make_result(
             bool(triggers),
             ("Recall " if not triggers else "Recall floor broken ") + "; ".join(lines) + ".",

@@ -6,6 +6,7 @@ phases (stretches of one mode, e.g. one evaluation pass) of a run, number format
 from __future__ import annotations
 
 import re
+import weakref
 from bisect import bisect_left, bisect_right
 from typing import Any, ClassVar
 
@@ -18,6 +19,30 @@ from .base import BuiltinRule, Param, register
 from .result import RuleResult
 
 _LOSS_NAME = re.compile(r"(?i)loss")
+
+# run -> {key: value}: arrays several rules decode (loss values, labels, argmax predictions),
+# emptied when the run is refreshed (its generation changes)
+_CACHE: weakref.WeakKeyDictionary[Any, dict[tuple, Any]] = weakref.WeakKeyDictionary()
+
+
+def run_cache(run: Any) -> dict[tuple, Any]:
+    """A dict that lives as long as ``run`` and is emptied when the run is refreshed."""
+    gen = getattr(run, "_generation", 0)
+    entry = _CACHE.get(run)
+    if entry is None or entry.get(("generation",)) != gen:
+        entry = {("generation",): gen}
+        _CACHE[run] = entry
+    return entry
+
+
+def scalars(arrays: list[np.ndarray]) -> np.ndarray:
+    """The first number of each array, as float64 (one C loop for uniform shapes)."""
+    if not arrays:
+        return np.zeros(0, np.float64)
+    try:
+        return np.asarray(arrays, dtype=np.float64).reshape(len(arrays), -1)[:, 0]
+    except ValueError:  # shapes differ between steps
+        return np.array([np.asarray(a, dtype=np.float64).reshape(-1)[0] for a in arrays])
 
 
 def is_scalar_tensor(run: Any, name: str) -> bool:
@@ -79,13 +104,14 @@ def scalar_series(
     run: Any, name: str, mode: ModeKeys | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(steps, global_steps, values as float64) of a scalar tensor; steps are mode steps for a
-    mode, global steps for None/GLOBAL."""
+    mode, global steps for None/GLOBAL. Read once per run (cached)."""
     mode_arg = None if mode in (None, ModeKeys.GLOBAL) else mode
-    series = run.tensor(name).series(mode_arg)
-    if len(series) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
-    values = np.array([np.asarray(a, dtype=np.float64).reshape(-1)[0] for a in series.arrays])
-    return series.steps, series.global_steps, values
+    key = ("scalar", name, int(mode_arg or 0))
+    cache = run_cache(run)
+    if key not in cache:
+        series = run.tensor(name).series(mode_arg)
+        cache[key] = (series.steps, series.global_steps, scalars(series.arrays))
+    return cache[key]
 
 
 def resolve_mode(run: Any, names: list[str], mode: ModeKeys | None) -> ModeKeys:
@@ -240,7 +266,7 @@ class LossNotDecreasing(BuiltinRule):
                     f"{name} ({mode.name}) decreased at all {len(pos)} checks every "
                     f"{self.num_steps} steps, from {fmt(values[0])} to {fmt(values[-1])}"
                 )
-        triggers = [self.trigger_step(run, g) for g in sorted(trig_steps)]
+        triggers = self.trigger_steps(run, sorted(trig_steps))
         figure = 100.0 * fails_total / checks_total if checks_total else 0.0
         return self.make_result(
             bool(triggers),
@@ -322,9 +348,13 @@ def _phase_means(
 
 
 def _loss_all_modes(run: Any, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    series = run.tensor(name).series(None)
-    values = np.array([np.asarray(a, dtype=np.float64).reshape(-1)[0] for a in series.arrays])
-    return series.global_steps, series.modes, values
+    """(global steps, modes, values) of a scalar tensor over every mode, cached per run."""
+    key = ("scalar-all-modes", name)
+    cache = run_cache(run)
+    if key not in cache:
+        series = run.tensor(name).series(None)
+        cache[key] = (series.global_steps, series.modes, scalars(series.arrays))
+    return cache[key]
 
 
 @register
@@ -397,7 +427,7 @@ class Overfit(BuiltinRule):
                     if np.isfinite(ratio).any()
                     else f"{name}: training loss was not positive, no ratio to compare"
                 )
-        triggers = [self.trigger_step(run, g) for g in sorted(trig)]
+        triggers = self.trigger_steps(run, sorted(trig))
         return self.make_result(
             bool(triggers),
             "; ".join(lines) + ".",
@@ -502,7 +532,7 @@ class Overtraining(BuiltinRule):
                         f"{name}: {label} loss kept improving (at most {int(since.max())} "
                         f"{unit} without improvement; patience {patience})"
                     )
-        triggers = [self.trigger_step(run, g) for g in sorted(trig)]
+        triggers = self.trigger_steps(run, sorted(trig))
         return self.make_result(
             bool(triggers),
             "; ".join(lines) + "." if lines else "No TRAIN or EVAL loss values to check.",

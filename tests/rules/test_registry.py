@@ -84,3 +84,20 @@ def test_required_parameter_is_reported():
 def test_tuple_spec():
     rule = make_rule(("loss_not_decreasing", {"num_steps": "7"}))
     assert isinstance(rule, LossNotDecreasing) and rule.num_steps == 7
+
+
+def test_benchmark_quick_runs_every_default_rule(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_rules.py"
+    spec = importlib.util.spec_from_file_location("bench_rules", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--quick", "--json", str(tmp_path / "bench.json")])
+    assert out["steps"] == 200
+    assert set(out["rules"]) == set(default_rules())
+    for name in MINE - {"baseline_comparison"}:  # mine all run on the benchmark's run
+        assert name not in out["errors"], out["errors"].get(name)
+    assert "total (open + all rules)" in capsys.readouterr().out
+    assert (tmp_path / "bench.json").exists()
