@@ -360,7 +360,8 @@ class ExplodingTensor(BuiltinRule):
     """NaN (or, unless ``only_nan``, +/-inf) in a selected tensor; no selection = all tensors.
 
     Sources, cheapest exact first: the stored ``nan_count``/``inf_count`` reductions, the full
-    tensor, then stored ``min``/``max`` reductions (NaN there means a NaN; +/-inf an inf).
+    tensor, the ``nan_count`` reduction alone (inf not counted), then stored ``min``/``max``
+    reductions (NaN there means a NaN; +/-inf an inf).
     Non-numeric tensors cannot hold NaN and are passed over.
     """
 
@@ -412,6 +413,10 @@ class ExplodingTensor(BuiltinRule):
 
             c = sel.apply_per_step(s, counts).astype(np.float64)
             return s.global_steps, c[:, 0], c[:, 1], "full tensor"
+        if nan_red:  # NaN counts without inf counts, full tensor or min/max
+            s = run.tensor(nan_red).series()
+            nan = np.asarray(sel.apply_per_step(s, lambda x: x.reshape(x.shape[0])), np.float64)
+            return s.global_steps, nan, np.zeros(len(s)), "nan_count reduction (no inf count)"
         per: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for red in ("min", "max"):
             stored = sel.stored_reduction(run, name, red)

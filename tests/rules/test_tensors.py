@@ -152,6 +152,12 @@ def test_exploding_tensor_from_count_and_minmax_reductions(tmp_path: Path) -> No
     }
     assert [t.step for t in result.triggers] == [1, 2, 3]
     assert [t.step for t in ExplodingTensor(only_nan=True).evaluate(run).triggers] == [2, 3]
+    nan_only = write_run(
+        tmp_path / "nan_only", {g: {rname("d", "nan_count"): np.int64(g == 1)} for g in range(3)}
+    )
+    result = ExplodingTensor().evaluate(nan_only)
+    assert [t.step for t in result.triggers] == [1]
+    assert result.evidence["source"] == {"d": "nan_count reduction (no inf count)"}
 
 
 def test_exploding_tensor_healthy_and_missing(tmp_path: Path) -> None:
