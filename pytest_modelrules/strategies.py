@@ -336,17 +336,13 @@ def _draw_counts(draw: Any, num_classes: int, ratio: float, min_count: int) -> n
     if num_classes == 1:
         return np.array([m], dtype=np.int64)
     lo_cls = draw(st.integers(0, num_classes - 1), label="rarest class")
-    hi_cls = draw(
-        st.integers(0, num_classes - 1).filter(lambda c: c != lo_cls), label="commonest class"
-    )
+    hi_cls = draw(st.integers(0, num_classes - 2), label="commonest class")
+    hi_cls += hi_cls >= lo_cls
+    middle = draw(st.lists(st.integers(m, big), min_size=num_classes - 2, max_size=num_classes - 2))
     counts = np.empty(num_classes, dtype=np.int64)
+    rest = iter(middle)
     for c in range(num_classes):
-        if c == lo_cls:
-            counts[c] = m
-        elif c == hi_cls:
-            counts[c] = big
-        else:
-            counts[c] = draw(st.integers(m, big))
+        counts[c] = m if c == lo_cls else big if c == hi_cls else next(rest)
     return counts
 
 
@@ -747,7 +743,8 @@ class RunTruth:
     ``steps[mode]`` are the mode steps the reader must answer; ``loss[mode].values[i]`` is
     the loss at ``steps[mode][i]``; ``confusion[mode]`` sums every worker's batches,
     ``confusion_by_worker[mode][worker]`` one worker's; ``dead_fraction`` per ReLU tensor;
-    ``grad_scale`` per gradient tensor; ``update_ratio`` per weight tensor.
+    ``grad_scale`` per gradient tensor; ``update_ratio`` per weight tensor;
+    ``batch_confusion[(global step, worker)]`` one batch's confusion matrix.
     """
 
     steps: dict[str, list[int]] = field(default_factory=dict)
@@ -762,25 +759,41 @@ class RunTruth:
     dead_fraction: dict[str, float] = field(default_factory=dict)
     grad_scale: dict[str, float] = field(default_factory=dict)
     update_ratio: dict[str, float] = field(default_factory=dict)
+    batch_confusion: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
 
     def pair_count(
         self,
         a: int,
         b: int,
         *,
-        mode: str = "TRAIN",
+        mode: str | None = "TRAIN",
         directed: bool = False,
         worker: str | None = None,
     ) -> int:
-        """Samples of label a predicted as b (plus b as a unless ``directed``) in a mode."""
-        conf = (
-            self.confusion.get(mode)
-            if worker is None
-            else self.confusion_by_worker.get(mode, {}).get(worker)
-        )
-        if conf is None:
-            return 0
-        return _pair_count(conf, a, b, directed)
+        """Samples of label a predicted as b (plus b as a unless ``directed``) in a mode
+        (every mode when None), over every worker or one."""
+        total = 0
+        for m in self.confusion if mode is None else [mode]:
+            if worker is None:
+                conf = self.confusion.get(m)
+            else:
+                conf = self.confusion_by_worker.get(m, {}).get(worker)
+            if conf is not None:
+                total += _pair_count(conf, a, b, directed)
+        return total
+
+    def cumulative_pair_counts(
+        self, a: int, b: int, *, worker: str = "worker_0", directed: bool = False
+    ) -> list[tuple[int, int]]:
+        """(global step, a<->b confusions of ``worker`` up to and including that step) for
+        every complete step in global order, all modes together: what a step-wise rule sees."""
+        out, total = [], 0
+        for g in self.global_steps:
+            conf = self.batch_confusion.get((g, worker))
+            if conf is not None:
+                total += _pair_count(conf, a, b, directed)
+            out.append((g, total))
+        return out
 
     def plateau_step(self, mode: str = "TRAIN") -> int | None:
         """The mode step where the loss plateau (or divergence) starts, if the curve has one."""
@@ -883,6 +896,7 @@ def training_runs(
     dead_fraction: float | tuple[float, float] | SearchStrategy[float] = (0.0, 1.0),
     relu_units: int | tuple[int, int] | SearchStrategy[int] = (1, 12),
     relu_batch: int | tuple[int, int] | SearchStrategy[int] = (1, 8),
+    relu_spatial: tuple[int, int] | SearchStrategy[Any] | None = None,
     params: Sequence[str] = DEFAULT_PARAMS,
     grad_scale: float | str | SearchStrategy[Any] = "normal",
     update_ratio: float | tuple[float, float] | SearchStrategy[float] = 1e-3,
@@ -897,9 +911,11 @@ def training_runs(
     (when "EVAL" is in ``modes``); a step is saved when its mode step is a multiple of the
     save interval, then ``missing_steps`` saved steps are dropped, and with several workers
     ``incomplete_steps`` are written by only some of them (readers must ignore those).
-    Labels, predictions, the loss and ReLU outputs follow :func:`label_streams`,
-    :func:`predictions`, :func:`loss_curves` and :func:`relu_outputs`, over the complete steps
-    of each mode; every worker writes its own batch of labels and logits and the same loss.
+    ``relu_spatial=(h, w)`` makes ReLU outputs conv-shaped, (batch, channels, h, w), with
+    whole channels dead. Labels, predictions, the loss and ReLU outputs follow
+    :func:`label_streams`, :func:`predictions`, :func:`loss_curves` and :func:`relu_outputs`,
+    over the complete steps of each mode; every worker writes its own batch of labels and
+    logits and the same loss.
     """
     known = {"loss", "classification", "relu", "weights", "gradients"}
     if not tensors or set(tensors) - known:
@@ -1014,6 +1030,7 @@ def training_runs(
                 values[slot][LOGITS] = logits[pos:end]
                 w = slot[1]
                 bc = _confusion(batch, pred[pos:end], n_classes)
+                truth.batch_confusion[slot] = bc
                 truth.confusion_by_worker[m][w] = truth.confusion_by_worker[m].get(w, 0) + bc
                 pos = end
             truth.label_counts[m] = stream.counts
@@ -1038,10 +1055,11 @@ def training_runs(
             tname = relu_name(layer)
             units = _v(draw, _ints(relu_units))
             frac = float(_v(draw, _floats(dead_fraction)))
+            hw = _v(draw, relu_spatial)
             dead = _dead_units(rng, units, frac)
             truth.dead_fraction[tname] = len(dead) / units
             for key in values:
-                values[key][tname] = _relu_batch(rng, batch, (units,), dead, 0.5)
+                values[key][tname] = _relu_batch(rng, batch, (units, *(hw or ())), dead, 0.5)
     train_rows = [r for r in schedule if r.mode == "TRAIN"]
     if train_rows and ("weights" in tensors or "gradients" in tensors):
         n_complete = sum(r.complete for r in train_rows)

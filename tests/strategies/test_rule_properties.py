@@ -1,0 +1,175 @@
+"""Properties the built-in rules promise, checked on generated runs against their truth."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from pytest_modelrules import strategies as mst
+from pytest_modelrules.rules.activations import DeadRelu
+from pytest_modelrules.rules.classification import ClassImbalance, DirectionConfusion
+from pytest_modelrules.rules.loss import LossNotDecreasing
+from pytest_modelrules.store.memory import transform_run
+
+PROFILE = settings.get_profile(os.environ.get("MODELRULES_HYPOTHESIS_PROFILE", "modelrules-fast"))
+FAST = settings(PROFILE)
+
+
+def _verdict(result) -> tuple[bool, list[int]]:
+    return result.triggered, [t.step for t in result.triggers]
+
+
+# -- LossNotDecreasing ----------------------------------------------------------------------------
+
+LOSS_RUNS = mst.training_runs(
+    tensors=("loss",),
+    modes=st.sampled_from([("TRAIN",), ("TRAIN", "EVAL")]),
+    epochs=(1, 2),
+    steps_per_epoch=(2, 30),
+    save_interval=(1, 3),
+    missing_steps=(0, 2),
+    loss=st.sampled_from(mst.LOSS_SHAPES),
+    loss_kwargs={"noise": st.sampled_from([0.0, 0.1]), "nonfinite": (0, 1)},
+)
+
+
+@FAST
+@given(LOSS_RUNS, st.integers(-20, 20), st.integers(1, 8), st.sampled_from([0.0, 5.0]))
+def test_loss_not_decreasing_is_scale_invariant(gen, power, num_steps, diff) -> None:
+    """Multiplying every loss by a power of two (exact in float32) changes no verdict."""
+    scale = np.float32(2.0**power)
+    scaled = transform_run(gen.run, lambda name, a: a * scale if name == mst.LOSS else a)
+    rule = LossNotDecreasing(num_steps=num_steps, diff_percent=diff)
+    before = _verdict(rule.evaluate(gen.run))
+    after = _verdict(LossNotDecreasing(num_steps=num_steps, diff_percent=diff).evaluate(scaled))
+    assert before == after
+
+
+@FAST
+@given(
+    mst.training_runs(tensors=("loss",), steps_per_epoch=(2, 30), save_interval=(1, 3)),
+    st.integers(1, 8),
+)
+def test_loss_not_decreasing_never_fires_on_a_strictly_decreasing_loss(gen, num_steps) -> None:
+    assert not LossNotDecreasing(num_steps=num_steps).evaluate(gen.run).triggered
+
+
+@FAST
+@given(
+    mst.training_runs(
+        tensors=("loss",), epochs=1, steps_per_epoch=(2, 40), loss="plateau", save_interval=1
+    ),
+    st.integers(1, 6),
+)
+def test_loss_not_decreasing_fires_only_on_the_plateau(gen, num_steps) -> None:
+    """With every step saved, the rule fires iff the flat part spans a whole comparison
+    window (2 * num_steps steps guarantee one), and never before the plateau starts."""
+    result = LossNotDecreasing(num_steps=num_steps).evaluate(gen.run)
+    start = gen.truth.plateau_step()
+    steps = gen.truth.steps["TRAIN"]
+    if result.triggered:
+        assert result.first_trigger.mode_step >= start + num_steps
+    if steps[-1] - start >= 2 * num_steps:
+        assert result.triggered
+
+
+# -- ClassImbalance -------------------------------------------------------------------------------
+
+
+@FAST
+@given(
+    mst.training_runs(
+        modes=st.sampled_from([("TRAIN",), ("TRAIN", "EVAL")]),
+        workers=(1, 2),
+        incomplete_steps=(0, 1),
+        num_classes=(2, 5),
+        imbalance=(1.0, 8.0),
+        tensors=("classification",),
+    ),
+    st.floats(1.0, 8.0),
+)
+def test_class_imbalance_counts_match_the_truth(gen, threshold) -> None:
+    """The counts it reports are worker 0's labels over every mode; with ``samples=1`` and
+    the misprediction check off, a one-step run triggers iff the true ratio passes the limit."""
+    rule = ClassImbalance(
+        threshold_imbalance=threshold, threshold_misprediction=None, samples=1, argmax=True
+    )
+    result = rule.evaluate(gen.run)
+    want = sum(c["worker_0"] for c in gen.truth.label_counts_by_worker.values())
+    got = np.asarray(result.evidence["class_counts"])  # as long as the classes it saw
+    got = np.pad(got, (0, max(0, len(want) - len(got))))
+    assert np.array_equal(got[: len(want)], want) and not got[len(want) :].any()
+    if len(gen.run.steps()) == 1:
+        seen = want[want > 0]
+        ratio = seen.max() / seen.min()
+        assume(abs(ratio - threshold) > 1e-9)
+        assert result.triggered == (ratio > threshold)
+
+
+# -- DeadRelu -------------------------------------------------------------------------------------
+
+
+@FAST
+@given(
+    mst.training_runs(
+        tensors=("relu",),
+        relu_layers=st.integers(1, 3),
+        workers=(1, 2),
+        incomplete_steps=(0, 1),
+        relu_batch=(1, 8),
+        relu_spatial=st.sampled_from([None, (2, 2)]),
+    ),
+    st.floats(0.0, 100.0),
+    st.floats(0.01, 50.0),
+)
+def test_dead_relu_matches_the_true_dead_fraction(gen, threshold_layer, inactivity) -> None:
+    worst = max(gen.truth.dead_fraction.values()) * 100
+    assume(all(abs(f * 100 - threshold_layer) > 1e-6 for f in gen.truth.dead_fraction.values()))
+    result = DeadRelu(threshold_layer=threshold_layer, threshold_inactivity=inactivity).evaluate(
+        gen.run
+    )
+    assert result.triggered == (worst > threshold_layer)
+    assert result.figure is not None and abs(result.figure - worst) < 1e-6
+
+
+# -- DirectionConfusion ---------------------------------------------------------------------------
+
+CONFUSION_RUNS = mst.training_runs(
+    modes=st.sampled_from([("TRAIN",), ("TRAIN", "EVAL")]),
+    steps_per_epoch=(1, 6),
+    workers=(1, 2),
+    incomplete_steps=(0, 1),
+    missing_steps=(0, 1),
+    num_classes=(2, 4),
+    min_count=(1, 12),
+    confused=st.fixed_dictionaries(
+        {(0, 1): st.sampled_from([0.0, 0.2, 0.5, 1.0]), (1, 0): st.sampled_from([0.0, 0.3])}
+    ),
+    tensors=("classification",),
+)
+
+
+@FAST
+@given(CONFUSION_RUNS, st.integers(0, 6), st.sampled_from([(0, 1), (1, 0)]))
+def test_direction_confusion_matches_the_truth(gen, limit, pair) -> None:
+    result = DirectionConfusion(pairs=[pair], limit=limit).evaluate(gen.run)
+    want = next((g for g, n in gen.truth.cumulative_pair_counts(0, 1) if n > limit), None)
+    assert result.first_step == want
+    assert result.figure == gen.truth.pair_count(0, 1, mode=None, worker="worker_0")
+
+
+@FAST
+@given(
+    mst.training_runs(
+        num_classes=(2, 5),
+        confused={},
+        never_confuse=[(0, 1)],
+        accuracy=(0.0, 0.5),
+        tensors=("classification",),
+    )
+)
+def test_direction_confusion_is_silent_when_the_pair_is_never_confused(gen) -> None:
+    assert not DirectionConfusion(pairs=[(0, 1)], limit=0).evaluate(gen.run).triggered
