@@ -61,7 +61,8 @@ def run_chromium(browser: str, profile: Path, *args: str) -> subprocess.Complete
 def test_report_renders_in_headless_chromium(chromium, demo_report, tmp_path):
     browser = chromium
     url = demo_report.resolve().as_uri()
-    dom = run_chromium(browser, tmp_path / "profile", "--virtual-time-budget=5000", "--dump-dom", url)
+    profile = tmp_path / "profile"
+    dom = run_chromium(browser, profile, "--virtual-time-budget=5000", "--dump-dom", url)
     body = re.search(r"<body[^>]*>", dom.stdout)
     assert body, f"no <body> in the dumped DOM:\n{dom.stdout[:2000]}"
     # the page's own script marks <body> once every <img> has decoded (naturalWidth > 0)
@@ -73,7 +74,7 @@ def test_report_renders_in_headless_chromium(chromium, demo_report, tmp_path):
     shot = tmp_path / "report.png"
     run_chromium(
         browser,
-        tmp_path / "profile",
+        profile,
         f"--screenshot={shot}",
         f"--window-size={WINDOW[0]},{WINDOW[1]}",
         url,
