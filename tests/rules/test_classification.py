@@ -317,3 +317,80 @@ def test_recall_floor_without_eval_is_skipped(tmp_path):
     assert result.skipped and not result.triggered
     with pytest.raises(RuleParameterError, match="phases"):
         RecallFloor(phases="first")
+
+
+# -- the real SageMaker Debugger fixture run, against plain loops over its truth ---------------
+
+
+def _truth_steps(truth):
+    rows = truth["__steps__"]
+    return [(int(g), int(m)) for g, m, _ms, saved in rows.tolist() if saved]
+
+
+def test_fixture_run_matches_plain_loops(smdebug_fixture_dir, smdebug_truth):
+    run = open_run(smdebug_fixture_dir)
+    steps = _truth_steps(smdebug_truth)
+    labels = {g: smdebug_truth[f"{g}/{LABELS}"].astype(int) for g, _ in steps}
+    preds = {g: smdebug_truth[f"{g}/{LOGITS}"].argmax(axis=1) for g, _ in steps}
+
+    # DirectionConfusion, as the seed's MyCustomRule counts
+    counter, first = 0, None
+    for g, _ in steps:
+        for p, lab in zip(preds[g], labels[g]):
+            if (p, lab) in ((19, 20), (20, 19)):
+                counter += 1
+                if counter > 10 and first is None:
+                    first = g
+    result = DirectionConfusion(pairs="19-20").evaluate(run)
+    assert result.first_step == first and result.figure == counter
+
+    # ClassImbalance: cumulative counts and mispredictions
+    counts, wrong, first = {}, {}, None
+    for g, _ in steps:
+        for p, lab in zip(preds[g], labels[g]):
+            counts[lab] = counts.get(lab, 0) + 1
+            wrong[lab] = wrong.get(lab, 0) + int(p != lab)
+        if sum(counts.values()) >= 500 and first is None:
+            ratio = max(counts.values()) / min(counts.values())
+            mis = max(wrong[c] / counts[c] for c in counts)
+            if ratio > 10 or mis > 0.7:
+                first = g
+    result = ClassImbalance().evaluate(run)
+    assert result.first_step == first
+    assert result.figure == pytest.approx(max(counts.values()) / min(counts.values()))
+
+    # Confusion: per step, per predicted column
+    bad = []
+    for g, _ in steps:
+        cols = {}
+        for p, lab in zip(preds[g], labels[g]):
+            cols.setdefault(p, []).append(lab)
+        for p, labs in cols.items():
+            diag = labs.count(p) / len(labs)
+            off = max([labs.count(x) / len(labs) for x in set(labs) if x != p], default=0)
+            if diag < 0.9 or off > 0.1:
+                bad.append(g)
+                break
+    assert [t.step for t in Confusion().evaluate(run).triggers] == bad
+
+    # RecallFloor over each EVAL pass
+    passes, current, last_mode = [], [], None
+    for g, m in steps:
+        if m == 2:
+            if last_mode != 2:
+                current = []
+                passes.append(current)
+            current.append(g)
+        last_mode = m
+    failing = []
+    for p in passes:
+        lab = np.concatenate([labels[g] for g in p])
+        pr = np.concatenate([preds[g] for g in p])
+        for c in set(lab.tolist()):
+            n = int((lab == c).sum())
+            if n >= 4 and (pr[lab == c] == c).sum() / n < 0.5:
+                failing.append(p[-1])
+                break
+    assert failing  # the fixture's accuracy ramps: some early pass fails
+    found = RecallFloor(phases="all", min_samples=4).evaluate(run)
+    assert [t.step for t in found.triggers] == failing

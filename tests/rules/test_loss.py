@@ -280,3 +280,26 @@ def test_since_improvement_matches_keras(values, delta):
             best, last = v, i
         expected.append(i - last)
     assert _since_improvement(np.array(values, np.float64), delta).tolist() == expected
+
+
+def test_fixture_run_matches_the_reference_algorithm(smdebug_fixture_dir, smdebug_truth):
+    """RULES.md's step-by-step algorithm, written as a plain loop, on the real smdebug run."""
+    rows = [r for r in smdebug_truth["__steps__"].tolist() if r[3]]
+    run = open_run(smdebug_fixture_dir)
+    for mode_name, mode_key, n in (("EVAL", 2, 3), ("TRAIN", 1, 4), (None, 2, 10)):
+        series = [
+            (ms, g, float(smdebug_truth[f"{g}/{LOSS}"])) for g, m, ms, _ in rows if m == mode_key
+        ]
+        last, expected = None, []
+        for i, (ms, g, value) in enumerate(series):
+            if last is not None and ms < last + n:
+                continue
+            prior = [v for s, _, v in series[:i] if s <= ms - n]
+            if not prior:
+                continue
+            last = ms
+            if value >= prior[-1]:
+                expected.append(g)
+        result = LossNotDecreasing(num_steps=n, mode=mode_name).evaluate(run)
+        assert [t.step for t in result.triggers] == expected
+        assert result.evidence["mode"] == {1: "TRAIN", 2: "EVAL"}[mode_key]
