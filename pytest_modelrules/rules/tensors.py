@@ -15,12 +15,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..modes import ModeKeys
+from ..store.names import SMDEBUG_REDUCTIONS
 from . import _select as sel
 from .base import BuiltinRule, Param, register
 from .result import RuleResult
 
 _WEIGHT_RE = re.compile(r"(^|\.)weight$")
 _LOSS_RE = re.compile(r"[Ll]oss_output_\d+$")
+_FLAGS = "reductions (as flags)"
 
 
 def _scalar_series(
@@ -360,9 +362,11 @@ class ExplodingTensor(BuiltinRule):
     """NaN (or, unless ``only_nan``, +/-inf) in a selected tensor; no selection = all tensors.
 
     Sources, cheapest exact first: the stored ``nan_count``/``inf_count`` reductions, the full
-    tensor, the ``nan_count`` reduction alone (inf not counted), then stored ``min``/``max``
-    reductions (NaN there means a NaN; +/-inf an inf).
-    Non-numeric tensors cannot hold NaN and are passed over.
+    tensor, the ``nan_count`` reduction alone (inf not counted), then any stored SageMaker
+    reductions (min, max, mean, l2, ...: the Recorder's defaults for weights and gradients),
+    read as flags: NaN in one means a NaN in the tensor, +/-inf an inf. (A mean, sum, std or
+    variance is also NaN when the tensor holds both +inf and -inf.) Non-numeric and integer
+    tensors cannot hold NaN and are passed over.
     """
 
     name = "exploding_tensor"
@@ -373,7 +377,8 @@ class ExplodingTensor(BuiltinRule):
     }
 
     def _counts(self, run: Any, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str] | None:
-        """(global steps, nan count, inf count, source); counts from min/max are 0/1 flags."""
+        """(global steps, nan count, inf count, source); from SageMaker reductions the counts
+        are 0/1 flags."""
         nan_red = sel.stored_reduction(run, name, "nan_count")
         inf_red = sel.stored_reduction(run, name, "inf_count")
         if nan_red and (inf_red or self.only_nan):
@@ -418,23 +423,25 @@ class ExplodingTensor(BuiltinRule):
             nan = np.asarray(sel.apply_per_step(s, lambda x: x.reshape(x.shape[0])), np.float64)
             return s.global_steps, nan, np.zeros(len(s)), "nan_count reduction (no inf count)"
         per: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for red in ("min", "max"):
-            stored = sel.stored_reduction(run, name, red)
-            if stored:
-                s = run.tensor(stored).series()
-                per[red] = (
-                    s.global_steps,
-                    np.asarray(sel.apply_per_step(s, lambda x: x.reshape(x.shape[0])), np.float64),
-                )
+        for red in SMDEBUG_REDUCTIONS:
+            for absolute in (False, True):
+                stored = sel.stored_reduction(run, name, red, absolute)
+                if stored:
+                    s = run.tensor(stored).series()
+                    flat = sel.apply_per_step(s, lambda x: x.reshape(x.shape[0], -1)[:, 0])
+                    per[("abs_" if absolute else "") + red] = (
+                        s.global_steps,
+                        np.asarray(flat, np.float64),
+                    )
         if not per:
             return None
         steps, mat = sel.align(per)
-        # NaN in a stored min or max means a NaN in the tensor (align fills unsaved with NaN)
+        # align fills unsaved steps with NaN: only a saved NaN means a NaN in the tensor
         nan = np.zeros(len(steps), bool)
         for j, (saved_steps, _v) in enumerate(per.values()):
             nan |= np.isin(steps, saved_steps) & np.isnan(mat[:, j])
         inf = np.isinf(mat).any(axis=1)
-        return steps, nan.astype(np.float64), inf.astype(np.float64), "min/max reductions"
+        return steps, nan.astype(np.float64), inf.astype(np.float64), f"{'/'.join(per)} {_FLAGS}"
 
     def _evaluate(self, run: Any) -> RuleResult:
         names = sel.select(run, self.collection_names, self.tensor_regex, default_all=True)
@@ -461,7 +468,7 @@ class ExplodingTensor(BuiltinRule):
             raise sel.missing(
                 "ExplodingTensor",
                 "none of the selected tensors is stored in full or with nan_count/inf_count or "
-                f"min/max reductions ({', '.join(names[:5])})",
+                f"SageMaker reductions ({', '.join(names[:5])})",
                 run,
             )
         tensors = list(nan_per)
@@ -483,8 +490,8 @@ class ExplodingTensor(BuiltinRule):
                 + ("" if self.only_nan else f", {int(inf_mat0[r0, j])} inf")
                 + (
                     ")"
-                    if sources[tensors[j]] != "min/max reductions"
-                    else "; from min/max, counts unknown)"
+                    if not sources[tensors[j]].endswith(_FLAGS)
+                    else f"; from {sources[tensors[j]]}, counts unknown)"
                 )
                 for j in cols[:6]
             )

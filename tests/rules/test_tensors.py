@@ -147,11 +147,24 @@ def test_exploding_tensor_from_count_and_minmax_reductions(tmp_path: Path) -> No
     assert result.evidence["tensors"] == ["a", "b", "c"]
     assert result.evidence["source"] == {
         "a": "nan_count/inf_count reductions",
-        "b": "min/max reductions",
-        "c": "min/max reductions",
+        "b": "min/max reductions (as flags)",
+        "c": "max reductions (as flags)",
     }
     assert [t.step for t in result.triggers] == [1, 2, 3]
     assert [t.step for t in ExplodingTensor(only_nan=True).evaluate(run).triggers] == [2, 3]
+    # the Recorder's defaults for gradients: l2, mean, std, abs_mean
+    grads = {
+        g: {
+            rname("gradient/w", "l2"): np.float64(np.nan if g == 2 else 1.0),
+            rname("gradient/w", "mean"): np.float64(np.inf if g == 1 else 0.1),
+            rname("gradient/w", "mean", abs=True): np.float64(0.2),
+        }
+        for g in range(4)
+    }
+    result = ExplodingTensor().evaluate(write_run(tmp_path / "grads", grads))
+    assert [t.step for t in result.triggers] == [1, 2]
+    assert result.evidence["source"] == {"gradient/w": "mean/abs_mean/l2 reductions (as flags)"}
+    assert "from mean/abs_mean/l2 reductions (as flags), counts unknown" in result.explanation
     nan_only = write_run(
         tmp_path / "nan_only", {g: {rname("d", "nan_count"): np.int64(g == 1)} for g in range(3)}
     )
