@@ -52,6 +52,15 @@ def sign_image(cls: int, size: int = 32) -> np.ndarray:
     return img
 
 
+def template_image(cls: int, size: int = 32) -> np.ndarray:
+    """The project's clean GTSRB-like sign template of a class on grey (HWC in [0, 1]); slow
+    on first use (the templates are drawn), so only docs/images use it."""
+    from pytest_modelrules.datasets.signs import templates
+
+    rgba = templates(size)[cls].astype(np.float64)
+    return rgba[..., :3] * rgba[..., 3:] + 0.6 * (1 - rgba[..., 3:])
+
+
 def write_demo_run(
     path: Path,
     *,
@@ -64,6 +73,7 @@ def write_demo_run(
     flip_confusion: float = 0.6,
     images: bool = True,
     name_metadata: bool = True,
+    image_fn=sign_image,
 ) -> Path:
     """Write a GTSRB-like run: loss, labels, logits (19 <-> 20 confused in EVAL), model
     inputs at EVAL steps (normalised with MEAN/STD, stored in the metadata), two ReLU layers
@@ -98,7 +108,7 @@ def write_demo_run(
                     w.write("CrossEntropyLoss_input_0", logits, step, mode)
                     w.write("CrossEntropyLoss_input_1", labels.astype(np.int64), step, mode)
                     if mode == "EVAL" and images:
-                        pix = np.stack([sign_image(int(c)) for c in labels])  # N H W C
+                        pix = np.stack([image_fn(int(c)) for c in labels])  # N H W C
                         norm = (pix - np.array(MEAN)) / np.array(STD)
                         w.write(
                             "ResNet_input_0",
@@ -131,3 +141,27 @@ def write_demo_run(
                     step += 1
         w.set_collections({"losses": {"tensor_names": ["CrossEntropyLoss_output_0"]}})
     return path
+
+
+def render_docs_images(out_dir: Path) -> list[Path]:
+    """docs/images/report_*.png: label counts of the seed-like run against the fixed run, and
+    the gallery of its mistakes (signs drawn by pytest_modelrules.datasets)."""
+    import tempfile
+
+    from pytest_modelrules.report import plots
+
+    with tempfile.TemporaryDirectory() as tmp:
+        seed = write_demo_run(Path(tmp) / "seed_run", image_fn=lambda c: template_image(c, 64))
+        fixed = write_demo_run(
+            Path(tmp) / "fixed_run", seed=1, balanced=True, flip_confusion=0.0, images=False
+        )
+        counts = out_dir / "report_label_counts.png"
+        gallery = out_dir / "report_misclassified.png"
+        plots.plot_label_counts(seed, baseline=fixed, path=counts)
+        plots.plot_misclassified(seed, max_images=8, path=gallery)
+    return [counts, gallery]
+
+
+if __name__ == "__main__":  # .venv/bin/python tests/report/report_synthetic.py
+    for written in render_docs_images(Path(__file__).resolve().parents[2] / "docs" / "images"):
+        print(written)
