@@ -98,26 +98,30 @@ def read_label_data(
 ) -> LabelData:
     """Decode labels (and predictions: argmax over the last axis when they hold one more axis
     than the labels, or when ``argmax`` and they hold more values than the labels) at every
-    step holding both, once per run."""
+    step holding both, every worker's shard, once per run."""
     mode_arg = None if mode in (None, ModeKeys.GLOBAL) else mode
     key = ("labels", labels_name, preds_name, int(mode_arg or 0), bool(argmax))
     cache = run_cache(run)
     if key in cache:
         return cache[key]
-    lab = run.tensor(labels_name).series(mode_arg)
-    g = lab.global_steps
-    lab_arrays = lab.arrays
-    modes = lab.modes
+    # every worker's shard counts (data parallel: each worker sees its own batches); values
+    # are matched by (global step, worker)
+    lab = run.tensor(labels_name).series(mode_arg, all_workers=True)
+    width = max(len(run.workers()), 1)
+    lab_keys = lab.global_steps * width + lab.workers
+    lab_idx = np.arange(len(lab_keys))
     pred_classes = None
     if preds_name is not None:
-        pred = run.tensor(preds_name).series(mode_arg)
-        common, il, ip = np.intersect1d(g, pred.global_steps, return_indices=True)
-        if len(common) != len(g):
-            lab_arrays = [lab_arrays[i] for i in il]
-            modes = modes[il]
-        g = common
-        pred_arrays = [pred.arrays[i] for i in ip]
+        pred = run.tensor(preds_name).series(mode_arg, all_workers=True)
+        pred_keys = pred.global_steps * width + pred.workers
+        _, lab_idx, pred_idx = np.intersect1d(lab_keys, pred_keys, return_indices=True)
+    lab_arrays = [lab.arrays[i] for i in lab_idx]
+    if preds_name is not None:
+        pred_arrays = [pred.arrays[i] for i in pred_idx]
         pred_classes = _predicted_classes(pred_arrays, lab_arrays, argmax, preds_name)
+    steps, first, which = np.unique(
+        lab.global_steps[lab_idx], return_index=True, return_inverse=True
+    )
     lengths = np.array([np.asarray(a).size for a in lab_arrays], dtype=np.int64)
     labels = (
         np.concatenate([np.asarray(a).reshape(-1) for a in lab_arrays])
@@ -133,9 +137,9 @@ def read_label_data(
             f"({len(pred_classes)} vs {len(labels)}); pass argmax=True for class scores"
         )
     data = LabelData(
-        g.astype(np.int64),
-        np.asarray(modes),
-        np.repeat(np.arange(len(g)), lengths),
+        steps.astype(np.int64),
+        np.asarray(lab.modes[lab_idx][first]),
+        np.repeat(np.asarray(which).reshape(-1), lengths),
         labels,
         pred_classes,
     )

@@ -394,3 +394,28 @@ def test_fixture_run_matches_plain_loops(smdebug_fixture_dir, smdebug_truth):
     assert failing  # the fixture's accuracy ramps: some early pass fails
     found = RecallFloor(phases="all", min_samples=4).evaluate(run)
     assert [t.step for t in found.triggers] == failing
+
+
+def test_every_worker_shard_counts(tmp_path):
+    """Data parallel: each worker saw its own half of the batch; both halves are counted."""
+    path = tmp_path / "r"
+    writers = [
+        RunWriter(path, f"worker_{r}", rank=r, num_workers=2, metadata={"class_names": ["a"] * 3})
+        for r in range(2)
+    ]
+    for g in range(4):
+        for r, w in enumerate(writers):
+            lab = np.full(8, r)  # worker 0: class 0, worker 1: class 1
+            pred = lab.copy()
+            if r == 1 and g == 2:
+                lab[:6], pred[:6] = 2, 1  # 6 confusions of 2 as 1, all on worker 1
+            w.write(LABELS, lab, g)
+            w.write(LOGITS, logits_for(pred, 3), g)
+    for w in writers:
+        w.close()
+    run = open_run(path)
+    assert run.num_workers == 2
+    counts = ClassImbalance(samples=1).evaluate(run).evidence["class_counts"]
+    assert counts.tolist() == [32, 26, 6]
+    result = DirectionConfusion(pairs="1-2", limit=5).evaluate(run)
+    assert result.first_step == 2 and result.figure == 6
