@@ -1,0 +1,225 @@
+"""Hostile and damaged native runs: each gives one CorruptRunError that names the file,
+never a crash, a hang or a big allocation; and loading never unpickles anything."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+import tracemalloc
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pytest_modelrules.exceptions import CorruptRunError
+from pytest_modelrules.store import RunWriter, open_run
+from pytest_modelrules.store.format import FILE_HEADER, RECORD_HEADER, parse_file_header
+
+
+def make_run(root: Path, steps: int = 3) -> Path:
+    with RunWriter(root) as w:
+        for g in range(steps):
+            w.write("x", np.arange(6, dtype=np.float32).reshape(2, 3) + g, g)
+    return root
+
+
+def tensor_file(root: Path, name: str = "x") -> Path:
+    return root / "workers" / "worker_0" / "tensors" / f"{name}.mrt"
+
+
+def record_offsets(path: Path) -> list[int]:
+    """File offsets of each record of a (sound) file."""
+    data = path.read_bytes()
+    pos = parse_file_header(data, str(path)).data_offset
+    out = []
+    while pos < len(data):
+        out.append(pos)
+        (*_, nbytes, _m, _c, ndim, _f) = RECORD_HEADER.unpack_from(data, pos)
+        pos += RECORD_HEADER.size + 8 * ndim + nbytes
+    return out
+
+
+def patch_record(path: Path, rec: int, fmt: str, at: int, value, fix_crc: bool = True) -> None:
+    """Overwrite a field of record ``rec`` (at byte ``at`` of its header) and re-sign it, so
+    that only the structural check can catch it."""
+    data = bytearray(path.read_bytes())
+    offs = record_offsets(path)
+    pos = offs[rec]
+    struct.pack_into(fmt, data, pos + at, *([value] if not isinstance(value, tuple) else value))
+    if fix_crc:
+        end = offs[rec + 1] if rec + 1 < len(offs) else len(data)
+        struct.pack_into("<I", data, pos + 4, zlib.crc32(bytes(data[pos + 8 : end])))
+    path.write_bytes(bytes(data))
+
+
+def read_everything(root: Path) -> None:
+    run = open_run(root)
+    for name in run.tensor_names():
+        run.tensor(name).values()
+        run.tensor(name).series().stack()
+
+
+def expect_corrupt(root: Path, match: str, path: Path) -> CorruptRunError:
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptRunError, match=match) as err:
+            read_everything(root)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(err.value)
+    assert peak < 20 << 20, f"reading a hostile file allocated {peak} bytes"
+    return err.value
+
+
+def test_record_claiming_10_to_the_12_elements(tmp_path):
+    root = make_run(tmp_path / "r")
+    f = tensor_file(root)
+    # shape (10**6, 10**6) float32 and a matching byte count: 4 TB claimed by a 48-byte header
+    data = bytearray(f.read_bytes())
+    pos = record_offsets(f)[1]
+    struct.pack_into("<Q", data, pos + 32, 4 * 10**12)
+    struct.pack_into("<QQ", data, pos + RECORD_HEADER.size, 10**6, 10**6)
+    f.write_bytes(bytes(data))
+    err = expect_corrupt(root, r"claims 4000000000000 bytes", f)
+    assert err.offset == pos
+
+
+def test_shape_disagreeing_with_byte_count(tmp_path):
+    root = make_run(tmp_path / "r")
+    f = tensor_file(root)
+    patch_record(f, 0, "<QQ", RECORD_HEADER.size, (2**63, 3))
+    expect_corrupt(root, r"record of shape \(9223372036854775808, 3\) .* claims 24 bytes", f)
+
+
+def test_truncated_inside_a_committed_step(tmp_path):
+    root = make_run(tmp_path / "r")
+    f = tensor_file(root)
+    f.write_bytes(f.read_bytes()[: record_offsets(f)[2] + 60])
+    expect_corrupt(root, "truncated inside the record of committed step 2", f)
+
+
+def test_wrong_dtype_code(tmp_path):
+    root = make_run(tmp_path / "r")
+    f = tensor_file(root)
+    patch_record(f, 1, "<B", 41, 200)
+    expect_corrupt(root, "unknown dtype code 200", f)
+
+
+def test_bad_record_magic_and_bad_file_magic(tmp_path):
+    root = make_run(tmp_path / "r")
+    f = tensor_file(root)
+    patch_record(f, 1, "<4s", 0, b"EVIL")
+    expect_corrupt(root, "bad record magic b'EVIL'", f)
+    root2 = make_run(tmp_path / "r2")
+    f2 = tensor_file(root2)
+    f2.write_bytes(b"\x80\x04PICKLE!" + f2.read_bytes()[8:])
+    expect_corrupt(root2, "not a pytest-modelrules file", f2)
+
+
+def test_flipped_payload_byte_fails_the_checksum(tmp_path):
+    root = make_run(tmp_path / "r", steps=10)
+    f = tensor_file(root)
+    data = bytearray(f.read_bytes())
+    data[record_offsets(f)[6] + RECORD_HEADER.size + 16 + 5] ^= 0x10
+    f.write_bytes(bytes(data))
+    expect_corrupt(root, "checksum mismatch in the record of step 6", f)
+
+
+def test_too_many_dimensions_unknown_mode_and_flags(tmp_path):
+    for at, value, match in ((42, 200, "200 dimensions"), (40, 9, "unknown mode 9"),
+                             (43, 1, "unknown record flags")):  # fmt: skip
+        root = make_run(tmp_path / f"r{at}")
+        f = tensor_file(root)
+        patch_record(f, 0, "<B", at, value)
+        expect_corrupt(root, match, f)
+
+
+def test_steps_going_back_within_a_file(tmp_path):
+    root = make_run(tmp_path / "r", steps=6)
+    f = tensor_file(root)
+    patch_record(f, 4, "<q", 8, 1)
+    expect_corrupt(root, "steps must increase within a file", f)
+
+
+def test_giant_file_header_length(tmp_path):
+    root = make_run(tmp_path / "r")
+    f = tensor_file(root)
+    data = bytearray(f.read_bytes())
+    struct.pack_into("<I", data, 8, 0xFFFFFFF0)
+    f.write_bytes(bytes(data))
+    expect_corrupt(root, "file header claims 4294967280 bytes of JSON", f)
+
+
+def test_file_header_with_bad_json_or_wrong_kind(tmp_path):
+    root = make_run(tmp_path / "r")
+    f = tensor_file(root)
+    raw = b'{"kind": "tensor", "name": '
+    f.write_bytes(FILE_HEADER.pack(b"MRTFILE1", len(raw), zlib.crc32(raw)) + raw)
+    expect_corrupt(root, "file header is not valid JSON", f)
+    raw = b'{"kind": "steps", "name": "x", "worker": "worker_0"}'
+    f.write_bytes(FILE_HEADER.pack(b"MRTFILE1", len(raw), zlib.crc32(raw)) + raw)
+    expect_corrupt(root, "file kind 'steps', expected 'tensor'", f)
+
+
+@pytest.mark.parametrize(
+    ("rel", "content", "match"),
+    [
+        ("run.json", '{"format": "pytest-modelrules", "version": ', "invalid JSON"),
+        ("run.json", "[1, 2]", "expected a JSON object"),
+        ("run.json", '{"format": "pytest-modelrules", "version": 99}', "newer than this reader"),
+        ("run.json", '{"format": "safetensors", "version": 1}', "format is 'safetensors'"),
+        ("workers/worker_0/worker.json", "{'rank': 0}", "invalid JSON"),
+        ("workers/worker_0/worker.json", '{"rank": 3, "num_workers": 2}', "invalid rank 3"),
+        ("workers/worker_0/worker.json", '{"rank": 0, "num_workers": 1, "metadata": []}',
+         "'metadata' must be a JSON object"),
+        ("workers/worker_0/END", "NaN garbage", "invalid JSON"),
+        ("run.json", "[" * 100000 + "]" * 100000, "invalid JSON"),
+    ],
+)  # fmt: skip
+def test_bad_json_files(tmp_path, rel, content, match):
+    root = make_run(tmp_path / "r")
+    (root / rel).write_text(content)
+    expect_corrupt(root, match, root / rel)
+
+
+def test_steps_file_damage_is_named(tmp_path):
+    root = make_run(tmp_path / "r")
+    f = root / "workers" / "worker_0" / "steps.mrt"
+    patch_record(f, 1, "<B", 41, 77)
+    expect_corrupt(root, "unknown dtype code 77", f)
+
+
+class _Boom:
+    def __reduce__(self):
+        return (exec, ("raise SystemExit('pickle executed')",))
+
+
+def test_loading_never_unpickles(tmp_path, monkeypatch, smdebug_fixture_dir):
+    payload = pickle.dumps(_Boom())
+    root = tmp_path / "r"
+    with RunWriter(root, metadata={"blob": payload.hex(), "class_names": ["a"]}) as w:
+        w.write("pickled", np.frombuffer(payload, np.uint8), 0)
+        w.write("x", np.zeros(3), 0)
+    calls = []
+
+    def forbidden(*a, **k):
+        calls.append(a)
+        raise AssertionError("loading a run must never unpickle")
+
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "Unpickler", forbidden)
+    real_np_load = np.load
+    monkeypatch.setattr(
+        np, "load", lambda *a, **k: real_np_load(*a, **{**k, "allow_pickle": False})
+    )
+    run = open_run(root)
+    got = run.tensor("pickled").value(0)
+    assert got.dtype == np.uint8 and got.tobytes() == payload  # bytes, never an object
+    assert run.metadata["blob"] == payload.hex()
+    read_everything(root)
+    read_everything(smdebug_fixture_dir)
+    assert calls == []
