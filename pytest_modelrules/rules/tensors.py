@@ -505,7 +505,10 @@ class ExplodingTensor(BuiltinRule):
         else:
             text = f"No {what} in {len(tensors)} tensor(s) over {len(steps)} steps."
         if skipped:
-            text += f" Not checked (no readable form stored): {', '.join(skipped[:5])}."
+            text += (
+                " Not checked (neither the full tensor nor a reduction that shows NaN/inf is "
+                f"stored): {', '.join(skipped[:5])}."
+            )
         count = float(bad.sum())
         return self.make_result(
             bool(len(rows)),
@@ -682,6 +685,11 @@ class PoorWeightInitialization(BuiltinRule):
                 f"{self.activation_inputs_regex!r}, no gradient tensors, no loss tensors",
                 run,
             )
+        not_run = [
+            c
+            for c in ("activation-input variance ratio", "gradient spread", "loss decrease")
+            if c not in checks
+        ]
         trig = sorted(bad_steps)
         triggers = sel.trigger_steps(self, run, trig)
         window = f"the first {self.steps} {'TRAIN ' if _train_mode(run) else ''}steps"
@@ -695,6 +703,8 @@ class PoorWeightInitialization(BuiltinRule):
             text = (
                 f"No sign of poor initialisation within {window}. Checks run: {', '.join(checks)}."
             )
+        if not_run:
+            text += f" Not run (tensors missing): {', '.join(not_run)}."
         evidence["checks"] = checks
         evidence["reasons"] = {int(k): v for k, v in bad_steps.items()}
         return self.make_result(
@@ -945,8 +955,8 @@ class UnchangedTensor(BuiltinRule):
             )
         else:
             text = (
-                f"Every one of {len(tensors)} tensor(s) changed within each {self.num_steps} saved "
-                f"steps over {len(steps)} steps."
+                f"None of {len(tensors)} tensor(s) stayed the same over {self.num_steps} saved "
+                f"values in {len(steps)} steps."
             )
         skipped = [n for n in names if n not in per]
         if skipped:
