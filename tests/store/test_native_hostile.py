@@ -3,7 +3,6 @@ never a crash, a hang or a big allocation; and loading never unpickles anything.
 
 from __future__ import annotations
 
-import json
 import pickle
 import struct
 import tracemalloc

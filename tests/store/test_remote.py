@@ -1,0 +1,152 @@
+"""Runs behind fsspec URLs: memory:// and S3 (moto's server on 127.0.0.1, started here)."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pytest_modelrules.store import RunWriter, open_run
+from pytest_modelrules.store.smdebug_writer import SMDebugWriter
+
+
+def _upload(fs, local: Path, prefix: str) -> None:
+    """Copy a local folder's files under ``prefix`` (same relative keys)."""
+    for f in sorted(p for p in local.rglob("*") if p.is_file()):
+        fs.put_file(str(f), f"{prefix}/{f.relative_to(local).as_posix()}")
+
+
+def _native_run(path, steps: int = 5, **kw) -> dict[int, np.ndarray]:
+    vals = {g: np.arange(12, dtype=np.float32).reshape(3, 4) * g for g in range(steps)}
+    with RunWriter(path, metadata={"class_names": ["stop", "yield"]}, **kw) as w:
+        for g, v in vals.items():
+            w.write("logits", v, g, "TRAIN" if g < 3 else "EVAL")
+            w.write("loss", np.float32(g), g, "TRAIN" if g < 3 else "EVAL")
+    return vals
+
+
+def _check_native(run, vals) -> None:
+    assert run.layout == "native" and run.has_ended
+    assert run.steps() == sorted(vals)
+    assert run.steps("EVAL") == [0, 1]
+    assert run.class_names == ["stop", "yield"]
+    got = run.tensor("logits").values()
+    assert all(np.array_equal(got[g], v) for g, v in vals.items())
+
+
+def test_memory_url_native_and_smdebug(tmp_path, smdebug_fixture_dir, smdebug_truth):
+    import fsspec
+
+    base = f"memory://modelrules-{uuid.uuid4().hex}"
+    vals = _native_run(f"{base}/native")
+    _check_native(open_run(f"{base}/native"), vals)
+    fs = fsspec.filesystem("memory")
+    fs.put(str(smdebug_fixture_dir), f"{base}/smd", recursive=True)
+    run = open_run(f"{base}/smd")
+    assert run.layout == "smdebug" and len(run.steps()) == 40
+    g = 17
+    v = run.tensor("CrossEntropyLoss_input_0").value(g)
+    assert v.tobytes() == smdebug_truth[f"{g}/CrossEntropyLoss_input_0"].tobytes()
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on a free local port, and the storage options that reach it."""
+    pytest.importorskip("s3fs")
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    opts = {"client_kwargs": {"endpoint_url": endpoint}, "key": "x", "secret": "y"}
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**opts)
+    fs.mkdir("runs")
+    try:
+        yield opts
+    finally:
+        server.stop()
+
+
+def test_s3_native_run_written_through_the_url(s3):
+    url = "s3://runs/native-1"
+    vals = _native_run(url, storage_options=s3)
+    _check_native(open_run(url, storage_options=s3), vals)
+    with pytest.raises(FileExistsError, match="already holds a recorded run"):
+        RunWriter(url, storage_options=s3)
+
+
+def test_s3_reader_sees_synced_steps_of_a_live_run(s3):
+    url = "s3://runs/live"
+    w = RunWriter(url, storage_options=s3)
+    for g in range(3):
+        w.write("x", np.full(4, g, np.int64), g)
+    w.end_step()
+    w.sync()
+    run = open_run(url, storage_options=s3)
+    assert run.steps() == [0, 1, 2] and not run.has_ended
+    for g in range(3, 6):
+        w.write("x", np.full(4, g, np.int64), g)
+    w.sync()  # step 5 is in flight: only 3 and 4 are committed
+    run.refresh()
+    assert run.steps() == [0, 1, 2, 3, 4]
+    assert run.tensor("x").value(4).tolist() == [4, 4, 4, 4]
+    staged = Path(w.root)
+    w.close()
+    assert not staged.exists()  # staging removed once everything is uploaded
+    run.refresh()
+    assert run.has_ended and run.steps() == list(range(6))
+
+
+def test_s3_smdebug_run(s3, tmp_path, smdebug_fixture_dir, smdebug_truth):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3)
+    fs.put(str(smdebug_fixture_dir), "runs/smd", recursive=True)
+    run = open_run("s3://runs/smd", storage_options=s3)
+    assert run.layout == "smdebug" and run.has_ended
+    rows = smdebug_truth["__steps__"]
+    assert run.steps("EVAL") == sorted(rows[rows[:, 1] == 2][:, 2].tolist())
+    got = run.tensor("CrossEntropyLoss_input_1").values()
+    assert len(got) == 40
+    assert all(
+        v.tobytes() == smdebug_truth[f"{g}/CrossEntropyLoss_input_1"].tobytes()
+        for g, v in got.items()
+    )
+    # a run that grows on S3: refresh picks up new index files
+    local = tmp_path / "grow"
+    w = SMDebugWriter(local)
+    w.write("loss", np.float32(1), 0)
+    w.end_step()
+    _upload(fs, local, "runs/grow")
+    live = open_run("s3://runs/grow", storage_options=s3)
+    assert live.steps() == [0] and not live.has_ended
+    w.write("loss", np.float32(2), 1)
+    w.close()
+    _upload(fs, local, "runs/grow")
+    live.refresh()
+    assert live.steps() == [0, 1] and live.has_ended
+    assert live.tensor("loss").value(1).item() == 2.0
+
+
+def test_failed_upload_keeps_the_staged_run(tmp_path):
+    w = RunWriter("memory://modelrules-fail/run")
+    w.write("x", np.zeros(2), 0)
+
+    def broken(*a, **k):
+        raise ConnectionError("network down")
+
+    w.sync = broken  # what close() calls to upload
+    with pytest.raises(OSError, match="the recorded run is kept in") as err:
+        w.close()
+    staged = Path(w.root)
+    assert staged.is_dir() and str(staged) in str(err.value)
+    run = open_run(staged)
+    assert run.steps() == [0]
