@@ -134,3 +134,61 @@ def test_missing_head_or_frozen_match(tmp_path: Path) -> None:
     ]
     assert registry()["transfer_learning"] is TransferLearning
     assert TransferLearning.default_enabled is False
+
+
+def _record_tiny_finetune(path: Path, freeze: bool) -> Path:
+    """A few SGD steps of a tiny conv net recorded by the Recorder (its default collections:
+    reductions only for weights, gradients and ReLU outputs)."""
+    import torch
+
+    from pytest_modelrules.capture.recorder import Recorder
+
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.relu = torch.nn.ReLU()
+            self.fc = torch.nn.Linear(4 * 6 * 6, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.relu(self.conv(x)).flatten(1))
+
+    model = Net()
+    if freeze:
+        for p in model.conv.parameters():
+            p.requires_grad_(False)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    rec = Recorder(path, model, loss=loss_fn, optimizer=opt, save_interval=1, async_write=False)
+    for _ in range(4):
+        x, y = torch.rand(8, 3, 8, 8), torch.randint(0, 5, (8,))
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    rec.close()
+    return path
+
+
+@pytest.mark.slow
+def test_rules_read_what_the_recorder_writes(tmp_path: Path) -> None:
+    from pytest_modelrules.rules.activations import DeadRelu
+    from pytest_modelrules.rules.tensors import VanishingGradient
+
+    frozen = _record_tiny_finetune(tmp_path / "frozen", freeze=True)
+    result = TransferLearning(head_regex="fc").evaluate(frozen)
+    assert not result.triggered
+    assert result.evidence["frozen"] == ["conv.bias", "conv.weight"]  # no gradient recorded
+    assert set(result.evidence["frozen_source"].values()) == {"l2 reduction (approximate)"}
+    assert DeadRelu().evaluate(frozen).evidence["source"] == {
+        "relu_output_0": "positive_fraction reduction"
+    }
+    assert set(VanishingGradient().evaluate(frozen).evidence["source"].values()) == {
+        "abs_mean reduction"
+    }
+    # forgot to freeze: the backbone moves
+    trained = _record_tiny_finetune(tmp_path / "trained", freeze=False)
+    moved = TransferLearning(frozen_regex="^conv", head_regex="fc").evaluate(trained)
+    assert moved.triggered and moved.first_step == 1
+    assert "frozen parameter conv." in moved.explanation
