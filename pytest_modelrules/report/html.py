@@ -199,9 +199,9 @@ def _draw(key: str, run: Any, baseline: Any, results: list[RuleResult]) -> Any:
     if key == "misclassified":
         return plots.plot_misclassified(run)
     if key == "dead_relu":
-        return plots.plot_dead_relu(run, baseline=baseline)
+        return plots.plot_dead_relu(run, baseline=baseline, results=results)
     if key == "gradient_norms":
-        return plots.plot_gradient_norms(run, baseline=baseline)
+        return plots.plot_gradient_norms(run, baseline=baseline, results=results)
     raise KeyError(key)
 
 

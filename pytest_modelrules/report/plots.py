@@ -100,6 +100,15 @@ def _mode(mode: Any) -> ModeKeys | None:
     return None if m is ModeKeys.GLOBAL else m
 
 
+def _mode_with_data(run: Run, mode: Any) -> ModeKeys | None:
+    """``mode`` as ModeKeys; a run that recorded no step in that mode (a SageMaker Debugger
+    job that never set modes saves GLOBAL steps only) is read over all its steps instead."""
+    m = _mode(mode)
+    if m is not None and not run.steps(m):
+        return None
+    return m
+
+
 def _step_label(mode: ModeKeys | None) -> str:
     return "global step" if mode is None else f"{mode.name} step"
 
@@ -163,7 +172,7 @@ def label_counts(
     """Samples per class seen in ``mode`` (all labels joined with ``Series.concat``)."""
     run = _open(run)
     name = find_tensor(run, _LABEL_NAMES, "labels", tensor)
-    series = run.tensor(name).series(_mode(mode))
+    series = run.tensor(name).series(_mode_with_data(run, mode))
     arrays = series.arrays
     labels = (
         series.concat().astype(np.int64)
@@ -220,6 +229,17 @@ def _subsample(n: int, max_points: int, keep: Iterable[int] = ()) -> np.ndarray:
     return np.union1d(idx, extra)
 
 
+def _thin(
+    steps: np.ndarray, values: np.ndarray, max_points: int, extremes: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """At most ~max_points of a line, evenly spread, keeping its smallest and largest values."""
+    keep: list[int] = []
+    if extremes and len(values) > max_points and np.isfinite(values).any():
+        keep = [int(np.nanargmin(values)), int(np.nanargmax(values))]
+    idx = _subsample(len(steps), max_points, keep)
+    return steps[idx], values[idx]
+
+
 def _scalar_series(run: Run, name: str, mode: ModeKeys | None) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values) of a tensor whose values are scalars (means taken otherwise)."""
     s = run.tensor(name).series(mode)
@@ -249,6 +269,19 @@ def _trigger_points(
                 continue
             points.append((r.name, m, ms))
     return points
+
+
+def _mark_first_triggers(
+    ax: Axes, run: Run, results: Iterable[RuleResult] | None, plot_key: str, mode: ModeKeys | None
+) -> None:
+    """A dotted red line at the first trigger of each rule this plot is evidence of."""
+    seen: set[str] = set()
+    for rule, m, ms in _trigger_points(run, results, plot_key, limit=1):
+        if rule in seen or (mode is not None and m != mode):
+            continue
+        seen.add(rule)
+        x = ms if mode is not None else run.global_step(m, ms)
+        ax.axvline(x, color="C3", ls=":", lw=1.2, label=f"{rule} first triggered")
 
 
 # -- the plots ----------------------------------------------------------------------------------
@@ -339,7 +372,7 @@ def plot_label_counts(
     x ticks named by class, the max/min ratio (what ClassImbalance compares) in the title."""
     run = _open(run)
     name = find_tensor(run, _LABEL_NAMES, "labels", tensor)
-    m = _mode(mode)
+    m = _mode_with_data(run, mode)
     n_hint = num_classes or len(class_names or run.class_names or [])
     counts = [(run.name, label_counts(run, m, tensor=name, num_classes=n_hint))]
     if baseline is not None:
@@ -658,18 +691,27 @@ def dead_relu_percent(
     ``threshold_inactivity`` percent of the batch (DeadRelu's definition). Reads the stored
     ``positive_fraction`` reduction when present, the full activations otherwise."""
     run = _open(run)
-    m = _mode(mode)
+    m = _mode_with_data(run, mode)
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for layer, stored in _reduction_sources(run, regex, "positive_fraction").items():
         s = run.tensor(stored or layer).series(m)
         if not len(s):
             continue
-        fracs = (
-            s.arrays if stored else [compute_reduction(a, "positive_fraction") for a in s.arrays]
-        )
-        dead = np.array(
-            [100.0 * float(np.mean(np.asarray(f) * 100.0 < threshold_inactivity)) for f in fracs]
-        )
+        if stored and s.uniform:  # one (steps, units) array: vectorised over steps
+            fr = s.stack().reshape(len(s), -1).astype(np.float64)
+            dead = 100.0 * np.mean(fr * 100.0 < threshold_inactivity, axis=1)
+        else:
+            fracs = (
+                s.arrays
+                if stored
+                else [compute_reduction(a, "positive_fraction") for a in s.arrays]
+            )
+            dead = np.array(
+                [
+                    100.0 * float(np.mean(np.asarray(f) * 100.0 < threshold_inactivity))
+                    for f in fracs
+                ]
+            )
         out[layer] = (s.steps, dead)
     return out
 
@@ -682,12 +724,16 @@ def plot_dead_relu(
     threshold_inactivity: float = 1.0,
     threshold_layer: float = 50.0,
     baseline: Any = None,
+    results: Iterable[RuleResult] | None = None,
+    max_points: int = MAX_LOSS_POINTS,
     path: str | os.PathLike | None = None,
 ) -> Figure:
     """Percent of dead ReLU units per layer over steps, with DeadRelu's ``threshold_layer``
-    as a dashed line (a baseline's layers dashed in the same colours)."""
+    as a dashed line (a baseline's layers dashed in the same colours) and the first trigger
+    of DeadRelu in ``results`` marked; lines longer than ``max_points`` are thinned, keeping
+    each layer's worst step."""
     run = _open(run)
-    m = _mode(mode)
+    m = _mode_with_data(run, mode)
     data = dead_relu_percent(run, m, regex=regex, threshold_inactivity=threshold_inactivity)
     if not data:
         raise MissingTensorError(
@@ -703,7 +749,8 @@ def plot_dead_relu(
     ax = fig.subplots()
     many = len(data) > 12
     colors = _layer_colors(len(data))
-    for k, (layer, (steps, dead)) in enumerate(data.items()):
+    for k, (layer, (all_steps, all_dead)) in enumerate(data.items()):
+        steps, dead = _thin(all_steps, all_dead, max_points)
         ax.plot(
             steps,
             dead,
@@ -714,10 +761,11 @@ def plot_dead_relu(
             label=None if many else _layer_label(layer),
         )
         if layer in base:
-            ax.plot(*base[layer], color=colors[k], lw=1, ls="--")
+            ax.plot(*_thin(*base[layer], max_points), color=colors[k], lw=1, ls="--")
     ax.axhline(
         threshold_layer, color="C3", ls="--", lw=1, label=f"threshold_layer {threshold_layer:g}%"
     )
+    _mark_first_triggers(ax, run, results, "dead_relu", m)
     ax.set_ylim(-2, 102)
     ax.set_xlabel(_step_label(m))
     ax.set_ylabel("dead units (%)")
@@ -762,13 +810,15 @@ def gradient_norms(
     """{gradient tensor: (steps, L2 norm)}, from the stored ``l2`` reductions
     (``smdebug/reductions/l2/gradient/...``) when present, the full gradients otherwise."""
     run = _open(run)
-    m = _mode(mode)
+    m = _mode_with_data(run, mode)
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for grad, stored in _reduction_sources(run, regex, "l2").items():
         s = run.tensor(stored or grad).series(m)
         if not len(s):
             continue
-        if stored:
+        if stored and s.uniform and s.arrays[0].size == 1:
+            vals = s.stack().reshape(len(s)).astype(np.float64)
+        elif stored:
             vals = np.array(
                 [float(np.asarray(a).reshape(-1)[0]) if np.size(a) else np.nan for a in s.arrays]
             )
@@ -784,12 +834,16 @@ def plot_gradient_norms(
     mode: Any = "TRAIN",
     regex: str = r"^gradient/",
     baseline: Any = None,
+    results: Iterable[RuleResult] | None = None,
+    max_points: int = MAX_LOSS_POINTS,
     path: str | os.PathLike | None = None,
 ) -> Figure:
     """L2 norm of each gradient over steps on a log scale (vanishing and exploding gradients
-    show as lines falling to the floor or shooting up); layers coloured by depth when many."""
+    show as lines falling to the floor or shooting up), the first trigger of each gradient
+    rule in ``results`` marked; layers coloured by depth when many; lines longer than
+    ``max_points`` are thinned, keeping each one's extremes."""
     run = _open(run)
-    m = _mode(mode)
+    m = _mode_with_data(run, mode)
     data = gradient_norms(run, m, regex=regex)
     if not data:
         raise MissingTensorError(
@@ -802,13 +856,15 @@ def plot_gradient_norms(
     many = len(data) > 12
     colors = _layer_colors(len(data))
     floor = 1e-30
-    for k, (grad, (steps, vals)) in enumerate(data.items()):
+    for k, (grad, series) in enumerate(data.items()):
+        steps, vals = _thin(*series, max_points)
         ax.plot(
             steps, np.maximum(vals, floor), color=colors[k], lw=1.2, label=None if many else grad
         )
         if grad in base:
-            bs, bv = base[grad]
+            bs, bv = _thin(*base[grad], max_points)
             ax.plot(bs, np.maximum(bv, floor), color=colors[k], lw=1, ls="--")
+    _mark_first_triggers(ax, run, results, "gradient_norms", m)
     ax.set_yscale("log")
     ax.set_xlabel(_step_label(m))
     ax.set_ylabel("gradient L2 norm")
@@ -817,6 +873,6 @@ def plot_gradient_norms(
     ax.grid(alpha=0.3, which="both")
     if many:
         _depth_colorbar(fig, ax, list(data))
-    else:
+    if ax.get_legend_handles_labels()[1]:
         ax.legend(fontsize=7, loc="best")
     return _finish(fig, path)

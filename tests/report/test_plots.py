@@ -314,3 +314,37 @@ def test_plots_do_not_import_matplotlib_at_package_import():
         "assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_run_without_modes_is_drawn_over_global_steps(tmp_path):
+    """A SageMaker Debugger job that never set a mode saves GLOBAL steps only."""
+    rng = np.random.default_rng(0)
+    with RunWriter(tmp_path / "run") as w:
+        for s in range(5):
+            w.write(LOSS, np.float32(1 / (s + 1)), s, "GLOBAL")
+            w.write(LABELS, rng.integers(0, 5, 16), s, "GLOBAL")
+            w.write("net.relu_output_0", rng.normal(size=(16, 8)).clip(0), s, "GLOBAL")
+    run = open_run(tmp_path / "run")
+    loss = plots.plot_loss(run).axes
+    assert len(loss) == 1 and loss[0].get_xlabel() == "global step"
+    assert len(loss[0].get_lines()[0].get_xdata()) == 5
+    counts = plots.plot_label_counts(run).axes[0]
+    assert sum(p.get_height() for p in counts.containers[0]) == 80
+    assert "all modes" in counts.get_title()
+    relu = plots.plot_dead_relu(run).axes[0]
+    assert relu.get_xlabel() == "global step" and len(relu.get_lines()[0].get_xdata()) == 5
+
+
+def test_first_triggers_are_marked_on_dead_relu_and_gradient_plots(demo_run_dir):
+    run = open_run(demo_run_dir)
+    dead = RuleResult("DeadRelu", "dead_relu", True, triggers=[TriggerStep(22, "TRAIN", 16)])
+    grad = RuleResult("VanishingGradient", "vanishing_gradient", True, triggers=[TriggerStep(3)])
+    other = RuleResult("Confusion", "confusion", True, triggers=[TriggerStep(5)])
+    relu_ax = plots.plot_dead_relu(run, results=[dead, grad, other]).axes[0]
+    marks = {ln.get_label(): list(ln.get_xdata()) for ln in relu_ax.get_lines()}
+    assert marks["dead_relu first triggered"] == [16, 16]
+    assert not [k for k in marks if k.startswith(("vanishing", "confusion"))]
+    grad_ax = plots.plot_gradient_norms(run, results=[dead, grad]).axes[0]
+    marks = {ln.get_label(): list(ln.get_xdata()) for ln in grad_ax.get_lines()}
+    assert marks["vanishing_gradient first triggered"] == [run.mode_step(3)] * 2
+    assert "dead_relu first triggered" not in marks
