@@ -38,10 +38,6 @@ def base_names(run: Any) -> list[str]:
     return sorted(names)
 
 
-def has_full(run: Any, name: str) -> bool:
-    return run.has_tensor(name)
-
-
 def stored_reduction(run: Any, name: str, reduction: str, abs: bool = False) -> str | None:
     """The name of a stored reduction of ``name``, or None when the run has none."""
     red = reduction_tensor_name(name, reduction, abs)
@@ -221,10 +217,6 @@ def pct(x: float) -> str:
 def flat_float(stacked: np.ndarray) -> np.ndarray:
     """(steps, *shape) -> (steps, elements) as float64."""
     return stacked.reshape(stacked.shape[0], -1).astype(np.float64, copy=False)
-
-
-def is_numeric(arr: np.ndarray) -> bool:
-    return arr.dtype.kind in "biufc"
 
 
 def rows_close(
