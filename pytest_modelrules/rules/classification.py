@@ -136,10 +136,17 @@ def read_label_data(
             f"{preds_name} and {labels_name} hold different numbers of samples "
             f"({len(pred_classes)} vs {len(labels)}); pass argmax=True for class scores"
         )
+    sample_step = np.repeat(np.asarray(which).reshape(-1), lengths)
+    keep = labels >= 0  # PyTorch's ignore_index (-100) marks samples the loss ignores
+    if not keep.all():
+        labels, sample_step = labels[keep], sample_step[keep]
+        pred_classes = pred_classes[keep] if pred_classes is not None else None
+    if pred_classes is not None and len(pred_classes) and pred_classes.min() < 0:
+        raise RuleError(f"{preds_name} holds negative predicted classes ({pred_classes.min()})")
     data = LabelData(
         steps.astype(np.int64),
         np.asarray(lab.modes[lab_idx][first]),
-        np.repeat(np.asarray(which).reshape(-1), lengths),
+        sample_step,
         labels,
         pred_classes,
     )
@@ -183,14 +190,6 @@ def class_label(run: Any, cls: int) -> str:
     return str(cls)
 
 
-def _check_classes(rule: BuiltinRule, data: LabelData, labels_name: str) -> None:
-    if len(data.labels) and data.labels.min() < 0:
-        raise RuleError(
-            f"{type(rule).__name__}: tensor {labels_name!r} holds negative class labels "
-            f"({data.labels.min()})"
-        )
-
-
 # -- ClassImbalance ----------------------------------------------------------------------------
 
 
@@ -227,7 +226,6 @@ class ClassImbalance(BuiltinRule):
             self, run, self.labels_regex, self.predictions_regex, need_predictions=False
         )
         data = read_label_data(run, lname, pname, self.mode, bool(self.argmax))
-        _check_classes(self, data, lname)
         n = len(data.global_steps)
         if n == 0 or len(data.labels) == 0:
             return self.make_result(False, f"{lname} holds no labels.", skipped=True)
@@ -352,7 +350,6 @@ class Confusion(BuiltinRule):
             predictions_collection=self.predictions_collection,
         )
         data = read_label_data(run, lname, pname, self.mode, False)
-        _check_classes(self, data, lname)
         assert data.predictions is not None
         n = len(data.global_steps)
         if n == 0 or len(data.labels) == 0:

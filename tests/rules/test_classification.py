@@ -419,3 +419,12 @@ def test_every_worker_shard_counts(tmp_path):
     assert counts.tolist() == [32, 26, 6]
     result = DirectionConfusion(pairs="1-2", limit=5).evaluate(run)
     assert result.first_step == 2 and result.figure == 6
+
+
+def test_ignored_labels_are_left_out(tmp_path):
+    lab = np.array([0, 1, -100, -100, 1, 0])
+    pred = np.array([0, 1, 1, 1, 1, 0])
+    run = write_steps(tmp_path / "r", [("TRAIN", lab, pred)], k=2)
+    counts = ClassImbalance(samples=1).evaluate(run).evidence["class_counts"]
+    assert counts.tolist() == [2, 2]
+    assert not Confusion().evaluate(run).triggered
