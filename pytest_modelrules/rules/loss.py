@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import weakref
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from typing import Any, ClassVar
 
 import numpy as np
@@ -309,25 +309,22 @@ class LossNotDecreasing(BuiltinRule):
             if not run._has_step(int(global_step), None) or run.mode(global_step) != mode:
                 raise TensorUnavailableForStep(self._step_names[0], global_step, None)
             step = run.mode_step(global_step)
-        mode_arg = None if mode is ModeKeys.GLOBAL else mode
         saved_any = False
         triggered = False
         for name in self._step_names:
-            tensor = run.tensor(name)
-            steps = tensor.steps(mode_arg)
-            if step not in steps:
+            steps, _, values = scalar_series(run, name, mode)  # decoded once per run
+            pos = int(np.searchsorted(steps, step))
+            if pos >= len(steps) or steps[pos] != step:
                 continue
             saved_any = True
             last = self._last_checked.get(name)
             if last is not None and step < last + self.num_steps:
                 continue
-            i = bisect_right(steps, step - self.num_steps) - 1
+            i = int(np.searchsorted(steps, step - self.num_steps, side="right")) - 1
             if i < 0:
                 continue
-            now = float(np.asarray(tensor.value(step, mode_arg)).reshape(-1)[0])
-            before = float(np.asarray(tensor.value(steps[i], mode_arg)).reshape(-1)[0])
             self._last_checked[name] = step
-            if bool(self._fails(np.float64(now), np.float64(before))):
+            if bool(self._fails(values[pos], values[i])):
                 triggered = True
         if not saved_any:
             raise TensorUnavailableForStep(self._step_names[0], global_step, None)
