@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> dict:
     width = max(len(n) for n in out["rules"]) if out["rules"] else 10
     print(f"{out['steps']} steps; open_run {out['open_s'] * 1000:.1f} ms")
     for name, secs in sorted(out["rules"].items(), key=lambda kv: -kv[1]):
-        flag = "  ERROR" if name in out["errors"] else ""
+        err = out["errors"].get(name, "")
+        flag = "  (its tensors are not in this run)" if "MissingTensorError" in err else ""
+        flag = flag or ("  ERROR" if err else "")
         print(f"  {name:<{width}}  {secs * 1000:8.1f} ms{flag}")
     print(f"  {'total (open + all rules)':<{width}}  {out['total_s'] * 1000:8.1f} ms", end="")
     if not args.quick:
