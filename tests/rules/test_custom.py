@@ -188,3 +188,26 @@ def test_builtin_rules_step_by_step(tmp_path):
         invoke_rule(LossNotDecreasing())
     with pytest.raises(TypeError, match="invoke_at_step"):
         invoke_rule(object())
+
+
+def test_builtin_step_by_step_follows_a_run_being_written(tmp_path):
+    path = tmp_path / "live"
+    w = RunWriter(path, metadata={"class_names": list(CLASS_NAMES)})
+
+    def write(g, n):
+        lab, pred = np.full(8, 7), np.full(8, 7)
+        lab[:n], pred[:n] = 19, 20
+        logits = np.zeros((8, 43), np.float32)
+        logits[np.arange(8), pred] = 1.0
+        w.write("CrossEntropyLoss_input_1", lab, g)
+        w.write("CrossEntropyLoss_input_0", logits, g)
+        w.end_step()
+
+    for g in range(3):
+        write(g, 4)  # 4, 8, 12 confusions
+    stepwise = as_custom_rule(DirectionConfusion(), create_trial(path))
+    assert [stepwise.invoke_at_step(g) for g in range(3)] == [False, False, True]
+    write(3, 0)
+    write(4, 1)
+    assert stepwise.invoke_at_step(4) is True  # refreshed: the step was written after opening
+    w.close()

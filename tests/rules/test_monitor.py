@@ -145,3 +145,19 @@ def test_bad_configuration(tmp_path):
     with pytest.raises(RuntimeError, match="attach"):
         monitor.on_step_committed(0)
     assert monitor.close() == []
+
+
+def test_monitor_attached_before_the_run_exists(tmp_path):
+    monitor = RuleMonitor(["loss_not_decreasing"], every_n_steps=1, background=False)
+    monitor.attach(tmp_path / "later")
+    monitor.on_step_committed(0)  # nothing on disk yet: noted, not raised
+    assert monitor.errors and "later" in monitor.errors[0]
+    with RunWriter(tmp_path / "later") as w:
+        for step in range(12):
+            w.write(LOSS, np.float32(1.0), step)
+            w.end_step()
+            monitor.on_step_committed(step)
+            if monitor.stop_requested:
+                break
+    assert step == 10 and monitor.stop_requested
+    monitor.close()
