@@ -266,6 +266,8 @@ th { background: #f6f8fa; }
 .note { background: #f6f8fa; border-left: 4px solid #d0d7de; padding: .4em .8em; }
 .rules-here { font-size: .9em; } .rules-here li { margin: .2em 0; }
 code { font-size: .9em; }
+pre { font-size: .85em; white-space: pre-wrap; margin: .3em 0; }
+summary { cursor: pointer; color: #57606a; font-size: .85em; }
 """
 
 # Marks <body> once every image decoded: what the headless-browser test reads back.
@@ -310,7 +312,7 @@ def _rules_table(rows: list[_Row], run_name: str, with_nodeid: bool) -> str:
             f"<td class='v-{_e(row.verdict)}'>{_e(row.verdict)}</td>",
             f"<td>{_e(row.first_step)}</td>",
             f"<td>{_e(row.figure)}</td>",
-            f"<td>{_e(row.explanation)}</td>",
+            f"<td>{_e(row.explanation)}{_evidence_details(row.result)}</td>",
         ]
         if with_nodeid:
             cells.append(f"<td><code>{_e(row.nodeid)}</code></td>")
@@ -394,13 +396,18 @@ def _section(
     return "\n".join(parts)
 
 
+def _evidence_details(result: RuleResult | None) -> str:
+    """The text evidence shown on failure in CI logs, folded under the explanation."""
+    if result is None or not result.evidence_text:
+        return ""
+    return f"<details><summary>evidence</summary><pre>{_e(result.evidence_text)}</pre></details>"
+
+
 def _evidence_summary(result: RuleResult | None) -> str:
     """Small scalar evidence values of a rule without a plot, as a line of text."""
     if result is None:
         return ""
     bits = []
-    if result.evidence_text:
-        bits.append(result.evidence_text)
     for k, v in (result.evidence or {}).items():
         if isinstance(v, (int, float, str, bool)) and len(bits) < 8:
             bits.append(f"{k} = {_fmt(v)}")
@@ -507,7 +514,8 @@ def write_report_from_verdicts(
 ) -> Path:
     """Write ``out_dir/report.html`` from the plugin's verdicts.json: one section per run
     (its rules with the tests that checked them, then its plots, PNGs in
-    ``out_dir/<run>/``); results of runs not listed get a table of their own."""
+    ``out_dir/<run>/``), the session's baseline drawn beside each run; results of runs not
+    listed get a table of their own."""
     from ..store.run import open_run
 
     keys = _plot_keys(plots)
@@ -522,9 +530,15 @@ def write_report_from_verdicts(
             f"(got version {data.get('version') if isinstance(data, dict) else None!r})"
         )
     runs: dict[str, str] = {str(k): str(v) for k, v in (data.get("runs") or {}).items()}
+    baselines: dict[str, str] = {str(k): str(v) for k, v in (data.get("baselines") or {}).items()}
+    items = [i for i in data.get("results") or [] if isinstance(i, dict)]
+    # a baseline that rules were evaluated on gets a section of its own
+    for bname, bpath in baselines.items():
+        if bname not in runs and any(i.get("run_name") == bname for i in items):
+            runs[bname] = bpath
     grouped: dict[str, list[_Row]] = {name: [] for name in runs}
     orphans: list[_Row] = []
-    for item in data.get("results") or []:
+    for item in items:
         result = RuleResult.from_dict(item)
         row = _row_of(result, str(item.get("nodeid", "")))  # ordered below
         if result.run_name in grouped:
@@ -545,16 +559,28 @@ def write_report_from_verdicts(
             for n in runs
         )
         parts.append(f"<ul class='runs'>{nav}</ul>")
+    opened: dict[str, tuple[Any, str]] = {}
+
+    def load(name: str, path: str) -> tuple[Any, str]:
+        if name not in opened:
+            try:
+                opened[name] = (open_run(path, name=name), "")
+            except Exception as exc:  # the section still shows the verdicts
+                opened[name] = (None, f"{type(exc).__name__}: {exc}")
+        return opened[name]
+
+    # the session's baseline (one per session) is drawn beside every other run
+    bname, bpath = next(iter(baselines.items()), (None, None))
     used: set[str] = set()
     out = Path(out_dir)
     for name, path in runs.items():
         rows = grouped[name]
-        try:
-            run, error = open_run(path, name=name), ""
-        except Exception as exc:
-            run, error = None, f"{type(exc).__name__}: {exc}"
+        run, error = load(name, path)
+        base = None
+        if bname is not None and bname != name:
+            base = load(bname, bpath or "")[0]
         results = [r.result for r in rows if r.result is not None]
-        drawn = _render_plots(run, None, results, out / run_slug(name) if run else None, keys)
+        drawn = _render_plots(run, base, results, out / run_slug(name) if run else None, keys)
         parts.append(
             _section(
                 name,
@@ -563,7 +589,7 @@ def write_report_from_verdicts(
                 drawn,
                 used,
                 heading=f"Run {name}",
-                info=_run_info(run, error=error, path=path),
+                info=_run_info(run, base, error=error, path=path),
                 with_nodeid=True,
             )
         )

@@ -211,3 +211,34 @@ def test_evidence_anchor_and_description():
         describe_evidence("stalled_training_rule")
         == "evidence: report.html#rule-stalled_training_rule"
     )
+
+
+def test_verdicts_baseline_is_drawn_beside_each_run(demo_run_dir, baseline_run_dir, tmp_path):
+    on_run = RuleResult(
+        "ClassImbalance", "class_imbalance", True, run_name="demo", evidence_text="counts: ▁▇█"
+    )
+    on_base = RuleResult("ClassImbalance", "class_imbalance", False, run_name="fixed")
+    verdicts = tmp_path / "verdicts.json"
+    verdicts.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "runs": {"demo": str(demo_run_dir)},
+                "baselines": {"fixed": str(baseline_run_dir)},
+                "results": [
+                    {**r.to_dict(include_evidence=False), "nodeid": "t.py::test_balance"}
+                    for r in (on_run, on_base)
+                ],
+            }
+        )
+    )
+    text = report_html.write_report_from_verdicts(
+        verdicts, tmp_path / "out", plots=["label_counts"]
+    ).read_text(encoding="utf-8")
+    page = Page(text)
+    assert [a["id"] for a in page.all("section")] == ["run-demo", "run-fixed"]
+    demo_part = text[text.index("id='run-demo'") : text.index("id='run-fixed'")]
+    assert "baseline <b>fixed</b>" in demo_part
+    # the text evidence of CI logs is folded under the explanation
+    assert "<details><summary>evidence</summary><pre>counts: ▁▇█</pre></details>" in demo_part
+    assert "baseline" not in text[text.index("id='run-fixed'") :].split("<h3")[0]
