@@ -39,6 +39,8 @@ class BaselineComparison(BuiltinRule):
         "min_samples": Param(20, "int", "samples a class needs (in both runs) to be compared"),
         "mode": Param(ModeKeys.EVAL, "mode", "steps whose predictions give the recall"),
         "rule_parameters": Param(None, "any", "{rule name: {parameter: value}} for compared rules"),
+        "labels_regex": Param(".*labels", "regex", "labels tensor (fallback: PyTorch's)"),
+        "predictions_regex": Param(".*predictions", "regex", "predictions (fallback: logits)"),
     }
 
     def _validate(self) -> None:
@@ -148,7 +150,9 @@ class BaselineComparison(BuiltinRule):
         out = []
         for r in (run, base):
             try:
-                lname, pname = resolve_labels_predictions(self, r, ".*labels", ".*predictions")
+                lname, pname = resolve_labels_predictions(
+                    self, r, self.labels_regex, self.predictions_regex
+                )
             except MissingTensorError as exc:
                 notes.append(f"per-class recall ({exc})")
                 return None
