@@ -783,15 +783,16 @@ class RunTruth:
         return total
 
     def cumulative_pair_counts(
-        self, a: int, b: int, *, worker: str = "worker_0", directed: bool = False
+        self, a: int, b: int, *, worker: str | None = "worker_0", directed: bool = False
     ) -> list[tuple[int, int]]:
-        """(global step, a<->b confusions of ``worker`` up to and including that step) for
-        every complete step in global order, all modes together: what a step-wise rule sees."""
+        """(global step, a<->b confusions up to and including that step) for every complete
+        step in global order, all modes together: what a step-wise rule sees. ``worker`` None
+        counts every worker's batches (what a data-parallel-aware rule sees)."""
         out, total = [], 0
         for g in self.global_steps:
-            conf = self.batch_confusion.get((g, worker))
-            if conf is not None:
-                total += _pair_count(conf, a, b, directed)
+            for (step, w), conf in self.batch_confusion.items():
+                if step == g and (worker is None or w == worker):
+                    total += _pair_count(conf, a, b, directed)
             out.append((g, total))
         return out
 

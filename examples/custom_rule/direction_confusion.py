@@ -68,14 +68,15 @@ class VectorisedDirectionConfusion(BuiltinRule):
         "class_a": Param(19, "int"),
         "class_b": Param(20, "int"),
         "limit": Param(10, "int"),
+        "mode": Param(None, "mode", "only steps of this mode (default: every step, as the seed)"),
     }
 
     def _evaluate(self, run: Any) -> RuleResult:
-        labels = run.tensor(LABELS).series()
-        logits = run.tensor(LOGITS).series()
-        common = np.intersect1d(labels.steps, logits.steps)
-        lab = dict(zip(labels.steps.tolist(), labels.arrays))
-        pred = dict(zip(logits.steps.tolist(), logits.arrays))
+        labels = run.tensor(LABELS).series(self.mode)
+        logits = run.tensor(LOGITS).series(self.mode)
+        common = np.intersect1d(labels.global_steps, logits.global_steps)
+        lab = dict(zip(labels.global_steps.tolist(), labels.arrays))
+        pred = dict(zip(logits.global_steps.tolist(), logits.arrays))
         a, b = self.class_a, self.class_b
         per_step = np.array(
             [

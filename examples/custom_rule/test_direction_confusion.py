@@ -86,8 +86,10 @@ def expected_first_trigger(gen: mst.GeneratedRun, a: int, b: int, limit: int) ->
     return None
 
 
-def never_triggers_without_confusion(first_trigger: FirstTrigger, record: list | None = None):
-    @SETTINGS
+def never_triggers_without_confusion(
+    first_trigger: FirstTrigger, record: list | None = None, config: settings = SETTINGS
+):
+    @config
     @given(runs(confused={}, never_confuse=[(0, 1)], accuracy=(0.0, 0.6)), LIMITS)
     def prop(gen: mst.GeneratedRun, limit: int) -> None:
         if record is not None:
@@ -98,8 +100,10 @@ def never_triggers_without_confusion(first_trigger: FirstTrigger, record: list |
     return prop
 
 
-def triggers_once_more_than_limit(first_trigger: FirstTrigger, record: list | None = None):
-    @SETTINGS
+def triggers_once_more_than_limit(
+    first_trigger: FirstTrigger, record: list | None = None, config: settings = SETTINGS
+):
+    @config
     @given(runs(), LIMITS)
     def prop(gen: mst.GeneratedRun, limit: int) -> None:
         if record is not None:
@@ -109,8 +113,10 @@ def triggers_once_more_than_limit(first_trigger: FirstTrigger, record: list | No
     return prop
 
 
-def symmetric_in_the_pair(first_trigger: FirstTrigger, record: list | None = None):
-    @SETTINGS
+def symmetric_in_the_pair(
+    first_trigger: FirstTrigger, record: list | None = None, config: settings = SETTINGS
+):
+    @config
     @given(runs(), LIMITS)
     def prop(gen: mst.GeneratedRun, limit: int) -> None:
         if record is not None:

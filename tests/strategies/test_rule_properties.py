@@ -92,13 +92,14 @@ def test_loss_not_decreasing_fires_only_on_the_plateau(gen, num_steps) -> None:
     st.floats(1.0, 8.0),
 )
 def test_class_imbalance_counts_match_the_truth(gen, threshold) -> None:
-    """The counts it reports are worker 0's labels over every mode; with ``samples=1`` and
-    the misprediction check off, a one-step run triggers iff the true ratio passes the limit."""
+    """The counts it reports are every worker's labels over every mode (data parallel: each
+    worker saw its own batches); with ``samples=1`` and the misprediction check off, a one-step
+    run triggers iff the true ratio passes the limit."""
     rule = ClassImbalance(
         threshold_imbalance=threshold, threshold_misprediction=None, samples=1, argmax=True
     )
     result = rule.evaluate(gen.run)
-    want = sum(c["worker_0"] for c in gen.truth.label_counts_by_worker.values())
+    want = sum(gen.truth.label_counts.values())
     got = np.asarray(result.evidence["class_counts"])  # as long as the classes it saw
     got = np.pad(got, (0, max(0, len(want) - len(got))))
     assert np.array_equal(got[: len(want)], want) and not got[len(want) :].any()
@@ -155,10 +156,13 @@ CONFUSION_RUNS = mst.training_runs(
 @FAST
 @given(CONFUSION_RUNS, st.integers(0, 6), st.sampled_from([(0, 1), (1, 0)]))
 def test_direction_confusion_matches_the_truth(gen, limit, pair) -> None:
+    """Every worker's batches count (as the rule documents), steps some worker never
+    finished do not."""
     result = DirectionConfusion(pairs=[pair], limit=limit).evaluate(gen.run)
-    want = next((g for g, n in gen.truth.cumulative_pair_counts(0, 1) if n > limit), None)
+    counts = gen.truth.cumulative_pair_counts(0, 1, worker=None)
+    want = next((g for g, n in counts if n > limit), None)
     assert result.first_step == want
-    assert result.figure == gen.truth.pair_count(0, 1, mode=None, worker="worker_0")
+    assert result.figure == gen.truth.pair_count(0, 1, mode=None)
 
 
 @FAST
