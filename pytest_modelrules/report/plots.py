@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_LOSS_POINTS = 5000
+MAX_NAMED_CLASSES = 100  # past this many classes, axes show ids at matplotlib's own ticks
 DPI = 100
 
 _LABEL_NAMES = (r"CrossEntropyLoss_input_1$", r"(?i)labels?$", r"(?i)labels?")
@@ -383,12 +384,17 @@ def plot_label_counts(
     n = max(len(c) for _, c in counts)
     counts = [(lbl, np.pad(c, (0, n - len(c)))) for lbl, c in counts]
     names = class_names_of(run, n, class_names)
-    fig = new_figure(max(8.0, 0.24 * n * len(counts) ** 0.5 + 2), 5.2)
+    fig = new_figure(min(30.0, max(8.0, 0.24 * n * len(counts) ** 0.5 + 2)), 5.2)
     ax = fig.subplots()
     width = 0.8 / len(counts)
     x = np.arange(n)
     for i, (lbl, c) in enumerate(counts):
-        ax.bar(x + (i - (len(counts) - 1) / 2) * width, c, width=width, label=lbl, color=f"C{i}")
+        if n <= MAX_NAMED_CLASSES:
+            offset = (i - (len(counts) - 1) / 2) * width
+            ax.bar(x + offset, c, width=width, label=lbl, color=f"C{i}")
+        else:  # one artist instead of thousands of bars
+            edges = np.arange(n + 1) - 0.5
+            ax.stairs(c, edges, fill=i == 0, color=f"C{i}", alpha=0.8, label=lbl)
     ratios = []
     for lbl, c in counts:
         nz = c[c > 0]
@@ -396,9 +402,10 @@ def plot_label_counts(
             f"{c.max() / c.min():.1f}" if c.size and c.min() > 0 else ("inf" if nz.size else "n/a")
         )
         ratios.append(f"{lbl}: max/min {ratio}")
-    ax.set_xticks(x)
-    ticklabels = [f"{i} {_short(nm)}" if nm != str(i) else nm for i, nm in enumerate(names)]
-    ax.set_xticklabels(ticklabels, rotation=90, fontsize=6 if n > 20 else 8)
+    if n <= MAX_NAMED_CLASSES:
+        ax.set_xticks(x)
+        ticklabels = [f"{i} {_short(nm)}" if nm != str(i) else nm for i, nm in enumerate(names)]
+        ax.set_xticklabels(ticklabels, rotation=90, fontsize=6 if n > 20 else 8)
     ax.set_xlim(-0.6, n - 0.4)
     ax.set_xlabel("class")
     ax.set_ylabel("samples")
@@ -446,12 +453,13 @@ def plot_confusion_matrix(
     fig.colorbar(
         im, ax=ax, shrink=0.8, label="fraction of the true class" if normalize else "samples"
     )
-    ticks = [f"{i} {_short(nm, 24)}" if nm != str(i) else nm for i, nm in enumerate(names)]
-    fs = 5 if n > 30 else 8
-    ax.set_xticks(np.arange(n))
-    ax.set_xticklabels(ticks, rotation=90, fontsize=fs)
-    ax.set_yticks(np.arange(n))
-    ax.set_yticklabels(ticks, fontsize=fs)
+    if n <= MAX_NAMED_CLASSES:
+        ticks = [f"{i} {_short(nm, 24)}" if nm != str(i) else nm for i, nm in enumerate(names)]
+        fs = 5 if n > 30 else 8
+        ax.set_xticks(np.arange(n))
+        ax.set_xticklabels(ticks, rotation=90, fontsize=fs)
+        ax.set_yticks(np.arange(n))
+        ax.set_yticklabels(ticks, fontsize=fs)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     off = cm.copy()

@@ -348,3 +348,23 @@ def test_first_triggers_are_marked_on_dead_relu_and_gradient_plots(demo_run_dir)
     marks = {ln.get_label(): list(ln.get_xdata()) for ln in grad_ax.get_lines()}
     assert marks["vanishing_gradient first triggered"] == [run.mode_step(3)] * 2
     assert "dead_relu first triggered" not in marks
+
+
+def test_many_classes_keep_figures_bounded(tmp_path):
+    n = 120
+    rng = np.random.default_rng(0)
+    with RunWriter(tmp_path / "run") as w:
+        for s in range(2):
+            labels = rng.integers(0, n, 512)
+            w.write(LABELS, labels, s, "EVAL")
+            w.write(LOGITS, np.eye(n, dtype=np.float32)[labels[::-1]], s, "EVAL")
+    counts = plots.plot_label_counts(
+        tmp_path / "run", mode="EVAL", num_classes=n, path=tmp_path / "c.png"
+    )
+    stairs = counts.axes[0].patches[0]
+    assert len(stairs.get_data().values) == n
+    assert png_size(tmp_path / "c.png")[0] <= 3000
+    cm = plots.plot_confusion_matrix(tmp_path / "run", num_classes=n, path=tmp_path / "cm.png")
+    assert cm.axes[0].get_images()[0].get_array().shape == (n, n)
+    assert len(cm.axes[0].get_xticks()) < 20
+    assert max(png_size(tmp_path / "cm.png")) <= 2000
