@@ -69,12 +69,15 @@ def class_counts(total: int, weights: tuple[int, ...] | np.ndarray = TRAIN_COUNT
     k = len(w)
     if total < k:
         raise ValueError(f"need at least one image per class ({k}), got {total}")
-    exact = (total - k) * w / w.sum()
+    exact = total * w / w.sum()
     counts = np.floor(exact).astype(np.int64)
-    rest = (total - k) - counts.sum()
+    rest = total - counts.sum()
     order = np.argsort(-(exact - counts), kind="stable")
     counts[order[:rest]] += 1
-    return counts + 1
+    while counts.min() < 1:  # tiny totals: every class gets one, taken from the largest
+        counts[np.argmax(counts)] -= 1
+        counts[np.argmin(counts)] += 1
+    return counts
 
 
 def split_labels(config: SignsConfig, split: str) -> np.ndarray:
