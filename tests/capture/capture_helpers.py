@@ -1,0 +1,59 @@
+"""Tiny models and a training loop shared by the Recorder's tests (imported by name)."""
+
+from __future__ import annotations
+
+import torch
+
+nn = torch.nn
+
+
+class TinyNet(nn.Module):
+    """conv -> ReLU (called twice, like torchvision's BasicBlock) -> linear head."""
+
+    def __init__(self, classes: int = 5) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, classes)
+
+    def forward(self, x):
+        x = self.relu(self.conv(x))
+        x = self.relu(self.conv2(x))
+        return self.fc(self.pool(x).flatten(1))
+
+
+class SelfLossNet(nn.Module):
+    """A model that computes its own loss (no loss module)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    def forward(self, x, y):
+        logits = self.body(x)
+        return nn.functional.cross_entropy(logits, y), logits
+
+
+def batches(n: int, batch: int = 8, size: int = 8, classes: int = 5, seed: int = 0):
+    """``n`` synthetic (image, label) batches, the same for the same seed."""
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(batch, 3, size, size, generator=gen), torch.randint(0, classes, (batch,), generator=gen))
+        for _ in range(n)
+    ]
+
+
+def train(model, loss_fn, opt, data, rec=None, accumulate: int = 1) -> list[float]:
+    """A plain loop; returns the loss of every micro-batch."""
+    losses = []
+    for i, (x, y) in enumerate(data):
+        if i % accumulate == 0:
+            opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        (loss / accumulate).backward()
+        losses.append(loss.item())
+        if (i + 1) % accumulate == 0:
+            opt.step()
+    return losses

@@ -1,0 +1,142 @@
+"""Step counting (optimizer steps, accumulation, forward passes, modes) and save schedules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pytest_modelrules import Recorder, modes, open_run
+from pytest_modelrules.capture import CollectionConfig, SaveConfig, SaveConfigMode
+from pytest_modelrules.store.names import reduction_tensor_name
+
+from capture_helpers import batches, train
+
+torch = pytest.importorskip("torch")
+
+
+def test_a_step_is_an_optimizer_step_with_gradient_accumulation(tmp_path, tiny):
+    model, loss_fn, opt = tiny
+    data = batches(12)
+    grads = []
+
+    def keep_grad(optimizer, args, kwargs):
+        grads.append(model.fc.weight.grad.detach().clone())
+
+    opt.register_step_pre_hook(keep_grad)
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1) as rec:
+        losses = train(model, loss_fn, opt, data, accumulate=3)
+        assert rec.global_step == 4
+    run = open_run(tmp_path / "run")
+    assert run.steps() == [0, 1, 2, 3]
+    assert run.steps(modes.TRAIN) == [0, 1, 2, 3]
+    loss = run.tensor("CrossEntropyLoss_output_0").values(modes.TRAIN)
+    # forward-pass tensors come from the step's first micro-batch
+    np.testing.assert_allclose([loss[s] for s in range(4)], losses[::3], rtol=1e-6)
+    labels = run.tensor("CrossEntropyLoss_input_1").value(2, modes.TRAIN)
+    np.testing.assert_array_equal(labels, data[6][1].numpy())
+    # the gradient is the accumulated one the optimizer used
+    l2 = run.tensor(reduction_tensor_name("gradient/fc.weight", "l2")).values(modes.TRAIN)
+    for s in range(4):
+        np.testing.assert_allclose(l2[s], float(grads[s].norm()), rtol=1e-5)
+
+
+def test_without_optimizer_a_step_is_a_forward_pass(tmp_path, tiny):
+    model, loss_fn, opt = tiny
+    data = batches(5)
+    grad_l2 = []
+    with Recorder(tmp_path / "run", model, loss=loss_fn, save_interval=2) as rec:
+        for x, y in data:
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            grad_l2.append(float(model.conv.weight.grad.norm()))
+            opt.step()
+        assert rec.global_step == 4  # the fifth step is still open
+    assert rec.global_step == 5
+    run = open_run(tmp_path / "run")
+    assert run.steps() == [0, 2, 4]
+    got = run.tensor(reduction_tensor_name("gradient/conv.weight", "l2")).values()
+    np.testing.assert_allclose([got[s] for s in (0, 2, 4)], [grad_l2[s] for s in (0, 2, 4)],
+                               rtol=1e-5)  # fmt: skip
+
+
+def test_train_and_eval_modes_count_their_own_steps(tmp_path, tiny):
+    model, loss_fn, opt = tiny
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1) as rec:
+        train(model, loss_fn, opt, batches(3))
+        rec.set_mode(modes.EVAL)
+        with torch.no_grad():
+            for x, y in batches(2, seed=5):
+                loss_fn(model(x), y)
+        rec.set_mode("TRAIN")
+        train(model, loss_fn, opt, batches(2, seed=6))
+    run = open_run(tmp_path / "run")
+    assert run.steps() == list(range(7))
+    assert run.steps(modes.TRAIN) == [0, 1, 2, 3, 4]
+    assert run.steps(modes.EVAL) == [0, 1]
+    assert [run.mode(g) for g in range(7)] == [modes.TRAIN] * 3 + [modes.EVAL] * 2 + [modes.TRAIN] * 2
+    assert run.global_step(modes.EVAL, 1) == 4 and run.global_step(modes.TRAIN, 3) == 5
+    assert run.tensor("CrossEntropyLoss_input_0").steps(modes.EVAL) == [0, 1]
+
+
+def test_save_interval_and_save_steps_per_collection_and_mode(tmp_path, tiny):
+    model, loss_fn, opt = tiny
+    cols = [
+        CollectionConfig("losses", save_interval=2, parameters={"eval.save_steps": "1"}),
+        CollectionConfig("loss_inputs", save_steps=[1, 4]),
+        CollectionConfig("inputs", save_interval=0),  # a built-in switched off
+        CollectionConfig(
+            "custom",
+            include_regex="*TinyNet_input",
+            save_config=SaveConfig({modes.EVAL: SaveConfigMode(save_interval=0)}, save_interval=3),
+        ),
+    ]
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=100,
+                  collections=cols) as rec:  # fmt: skip
+        train(model, loss_fn, opt, batches(6))
+        rec.set_mode(modes.EVAL)
+        with torch.no_grad():
+            for x, y in batches(3, seed=3):
+                loss_fn(model(x), y)
+    run = open_run(tmp_path / "run")
+    assert run.tensor("CrossEntropyLoss_output_0").steps(modes.TRAIN) == [0, 2, 4]
+    assert run.tensor("CrossEntropyLoss_output_0").steps(modes.EVAL) == [1]
+    assert run.tensor("CrossEntropyLoss_input_1").steps(modes.TRAIN) == [1, 4]
+    assert run.tensor("CrossEntropyLoss_input_1").steps(modes.EVAL) == [1]
+    assert run.tensor("TinyNet_input_0").steps(modes.TRAIN) == [0, 3]
+    assert run.tensor("TinyNet_input_0").steps(modes.EVAL) == []
+    # the defaults follow the Recorder's save_interval (100): only step 0
+    assert run.tensor(reduction_tensor_name("conv.weight", "l2")).steps(modes.TRAIN) == [0]
+    assert run.tensor(reduction_tensor_name("conv.weight", "l2")).steps(modes.EVAL) == [0]
+
+
+def test_include_regex_adds_full_tensors(tmp_path, tiny):
+    model, loss_fn, opt = tiny
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1,
+                  include_regex=[r"relu_output_1$", r"^fc\.weight$"]):  # fmt: skip
+        train(model, loss_fn, opt, batches(2))
+    run = open_run(tmp_path / "run")
+    names = run.tensor_names(collection="default")
+    assert "fc.weight" in names and "relu_output_1" in names
+    assert run.tensor("relu_output_1").value(0).shape == (8, 4, 8, 8)
+
+
+def test_non_saved_steps_install_no_hooks(tmp_path):
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+            self.relu = torch.nn.ReLU()
+
+        def forward(self, x):
+            seen.append(len(self.relu._forward_hooks) + len(self.relu._forward_pre_hooks))
+            return self.relu(self.lin(x))
+
+    model = Probe()
+    with Recorder(tmp_path / "run", model, save_interval=3):
+        for _ in range(6):
+            model(torch.randn(2, 4))
+    assert seen[0] > 0 and seen[3] > 0
+    assert seen[1] == seen[2] == seen[4] == seen[5] == 0
+    assert open_run(tmp_path / "run").steps() == [0, 3]

@@ -1,0 +1,193 @@
+"""What is stored: reductions equal compute_reduction of the full tensor; frozen parameters;
+wrappers; models returning their own loss; mixed precision; metadata."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from capture_helpers import SelfLossNet, TinyNet, batches, train
+
+from pytest_modelrules import Recorder, modes, open_run
+from pytest_modelrules.capture import CollectionConfig
+from pytest_modelrules.store.names import compute_reduction, reduction_tensor_name
+
+torch = pytest.importorskip("torch")
+
+ALL = ["min", "max", "mean", "std", "variance", "sum", "l1", "l2", "abs_mean", "abs_max",
+       "positive_fraction", "zero_fraction", "histogram", "nan_count", "inf_count", "p05",
+       "p95", "numel"]  # fmt: skip
+
+
+def _check_reductions(run, name, reductions, step, mode=None, rtol=2e-6):
+    full = run.tensor(name).value(step, mode)
+    for spec in reductions:
+        absolute = spec.startswith("abs_")
+        red = spec[4:] if absolute else spec
+        stored = run.tensor(reduction_tensor_name(name, red, absolute)).value(step, mode)
+        expected = compute_reduction(full, red, absolute)
+        assert stored.shape == expected.shape, (name, spec)
+        assert stored.dtype == expected.dtype, (name, spec, stored.dtype, expected.dtype)
+        if red == "histogram":  # bin edges may differ by one ulp at a boundary
+            np.testing.assert_allclose(stored[-2:], expected[-2:], rtol=1e-12)
+            assert stored[:-2].sum() == expected[:-2].sum()
+            assert np.abs(stored[:-2] - expected[:-2]).sum() <= 2, (name, stored, expected)
+        else:
+            np.testing.assert_allclose(stored, expected, rtol=rtol, atol=1e-7, err_msg=f"{name} {spec}")
+
+
+def test_reductions_equal_compute_reduction_of_the_full_tensor(tmp_path):
+    torch.manual_seed(0)
+    model = TinyNet()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with torch.no_grad():
+        model.conv.bias[0] = 0.0  # a zero to count
+    both = CollectionConfig(
+        "both",
+        include_regex=[r"relu_output", r"^conv\.weight$", r"^gradient/fc\.weight$", r"^fc\.bias$"],
+        reductions=ALL,
+        save_raw_tensor=True,
+    )
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1,
+                  collections=[both], default_collections_enabled=False):  # fmt: skip
+        train(model, loss_fn, opt, batches(2, batch=16, size=12))
+    run = open_run(tmp_path / "run")
+    for name in ("relu_output_0", "relu_output_1", "conv.weight", "gradient/fc.weight", "fc.bias"):
+        for step in (0, 1):
+            _check_reductions(run, name, ALL, step)
+    pf = run.tensor(reduction_tensor_name("relu_output_1", "positive_fraction")).value(1)
+    assert pf.shape == (4 * 12 * 12,) and 0 < pf.mean() < 1
+
+
+def test_default_reductions_match_too(tmp_path, tiny):
+    model, loss_fn, opt = tiny
+    raw = CollectionConfig("raw", include_regex=[r"relu_", r"weight", r"^gradient/"])
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1,
+                  collections=[raw]):  # fmt: skip
+        train(model, loss_fn, opt, batches(1))
+    run = open_run(tmp_path / "run")
+    _check_reductions(run, "relu_output_0", ["positive_fraction", "zero_fraction"], 0)
+    _check_reductions(run, "relu_input_1", ["variance"], 0)
+    _check_reductions(run, "conv2.weight", ["l2", "mean", "std", "min", "max"], 0)
+    _check_reductions(run, "gradient/conv2.weight", ["l2", "mean", "std", "abs_mean"], 0)
+
+
+def test_large_tensors_use_the_one_pass_variance(tmp_path):
+    """Above 65,536 elements std/variance come from mean and l2 (no extra pass): exact to
+    float32 summation when |mean| is not much larger than std, documented to degrade as
+    (mean/std)^2 otherwise."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(400, 400), torch.nn.Linear(400, 400))
+    with torch.no_grad():
+        model[1].weight.add_(3.0)  # mean / std = 100
+    raw = CollectionConfig("raw", include_regex=[r"weight$"], reductions=["std", "variance", "sum"],
+                           save_raw_tensor=True)  # fmt: skip
+    with Recorder(tmp_path / "run", model, save_interval=1, collections=[raw],
+                  default_collections_enabled=False):  # fmt: skip
+        model(torch.randn(2, 400))
+    run = open_run(tmp_path / "run")
+    _check_reductions(run, "0.weight", ["std", "variance", "sum"], 0, rtol=1e-5)
+    _check_reductions(run, "1.weight", ["std"], 0, rtol=2e-2)
+
+
+def test_frozen_backbone_transfer_learning(tmp_path):
+    torch.manual_seed(0)
+    model = TinyNet()
+    for name, p in model.named_parameters():
+        p.requires_grad = name.startswith("fc.")
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.fc.parameters(), lr=0.5)
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=2):
+        train(model, loss_fn, opt, batches(5))
+    run = open_run(tmp_path / "run")
+    assert run.steps() == [0, 2, 4]
+    grads = run.collection("gradients").tensor_names
+    assert {n for n in grads if not n.startswith(("smdebug/", "modelrules/"))} == {
+        "gradient/fc.weight",
+        "gradient/fc.bias",
+    }
+    assert not any("conv" in n for n in run.tensor_names(regex="gradient/"))
+    for frozen in ("conv.weight", "conv.bias", "conv2.weight"):
+        for red in ("l2", "mean", "std", "min", "max"):
+            values = run.tensor(reduction_tensor_name(frozen, red)).values()
+            assert values[0] == values[2] == values[4], (frozen, red)
+    head = run.tensor(reduction_tensor_name("fc.weight", "l2")).values()
+    assert head[0] != head[2] != head[4]
+
+
+def test_dataparallel_on_cpu_names_without_module_prefix(tmp_path):
+    torch.manual_seed(0)
+    inner = TinyNet()
+    model = torch.nn.DataParallel(inner)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1):
+        train(model, loss_fn, opt, batches(2))
+    run = open_run(tmp_path / "run")
+    names = run.tensor_names()
+    assert not any("module." in n for n in names)
+    assert "TinyNet_input_0" in names
+    assert run.has_tensor(reduction_tensor_name("gradient/fc.weight", "l2"))
+    assert run.has_tensor(reduction_tensor_name("relu_output_1", "positive_fraction"))
+    assert run.steps() == [0, 1]
+
+
+def test_model_that_returns_its_own_loss(tmp_path):
+    torch.manual_seed(0)
+    model = SelfLossNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    losses = []
+    with Recorder(tmp_path / "run", model, optimizer=opt, save_interval=1):
+        for _ in range(3):
+            opt.zero_grad()
+            loss, _ = model(x, y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    run = open_run(tmp_path / "run")
+    assert run.tensor_names(collection="losses") == ["SelfLossNet_output_0"]
+    got = run.tensor("SelfLossNet_output_0").values(modes.TRAIN)
+    np.testing.assert_allclose([got[s] for s in range(3)], losses, rtol=1e-6)
+    assert run.tensor("SelfLossNet_output_1").value(0).shape == (8, 3)  # logits, in "outputs"
+    np.testing.assert_array_equal(run.tensor("SelfLossNet_input_1").value(2), y.numpy())
+    # a ReLU inside a Sequential is still found by smdebug's regex
+    assert run.has_tensor(reduction_tensor_name("body.1.relu_output_0", "positive_fraction"))
+
+
+def test_bf16_autocast_and_channels_last(tmp_path):
+    torch.manual_seed(0)
+    model = TinyNet().to(memory_format=torch.channels_last)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    full_relu = CollectionConfig("relu_full", include_regex=["relu_output"],
+                                 reductions=["positive_fraction"], save_raw_tensor=True)  # fmt: skip
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1,
+                  collections=[full_relu]):  # fmt: skip
+        for x, y in batches(2):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(x.contiguous(memory_format=torch.channels_last))
+                loss = loss_fn(out, y)
+            loss.backward()
+            opt.step()
+    run = open_run(tmp_path / "run")
+    logits = run.tensor("CrossEntropyLoss_input_0").value(1)
+    assert logits.dtype == np.float32 and logits.shape == (8, 5)  # bf16 stored as float32
+    relu = run.tensor("relu_output_0").value(0)
+    assert relu.dtype == np.float32 and relu.shape == (8, 4, 8, 8)
+    _check_reductions(run, "relu_output_0", ["positive_fraction"], 0)
+    assert np.isfinite(run.tensor(reduction_tensor_name("gradient/conv.weight", "l2")).value(1))
+
+
+def test_metadata_and_collections_are_stored(tmp_path, tiny):
+    model, loss_fn, opt = tiny
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt,
+                  metadata={"recipe": {"lr": 0.1}}) as rec:  # fmt: skip
+        rec.update_metadata(class_names=["a", "b", "c", "d", "e"])
+        train(model, loss_fn, opt, batches(1))
+    run = open_run(tmp_path / "run")
+    assert run.class_names == ["a", "b", "c", "d", "e"]
+    assert run.metadata["recipe"] == {"lr": 0.1}
+    assert run.has_ended
+    assert run.collection("losses").info["save_config"]["TRAIN"]["save_interval"] == 500
