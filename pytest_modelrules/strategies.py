@@ -998,6 +998,8 @@ def training_runs(
                 continue
             kwargs = dict(loss_kwargs or {})
             kwargs["length"] = len(mrows)
+            if "nonfinite" in kwargs:  # no more than the steps the schedule left
+                kwargs["nonfinite"] = min(_v(draw, _ints(kwargs["nonfinite"])), len(mrows))
             shape = _v(draw, loss)
             if len(mrows) < 2 and shape in ("plateau", "diverging"):
                 shape = "constant"  # one value cannot change course

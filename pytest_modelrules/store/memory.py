@@ -394,17 +394,20 @@ def save_run(run: Run, path: str | os.PathLike) -> None:
     def make_writer(worker: str, rank: int, num: int, metadata: dict[str, Any]) -> Any:
         return RunWriter(path, worker, rank=rank, num_workers=num, metadata=metadata)
 
-    _replay(run, make_writer, None)
+    _replay(run, make_writer, None, None)
 
 
 def transform_run(
     run: Run,
-    fn: Callable[[str, np.ndarray], np.ndarray | None],
+    fn: Callable[[str, np.ndarray], np.ndarray | None] | None = None,
     *,
+    add: Callable[[str, np.ndarray], Mapping[str, Any]] | None = None,
     name: str | None = None,
 ) -> MemoryRun:
     """A copy of ``run`` in memory with every value replaced by ``fn(tensor_name, array)``
-    (None drops the value). For metamorphic tests: scale the loss, permute class ids, ..."""
+    (None drops the value) and, at the same step, the tensors ``add(tensor_name, array)``
+    returns ({name: array}). For metamorphic tests: scale the loss, permute class ids, store
+    reductions beside (or instead of) the full tensors, ..."""
     builder = MemoryRunBuilder(name or run.name)
     builder._workers.clear()
     builder._writers.clear()
@@ -414,7 +417,7 @@ def transform_run(
         builder._metadata = dict(metadata)
         return builder.writer(worker, rank)
 
-    _replay(run, make_writer, fn)
+    _replay(run, make_writer, fn, add)
     return builder.run()
 
 
@@ -422,6 +425,7 @@ def _replay(
     run: Run,
     make_writer: Callable[[str, int, int, dict[str, Any]], Any],
     fn: Callable[[str, np.ndarray], np.ndarray | None] | None,
+    add: Callable[[str, np.ndarray], Mapping[str, Any]] | None,
 ) -> None:
     backend = run._backend
     table = backend.step_table()
@@ -444,12 +448,17 @@ def _replay(
                 by_step.setdefault(int(rec.steps[i]), []).append((tname, int(i)))
         for row in sel[np.argsort(table.steps[sel], kind="stable")]:
             step = int(table.steps[row])
+            extra: dict[str, Any] = {}
+            out: list[tuple[str, Any]] = []
             for tname, i in by_step.get(step, []):
-                value = records[tname].value(i)
-                if fn is not None:
-                    value = fn(tname, np.array(value))
-                    if value is None:
-                        continue
+                original = records[tname].value(i)
+                value = original if fn is None else fn(tname, np.array(original))
+                if value is not None:
+                    out.append((tname, value))
+                if add is not None:
+                    extra.update(add(tname, np.array(original)))
+            out.extend((k, v) for k, v in extra.items() if k not in dict(out))
+            for tname, value in out:
                 writer.write(
                     tname,
                     value,

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from pytest_modelrules import strategies as mst
+from pytest_modelrules.exceptions import MissingTensorError
 from pytest_modelrules.rules.activations import DeadRelu
 from pytest_modelrules.rules.classification import ClassImbalance, DirectionConfusion
 from pytest_modelrules.rules.loss import LossNotDecreasing
@@ -177,3 +179,179 @@ def test_direction_confusion_matches_the_truth(gen, limit, pair) -> None:
 )
 def test_direction_confusion_is_silent_when_the_pair_is_never_confused(gen) -> None:
     assert not DirectionConfusion(pairs=[(0, 1)], limit=0).evaluate(gen.run).triggered
+
+
+# -- gradients, weights, non-finite values ---------------------------------------------------------
+
+PARAM_RUNS = dict(
+    tensors=("loss", "weights", "gradients"),
+    steps_per_epoch=(1, 6),
+    workers=(1, 2),
+    incomplete_steps=(0, 1),
+    missing_steps=(0, 1),
+)
+
+
+@FAST
+@given(mst.training_runs(**PARAM_RUNS, grad_scale=st.sampled_from(["vanishing", "normal", 1e-6])))
+def test_vanishing_gradient_matches_the_true_scale(gen) -> None:
+    from pytest_modelrules.rules.tensors import VanishingGradient
+
+    result = VanishingGradient().evaluate(gen.run)
+    assert result.triggered == any(s < 1e-7 for s in gen.truth.grad_scale.values())
+
+
+@FAST
+@given(
+    mst.training_runs(
+        **PARAM_RUNS,
+        update_ratio=st.sampled_from([0.0, 1e-3, 0.5, 20.0]),
+    )
+)
+def test_weight_update_ratio_matches_the_true_ratio(gen) -> None:
+    from pytest_modelrules.rules.tensors import WeightUpdateRatio
+
+    ratio = gen.truth.update_ratio.get("fc.weight")
+    if len(gen.truth.steps.get("TRAIN", [])) < 2:  # its documented decision: nothing to compare
+        with pytest.raises(MissingTensorError, match="two saved TRAIN steps"):
+            WeightUpdateRatio().evaluate(gen.run)
+        return
+    result = WeightUpdateRatio().evaluate(gen.run)
+    assert result.triggered == (ratio == 0.0 or ratio > 10.0)
+
+
+@FAST
+@given(
+    mst.training_runs(**PARAM_RUNS, update_ratio=st.sampled_from([0.0, 1e-2])),
+    st.integers(2, 4),
+)
+def test_unchanged_tensor_fires_iff_weights_never_change(gen, num_steps) -> None:
+    from pytest_modelrules.rules.tensors import UnchangedTensor
+
+    rule = UnchangedTensor(tensor_regex=r"^fc\.weight$", num_steps=num_steps)
+    result = rule.evaluate(gen.run)
+    frozen = gen.truth.update_ratio.get("fc.weight") == 0.0
+    assert result.triggered == (frozen and len(gen.truth.steps["TRAIN"]) >= num_steps)
+
+
+@FAST
+@given(
+    mst.training_runs(
+        tensors=("loss", "classification", "relu"),
+        modes=st.sampled_from([("TRAIN",), ("TRAIN", "EVAL")]),
+        workers=(1, 2),
+        incomplete_steps=(0, 1),
+        loss_kwargs={"nonfinite": (0, 2), "nonfinite_values": (np.nan, np.inf, -np.inf)},
+    ),
+    st.booleans(),
+)
+def test_exploding_tensor_finds_exactly_the_nonfinite_losses(gen, only_nan) -> None:
+    from pytest_modelrules.rules.tensors import ExplodingTensor
+
+    bad = [
+        v
+        for curve in gen.truth.loss.values()
+        for v in curve.nonfinite.values()
+        if np.isnan(v) or not only_nan
+    ]
+    result = ExplodingTensor(only_nan=only_nan).evaluate(gen.run)
+    assert result.triggered == bool(bad)
+
+
+# -- the same verdict from full tensors and from stored reductions ---------------------------------
+
+
+def _with_reductions(run, pick, reductions, *, drop_full: bool):
+    """``run`` plus the reductions (name, abs) of the tensors ``pick`` selects, computed as
+    the Recorder computes them; without the full tensors when ``drop_full``."""
+    from pytest_modelrules.store.names import compute_reduction, reduction_tensor_name
+
+    def keep(name, arr):
+        return None if drop_full and pick(name) else arr
+
+    def add(name, arr):
+        if not pick(name):
+            return {}
+        return {
+            reduction_tensor_name(name, red, ab): compute_reduction(arr, red, ab)
+            for red, ab in reductions
+        }
+
+    return transform_run(run, keep, add=add)
+
+
+def _same_verdict(rule_factory, run, variant) -> None:
+    full = rule_factory().evaluate(run)
+    other = rule_factory().evaluate(variant)
+    assert (other.triggered, other.first_step) == (full.triggered, full.first_step)
+    if full.figure is not None and np.isfinite(full.figure):
+        assert other.figure == pytest.approx(full.figure, rel=1e-6, abs=1e-12)
+
+
+@FAST
+@given(
+    mst.training_runs(
+        tensors=("relu",),
+        relu_layers=st.integers(1, 2),
+        workers=(1, 2),
+        incomplete_steps=(0, 1),
+        relu_spatial=st.sampled_from([None, (2, 2)]),
+    ),
+    st.booleans(),
+    st.floats(0.0, 100.0),
+)
+def test_dead_relu_reads_the_positive_fraction_reduction_alike(gen, drop_full, layer) -> None:
+    variant = _with_reductions(
+        gen.run, lambda n: "relu_output" in n, [("positive_fraction", False)], drop_full=drop_full
+    )
+    _same_verdict(lambda: DeadRelu(threshold_layer=layer), gen.run, variant)
+
+
+@FAST
+@given(
+    mst.training_runs(
+        **PARAM_RUNS,
+        grad_scale=st.sampled_from(["vanishing", "normal", 1e-7 * 0.999, 1e-7 * 1.001]),
+    ),
+    st.booleans(),
+)
+def test_vanishing_gradient_reads_the_abs_mean_reduction_alike(gen, drop_full) -> None:
+    from pytest_modelrules.rules.tensors import VanishingGradient
+
+    variant = _with_reductions(
+        gen.run, lambda n: n.startswith("gradient/"), [("mean", True)], drop_full=drop_full
+    )
+    _same_verdict(VanishingGradient, gen.run, variant)
+
+
+@FAST
+@given(
+    mst.training_runs(
+        tensors=("loss",),
+        workers=(1, 2),
+        incomplete_steps=(0, 1),
+        loss_kwargs={"nonfinite": (0, 2), "nonfinite_values": (np.nan, np.inf, -np.inf)},
+    ),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from(
+        [
+            [("nan_count", False), ("inf_count", False)],
+            [("nan_count", False)],
+            [("min", False), ("max", False)],
+            [("mean", True)],
+        ]
+    ),
+)
+def test_exploding_tensor_reads_reductions_alike(gen, drop_full, only_nan, reductions) -> None:
+    from pytest_modelrules.rules.tensors import ExplodingTensor
+
+    variant = _with_reductions(gen.run, lambda n: n == mst.LOSS, reductions, drop_full=drop_full)
+    full = ExplodingTensor(only_nan=only_nan).evaluate(gen.run)
+    other = ExplodingTensor(only_nan=only_nan).evaluate(variant)
+    names = {r for r, _ in reductions}
+    if drop_full and names == {"nan_count"} and not only_nan:
+        # the documented limit: a lone nan_count cannot see inf; it must not invent one
+        assert other.triggered <= full.triggered
+        return
+    assert (other.triggered, other.first_step) == (full.triggered, full.first_step)
