@@ -180,7 +180,10 @@ class RuleMonitor:
                     self.errors.append(f"{type(rule).__name__} at step {step}: {exc!r}")
                     continue
                 results.append(result)
-                if result.triggered and self.stop_on_trigger and self._stop_reason is None:
+                stop = self.stop_on_trigger or bool(
+                    result.evidence.get("stop_training_on_fire", False)
+                )
+                if result.triggered and stop and self._stop_reason is None:
                     self._stop_reason = f"{result.summary()}. {result.explanation}"
                     _LOG.warning("RuleMonitor: stop requested: %s", self._stop_reason)
             with self._lock:

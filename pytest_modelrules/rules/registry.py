@@ -26,6 +26,10 @@ def default_rules() -> list[str]:
     )
 
 
+#: other spellings users bring from SageMaker Debugger's configs
+_ALIASES = {"stalled_training": "stalled_training_rule"}
+
+
 def rule_class(name: str | type[BuiltinRule]) -> type[BuiltinRule]:
     """The rule class for a snake_case name or a class name (any case); RuleParameterError
     listing the known names otherwise."""
@@ -35,6 +39,7 @@ def rule_class(name: str | type[BuiltinRule]) -> type[BuiltinRule]:
         raise RuleParameterError(f"a rule name must be a string, got {name!r}")
     rules = registry()
     key = name.strip()
+    key = _ALIASES.get(key, key)
     if key in rules:
         return rules[key]
     folded = key.lower().replace("_", "").replace("-", "")

@@ -161,3 +161,31 @@ def test_monitor_attached_before_the_run_exists(tmp_path):
                 break
     assert step == 10 and monitor.stop_requested
     monitor.close()
+
+
+def _stalled_run(path, monitor, gap_at: int):
+    """Steps one second apart, then a gap of an hour before step ``gap_at``."""
+    with RunWriter(path) as w:
+        monitor.attach(path)
+        wall = 1_600_000_000.0
+        for step in range(gap_at + 3):
+            wall += 3600.0 if step == gap_at else 1.0
+            w.write(LOSS, np.float32(1.0 / (step + 1)), step, wall_time=wall)
+            w.end_step()
+            monitor.on_step_committed(step)
+            if monitor.stop_requested:
+                break
+
+
+@pytest.mark.parametrize("on_fire", [True, False])
+def test_stop_training_on_fire_stops_even_without_stop_on_trigger(tmp_path, on_fire):
+    rule = ("stalled_training", {"threshold": 1800, "stop_training_on_fire": on_fire})
+    monitor = RuleMonitor([rule], every_n_steps=1, stop_on_trigger=False, background=False)
+    _stalled_run(tmp_path / "run", monitor, gap_at=5)
+    monitor.close()
+    assert monitor.stop_requested is on_fire
+    if on_fire:
+        assert "stalled_training" in monitor.stop_reason
+    else:
+        assert monitor.stop_reason is None
+        assert any(r.triggered for r in monitor.results)
