@@ -46,6 +46,11 @@ class Storage:
             self.fs = None
             self.root = str(Path(local_path(self.url)))
 
+    @property
+    def sep(self) -> str:
+        """The separator :meth:`join` puts between parts."""
+        return "/" if self.remote else os.sep
+
     def join(self, *parts: str) -> str:
         return "/".join([self.root, *parts]) if self.remote else os.path.join(self.root, *parts)
 

@@ -43,7 +43,7 @@ def parse_json_object(raw: bytes, path: str) -> dict[str, Any]:
     if len(raw) > MAX_JSON_BYTES:
         raise CorruptRunError(path, f"JSON file of {len(raw)} bytes is larger than allowed")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CorruptRunError(path, f"invalid JSON ({exc})") from None
     if not isinstance(data, dict):

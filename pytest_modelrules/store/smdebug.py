@@ -177,6 +177,7 @@ class SMDebugBackend(Backend):
         self._records: dict[str, SMDebugRecords] = {}
         self._table = StepTable.empty()
         self._order: list[str] = []
+        self._events_prefix = self.storage.join(EVENTS_DIR) + self.storage.sep
         self.refresh()
 
     # -- discovery -----------------------------------------------------------------------------
@@ -228,18 +229,21 @@ class SMDebugBackend(Backend):
         st = self.storage
         dirs = [d for d in st.listdir(st.join(INDEX_DIR)) if _DIR9.match(d)]
         todo: list[tuple[str, str, int, str]] = []  # rel path, full path, step, worker
-        for pos, d in enumerate(dirs):
+        seen = self._seen_index
+        match = _INDEX_FILE.match
+        for d in dirs:
             if d in self._sealed_dirs:
                 continue
-            for fname in st.listdir(st.join(INDEX_DIR, d)):
-                m = _INDEX_FILE.match(fname)
+            dpath = st.join(INDEX_DIR, d)
+            prefix = dpath + st.sep
+            for fname in st.listdir(dpath):
+                rel = f"{d}/{fname}"
+                if rel in seen:
+                    continue
+                m = match(fname)
                 if m is None:
                     continue  # *.tmp and anything else: not (yet) an index file
-                rel = f"{d}/{fname}"
-                if rel in self._seen_index:
-                    continue
-                todo.append((rel, st.join(INDEX_DIR, d, fname), int(m.group(1)), m.group(2)))
-            del pos
+                todo.append((rel, prefix + fname, int(m.group(1)), m.group(2)))
         if todo:
             blobs = st.read_many([t[1] for t in todo])
             for (rel, path, step, worker), raw in zip(todo, blobs):
@@ -304,7 +308,12 @@ class SMDebugBackend(Backend):
             c["length"].append(length)
             cols._arrays = None
             self._records.pop(name, None)
-        self._rows.add(wid, step, mode, mode_step)
+        rows = self._rows.cols
+        rows["worker"].append(wid)
+        rows["step"].append(step)
+        rows["mode"].append(mode)
+        rows["mode_step"].append(mode_step)
+        self._rows._arrays = None
         self._step_workers.setdefault(step, set()).add(wid)
 
     def _event_path(self, index_path: str, name: Any, step: int, worker: str) -> int:
@@ -317,7 +326,8 @@ class SMDebugBackend(Backend):
             eid = self._event_ids.get(rel)
             if eid is None:
                 eid = self._event_ids[rel] = len(self._event_paths)
-                self._event_paths.append(self.storage.join(EVENTS_DIR, *rel.split("/")))
+                sep = self.storage.sep
+                self._event_paths.append(self._events_prefix + rel.replace("/", sep))
             return eid
         parts = name.replace("\\", "/").rstrip("/").split("/")
         if len(parts) < 2 or not _EVENT_DIR.match(parts[-2]) or not _EVENT_FILE.match(parts[-1]):
