@@ -183,3 +183,19 @@ def test_saving_over_a_run_is_refused(tmp_path) -> None:
     run.save(tmp_path / "r")
     with pytest.raises(FileExistsError):
         run.save(tmp_path / "r")
+
+
+def test_only_the_strategies_module_imports_hypothesis() -> None:
+    """Hypothesis is an optional extra: the package, the plugin and in-memory runs load
+    without it, and nothing imports pytest_modelrules.strategies behind the user's back."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pytest_modelrules, pytest_modelrules.plugin, pytest_modelrules.store.memory\n"
+        "from pytest_modelrules.rules.base import registry; registry()\n"
+        "bad = [m for m in sys.modules if m.startswith('hypothesis')"
+        " or m == 'pytest_modelrules.strategies']\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -355,3 +355,59 @@ def test_exploding_tensor_reads_reductions_alike(gen, drop_full, only_nan, reduc
         assert other.triggered <= full.triggered
         return
     assert (other.triggered, other.first_step) == (full.triggered, full.first_step)
+
+
+# -- Confusion and ClassImbalance's misprediction check -------------------------------------------
+
+CLASSIFICATION_RUNS = mst.training_runs(
+    modes=st.sampled_from([("TRAIN",), ("TRAIN", "EVAL")]),
+    steps_per_epoch=(1, 4),
+    workers=(1, 2),
+    incomplete_steps=(0, 1),
+    num_classes=(2, 4),
+    accuracy=(0.3, 1.0),
+    confused=st.fixed_dictionaries({(0, 1): st.sampled_from([0.0, 0.3, 0.8])}),
+    tensors=("classification",),
+)
+
+
+def _step_confusions(gen) -> dict[int, np.ndarray]:
+    """Each complete step's confusion matrix over every worker's batch."""
+    out: dict[int, np.ndarray] = {}
+    for (step, _worker), conf in gen.truth.batch_confusion.items():
+        if step in gen.truth.global_steps:
+            out[step] = out.get(step, 0) + conf
+    return out
+
+
+@FAST
+@given(CLASSIFICATION_RUNS, st.sampled_from([0.5, 0.9, 1.0]), st.sampled_from([0.0, 0.1, 0.5]))
+def test_confusion_fires_exactly_at_the_steps_whose_matrix_is_bad(gen, min_diag, max_off) -> None:
+    from pytest_modelrules.rules.classification import Confusion
+
+    want = []
+    for step, conf in sorted(_step_confusions(gen).items()):
+        col = conf.sum(axis=0)
+        used = col > 0
+        diag = np.diag(conf)[used] / col[used]
+        off = (conf - np.diag(np.diag(conf))).max(axis=0)[used] / col[used]
+        if np.any(diag < min_diag) or np.any(off > max_off):
+            want.append(step)
+    result = Confusion(min_diag=min_diag, max_off_diag=max_off).evaluate(gen.run)
+    assert [t.step for t in result.triggers] == want
+
+
+@FAST
+@given(CLASSIFICATION_RUNS, st.sampled_from([0.0, 0.25, 0.5, 0.7]))
+def test_class_imbalance_misprediction_matches_the_truth(gen, limit) -> None:
+    rule = ClassImbalance(
+        threshold_imbalance=1e9, threshold_misprediction=limit, samples=1, argmax=True
+    )
+    want, total = [], 0
+    for step, conf in sorted(_step_confusions(gen).items()):
+        total = total + conf
+        seen = total.sum(axis=1) > 0
+        wrong = (total.sum(axis=1) - np.diag(total))[seen] / total.sum(axis=1)[seen]
+        if np.any(wrong > limit):
+            want.append(step)
+    assert [t.step for t in rule.evaluate(gen.run).triggers] == want
