@@ -188,7 +188,9 @@ class NativeRecords(TensorRecords):
             elif lay != layout_seen:
                 return None
             offs = index.offsets[js]
-            stride = int(offs[1] - offs[0]) if len(offs) > 1 else 1 << 20
+            itemsize = lay[0].itemsize
+            size = itemsize * int(np.prod(lay[1], dtype=np.int64)) if lay[1] else itemsize
+            stride = int(offs[1] - offs[0]) if len(offs) > 1 else max(size, 1)
             if len(offs) > 2 and not bool(np.all(np.diff(offs) == stride)):
                 return None
             if stride <= 0:

@@ -201,3 +201,23 @@ def test_long_and_odd_tensor_names(tmp_path):
     run = open_run(tmp_path / "r")
     assert run.tensor_names() == sorted(names)
     assert all(run.tensor(n).value(0).item() == 1.0 for n in names)
+
+
+def test_stack_of_one_large_value_and_of_several_chunks(tmp_path):
+    root = tmp_path / "r"
+    w = RunWriter(root)
+    big = np.arange(600_000, dtype=np.float32).reshape(600, 1000)  # 2.4 MB, above 1 MiB
+    w.write("big", big, 0)
+    w.write("small", np.float32(0), 0)
+    w.end_step()
+    run = open_run(root)
+    assert np.array_equal(run.tensor("big").series().stack()[0], big)
+    for g in range(1, 6):  # read in three chunks: the stack spans them
+        w.write("small", np.float32(g), g)
+        if g % 2 == 0:
+            w.end_step()
+            run.refresh()
+            run.tensor("small").values()
+    w.close()
+    run.refresh()
+    assert run.tensor("small").series().stack().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
