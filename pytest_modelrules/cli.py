@@ -155,33 +155,26 @@ def _results_table(results: list[Any], title: str) -> None:
 
 
 def check_run(run_path: str, baseline: str | None, rules: Sequence[str] | None) -> list[Any]:
-    """Evaluate rules on a run: the named ones, else the default set."""
+    """Evaluate rules on a run: the named ones (``name`` or ``name:k=v;k=v``), else the
+    default set. With a baseline, rules that take one (``baseline`` or ``other_trials``) get it.
+    """
     from .rules import registry as reg
     from .store.run import open_run
 
     run = open_run(run_path)
     base = open_run(baseline) if baseline else None
-    if rules:
-        results = []
-        for spec in rules:
-            name, params = _parse_rule_spec(spec)
-            if base is not None and "baseline" in getattr(reg, "_BASELINE_RULES", ()):
-                params.setdefault("baseline", base)
-            results.append(reg.evaluate(run, name, **params))
-        return results
-    kwargs = {"baseline": base} if base is not None else {}
-    return list(_default_results(reg, run, **kwargs))
-
-
-def _default_results(reg: Any, run: Any, **kwargs: Any) -> list[Any]:
-    fn = getattr(reg, "evaluate_all", None)
-    if fn is not None:
-        return list(fn(run, **kwargs))
-    out = []
-    for rule in reg.default_rules():
-        rule_obj = rule() if isinstance(rule, type) else rule
-        out.append(rule_obj.evaluate(run))
-    return out
+    specs = (
+        [_parse_rule_spec(s) for s in rules] if rules else [(n, {}) for n in reg.default_rules()]
+    )
+    results = []
+    for name, params in specs:
+        if base is not None:
+            accepted = reg.rule_class(name).params
+            for key, value in (("baseline", base), ("other_trials", [base])):
+                if key in accepted:
+                    params.setdefault(key, value)
+        results.append(reg.evaluate(run, name, **params))
+    return results
 
 
 def _parse_rule_spec(spec: str) -> tuple[str, dict[str, str]]:

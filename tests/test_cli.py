@@ -1,0 +1,114 @@
+"""The ``modelrules`` command line: generate, train, check, report, demo."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from pytest_modelrules import cli
+
+TINY_FLAGS = [
+    "--image-size", "32", "--batch-size", "16", "--train-images", "100",
+    "--test-per-class", "1", "--steps", "4", "--epochs", "2", "--save-interval", "2",
+    "--device", "cpu", "--threads", "1", "--no-progress",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert cli.main(["train", "--recipe", "fixed", "--out", str(out), *TINY_FLAGS]) == 0
+    return out
+
+
+def test_generate_writes_the_official_layout(tmp_path: Path, capsys):
+    code = cli.main(["generate", "--out", str(tmp_path), "--train-images", "86",
+                     "--test-per-class", "1", "--size", "16", "--quiet"])  # fmt: skip
+    assert code == 0
+    assert "wrote 129 images (16 px)" in capsys.readouterr().out
+    assert len(list((tmp_path / "gtsrb/GTSRB/Training").glob("*/*.ppm"))) == 86
+    assert len(list((tmp_path / "gtsrb/GTSRB/Final_Test/Images").glob("*.ppm"))) == 43
+
+
+def test_train_prints_accuracies_and_records(tiny_run: Path, capsys):
+    from pytest_modelrules import open_run
+
+    run = open_run(tiny_run)
+    assert run.metadata["recipe"] == "fixed" and run.metadata["config"]["sampler"] == "weighted"
+    assert run.metadata["config"]["steps"] == 4
+
+
+def test_check_exit_codes(tiny_run: Path, capsys):
+    # 64 labels over 43 classes are never exactly balanced: the rule triggers -> exit 1
+    assert cli.main(["check", str(tiny_run), "--rule",
+                     "class_imbalance:threshold_imbalance=1;samples=1"]) == 1  # fmt: skip
+    out = capsys.readouterr().out
+    assert "class_imbalance" in out and "1 rule(s) triggered" in out
+    assert cli.main(["check", str(tiny_run), "--rule", "dead_relu:threshold_layer=100"]) == 0
+    assert "no rule triggered (1 evaluated)" in capsys.readouterr().out
+
+
+def test_check_default_rules_and_json(tiny_run: Path, tmp_path: Path, capsys):
+    code = cli.main(["check", str(tiny_run), "--json", str(tmp_path / "r.json")])
+    assert code in (0, 1)
+    assert (tmp_path / "r.json").is_file()
+    assert "rules on" in capsys.readouterr().out
+
+
+def test_report_writes_html(tiny_run: Path, tmp_path: Path, capsys):
+    assert cli.main(["report", str(tiny_run), "--out", str(tmp_path / "rep")]) == 0
+    path = Path(capsys.readouterr().out.strip().split("report: ")[-1])
+    assert path.is_file() and path.suffix == ".html"
+
+
+def test_report_without_the_module_says_so(tiny_run: Path, tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "pytest_modelrules.report.html", None)
+    assert cli.main(["report", str(tiny_run), "--out", str(tmp_path)]) == 2
+    assert "HTML report is not available" in capsys.readouterr().err
+
+
+def test_missing_data_folder_is_a_clear_error(tmp_path: Path, capsys):
+    code = cli.main(["train", "--out", str(tmp_path / "r"), "--data", str(tmp_path / "none"),
+                     *TINY_FLAGS])  # fmt: skip
+    assert code == 2
+    assert "no GTSRB data under" in capsys.readouterr().err
+
+
+def test_rule_spec_parsing():
+    assert cli._parse_rule_spec("dead_relu") == ("dead_relu", {})
+    assert cli._parse_rule_spec("class_imbalance:threshold_imbalance=5;samples=10") == (
+        "class_imbalance", {"threshold_imbalance": "5", "samples": "10"},
+    )  # fmt: skip
+    with pytest.raises(SystemExit):
+        cli._parse_rule_spec("dead_relu:oops")
+
+
+def test_demo_reports_what_the_rules_catch(tmp_path: Path, monkeypatch, capsys):
+    """The demo's bookkeeping, with training and the example run stubbed out."""
+
+    def fake_train(recipe, out, overrides, data_dir=None):
+        acc = {"seed": 0.71, "fixed": 0.86}[recipe]
+        cfg = SimpleNamespace(recipe=recipe)
+        return SimpleNamespace(config=cfg, accuracy=acc, balanced_accuracy=acc,
+                               gtsrb_accuracy=acc + 0.1, mirror_confusions={"19-20": 9},
+                               train_steps=600, train_seconds=40.0, images_per_second=900.0,
+                               run_dir=out)  # fmt: skip
+
+    def fake_examples(run_dir, extra=()):
+        seed = Path(run_dir).name == "seed"
+        state = "FAILED" if seed else "PASSED"
+        return (1 if seed else 0), (
+            f"{state} test_x.py::test_no_direction_confusion_19_20 - boom\n"
+            "PASSED test_x.py::test_relus_alive\n"
+        )
+
+    monkeypatch.setattr(cli, "_train", fake_train)
+    monkeypatch.setattr(cli, "run_examples", fake_examples)
+    assert cli.main(["demo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "rules caught in the seed run: test_no_direction_confusion_19_20" in out
+    assert "cleared by the fix: test_no_direction_confusion_19_20" in out
+    assert "seed recipe : test accuracy 0.710" in out and "fixed recipe: test accuracy 0.860" in out
