@@ -894,13 +894,16 @@ def training_runs(
     confused: Mapping[tuple[int, int], float] | SearchStrategy[Any] = {},  # noqa: B006
     never_confuse: Iterable[tuple[int, int]] = (),
     relu_layers: Sequence[str] | int | SearchStrategy[Any] = 2,
-    dead_fraction: float | tuple[float, float] | SearchStrategy[float] = (0.0, 1.0),
+    dead_fraction: float | tuple[float, float] | SearchStrategy[float] | Mapping[str, Any] = (
+        0.0,
+        1.0,
+    ),
     relu_units: int | tuple[int, int] | SearchStrategy[int] = (1, 12),
     relu_batch: int | tuple[int, int] | SearchStrategy[int] = (1, 8),
     relu_spatial: tuple[int, int] | SearchStrategy[Any] | None = None,
     params: Sequence[str] = DEFAULT_PARAMS,
-    grad_scale: float | str | SearchStrategy[Any] = "normal",
-    update_ratio: float | tuple[float, float] | SearchStrategy[float] = 1e-3,
+    grad_scale: float | str | SearchStrategy[Any] | Mapping[str, Any] = "normal",
+    update_ratio: float | tuple[float, float] | SearchStrategy[float] | Mapping[str, Any] = 1e-3,
     ended: bool = True,
     name: str = "generated-run",
 ) -> GeneratedRun:
@@ -912,11 +915,13 @@ def training_runs(
     (when "EVAL" is in ``modes``); a step is saved when its mode step is a multiple of the
     save interval, then ``missing_steps`` saved steps are dropped, and with several workers
     ``incomplete_steps`` are written by only some of them (readers must ignore those).
-    ``relu_spatial=(h, w)`` makes ReLU outputs conv-shaped, (batch, channels, h, w), with
-    whole channels dead. Labels, predictions, the loss and ReLU outputs follow
-    :func:`label_streams`, :func:`predictions`, :func:`loss_curves` and :func:`relu_outputs`,
-    over the complete steps of each mode; every worker writes its own batch of labels and
-    logits and the same loss.
+    ``dead_fraction``, ``grad_scale`` and ``update_ratio`` also take a mapping per ReLU layer
+    (module path, e.g. ``{"layer1.0.relu": 0.9}``; others get 0) or per parameter (others get
+    "normal" and 1e-3). ``relu_spatial=(h, w)`` makes ReLU outputs conv-shaped,
+    (batch, channels, h, w), with whole channels dead. Labels, predictions, the loss and ReLU
+    outputs follow :func:`label_streams`, :func:`predictions`, :func:`loss_curves` and
+    :func:`relu_outputs`, over the complete steps of each mode; every worker writes its own
+    batch of labels and logits and the same loss.
     """
     known = {"loss", "classification", "relu", "weights", "gradients"}
     if not tensors or set(tensors) - known:
@@ -1057,7 +1062,12 @@ def training_runs(
         for layer in layers:
             tname = relu_name(layer)
             units = _v(draw, _ints(relu_units))
-            frac = float(_v(draw, _floats(dead_fraction)))
+            spec = (
+                dead_fraction.get(layer, 0.0)
+                if isinstance(dead_fraction, Mapping)
+                else dead_fraction
+            )
+            frac = float(_v(draw, _floats(spec)))
             hw = _v(draw, relu_spatial)
             dead = _dead_units(rng, units, frac)
             truth.dead_fraction[tname] = len(dead) / units
@@ -1066,9 +1076,13 @@ def training_runs(
     train_rows = [r for r in schedule if r.mode == "TRAIN"]
     if train_rows and ("weights" in tensors or "gradients" in tensors):
         n_complete = sum(r.complete for r in train_rows)
-        gs = _scale(_v(draw, grad_scale))
-        ur = float(_v(draw, _floats(update_ratio)))
+        scales = grad_scale if isinstance(grad_scale, Mapping) else None
+        ratios = update_ratio if isinstance(update_ratio, Mapping) else None
+        gs_all = None if scales is not None else _scale(_v(draw, grad_scale))
+        ur_all = None if ratios is not None else float(_v(draw, _floats(update_ratio)))
         for p in params:
+            gs = gs_all if scales is None else _scale(_v(draw, scales.get(p, "normal")))
+            ur = ur_all if ratios is None else float(_v(draw, _floats(ratios.get(p, 1e-3))))
             shape = _param_shape(p, n_classes)
             ws = iter(_weights(rng, shape, max(n_complete, 1), ur, 0.1))
             if "weights" in tensors and n_complete:

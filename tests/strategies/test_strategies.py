@@ -304,6 +304,9 @@ def _check_run_against_truth(gen: mst.GeneratedRun) -> None:
     for pname, ratio in truth.update_ratio.items():
         ws = run.tensor(pname).series("TRAIN").arrays
         for a, b in itertools.pairwise(ws):
+            if ratio == 0:
+                assert np.array_equal(a, b)
+                continue
             a64, b64 = a.astype(np.float64), b.astype(np.float64)
             assert abs(np.linalg.norm(b64 - a64) / np.linalg.norm(a64) / ratio - 1) <= 1e-3
 
@@ -390,3 +393,24 @@ def test_training_run_arguments_are_checked() -> None:
         _draw(mst.training_runs(tensors=("loss", "histograms")))
     with pytest.raises(InvalidArgument, match="modes"):
         _draw(mst.training_runs(modes=("PREDICT",)))
+
+
+@FAST
+@given(
+    mst.training_runs(
+        tensors=("relu", "weights", "gradients"),
+        relu_layers=["relu", "layer1.0.relu"],
+        dead_fraction={"layer1.0.relu": 1.0},
+        grad_scale={"fc.weight": "vanishing"},
+        update_ratio={"conv1.weight": 0.0},
+    )
+)
+def test_per_layer_and_per_parameter_choices(gen: mst.GeneratedRun) -> None:
+    assert gen.truth.dead_fraction == {
+        "relu.relu_output_0": 0.0,
+        "layer1.0.relu.relu_output_0": 1.0,
+    }
+    assert gen.truth.grad_scale["gradient/fc.weight"] == mst.GRADIENT_SCALES["vanishing"]
+    assert gen.truth.grad_scale["gradient/fc.bias"] == mst.GRADIENT_SCALES["normal"]
+    assert gen.truth.update_ratio["conv1.weight"] == 0.0
+    _check_run_against_truth(gen)
