@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant per round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--quick", action="store_true", help="tiny run (for the test suite)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     from pytest_modelrules import Recorder
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, loss_fn, opt, batches = build(args)
     tmp = Path(tempfile.mkdtemp(prefix="bench-capture-"))
     variants = {"no recorder": None, "save_interval=500": 500, "save_interval=1": 1}

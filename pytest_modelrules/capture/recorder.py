@@ -340,9 +340,12 @@ class Recorder:
             return
         self.dead = True
         self.error = exc
+        if threading.current_thread() is not self._thread:
+            step = f"global step {self.global_step} ({self.mode.name} step {self.mode_step})"
+            where = f"{where} at {step}"
         message = (
-            f"pytest-modelrules Recorder: recording stopped at global step {self.global_step} "
-            f"while {where} ({type(exc).__name__}: {exc}); training continues unrecorded"
+            f"pytest-modelrules Recorder: recording stopped while {where} "
+            f"({type(exc).__name__}: {exc}); training continues unrecorded"
         )
         logger.warning(message)
         warnings.warn(message, RuntimeWarning, stacklevel=3)
@@ -694,7 +697,10 @@ class Recorder:
         try:
             fn(*args)
         except Exception as exc:
-            self._fail(exc, f"writing ({getattr(fn, '__name__', 'job')})")
+            what = getattr(fn, "__name__", "job")
+            if what == "_write_step":
+                what = f"writing step {args[0]} ({ModeKeys(args[1]).name} step {args[2]})"
+            self._fail(exc, what)
 
     def _drain(self) -> None:
         """Wait until the writer thread has written everything submitted so far."""

@@ -40,7 +40,10 @@ def batches(n: int, batch: int = 8, size: int = 8, classes: int = 5, seed: int =
     """``n`` synthetic (image, label) batches, the same for the same seed."""
     gen = torch.Generator().manual_seed(seed)
     return [
-        (torch.randn(batch, 3, size, size, generator=gen), torch.randint(0, classes, (batch,), generator=gen))
+        (
+            torch.randn(batch, 3, size, size, generator=gen),
+            torch.randint(0, classes, (batch,), generator=gen),
+        )
         for _ in range(n)
     ]
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from capture_helpers import batches, train
 
 from pytest_modelrules import Recorder, modes, open_run
 from pytest_modelrules.capture import CollectionConfig, SaveConfig, SaveConfigMode
 from pytest_modelrules.store.names import reduction_tensor_name
-
-from capture_helpers import batches, train
 
 torch = pytest.importorskip("torch")
 
@@ -73,7 +72,9 @@ def test_train_and_eval_modes_count_their_own_steps(tmp_path, tiny):
     assert run.steps() == list(range(7))
     assert run.steps(modes.TRAIN) == [0, 1, 2, 3, 4]
     assert run.steps(modes.EVAL) == [0, 1]
-    assert [run.mode(g) for g in range(7)] == [modes.TRAIN] * 3 + [modes.EVAL] * 2 + [modes.TRAIN] * 2
+    assert [run.mode(g) for g in range(7)] == [modes.TRAIN] * 3 + [modes.EVAL] * 2 + [
+        modes.TRAIN
+    ] * 2
     assert run.global_step(modes.EVAL, 1) == 4 and run.global_step(modes.TRAIN, 3) == 5
     assert run.tensor("CrossEntropyLoss_input_0").steps(modes.EVAL) == [0, 1]
 

@@ -32,7 +32,9 @@ def _check_reductions(run, name, reductions, step, mode=None, rtol=2e-6):
             assert stored[:-2].sum() == expected[:-2].sum()
             assert np.abs(stored[:-2] - expected[:-2]).sum() <= 2, (name, stored, expected)
         else:
-            np.testing.assert_allclose(stored, expected, rtol=rtol, atol=1e-7, err_msg=f"{name} {spec}")
+            np.testing.assert_allclose(
+                stored, expected, rtol=rtol, atol=1e-7, err_msg=f"{name} {spec}"
+            )
 
 
 def test_reductions_equal_compute_reduction_of_the_full_tensor(tmp_path):
@@ -160,8 +162,10 @@ def test_bf16_autocast_and_channels_last(tmp_path):
     model = TinyNet().to(memory_format=torch.channels_last)
     loss_fn = torch.nn.CrossEntropyLoss()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    full_relu = CollectionConfig("relu_full", include_regex=["relu_output"],
-                                 reductions=["positive_fraction"], save_raw_tensor=True)  # fmt: skip
+    full_relu = CollectionConfig(
+        "relu_full", include_regex=["relu_output"], reductions=["positive_fraction"],
+        save_raw_tensor=True,
+    )  # fmt: skip
     with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1,
                   collections=[full_relu]):  # fmt: skip
         for x, y in batches(2):

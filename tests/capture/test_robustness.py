@@ -1,0 +1,190 @@
+"""Recording never breaks training; the RuleMonitor interface; object storage output."""
+
+from __future__ import annotations
+
+import errno
+import threading
+import uuid
+import warnings
+
+import pytest
+from capture_helpers import TinyNet, batches, train
+
+from pytest_modelrules import Recorder, modes, open_run
+from pytest_modelrules.capture import CollectionConfig
+from pytest_modelrules.capture import recorder as recorder_module
+from pytest_modelrules.exceptions import RecorderError
+from pytest_modelrules.store.writer import RunWriter
+
+torch = pytest.importorskip("torch")
+
+
+def _fresh():
+    torch.manual_seed(0)
+    model = TinyNet()
+    return model, torch.nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+def test_disk_full_during_training_is_reported_once_and_training_goes_on(tmp_path, monkeypatch):
+    data = batches(8)
+    model, loss_fn, opt = _fresh()
+    baseline = train(model, loss_fn, opt, data)
+
+    real_write = RunWriter.write
+
+    def failing_write(self, name, array, step, *args, **kwargs):
+        if step >= 3:  # the disk fills up during step 3
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, name, array, step, *args, **kwargs)
+
+    monkeypatch.setattr(RunWriter, "write", failing_write)
+    model, loss_fn, opt = _fresh()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1) as rec:
+            losses = train(model, loss_fn, opt, data)
+    assert losses == baseline  # recording changed nothing, even while failing
+    ours = [w for w in caught if "Recorder" in str(w.message)]
+    assert len(ours) == 1, [str(w.message) for w in caught]
+    assert "No space left on device" in str(ours[0].message)
+    assert "step 3" in str(ours[0].message)
+    assert rec.dead and isinstance(rec.error, OSError)
+    # nothing of the recorder is left on the model
+    assert not model._forward_pre_hooks and not model._forward_hooks
+    assert not model.relu._forward_hooks and not opt._optimizer_step_pre_hooks
+    # what was committed before the failure still reads
+    assert open_run(tmp_path / "run").steps() == [0, 1, 2]
+
+
+def test_read_only_run_folder_after_start(tmp_path, monkeypatch):
+    """The run's files vanish into a folder that refuses new files (as chmod a-w would for a
+    normal user; the tests may run as root, so the refusal is simulated at open())."""
+    model, loss_fn, opt = _fresh()
+    data = batches(4)
+    real_open = RunWriter._open
+    armed = threading.Event()
+
+    def refusing_open(self, path, kind, name):
+        if armed.is_set():
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(self, path, kind, name)
+
+    monkeypatch.setattr(RunWriter, "_open", refusing_open)
+    with (
+        pytest.warns(RuntimeWarning, match="Permission denied") as record,
+        Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1),
+    ):
+        armed.set()  # the first tensor file would be created now
+        losses = train(model, loss_fn, opt, data)
+    assert len([w for w in record if "Recorder" in str(w.message)]) == 1
+    assert len(losses) == 4
+
+
+def test_an_error_inside_a_hook_stops_recording_not_training(tmp_path, monkeypatch):
+    model, loss_fn, opt = _fresh()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("weird output")
+
+    monkeypatch.setattr(recorder_module, "compute_many", broken)
+    with (
+        pytest.warns(RuntimeWarning, match="weird output"),
+        Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1) as rec,
+    ):
+        losses = train(model, loss_fn, opt, batches(3))
+    assert len(losses) == 3 and rec.dead
+
+
+def test_configuration_errors_raise_at_construction(tmp_path, tiny):
+    model = tiny[0]
+    with pytest.raises(RecorderError, match=r"loss must be a torch\.nn\.Module"):
+        Recorder(tmp_path / "a", model, loss=torch.nn.functional.cross_entropy)
+    with pytest.raises(ValueError, match="unknown reduction 'median'"):
+        CollectionConfig("x", reductions=["median"])
+    with pytest.raises(RecorderError, match="unknown collection 'relus'"):
+        Recorder(tmp_path / "b", model, collections=["relus"])
+    Recorder(tmp_path / "c", model).close()
+    with pytest.raises(RecorderError, match="already holds a recorded run"):
+        Recorder(tmp_path / "c", model)
+
+
+class FakeMonitor:
+    """The RuleMonitor interface the Recorder codes against."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.attached: list[str] = []
+        self.committed: list[int] = []
+        self.closed = 0
+        self.stop_after = stop_after
+        self.stop_reason: str | None = None
+
+    def attach(self, run_path: str) -> None:
+        self.attached.append(run_path)
+
+    def on_step_committed(self, step: int) -> None:
+        self.committed.append(step)
+        if self.stop_after is not None and step >= self.stop_after:
+            self.stop_reason = f"rule fake triggered at step {step}"
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop_reason is not None
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+@pytest.mark.parametrize("async_write", [False, True])
+def test_rule_monitor_hook(tmp_path, async_write):
+    model, loss_fn, opt = _fresh()
+    monitor = FakeMonitor(stop_after=4)
+    steps = 0
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=2,
+                  monitor=monitor, async_write=async_write) as rec:  # fmt: skip
+        assert monitor.attached == [str(tmp_path / "run")]
+        for x, y in batches(20):
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+            steps += 1
+            if rec.should_stop:
+                break
+    # the monitor hears of each committed step; should_stop follows it. With the writer
+    # thread a step is committed a little later, so the loop may run a few steps longer.
+    assert monitor.committed[:3] == [0, 2, 4]
+    assert steps == 5 if not async_write else 5 <= steps <= 12
+    assert monitor.closed == 1
+    run = open_run(tmp_path / "run")
+    assert run.end_info["reason"] == "rule fake triggered at step 4"
+
+
+def test_close_with_an_explicit_reason(tmp_path, tiny):
+    model, loss_fn, opt = tiny
+    rec = Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1)
+    train(model, loss_fn, opt, batches(1))
+    rec.close(reason="budget spent")
+    rec.close()  # idempotent
+    assert open_run(tmp_path / "run").end_info["reason"] == "budget spent"
+    assert not rec.should_stop
+
+
+def test_fsspec_memory_url(tiny):
+    model, loss_fn, opt = tiny
+    url = f"memory://modelrules-test-{uuid.uuid4().hex}/run"
+    with Recorder(
+        url, model, loss=loss_fn, optimizer=opt, save_interval=1, sync_interval_s=0
+    ) as rec:
+        train(model, loss_fn, opt, batches(2))
+        rec.set_mode(modes.EVAL)
+        with torch.no_grad():
+            model(batches(1)[0][0])
+    run = open_run(url)
+    assert run.steps() == [0, 1, 2] and run.has_ended
+    assert run.tensor("CrossEntropyLoss_output_0").steps(modes.TRAIN) == [0, 1]
+
+
+def test_local_file_url(tmp_path, tiny):
+    model, loss_fn, opt = tiny
+    with Recorder(f"file://{tmp_path}/run", model, loss=loss_fn, optimizer=opt, save_interval=1):
+        train(model, loss_fn, opt, batches(2))
+    assert open_run(tmp_path / "run").steps() == [0, 1]
