@@ -365,11 +365,17 @@ class Run:
             self._mode_lookup[int(m)] = dict(
                 zip(self._mode_steps[sel].tolist(), self._complete[sel].tolist())
             )
+        # step lists answered by steps(): computed once per refresh, copied per call
+        self._steps_of: dict[int, list[int]] = {
+            m: sorted(lookup) for m, lookup in self._mode_lookup.items()
+        }
+        self._global_list = self._complete.tolist()
         self._generation += 1
 
     def _has_step(self, step: int, mode: ModeKeys | None) -> bool:
         if mode is None:
-            return bool(np.isin(step, self._complete))
+            pos = int(np.searchsorted(self._complete, step))
+            return pos < len(self._complete) and int(self._complete[pos]) == step
         return step in self._mode_lookup.get(int(mode), {})
 
     def _steps_hint(self, mode: ModeKeys | None) -> str:
@@ -402,8 +408,8 @@ class Run:
             arr = table.mode_steps[sel] if m else table.steps[sel]
             return sorted(set(arr.tolist()))
         if m is None:
-            return self._complete.tolist()
-        return sorted(self._mode_lookup.get(int(m), {}))
+            return list(self._global_list)
+        return list(self._steps_of.get(int(m), ()))
 
     def modes(self) -> list[ModeKeys]:
         """The modes that have at least one saved step."""
