@@ -1062,12 +1062,10 @@ def training_runs(
         for layer in layers:
             tname = relu_name(layer)
             units = _v(draw, _ints(relu_units))
-            spec = (
-                dead_fraction.get(layer, 0.0)
-                if isinstance(dead_fraction, Mapping)
-                else dead_fraction
-            )
-            frac = float(_v(draw, _floats(spec)))
+            spec = _v(draw, _floats(dead_fraction))
+            if isinstance(spec, Mapping):
+                spec = _v(draw, _floats(spec.get(layer, 0.0)))
+            frac = float(spec)
             hw = _v(draw, relu_spatial)
             dead = _dead_units(rng, units, frac)
             truth.dead_fraction[tname] = len(dead) / units
@@ -1076,10 +1074,12 @@ def training_runs(
     train_rows = [r for r in schedule if r.mode == "TRAIN"]
     if train_rows and ("weights" in tensors or "gradients" in tensors):
         n_complete = sum(r.complete for r in train_rows)
-        scales = grad_scale if isinstance(grad_scale, Mapping) else None
-        ratios = update_ratio if isinstance(update_ratio, Mapping) else None
-        gs_all = None if scales is not None else _scale(_v(draw, grad_scale))
-        ur_all = None if ratios is not None else float(_v(draw, _floats(update_ratio)))
+        gs_any = _v(draw, grad_scale)
+        ur_any = _v(draw, _floats(update_ratio))
+        scales = gs_any if isinstance(gs_any, Mapping) else None
+        ratios = ur_any if isinstance(ur_any, Mapping) else None
+        gs_all = None if scales is not None else _scale(gs_any)
+        ur_all = None if ratios is not None else float(ur_any)
         for p in params:
             gs = gs_all if scales is None else _scale(_v(draw, scales.get(p, "normal")))
             ur = ur_all if ratios is None else float(_v(draw, _floats(ratios.get(p, 1e-3))))

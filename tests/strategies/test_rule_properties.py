@@ -411,3 +411,28 @@ def test_class_imbalance_misprediction_matches_the_truth(gen, limit) -> None:
         if np.any(wrong > limit):
             want.append(step)
     assert [t.step for t in rule.evaluate(gen.run).triggers] == want
+
+
+# -- TransferLearning -----------------------------------------------------------------------------
+
+
+@FAST
+@given(
+    mst.training_runs(
+        tensors=("weights",),
+        steps_per_epoch=(2, 6),
+        workers=(1, 2),
+        incomplete_steps=(0, 1),
+        update_ratio=st.fixed_dictionaries(
+            {p: st.sampled_from([0.0, 1e-3]) for p in ("conv1.weight", "fc.weight", "fc.bias")}
+        ),
+    )
+)
+def test_transfer_learning_matches_which_layers_were_frozen(gen) -> None:
+    from pytest_modelrules.rules.transfer import TransferLearning
+
+    assume(len(gen.truth.steps["TRAIN"]) >= 2)
+    ratio = gen.truth.update_ratio
+    want = ratio["conv1.weight"] > 0 or ratio["fc.weight"] == 0 or ratio["fc.bias"] == 0
+    result = TransferLearning(frozen_regex=r"^conv1\.").evaluate(gen.run)
+    assert result.triggered == want
