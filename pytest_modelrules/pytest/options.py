@@ -1,0 +1,168 @@
+"""Options of the plugin (command line and ini) and the run specs they name.
+
+The command line wins over the ini file: when ``--model-run`` is given at all, the ini's
+``model_run`` lines are ignored (not merged), so that a CI job can point a project's tests
+at its own run whatever the project's configuration says.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+GROUP = "modelrules"
+
+#: "NAME=LOCATION" gives a run a name of its own; NAME may hold no "/", ":" or "="
+_NAMED = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+)=(?P<loc>.+)$")
+
+NO_RUN_REASON = (
+    "no model run given: pass --model-run=PATH_OR_URL (or set `model_run` in the [pytest] ini "
+    "section / [tool.pytest.ini_options]) to run this model test"
+)
+NO_BASELINE_REASON = (
+    "no baseline run given: pass --model-run-baseline=PATH_OR_URL (or set `model_run_baseline` "
+    "in the ini) to compare with a baseline"
+)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A run named on the command line or in the ini: where it is and the id tests show."""
+
+    name: str
+    location: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Register the command-line options (in their own group) and the ini keys."""
+    group = parser.getgroup(GROUP, "model rules (pytest-modelrules)")
+    group.addoption(
+        "--model-run",
+        action="append",
+        dest="model_run",
+        default=None,
+        metavar="PATH_OR_URL",
+        help="a recorded training run (folder or fsspec URL, native or SageMaker Debugger "
+        "layout); repeat it to run every model test once per run. NAME=PATH sets the test id.",
+    )
+    group.addoption(
+        "--model-run-baseline",
+        action="store",
+        dest="model_run_baseline",
+        default=None,
+        metavar="PATH_OR_URL",
+        help="the run to compare with (baseline_run fixture, assert_no_regression, "
+        "baseline_comparison rules): e.g. the main branch's run",
+    )
+    group.addoption(
+        "--model-rules-report",
+        action="store",
+        dest="model_rules_report",
+        default=None,
+        metavar="DIR",
+        help="write DIR/verdicts.json (every rule verdict) and, with matplotlib, DIR/report.html",
+    )
+    parser.addini(
+        "model_run",
+        "model runs (one per line), as --model-run; the command line wins",
+        type="linelist",
+        default=[],
+    )
+    parser.addini(
+        "model_run_baseline",
+        "baseline run, as --model-run-baseline; the command line wins",
+        type="string",
+        default="",
+    )
+    parser.addini(
+        "model_rules",
+        "rules to collect as tests, one per line: `NAME key=value ... [xfail=REASON]`",
+        type="linelist",
+        default=[],
+    )
+    parser.addini(
+        "model_rules_report",
+        "report folder, as --model-rules-report; the command line wins",
+        type="string",
+        default="",
+    )
+
+
+def is_url(location: str) -> bool:
+    return "://" in location
+
+
+def _resolve(location: str, base: Path) -> str:
+    """Relative local paths are taken from ``base``; URLs are left alone."""
+    location = location.strip()
+    if is_url(location):
+        return location
+    path = Path(location).expanduser()
+    return str(path if path.is_absolute() else (base / path))
+
+
+def _ini_base(config: pytest.Config) -> Path:
+    return Path(config.inipath).parent if config.inipath else Path(config.rootpath)
+
+
+def parse_run_spec(text: str, base: Path) -> RunSpec:
+    """``PATH``, ``URL`` or ``NAME=PATH``; the name defaults to the folder's last part."""
+    text = text.strip()
+    match = _NAMED.match(text)
+    if match and not is_url(text.split("=", 1)[0]):
+        name, loc = match.group("name"), match.group("loc")
+    else:
+        name, loc = "", text
+    loc = _resolve(loc, base)
+    if not name:
+        name = re.split(r"[/\\]", loc.rstrip("/\\"))[-1] or loc
+    return RunSpec(name=name, location=loc)
+
+
+def _unique(specs: list[RunSpec]) -> list[RunSpec]:
+    """Two runs with the same folder name get ``-2``, ``-3``... so that test ids differ."""
+    seen: dict[str, int] = {}
+    out = []
+    for spec in specs:
+        n = seen.get(spec.name, 0) + 1
+        seen[spec.name] = n
+        out.append(spec if n == 1 else RunSpec(f"{spec.name}-{n}", spec.location))
+    return out
+
+
+def run_specs(config: pytest.Config) -> list[RunSpec]:
+    """The runs to test: ``--model-run`` values, else the ini's ``model_run`` lines."""
+    cli = config.getoption("model_run") or []
+    if cli:
+        base = Path(config.invocation_params.dir)
+        return _unique([parse_run_spec(t, base) for t in cli if t.strip()])
+    lines = config.getini("model_run") or []
+    return _unique([parse_run_spec(t, _ini_base(config)) for t in lines if t.strip()])
+
+
+def baseline_spec(config: pytest.Config) -> RunSpec | None:
+    """The baseline run: ``--model-run-baseline``, else the ini's ``model_run_baseline``."""
+    cli = config.getoption("model_run_baseline")
+    if cli:
+        return parse_run_spec(cli, Path(config.invocation_params.dir))
+    ini = (config.getini("model_run_baseline") or "").strip()
+    if ini:
+        return parse_run_spec(ini, _ini_base(config))
+    return None
+
+
+def report_dir(config: pytest.Config) -> Path | None:
+    """The ``--model-rules-report`` folder (or the ini's), or None."""
+    cli = config.getoption("model_rules_report")
+    if cli:
+        return Path(_resolve(cli, Path(config.invocation_params.dir)))
+    ini = (config.getini("model_rules_report") or "").strip()
+    if ini:
+        return Path(_resolve(ini, _ini_base(config)))
+    return None

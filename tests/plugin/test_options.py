@@ -1,0 +1,176 @@
+"""Options, ids and skip reasons of the plugin (in-process pytester runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_modelrules.pytest.options import parse_run_spec
+
+TEST_FILE = """
+    from pytest_modelrules import assert_loss_decreasing
+
+    def test_uses_run(model_run):
+        print("RUN", model_run.name, model_run.path)
+        assert_loss_decreasing(model_run)
+
+    def test_baseline(baseline_run):
+        print("BASELINE", baseline_run.name)
+
+    def test_trained(trained_run):
+        print("TRAINED", trained_run.name)
+
+    def test_plain():
+        pass
+"""
+
+
+def test_without_a_run_model_tests_skip_with_how_to_give_one(
+    pytester: pytest.Pytester, run_inner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_modelrules.pytest import fixtures
+
+    monkeypatch.setattr(fixtures, "_reference_run_function", lambda: None)  # no trainer
+    pytester.makepyfile(TEST_FILE)
+    result = run_inner("-rs")
+    result.assert_outcomes(passed=1, skipped=3)
+    result.stdout.fnmatch_lines(
+        [
+            "SKIPPED [[]1[]] *: no model run given: pass --model-run=PATH_OR_URL (or set "
+            "`model_run` in the [[]pytest[]] ini section / [[]tool.pytest.ini_options[]]) to run "
+            "this model test",
+            "SKIPPED [[]1[]] *: no baseline run given: pass --model-run-baseline=PATH_OR_URL*",
+            "SKIPPED [[]1[]] *: no model run given and none can be trained here: pass "
+            "--model-run=PATH_OR_URL, or install the training extra*reference_run",
+        ]
+    )
+
+
+def test_trained_run_trains_the_reference_job_when_no_run_is_given(
+    pytester: pytest.Pytester, run_inner, runs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_modelrules.pytest import fixtures
+
+    calls = []
+
+    def fake_reference_run(recipe: str, cache_dir: Path) -> Path:
+        calls.append((recipe, Path(cache_dir)))
+        return runs["good"]
+
+    monkeypatch.setattr(fixtures, "_reference_run_function", lambda: fake_reference_run)
+    pytester.makepyfile(
+        "def test_a(trained_run):\n    assert trained_run.name == 'reference-seed'\n"
+        "def test_b(trained_run):\n    assert trained_run.path.endswith('good')\n"
+    )
+    result = run_inner()
+    result.assert_outcomes(passed=2)
+    assert len(calls) == 1  # session-scoped: trained (or fetched from the cache) once
+    recipe, cache_dir = calls[0]
+    assert recipe == "seed"
+    assert cache_dir.is_dir() and ".pytest_cache" in str(cache_dir)
+
+
+def test_two_runs_give_one_test_per_run_with_readable_ids(
+    pytester: pytest.Pytester, run_inner, runs: dict[str, Path]
+) -> None:
+    pytester.makepyfile(TEST_FILE)
+    result = run_inner(f"--model-run={runs['good']}", f"--model-run={runs['bad']}", "-rA", "-s")
+    out = result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            "PASSED *::test_uses_run[[]good[]]",
+            "PASSED *::test_trained[[]good[]]",
+            "PASSED *::test_trained[[]bad[]]",
+            "PASSED *::test_plain",
+            "SKIPPED * no baseline run given*",
+            "FAILED *::test_uses_run[[]bad[]]*",
+        ]
+    )
+    assert "RUN good " in out and "RUN bad " in out
+    assert "TRAINED bad" in out  # trained_run returns the given run
+    assert "modelrules: runs: good=" in out  # the report header names both
+    result.assert_outcomes(passed=4, failed=1, skipped=1)
+
+
+def test_named_runs_and_duplicate_folder_names(pytester: pytest.Pytester, run_inner, runs) -> None:
+    pytester.makepyfile("def test_run(model_run):\n    print('NAME', model_run.name)\n")
+    result = run_inner(
+        f"--model-run=main={runs['good']}",
+        f"--model-run={runs['bad']}",
+        f"--model-run={runs['bad']}",
+        "-rA",
+    )
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        ["PASSED *test_run[[]main[]]", "PASSED *test_run[[]bad[]]", "PASSED *test_run[[]bad-2[]]"]
+    )
+
+
+def test_ini_options_apply_and_the_command_line_wins(
+    pytester: pytest.Pytester, run_inner, runs
+) -> None:
+    pytester.makeini(
+        f"""
+        [pytest]
+        model_run = {runs["good"]}
+        model_run_baseline = {runs["good"]}
+        """
+    )
+    pytester.makepyfile(
+        "def test_run(model_run, baseline_run):\n"
+        "    print('RUN', model_run.name, 'BASE', baseline_run.name)\n"
+    )
+    from_ini = run_inner("-s", "-rA")
+    from_ini.assert_outcomes(passed=1)
+    assert "RUN good BASE good" in from_ini.stdout.str()
+    from_ini.stdout.fnmatch_lines(["PASSED *::test_run[[]good[]]"])
+
+    from_cli = run_inner(
+        f"--model-run={runs['bad']}", f"--model-run-baseline={runs['bad']}", "-s", "-rA"
+    )
+    from_cli.assert_outcomes(passed=1)
+    assert "RUN bad BASE bad" in from_cli.stdout.str()
+    from_cli.stdout.fnmatch_lines(["PASSED *::test_run[[]bad[]]"])
+    assert "RUN good" not in from_cli.stdout.str()
+
+
+def test_ini_paths_are_relative_to_the_ini_file(pytester: pytest.Pytester, run_inner, runs) -> None:
+    import shutil
+
+    shutil.copytree(runs["good"], pytester.path / "runs" / "latest")
+    pytester.makepyprojecttoml(
+        """
+        [tool.pytest.ini_options]
+        model_run = ["runs/latest"]
+        """
+    )
+    pytester.makepyfile("def test_run(model_run):\n    print('PATH', model_run.path)\n")
+    sub = pytester.mkdir("elsewhere")
+    result = run_inner("-s", "--rootdir", str(pytester.path), str(pytester.path))
+    result.assert_outcomes(passed=1)
+    assert f"PATH {pytester.path / 'runs' / 'latest'}" in result.stdout.str()
+    assert sub.is_dir()
+
+
+def test_a_missing_run_is_an_error_that_names_the_path(
+    pytester: pytest.Pytester, run_inner, tmp_path
+) -> None:
+    pytester.makepyfile("def test_run(model_run):\n    pass\n")
+    missing = tmp_path / "no-such-run"
+    result = run_inner(f"--model-run={missing}")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([f"*{missing}*no such file or folder*"])
+
+
+def test_run_spec_parsing() -> None:
+    base = Path("/base")
+    assert parse_run_spec("runs/a", base).name == "a"
+    assert parse_run_spec("runs/a", base).location == "/base/runs/a"
+    named = parse_run_spec("main=runs/a/", base)
+    assert (named.name, named.location) == ("main", "/base/runs/a")
+    url = parse_run_spec("s3://bucket/job/debug-output?x=1", base)
+    assert url.location == "s3://bucket/job/debug-output?x=1"
+    assert url.name == "debug-output?x=1"
+    named_url = parse_run_spec("prod=s3://bucket/job", base)
+    assert (named_url.name, named_url.location) == ("prod", "s3://bucket/job")
