@@ -222,3 +222,10 @@ def test_loading_never_unpickles(tmp_path, monkeypatch, smdebug_fixture_dir):
     read_everything(root)
     read_everything(smdebug_fixture_dir)
     assert calls == []
+
+
+def test_negative_step(tmp_path):
+    root = make_run(tmp_path / "r")
+    f = tensor_file(root)
+    patch_record(f, 0, "<q", 8, -5)
+    expect_corrupt(root, "negative step -5", f)

@@ -363,3 +363,14 @@ def test_copy_of_fixture_still_reads(tmp_path, smdebug_fixture_dir):
     (root / "training_job_end.ts").unlink()
     run = open_run(root)
     assert not run.has_ended and len(run.steps()) == 40
+
+
+def test_string_tensor_too_large_for_a_fixed_width_array(tmp_path, monkeypatch):
+    from pytest_modelrules.store import tfrecord
+
+    w = SMDebugWriter(tmp_path / "r")
+    w.write("names", np.array(["x" * 50, "y", "z"]), 0)
+    w.close()
+    monkeypatch.setattr(tfrecord, "MAX_STRING_ARRAY_BYTES", 100)
+    with pytest.raises(CorruptRunError, match="string tensor too large"):
+        open_run(tmp_path / "r").tensor("names").value(0)
