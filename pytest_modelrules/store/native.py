@@ -272,11 +272,13 @@ class NativeBackend(Backend):
                 self._steps[worker] = _LogFile(
                     self.storage, j(layout.WORKERS_DIR, worker, layout.STEPS_FILE), "steps"
                 )
-            self._steps[worker].update(None)
+            # END before the commit log: END is written after the last commit, so once it
+            # is seen, the commit log read next holds every step
             if worker not in self._ended:
                 end = j(layout.WORKERS_DIR, worker, layout.END_FILE)
                 if self.storage.exists(end):
                     self._ended[worker] = load_json(self.storage, end)
+            self._steps[worker].update(None)
         for worker in self._worker_info:
             tdir = j(layout.WORKERS_DIR, worker, layout.TENSORS_DIR)
             for fname in self.storage.listdir(tdir):
