@@ -96,24 +96,10 @@ def _check(run: Any, rule: str, params: dict[str, Any], helper: str) -> RuleResu
     session = active_session()
     link = session.report_link(result) if session is not None else None
     if session is not None:
-        link = _anchor_link(session, result) or link
         session.record(result, cached=cached)
     if result.triggered:
         raise ModelRuleFailure(result, format_failure(result, link, helper=helper), link)
     return result
-
-
-def _anchor_link(session: Any, result: RuleResult) -> str | None:
-    """``DIR/report.html#rule-<name>`` with the report module's anchor naming when present."""
-    link = session.report_link(result)
-    if link is None:
-        return None
-    try:
-        from .report.mapping import evidence_anchor
-    except ImportError:
-        return link
-    page = link.split("#", 1)[0]
-    return page + evidence_anchor(result.name)
 
 
 def _rule_name(candidates: Sequence[str]) -> str:

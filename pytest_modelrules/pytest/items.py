@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from .config_rules import RuleSpec
-from .options import NO_RUN_REASON, RunSpec
+from .options import NO_BASELINE_REASON, NO_RUN_REASON, RunSpec
 from .session import get_session
 
 COLLECTOR_NAME = "modelrules"
@@ -33,6 +33,14 @@ def needs_baseline(rule: str, params: dict[str, Any]) -> bool:
     return cls is not None and "baseline" in getattr(cls, "params", {})
 
 
+def _skip_here(reason: str) -> None:
+    """Skip, reported at the item's location (the config file) rather than this module's."""
+    try:
+        raise pytest.skip.Exception(reason, _use_item_location=True)
+    except TypeError:  # a pytest without the keyword
+        pytest.skip(reason)
+
+
 class ModelRulesCollector(pytest.Collector):
     """The parent of the config-declared rule items (collection happens in the plugin)."""
 
@@ -49,10 +57,11 @@ class RuleItem(pytest.Item):
         self.run_spec = run_spec
 
     def setup(self) -> None:
+        session = get_session(self.config)
         if self.run_spec is None:
-            pytest.skip(NO_RUN_REASON)
-        if needs_baseline(self.spec.rule, self.spec.params):
-            get_session(self.config).open_baseline()  # skips without one
+            _skip_here(NO_RUN_REASON)
+        if needs_baseline(self.spec.rule, self.spec.params) and session.baseline is None:
+            _skip_here(NO_BASELINE_REASON)
 
     def runtest(self) -> None:
         __tracebackhide__ = True
@@ -77,9 +86,9 @@ class RuleItem(pytest.Item):
             return text
         return super().repr_failure(excinfo, style=style)
 
-    def reportinfo(self) -> tuple[Path, int | None, str]:
+    def reportinfo(self) -> tuple[Path, int, str]:
         run = f" on {self.run_spec.name}" if self.run_spec else ""
-        return self.path, None, f"model rule {self.spec.rule}{run} ({self.spec.source})"
+        return self.path, 0, f"model rule {self.spec.rule}{run} ({self.spec.source})"
 
 
 def make_items(

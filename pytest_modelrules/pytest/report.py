@@ -118,25 +118,20 @@ def write_reports(session: ModelRulesSession) -> None:
             "model rules: report.html not written (pytest_modelrules.report.html missing)"
         )
         return
-    for spec in session.runs:
-        out_dir = session.report_dir if len(session.runs) == 1 else session.report_dir / spec.name
-        try:
-            from ..report.html import write_report
-            from ..rules.result import RuleResult
+    try:
+        from ..report import html
 
-            run = session.open(spec)
-            local = [r for r in session.local_results if r.run_name == spec.name]
-            results = local or [
-                RuleResult.from_dict(e)
-                for e in session.verdicts()["results"]
-                if e.get("run_name") == spec.name
-            ]
+        if path is not None and hasattr(html, "write_report_from_verdicts"):
+            written = html.write_report_from_verdicts(path, session.report_dir)
+        else:  # one run: the page of that run
+            spec = session.runs[0]
             baseline = session.open(session.baseline) if session.baseline else None
-            written = write_report(run, out_dir, baseline=baseline, results=results)
-            session.messages.append(f"model rules: report for {spec.name} written to {written}")
-        except Exception as exc:  # the report must never change the verdicts
-            text = (
-                f"model rules: report.html for {spec.name} not written: {type(exc).__name__}: {exc}"
+            results = [r for r in session.local_results if r.run_name == spec.name]
+            written = html.write_report(
+                session.open(spec), session.report_dir, baseline=baseline, results=results
             )
-            session.messages.append(text)
-            warnings.warn(ModelRulesReportWarning(text), stacklevel=1)
+        session.messages.append(f"model rules: report written to {written}")
+    except Exception as exc:  # the report must never change the verdicts
+        text = f"model rules: report.html not written: {type(exc).__name__}: {exc}"
+        session.messages.append(text)
+        warnings.warn(ModelRulesReportWarning(text), stacklevel=1)

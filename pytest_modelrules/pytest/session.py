@@ -138,13 +138,16 @@ class ModelRulesSession:
         return result, False
 
     def report_link(self, result: RuleResult) -> str | None:
-        """Where the HTML report shows this rule: ``DIR/report.html#<rule>``."""
+        """Where the HTML report shows this rule on this run: ``DIR/report.html#rule-...``."""
         if self.report_dir is None:
             return None
-        folder = self.report_dir
-        if len(self.runs) > 1 and result.run_name:
-            folder = folder / result.run_name
-        return f"{folder / 'report.html'}#{result.name}"
+        try:
+            from ..report.mapping import evidence_anchor
+
+            anchor = evidence_anchor(result.name, result.run_name or None)
+        except ImportError:  # the report package is optional
+            anchor = f"#rule-{result.name}"
+        return f"{self.report_dir / 'report.html'}{anchor}"
 
     def record(self, result: RuleResult, *, cached: bool) -> None:
         """Note a verdict for the running test: JUnit properties, the hook, the report."""
