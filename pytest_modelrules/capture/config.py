@@ -275,7 +275,7 @@ class CollectionConfig:
 
 # Default reductions, chosen for cost: each costs at most one pass over the data and passes
 # are shared (see capture/reductions.py). NaN/inf show in l2 and mean (they propagate).
-WEIGHT_REDUCTIONS = ("l2", "mean", "std", "min", "max")
+WEIGHT_REDUCTIONS = ("l2", "mean", "std")
 GRADIENT_REDUCTIONS = ("l2", "mean", "std", "abs_mean")
 RELU_OUTPUT_REDUCTIONS = ("positive_fraction", "zero_fraction")
 RELU_INPUT_REDUCTIONS = ("variance",)

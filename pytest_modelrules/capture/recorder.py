@@ -31,7 +31,7 @@ from ..modes import ModeKeys, parse_mode
 from ..store.names import reduction_tensor_name
 from ..store.writer import RunWriter
 from .config import CollectionConfig, SaveConfig, default_collections, merge_collections
-from .reductions import STORED_DTYPE, compute_many
+from .reductions import BATCHABLE, STORED_DTYPE, compute_batch, compute_many
 
 logger = logging.getLogger("pytest_modelrules.capture")
 
@@ -206,7 +206,9 @@ class Recorder:
         self._saving: frozenset[int] = frozenset()
         self._spec_cache: dict[str, tuple[bool, tuple[tuple[str, bool], ...]] | None] = {}
         self._captured: set[str] = set()
-        self._pending_red: list[tuple[str, str, torch.Tensor]] = []
+        # reductions waiting for the step's transfer: (flat 1-D tensor, [(name, reduction,
+        # shape)] laid out one after another in it)
+        self._pending_red: list[tuple[torch.Tensor, list[tuple[str, str, tuple[int, ...]]]]] = []
         self._pending_full: list[tuple[str, torch.Tensor]] = []
         self._grad_acc: dict[str, torch.Tensor] = {}
         self._relu_calls: dict[int, int] = {}
@@ -494,9 +496,9 @@ class Recorder:
                 self._open_step()
             if self._saving:
                 with torch.no_grad():
-                    for pname, p in self._params:
-                        if p.grad is not None:
-                            self._capture(f"gradient/{pname}", p.grad)
+                    self._capture_params(
+                        [(f"gradient/{n}", p.grad) for n, p in self._params if p.grad is not None]
+                    )
         except Exception as exc:
             self._fail(exc, "recording gradients")
 
@@ -536,8 +538,7 @@ class Recorder:
             if want_in or want_out:
                 self._make_relu_hooks(base, module, want_in, want_out)
         with torch.no_grad():
-            for pname, p in self._params:
-                self._capture(pname, p)
+            self._capture_params(self._params)
         if not self._steps_by_optimizer():
             for pname, p in self._params:
                 gname = f"gradient/{pname}"
@@ -555,8 +556,7 @@ class Recorder:
                 self._remove_hooks()
                 if self._grad_acc:
                     with torch.no_grad():
-                        for gname, grad in self._grad_acc.items():
-                            self._capture(gname, grad)
+                        self._capture_params(list(self._grad_acc.items()))
                     self._grad_acc.clear()
                 self._flush()
         finally:
@@ -603,10 +603,56 @@ class Recorder:
         if reductions:
             with torch.autocast(x.device.type, enabled=False):
                 values = compute_many(x, reductions)
+            f32: list[torch.Tensor] = []
+            f64: list[torch.Tensor] = []
+            items32: list[tuple[str, str, tuple[int, ...]]] = []
+            items64: list[tuple[str, str, tuple[int, ...]]] = []
             for (red, absolute), value in zip(reductions, values):
-                self._pending_red.append((reduction_tensor_name(name, red, absolute), red, value))
+                item = (reduction_tensor_name(name, red, absolute), red, tuple(value.shape))
+                if red == "positive_fraction":
+                    f32.append(value.reshape(-1))
+                    items32.append(item)
+                else:
+                    f64.append(value.reshape(-1).to(torch.float64))
+                    items64.append(item)
+            if f32:
+                self._pending_red.append((torch.cat(f32) if len(f32) > 1 else f32[0], items32))
+            if f64:
+                self._pending_red.append((torch.cat(f64) if len(f64) > 1 else f64[0], items64))
         if full:
             self._pending_full.append((name, x.clone()))
+        self._mark_seen(name)
+
+    def _capture_params(self, pairs: list[tuple[str, torch.Tensor]]) -> None:
+        """Like :meth:`_capture` for many parameters (or gradients) at once: tensors that need
+        the same scalar reductions are reduced together by ``compute_batch``."""
+        groups: dict[tuple[Any, ...], list[tuple[str, torch.Tensor]]] = {}
+        for name, tensor in pairs:
+            if name in self._captured:
+                continue
+            spec = self._spec(name)
+            if spec is None:
+                continue
+            full, reductions = spec
+            if not reductions or tensor.numel() == 0 or not set(reductions) <= BATCHABLE:
+                self._capture(name, tensor)
+                continue
+            self._captured.add(name)
+            if full:
+                self._pending_full.append((name, tensor.detach().clone()))
+            self._mark_seen(name)
+            groups.setdefault((reductions, tensor.device), []).append((name, tensor.detach()))
+        for (reductions, _device), members in groups.items():
+            with torch.autocast(members[0][1].device.type, enabled=False):
+                table = compute_batch([t for _, t in members], reductions)
+            items = [
+                (reduction_tensor_name(name, red, absolute), red, ())
+                for red, absolute in reductions
+                for name, _ in members
+            ]
+            self._pending_red.append((table.reshape(-1), items))
+
+    def _mark_seen(self, name: str) -> None:
         for i in self._members(name):
             if i in self._saving:
                 coll = self._collections[i]
@@ -625,14 +671,12 @@ class Recorder:
         arrays: list[tuple[str, np.ndarray]] = []
         cuda_devices = set()
         # reductions: float32 vectors (positive_fraction) and float64 scalars, per device
-        groups: dict[tuple[torch.device, bool], list[int]] = {}
-        for idx, (_, red, value) in enumerate(self._pending_red):
-            groups.setdefault((value.device, red == "positive_fraction"), []).append(idx)
-        moved: dict[int, np.ndarray] = {}
+        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for idx, (flat, _) in enumerate(self._pending_red):
+            groups.setdefault((flat.device, flat.dtype), []).append(idx)
         host: list[tuple[list[int], torch.Tensor]] = []
-        for (device, is_f32), idxs in groups.items():
-            dtype = torch.float32 if is_f32 else torch.float64
-            parts = [self._pending_red[i][2].reshape(-1).to(dtype) for i in idxs]
+        for (device, _dtype), idxs in groups.items():
+            parts = [self._pending_red[i][0] for i in idxs]
             flat = torch.cat(parts) if len(parts) > 1 else parts[0]
             if device.type == "cuda":
                 cuda_devices.add(device)
@@ -654,13 +698,11 @@ class Recorder:
             data = flat.numpy()
             offset = 0
             for i in idxs:
-                _, red, value = self._pending_red[i]
-                n = value.numel()
-                chunk = data[offset : offset + n].reshape(tuple(value.shape))
-                offset += n
-                moved[i] = chunk.astype(STORED_DTYPE.get(red, "float64"), copy=True)
-        for i, (tname, _, _) in enumerate(self._pending_red):
-            arrays.append((tname, moved[i]))
+                for tname, red, shape in self._pending_red[i][1]:
+                    n = int(np.prod(shape)) if shape else 1
+                    chunk = data[offset : offset + n].reshape(shape)
+                    offset += n
+                    arrays.append((tname, chunk.astype(STORED_DTYPE.get(red, "float64"))))
         arrays.extend((name, value.numpy()) for name, value in fulls)
         self._pending_red.clear()
         self._pending_full.clear()

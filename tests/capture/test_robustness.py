@@ -123,7 +123,7 @@ class FakeMonitor:
 
     def on_step_committed(self, step: int) -> None:
         self.committed.append(step)
-        if self.stop_after is not None and step >= self.stop_after:
+        if self.stop_after is not None and step >= self.stop_after and self.stop_reason is None:
             self.stop_reason = f"rule fake triggered at step {step}"
 
     @property
