@@ -30,16 +30,38 @@ DEFAULT_PROFILE: dict[str, dict[str, Any]] = {
     "saturated_activation": {},
     "vanishing_gradient": {},
     "exploding_tensor": {},
-    "check_input_images": {"threshold_mean": 0.2},
+    "check_input_images": {"threshold_mean": 0.2, "threshold_samples": 200},
     "transfer_learning": {},
     "weight_update_ratio": {},
     "unchanged_tensor": {"tensor_regex": r"^fc\..*weight$", "num_steps": 3},
     "stalled_training_rule": {},
 }
 
+#: rules of the profile that judge tensors many runs do not record (sigmoid inputs, full head
+#: weights, declared frozen layers): run when the run holds them; a run without them is "not
+#: judged" (MissingTensorError), not a failure. Not in ``registry.default_rules()``.
+WHEN_RECORDED: frozenset[str] = frozenset(
+    {"saturated_activation", "transfer_learning", "weight_update_ratio", "unchanged_tensor"}
+)
+
 #: one line each: why these values (figures in docs/zoo.md)
 REASONS: dict[str, str] = {
-    "loss_not_decreasing": "to be filled from the zoo",
+    "loss_not_decreasing": "TBD",
+    "overfit": "TBD",
+    "overtraining": "TBD",
+    "class_imbalance": "TBD",
+    "confusion": "TBD",
+    "direction_confusion": "TBD",
+    "recall_floor": "TBD",
+    "dead_relu": "TBD",
+    "saturated_activation": "TBD",
+    "vanishing_gradient": "TBD",
+    "exploding_tensor": "TBD",
+    "check_input_images": "TBD",
+    "transfer_learning": "TBD",
+    "weight_update_ratio": "TBD",
+    "unchanged_tensor": "TBD",
+    "stalled_training_rule": "TBD",
 }
 
 
@@ -65,4 +87,10 @@ def profile_rules(
     return out
 
 
-__all__ = ["DEFAULT_PROFILE", "REASONS", "default_profile", "profile_rules"]
+__all__ = [
+    "DEFAULT_PROFILE",
+    "REASONS",
+    "WHEN_RECORDED",
+    "default_profile",
+    "profile_rules",
+]

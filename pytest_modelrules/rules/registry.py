@@ -17,8 +17,26 @@ def available_rules() -> list[str]:
 
 
 def default_rules() -> list[str]:
-    """The rules that run when a user asks for all defaults: those enabled by default that
-    need no required parameter (sorted snake_case names)."""
+    """The rules that run when a user asks for all defaults: the default profile's rules
+    (``rules/profiles.py``, thresholds chosen on the bug zoo) but those that need tensors few
+    runs record (``profiles.WHEN_RECORDED``); sorted snake_case names. Run them with
+    :func:`default_profile`'s parameters."""
+    from .profiles import DEFAULT_PROFILE, WHEN_RECORDED
+
+    return sorted(n for n in DEFAULT_PROFILE if n not in WHEN_RECORDED)
+
+
+def default_profile() -> dict[str, dict[str, Any]]:
+    """The default rule set with its parameters, {rule name: parameters} (a copy): what
+    "check everything" should evaluate, e.g. ``make_rule((name, params))`` for each item."""
+    from .profiles import default_profile as _profile
+
+    return _profile()
+
+
+def enabled_by_default() -> list[str]:
+    """The rules enabled by default that need no required parameter (the set before the
+    profile; kept for callers that want every rule the classes call default)."""
     return sorted(
         name
         for name, cls in registry().items()
@@ -72,4 +90,12 @@ def evaluate(run: Any, name: Any, **params: Any) -> RuleResult:
     return make_rule(name, **params).evaluate(run)
 
 
-__all__ = ["available_rules", "default_rules", "evaluate", "make_rule", "rule_class"]
+__all__ = [
+    "available_rules",
+    "default_profile",
+    "default_rules",
+    "enabled_by_default",
+    "evaluate",
+    "make_rule",
+    "rule_class",
+]
