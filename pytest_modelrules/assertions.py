@@ -15,7 +15,7 @@ heavy is imported until a helper is called.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
 from typing import TYPE_CHECKING, Any
 
 from .textplot import bar_chart, fmt_number, series_window, sparkline
@@ -50,6 +50,31 @@ __all__ = [
     "format_failure",
     "render_evidence",
 ]
+
+#: helper -> the built-in rule it evaluates (docs/assertions.md lists their parameters)
+HELPER_RULES: dict[str, str] = {
+    "assert_loss_decreasing": "loss_not_decreasing",
+    "assert_class_balance": "class_imbalance",
+    "assert_no_direction_confusion": "direction_confusion",
+    "assert_dead_relu_below": "dead_relu",
+    "assert_no_vanishing_gradient": "vanishing_gradient",
+    "assert_no_exploding_tensor": "exploding_tensor",
+    "assert_good_weight_initialization": "poor_weight_initialization",
+    "assert_no_saturated_activation": "saturated_activation",
+    "assert_weight_update_ratio": "weight_update_ratio",
+    "assert_not_all_zero": "all_zero",
+    "assert_no_overfit": "overfit",
+    "assert_no_overtraining": "overtraining",
+    "assert_tensor_variance": "tensor_variance",
+    "assert_tensors_change": "unchanged_tensor",
+    "assert_inputs_normalized": "check_input_images",
+    "assert_no_confusion": "confusion",
+    "assert_not_stalled": "stalled_training_rule",
+    "assert_similar_across_runs": "similar_across_runs",
+    "assert_recall_above": "recall_floor",
+    "assert_transfer_learning": "transfer_learning",
+    "assert_no_regression": "baseline_comparison",
+}
 
 #: lines of evidence at most in one message (a CI log stays readable)
 MAX_EVIDENCE_LINES = 40
@@ -102,25 +127,14 @@ def _check(run: Any, rule: str, params: dict[str, Any], helper: str) -> RuleResu
     return result
 
 
-def _rule_name(candidates: Sequence[str]) -> str:
-    """The first of ``candidates`` that the rules' registry knows (else the first)."""
-    if len(candidates) == 1:
-        return candidates[0]
-    try:
-        from .rules.base import registry
-
-        known = registry()
-    except Exception:
-        return candidates[0]
-    return next((c for c in candidates if c in known), candidates[0])
-
-
 # -- messages --------------------------------------------------------------------------------
 
 
 def _fmt_param(value: Any) -> str:
     if isinstance(value, float):
         return fmt_number(value)
+    if isinstance(value, os.PathLike):
+        return repr(os.fspath(value))
     name = getattr(value, "name", None)
     if name is not None and hasattr(value, "tensor_names"):  # a run
         return f"<run {name}>"
@@ -195,7 +209,7 @@ def _loss_lines(result: RuleResult, run: Any) -> list[str]:
         window = series_window(steps, values, center, before=6, after=3)
         if window:
             lines.append(
-                "  around the trigger: "
+                "  around the trigger (global step: value): "
                 + "  ".join(
                     f"{'>' if center is not None and s == center else ''}{s}: {fmt_number(v)}"
                     for s, v in window
@@ -295,7 +309,41 @@ def _recall_lines(result: RuleResult, run: Any) -> list[str]:
     return lines
 
 
+def _baseline_lines(result: RuleResult, run: Any) -> list[str]:
+    ev = result.evidence
+    lines = []
+    table = ev.get("rules") or {}
+    if isinstance(table, dict) and table:
+        width = max(len(str(n)) for n in table)
+        lines.append(f"{'rule'.ljust(width)}  {'baseline':>10}  {'this run':>10}")
+        for name, row in table.items():
+            if not isinstance(row, dict):
+                continue
+            before, now = row.get("baseline_figure"), row.get("figure")
+            mark = "  <- changed" if before != now else ""
+            lines.append(
+                f"{str(name).ljust(width)}  {fmt_number(before):>10}  {fmt_number(now):>10}{mark}"
+            )
+    now, before = _seq(ev.get("recall")), _seq(ev.get("baseline_recall"))
+    if now and before and len(now) == len(before):
+        drops = sorted(
+            ((b - n, c) for c, (n, b) in enumerate(zip(now, before)) if not _isnan(n - b)),
+            reverse=True,
+        )
+        worst = [(d, c) for d, c in drops[:5] if d > 0]
+        if worst:
+            lines.append("largest recall drops (baseline -> this run):")
+            lines.extend(
+                f"  {_class(run, c)}: {fmt_number(100 * before[c])}% -> {fmt_number(100 * now[c])}%"
+                for _, c in worst
+            )
+    if ev.get("baseline"):
+        lines.append(f"baseline: {ev['baseline']}")
+    return lines
+
+
 _RENDERERS = {
+    "baseline_comparison": _baseline_lines,
     "loss_not_decreasing": _loss_lines,
     "dead_relu": _activity_lines,
     "saturated_activation": _activity_lines,
@@ -484,8 +532,7 @@ def assert_no_confusion(run: Any, **params: Any) -> RuleResult:
 def assert_not_stalled(run: Any, **params: Any) -> RuleResult:
     """StalledTrainingRule: ``threshold`` (1800 s without a new step)."""
     __tracebackhide__ = True
-    rule = _rule_name(("stalled_training_rule", "stalled_training"))
-    return _check(run, rule, params, "assert_not_stalled")
+    return _check(run, "stalled_training_rule", params, "assert_not_stalled")
 
 
 def assert_similar_across_runs(run: Any, other: Any = None, **params: Any) -> RuleResult:
@@ -511,10 +558,10 @@ def assert_recall_above(run: Any, minimum: float | None = None, **params: Any) -
 
 
 def assert_transfer_learning(run: Any, **params: Any) -> RuleResult:
-    """Transfer learning: frozen parameters get no update, the new head does."""
+    """TransferLearning: parameters matching ``frozen_regex`` change by at most ``frozen_atol``
+    (0), those of the new head (``head_regex``, ``fc\\.``) by more than ``min_head_update``."""
     __tracebackhide__ = True
-    rule = _rule_name(("transfer_learning", "frozen_layers", "transfer"))
-    return _check(run, rule, params, "assert_transfer_learning")
+    return _check(run, "transfer_learning", params, "assert_transfer_learning")
 
 
 def assert_no_regression(run: Any, baseline: Any, **params: Any) -> RuleResult:

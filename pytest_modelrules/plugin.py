@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from .pytest import config_rules, hookspecs, options, report
-from .pytest import items as items_mod
 from .pytest import fixtures as fixtures_module
+from .pytest import items as items_mod
 from .pytest import session as session_module
 
 MARKERS = (

@@ -59,6 +59,20 @@ def cache_key(run: Any, rule: str, params: dict[str, Any]) -> str:
     return f"{getattr(run, 'path', run)}|{getattr(run, 'name', '')}|{rule}|{frozen}"
 
 
+def normalized_params(rule: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters as the rule reads them (``"10"`` and ``10`` alike), for the cache key;
+    the given ones when the rule is not a registered built-in."""
+    try:
+        from ..rules.base import registry
+
+        cls = registry().get(rule)
+        if cls is not None:
+            return dict(cls(**params).parameters)
+    except Exception:  # a bad parameter: evaluation raises the rule's own error
+        pass
+    return params
+
+
 def evaluate_rule(run: Any, rule: str, params: dict[str, Any]) -> RuleResult:
     """Evaluate a built-in rule through the rules' registry (``rules.registry.evaluate``)."""
     try:
@@ -127,7 +141,7 @@ class ModelRulesSession:
 
     def evaluate(self, run: Any, rule: str, params: dict[str, Any]) -> tuple[RuleResult, bool]:
         """(result, cached): a rule's result on a run, evaluated once per parameters."""
-        key = cache_key(run, rule, params)
+        key = cache_key(run, rule, normalized_params(rule, params))
         found = self._cache.get(key)
         if found is not None:
             return found, True

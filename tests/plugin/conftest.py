@@ -44,7 +44,7 @@ def write_run(path: Path, *, plateau: bool, imbalanced: bool, dead: bool = False
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """{"good": path, "bad": path}: good passes the loss/imbalance/dead-ReLU rules, bad fails them."""
+    """{"good": path, "bad": path}: good passes the loss, imbalance and dead-ReLU rules."""
     base = tmp_path_factory.mktemp("runs")
     return {
         "good": write_run(base / "good", plateau=False, imbalanced=False),

@@ -43,12 +43,16 @@ def test_marker_without_a_run_skips(pytester: pytest.Pytester, run_inner) -> Non
     pytester.makepyfile(MARKER_TESTS)
     result = run_inner("-rs")
     result.assert_outcomes(skipped=2)
-    result.stdout.fnmatch_lines(["SKIPPED [[]1[]] *:3: no model run given*", "SKIPPED*:7: no model*"])
+    result.stdout.fnmatch_lines(
+        ["SKIPPED [[]1[]] *:3: no model run given*", "SKIPPED*:7: no model*"]
+    )
 
 
 def test_marker_is_registered(pytester: pytest.Pytester, run_inner) -> None:
     result = run_inner("--markers")
-    result.stdout.fnmatch_lines(["@pytest.mark.model_rule(name, [*][*]params): run the built-in rule*"])
+    result.stdout.fnmatch_lines(
+        ["@pytest.mark.model_rule(name, [*][*]params): run the built-in rule*"]
+    )
     pytester.makepyfile(MARKER_TESTS)
     strict = run_inner("--strict-markers", "--collect-only", "-q")
     assert strict.ret == 0
@@ -122,7 +126,7 @@ def test_declared_rules_without_a_run_skip_and_bad_declarations_name_the_file(
     result.assert_outcomes(skipped=3)
     result.stdout.fnmatch_lines(["SKIPPED [[]3[]] pyproject.toml:1: no model run given*"])
 
-    pytester.makepyprojecttoml('[tool.pytest_modelrules]\nrules = [{threshold = 3}]\n')
+    pytester.makepyprojecttoml("[tool.pytest_modelrules]\nrules = [{threshold = 3}]\n")
     broken = run_inner()
     assert broken.ret != 0
     broken.stderr.fnmatch_lines(

@@ -133,9 +133,7 @@ def test_a_broken_report_writer_warns_but_keeps_the_verdicts(
     report = pytester.path / "out"
     result = run_inner(f"--model-run={runs['good']}", f"--model-rules-report={report}")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(
-        ["model rules: report.html not written: RuntimeError: disk full"]
-    )
+    result.stdout.fnmatch_lines(["model rules: report.html not written: RuntimeError: disk full"])
     assert (report / "verdicts.json").is_file()
     assert result.ret == 0
 
@@ -145,3 +143,38 @@ def test_no_summary_when_no_rule_ran(pytester: pytest.Pytester, run_inner) -> No
     result = run_inner()
     result.assert_outcomes(passed=1)
     assert "model rules" not in result.stdout.str()
+
+
+def test_string_and_typed_parameters_share_one_evaluation(runs) -> None:
+    """``samples="10"`` (ini) and ``samples=10`` (Python) are the same rule call."""
+    from pytest_modelrules.pytest.session import cache_key, normalized_params
+
+    a = cache_key(
+        runs["good"], "class_imbalance", normalized_params("class_imbalance", {"samples": "10"})
+    )
+    b = cache_key(
+        runs["good"], "class_imbalance", normalized_params("class_imbalance", {"samples": 10})
+    )
+    c = cache_key(
+        runs["good"], "class_imbalance", normalized_params("class_imbalance", {"samples": 11})
+    )
+    assert a == b != c
+
+
+HYPOTHESIS_TEST = """
+    from hypothesis import given, settings, strategies as st
+    from pytest_modelrules import assert_dead_relu_below
+
+    @settings(max_examples=5, deadline=None)
+    @given(percent=st.floats(min_value=95, max_value=100))
+    def test_generous_limits_pass(model_run, percent):
+        assert_dead_relu_below(model_run, percent=percent)
+"""
+
+
+def test_session_fixtures_work_with_hypothesis(pytester: pytest.Pytester, runs) -> None:
+    pytest.importorskip("hypothesis")
+    pytester.makepyfile(HYPOTHESIS_TEST)
+    result = pytester.runpytest_inprocess(f"--model-run={runs['bad']}", "-W", "error")
+    result.assert_outcomes(passed=1)
+    assert "function_scoped_fixture" not in result.stdout.str()
