@@ -41,6 +41,15 @@ for _name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnu
         _FULL_DTYPES_AS_FLOAT32.add(getattr(torch, _name))
 
 
+def _report(message: str) -> None:
+    """Log and warn; a warning turned into an error (``-W error``) must not reach training."""
+    logger.warning(message)
+    try:
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+    except Exception:
+        logger.debug("the warning above could not be issued as a warning", exc_info=True)
+
+
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """The user's model inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
     inner = model
@@ -349,8 +358,7 @@ class Recorder:
             f"pytest-modelrules Recorder: recording stopped while {where} "
             f"({type(exc).__name__}: {exc}); training continues unrecorded"
         )
-        logger.warning(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        _report(message)
         self._pending_red.clear()
         self._pending_full.clear()
         self._grad_acc.clear()
@@ -363,8 +371,7 @@ class Recorder:
             f"pytest-modelrules Recorder: the rule monitor failed ({type(exc).__name__}: {exc}); "
             "it is detached, recording goes on"
         )
-        logger.warning(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        _report(message)
         self.monitor = None
 
     # -- hooks ---------------------------------------------------------------------------------
@@ -731,7 +738,10 @@ class Recorder:
             job = self._queue.get()
             if job is None:
                 return
-            self._run_job(*job)
+            try:
+                self._run_job(*job)
+            except BaseException:  # never let the thread die: the training loop would block
+                self.dead = True
 
     def _run_job(self, fn: Any, args: tuple[Any, ...]) -> None:
         if self.dead:

@@ -251,7 +251,7 @@ def compute_batch(xs: list[torch.Tensor], wanted: tuple[tuple[str, bool], ...]) 
             var = torch.clamp(stats["l2"] ** 2 / n - stats["mean"] ** 2, min=0.0)
             stats["variance"], stats["std"] = var, var.sqrt()
         if names & {"l1"} or ("mean", True) in wanted or ("sum", True) in wanted:
-            stats["l1"] = torch.stack(torch._foreach_norm(big, 1)).double()
+            stats["l1"] = torch.stack([x.abs().sum() for x in big]).double()
             stats["abs_mean"] = stats["l1"] / n
         if names & {"min", "max"}:
             mm = [torch.aminmax(x) for x in big]

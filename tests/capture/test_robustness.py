@@ -188,3 +188,17 @@ def test_local_file_url(tmp_path, tiny):
     with Recorder(f"file://{tmp_path}/run", model, loss=loss_fn, optimizer=opt, save_interval=1):
         train(model, loss_fn, opt, batches(2))
     assert open_run(tmp_path / "run").steps() == [0, 1]
+
+
+def test_warnings_as_errors_still_never_fail_training(tmp_path, monkeypatch):
+    model, loss_fn, opt = _fresh()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("weird output")
+
+    monkeypatch.setattr(recorder_module, "compute_many", broken)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1) as rec:
+            losses = train(model, loss_fn, opt, batches(3))
+    assert len(losses) == 3 and rec.dead
