@@ -57,7 +57,7 @@ _TRAIN_FLAGS: list[tuple[str, type, str]] = [
     ("data", str, "folder holding gtsrb/ (real or synthetic); default: generate signs"),
     ("data_seed", int, "seed of the generated signs (0)"),
     ("train_images", int, "generated training images (GPU 39209, CPU 6000)"),
-    ("test_per_class", int, "generated test images per class, balanced (CPU 20; "
+    ("test_per_class", int, "generated test images per class, balanced (CPU 50; "
                             "0 = GTSRB-proportioned --test-images)"),
     ("test_images", int, "generated test images in GTSRB's proportions (GPU 12630)"),
     ("device", str, "cpu | cuda | cuda:N | auto (default auto)"),
@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="write the synthetic GTSRB in the official layout")
     g.add_argument("--out", required=True, help="folder to write (gtsrb/ goes inside)")
     g.add_argument("--train-images", type=int, default=6000)
-    g.add_argument("--test-per-class", type=int, default=20)
+    g.add_argument("--test-per-class", type=int, default=50)
     g.add_argument("--test-distribution", choices=("balanced", "gtsrb"), default="balanced")
     g.add_argument("--test-images", type=int, default=0)
     g.add_argument("--size", type=int, default=32)

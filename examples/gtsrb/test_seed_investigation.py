@@ -39,9 +39,18 @@ def test_classes_balanced_in_training(trained_run):
     """class_imbalance on the labels the model was trained on (the loss's second input).
 
     GTSRB's largest class has 10.7 times the images of its smallest: plain shuffling shows the
-    model that imbalance; a WeightedRandomSampler evens it out.
+    model that imbalance; a WeightedRandomSampler evens it out. Judged after 5,000 labels
+    (~116 a class) rather than the default 500 (~12 a class, where sampling noise alone passes
+    a ratio of 10 now and then); the misprediction check is off (``threshold_misprediction=1``):
+    counted from step 0 it only says that an untrained model errs.
     """
-    assert_class_balance(trained_run, labels_regex="CrossEntropyLoss_input_1", mode="TRAIN")
+    assert_class_balance(
+        trained_run,
+        labels_regex="CrossEntropyLoss_input_1",
+        mode="TRAIN",
+        samples=5000,
+        threshold_misprediction=1.0,
+    )
 
 
 def test_no_direction_confusion_19_20(trained_run):

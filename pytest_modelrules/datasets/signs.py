@@ -395,14 +395,14 @@ def templates(size: int = 64) -> np.ndarray:
 class Variation:
     """Ranges of the per-image randomness (the defaults make learning non-trivial)."""
 
-    scale: tuple[float, float] = (0.55, 0.92)  # sign radius / half the image side
-    rotation_deg: float = 10.0
+    scale: tuple[float, float] = (0.6, 0.92)  # sign radius / half the image side
+    rotation_deg: float = 8.0
     aspect: tuple[float, float] = (0.9, 1.1)
-    brightness: tuple[float, float] = (0.35, 1.2)
-    colour_cast: float = 0.15
-    clutter_max: int = 4
-    blur_max: float = 1.0  # weight of a 3x3 box blur mixed in (applied up to twice)
-    noise_max: float = 0.06
+    brightness: tuple[float, float] = (0.5, 1.15)
+    colour_cast: float = 0.12
+    clutter_max: int = 3
+    blur_max: float = 0.8  # weight of a 3x3 box blur mixed in (applied up to twice)
+    noise_max: float = 0.04
 
 
 def render(

@@ -30,6 +30,7 @@ GPU_DEFAULTS: dict[str, Any] = {
     "test_per_class": 0,  # 0 = a GTSRB-proportioned test set of test_images
     "test_images": 12630,
     "steps": None,  # whole epochs
+    "crop_scale": (0.08, 1.0),  # RandomResizedCrop's default, as the seed
     "lr": 0.001,
     "momentum": 0.0,
     "schedule": "none",
@@ -43,9 +44,10 @@ GPU_DEFAULTS: dict[str, Any] = {
 CPU_DEFAULTS: dict[str, Any] = {
     "image_size": 32,
     "train_images": 6000,
-    "test_per_class": 20,
+    "test_per_class": 50,
     "test_images": 0,
     "steps": 600,
+    "crop_scale": (0.5, 1.0),  # an 8 % crop of a 32 px sign is 9 x 9 pixels
     "lr": 0.03,
     "momentum": 0.9,
     "schedule": "cosine",
@@ -76,7 +78,7 @@ class TrainConfig:
     data: str | None = None  # a folder holding gtsrb/; None = generate synthetic signs
     data_seed: int = 0
     train_images: int = 6000
-    test_per_class: int = 20
+    test_per_class: int = 50
     test_images: int = 0
     device: str = "auto"
     save_interval: int = 25

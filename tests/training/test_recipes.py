@@ -19,9 +19,11 @@ def test_cpu_and_gpu_defaults():
     cpu = make_config("seed", device="cpu")
     assert cpu.image_size == CPU_DEFAULTS["image_size"] == 32
     assert (cpu.lr, cpu.momentum, cpu.schedule, cpu.steps) == (0.03, 0.9, "cosine", 600)
+    assert cpu.crop_scale == (0.5, 1.0) and cpu.test_per_class == 50
     gpu = make_config("seed", device="cuda")
     assert (gpu.image_size, gpu.lr, gpu.momentum, gpu.steps) == (224, 0.001, 0.0, None)
     assert gpu.amp and gpu.channels_last and gpu.workers > 0
+    assert gpu.crop_scale == (0.08, 1.0) and gpu.train_images == 39209
 
 
 def test_overrides_and_key():
@@ -64,7 +66,9 @@ def test_transforms_follow_the_recipe():
     kinds = lambda tf: [type(t) for t in tf.transforms]  # noqa: E731
     assert T.RandomHorizontalFlip in kinds(train_seed)
     assert T.RandomHorizontalFlip not in kinds(train_fixed)
-    assert kinds(train_seed)[0] is T.RandomResizedCrop and train_seed.transforms[0].size == (32, 32)
+    crop = train_seed.transforms[0]
+    assert kinds(train_seed)[0] is T.RandomResizedCrop and crop.size == (32, 32)
+    assert crop.scale == (0.5, 1.0)
     assert kinds(eval_seed)[:2] == [T.Resize, T.CenterCrop]
     assert eval_seed.transforms[0].size == 37  # 32 * 256 / 224, as 224 is to 256
     assert set(RECIPES) == {"seed", "fixed"}

@@ -1,6 +1,7 @@
 """End to end: the seed recipe fails examples/gtsrb for the seed's reasons, the fix passes.
 
-Both recipes train at the CPU defaults (32 px, 6,000 generated images, 600 steps, seed 0), in
+Both recipes train at the CPU defaults (32 px, 6,000 generated images and 50 test images a
+class, 600 steps, seed 0), in
 two processes at once with one thread each (two cores), then examples/gtsrb runs against
 each run in a pytest subprocess (``--model-run``). Sizes and the verdicts over seeds:
 docs/reference_job.md.
@@ -33,7 +34,7 @@ EXAMPLES = (
 @pytest.mark.slow
 def test_seed_fails_for_the_right_reasons_and_fixed_passes(tmp_path: Path, capsys):
     t0 = time.perf_counter()
-    data = write_gtsrb(tmp_path / "data", SignsConfig(train_images=6000, test_per_class=20))
+    data = write_gtsrb(tmp_path / "data", SignsConfig(train_images=6000, test_per_class=50))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = {
         recipe: subprocess.Popen(
