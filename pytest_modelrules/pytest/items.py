@@ -91,6 +91,23 @@ class RuleItem(pytest.Item):
         return self.path, 0, f"model rule {self.spec.rule}{run} ({self.spec.source})"
 
 
+def only_node_ids(config: pytest.Config) -> bool:
+    """The user asked for given tests (``path::name``): declared rules stay out."""
+    args = config.args
+    return bool(args) and all("::" in str(a) for a in args)
+
+
+def add_declared_rules(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    """Append an item per rule declared in pyproject.toml / the ini and per run."""
+    from .config_rules import declared_rules, pyproject_path
+
+    specs = declared_rules(config)
+    if not specs or only_node_ids(config):
+        return
+    source = pyproject_path(config) or config.inipath or config.rootpath
+    items.extend(make_items(session, specs, get_session(config).runs, Path(source)))
+
+
 def make_items(
     session: pytest.Session, specs: list[RuleSpec], runs: list[RunSpec], source: Path
 ) -> list[RuleItem]:

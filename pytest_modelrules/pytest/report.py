@@ -22,6 +22,17 @@ class ModelRulesReportWarning(pytest.PytestWarning):
     """The HTML report could not be written (the tests' verdicts are not affected)."""
 
 
+def header(session: ModelRulesSession) -> list[str] | None:
+    """``modelrules: runs: NAME=PATH, ...; baseline: NAME=PATH`` for the session header."""
+    if not session.runs and session.baseline is None:
+        return None
+    runs = ", ".join(f"{s.name}={s.location}" for s in session.runs) or "none"
+    line = f"modelrules: runs: {runs}"
+    if session.baseline is not None:
+        line += f"; baseline: {session.baseline.name}={session.baseline.location}"
+    return [line]
+
+
 def _verdict(entry: dict[str, Any]) -> str:
     if entry.get("skipped"):
         return "no data"
