@@ -151,3 +151,28 @@ def test_an_unknown_rule_or_parameter_errors_with_the_rule_message(
     assert "unknown rule 'no_such_rule'" in out or "no_such_rule" in out.split("FAILURES")[1]
     assert "threshold_layr" in out and "threshold_layer" in out
     assert "(declared in ini model_rules line 2)" in out
+
+
+def test_a_marker_rule_that_cannot_run_shows_its_error_not_plugin_frames(
+    pytester: pytest.Pytester, run_inner, runs
+) -> None:
+    pytester.makepyfile(
+        "import pytest\n"
+        "@pytest.mark.model_rule('vanishing_gradient')\n"
+        "def test_gradients():\n    pass\n"
+        "@pytest.mark.model_rule('dead_relu', threshold_layr=5)\n"
+        "def test_typo():\n    pass\n"
+    )
+    result = run_inner(f"--model-run={runs['good']}")
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    assert "MissingTensorError: VanishingGradient: no gradient tensors" in out
+    assert "RuleParameterError: DeadRelu: unknown parameter(s) threshold_layr" in out
+    assert "markers.py" not in out and "plugin.py" not in out
+
+
+def test_the_plugin_can_be_disabled(pytester: pytest.Pytester, run_inner, runs) -> None:
+    pytester.makepyfile("def test_run(model_run):\n    pass\n")
+    result = run_inner("-p", "no:modelrules")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*fixture 'model_run' not found*"])
