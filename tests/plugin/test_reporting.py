@@ -178,3 +178,26 @@ def test_session_fixtures_work_with_hypothesis(pytester: pytest.Pytester, runs) 
     result = pytester.runpytest_inprocess(f"--model-run={runs['bad']}", "-W", "error")
     result.assert_outcomes(passed=1)
     assert "function_scoped_fixture" not in result.stdout.str()
+
+
+def test_open_run_hook_can_provide_the_run(pytester: pytest.Pytester, run_inner, runs) -> None:
+    pytester.makeconftest(
+        f"""
+        from pytest_modelrules import open_run
+
+        CALLS = []
+
+        def pytest_modelrules_open_run(config, location, name):
+            CALLS.append(location)
+            if location == "registry://prod/latest":  # e.g. download from a model registry
+                return open_run({str(runs["good"])!r}, name=name)
+            return None
+        """
+    )
+    pytester.makepyfile(
+        "def test_a(model_run):\n    assert model_run.path.endswith('good')\n"
+        "def test_b(model_run):\n    assert model_run.name == 'prod'\n"
+    )
+    result = run_inner("--model-run=prod=registry://prod/latest", "-rA")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["PASSED *::test_a[[]prod[]]", "PASSED *::test_b[[]prod[]]"])
