@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from . import options
 from .options import NO_RUN_REASON, RunSpec
 from .session import get_session
 
@@ -47,19 +48,35 @@ def baseline_run(request: pytest.FixtureRequest) -> Any:
     return get_session(request.config).open_baseline()
 
 
-def _reference_run_function() -> Any | None:
+def _training_module() -> Any | None:
+    """``pytest_modelrules.training.cache`` when it (and torch) can be imported, else None."""
     import importlib
 
     try:
-        module = importlib.import_module(TRAINING_MODULE)
+        return importlib.import_module(TRAINING_MODULE)
     except ModuleNotFoundError as exc:
-        # only "the module is not there" means unavailable; a broken import must show
-        if exc.name and TRAINING_MODULE.startswith(exc.name):
-            return None
-        if exc.name in ("torch", "torchvision"):
+        # only "the module (or torch) is not there" means unavailable; a broken import shows
+        if exc.name and (
+            TRAINING_MODULE.startswith(exc.name) or exc.name in ("torch", "torchvision")
+        ):
             return None
         raise
-    return getattr(module, "reference_run", None)
+
+
+def _cache_dir(
+    config: pytest.Config, module: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """Where trained reference runs are kept: the ini's ``model_run_cache``, else the training
+    module's default (``$MODELRULES_CACHE_DIR`` or ``~/.cache/pytest-modelrules``, shared
+    with ``modelrules train``/``demo``), else pytest's cache folder."""
+    configured = options.cache_dir(config)
+    if configured is not None:
+        return configured
+    default = getattr(module, "default_cache_dir", None)
+    if callable(default):
+        return Path(default())
+    cache = getattr(config, "cache", None)
+    return Path(cache.mkdir("modelrules")) if cache is not None else tmp_path_factory.mktemp("mr")
 
 
 @pytest.fixture(scope="session")
@@ -73,14 +90,10 @@ def trained_run(
     session = get_session(request.config)
     if model_run_spec is not None:
         return session.open(model_run_spec)
-    reference_run = _reference_run_function()
+    module = _training_module()
+    reference_run = getattr(module, "reference_run", None)
     if reference_run is None:
         pytest.skip(NO_TRAINING_REASON)
-    cache = getattr(request.config, "cache", None)
-    cache_dir = (
-        Path(cache.mkdir("modelrules"))
-        if cache is not None
-        else (tmp_path_factory.mktemp("modelrules"))
-    )
+    cache_dir = _cache_dir(request.config, module, tmp_path_factory)
     path = reference_run(recipe="seed", cache_dir=cache_dir)
     return session.open(RunSpec(name="reference-seed", location=str(path)))

@@ -87,6 +87,13 @@ def add_options(parser: pytest.Parser) -> None:
         default=[],
     )
     parser.addini(
+        "model_run_cache",
+        "folder of trained reference runs for the trained_run fixture (default: "
+        "$MODELRULES_CACHE_DIR or ~/.cache/pytest-modelrules)",
+        type="string",
+        default="",
+    )
+    parser.addini(
         "model_rules_report",
         "report folder, as --model-rules-report; the command line wins",
         type="string",
@@ -166,3 +173,9 @@ def report_dir(config: pytest.Config) -> Path | None:
     if ini:
         return Path(_resolve(ini, _ini_base(config)))
     return None
+
+
+def cache_dir(config: pytest.Config) -> Path | None:
+    """The ini's ``model_run_cache`` folder (relative to the ini file), or None."""
+    ini = (config.getini("model_run_cache") or "").strip()
+    return Path(_resolve(ini, _ini_base(config))) if ini else None

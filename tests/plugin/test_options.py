@@ -31,7 +31,7 @@ def test_without_a_run_model_tests_skip_with_how_to_give_one(
 ) -> None:
     from pytest_modelrules.pytest import fixtures
 
-    monkeypatch.setattr(fixtures, "_reference_run_function", lambda: None)  # no trainer
+    monkeypatch.setattr(fixtures, "_training_module", lambda: None)  # no trainer
     pytester.makepyfile(TEST_FILE)
     result = run_inner("-rs")
     result.assert_outcomes(passed=1, skipped=3)
@@ -48,8 +48,10 @@ def test_without_a_run_model_tests_skip_with_how_to_give_one(
 
 
 def test_trained_run_trains_the_reference_job_when_no_run_is_given(
-    pytester: pytest.Pytester, run_inner, runs, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, run_inner, runs, monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
+    import types
+
     from pytest_modelrules.pytest import fixtures
 
     calls = []
@@ -58,17 +60,23 @@ def test_trained_run_trains_the_reference_job_when_no_run_is_given(
         calls.append((recipe, Path(cache_dir)))
         return runs["good"]
 
-    monkeypatch.setattr(fixtures, "_reference_run_function", lambda: fake_reference_run)
+    trainer = types.SimpleNamespace(
+        reference_run=fake_reference_run, default_cache_dir=lambda: tmp_path / "user-cache"
+    )
+    monkeypatch.setattr(fixtures, "_training_module", lambda: trainer)
     pytester.makepyfile(
         "def test_a(trained_run):\n    assert trained_run.name == 'reference-seed'\n"
         "def test_b(trained_run):\n    assert trained_run.path.endswith('good')\n"
     )
     result = run_inner()
     result.assert_outcomes(passed=2)
-    assert len(calls) == 1  # session-scoped: trained (or fetched from the cache) once
-    recipe, cache_dir = calls[0]
-    assert recipe == "seed"
-    assert cache_dir.is_dir() and ".pytest_cache" in str(cache_dir)
+    # session-scoped: trained (or fetched from the cache) once; the training's own cache
+    assert calls == [("seed", tmp_path / "user-cache")]
+
+    pytester.makeini("[pytest]\nmodel_run_cache = runs-cache\n")
+    result = run_inner()
+    result.assert_outcomes(passed=2)
+    assert calls[-1] == ("seed", pytester.path / "runs-cache")  # the ini's, from its folder
 
 
 def test_two_runs_give_one_test_per_run_with_readable_ids(
