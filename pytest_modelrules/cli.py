@@ -235,7 +235,7 @@ def _outcomes(output: str) -> dict[str, str]:
     for line in output.splitlines():
         parts = line.split()
         if len(parts) >= 2 and parts[0] in ("PASSED", "FAILED", "ERROR") and "::" in parts[1]:
-            out[parts[1].split("::")[-1]] = parts[0]
+            out[parts[1].split("::")[-1].split("[")[0]] = parts[0]  # no "[run]" suffix
     return out
 
 

@@ -101,7 +101,7 @@ def test_demo_reports_what_the_rules_catch(tmp_path: Path, monkeypatch, capsys):
         seed = Path(run_dir).name == "seed"
         state = "FAILED" if seed else "PASSED"
         return (1 if seed else 0), (
-            f"{state} test_x.py::test_no_direction_confusion_19_20 - boom\n"
+            f"{state} test_x.py::test_no_direction_confusion_19_20[run] - boom\n"
             "PASSED test_x.py::test_relus_alive\n"
         )
 
