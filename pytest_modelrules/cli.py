@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .exceptions import ModelRulesError
+
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples" / "gtsrb"
 
 
@@ -332,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, ModelRulesError) as exc:
         _err(str(exc))
         return 2
     except KeyboardInterrupt:  # pragma: no cover
