@@ -90,20 +90,28 @@ class Storage:
                 fh.seek(start)
             return fh.read()
 
-    def read_many(self, paths: list[str]) -> list[bytes]:
-        """Whole files, in the order asked (remote: concurrent requests)."""
+    def read_many(self, paths: list[str], max_size: int | None = None) -> list[bytes | None]:
+        """Whole files, in the order asked (remote: concurrent requests). A file larger than
+        ``max_size`` comes back as None, and no more than ``max_size + 1`` of its bytes are
+        ever read or allocated."""
         if not paths:
             return []
         if self.remote:
+            if max_size is not None:
+                got = self.fs.cat_ranges(list(paths), [0] * len(paths), [max_size + 1] * len(paths))
+                return [None if len(b) > max_size else b for b in got]
             got = self.fs.cat(list(paths), on_error="raise")
             if isinstance(got, bytes):  # a single path
                 return [got]
             return [got[p] if p in got else got[self.fs._strip_protocol(p)] for p in paths]
-        out = []
+        out: list[bytes | None] = []
         for p in paths:
             fd = os.open(p, os.O_RDONLY | getattr(os, "O_BINARY", 0))
             try:
                 size = os.fstat(fd).st_size
+                if max_size is not None and size > max_size:
+                    out.append(None)
+                    continue
                 data = os.read(fd, size) if size else b""
                 while len(data) < size:  # a short read: keep going
                     more = os.read(fd, size - len(data))

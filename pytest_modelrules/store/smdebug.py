@@ -25,7 +25,7 @@ import numpy as np
 from ..exceptions import CorruptRunError, RunNotFoundError
 from .base import Backend, StepTable, TensorRecords
 from .fs import Storage
-from .native import parse_json_object
+from .native import MAX_JSON_BYTES, parse_json_object
 from .tfrecord import FramingError, decode_event, unframe_record
 
 END_MARKER = "training_job_end.ts"
@@ -39,6 +39,14 @@ _EVENT_FILE = re.compile(r"^(\d{12})_([^/\\]+)\.tfevents$")
 _COLLECTIONS_FILE = re.compile(r"^(.+)_collections\.json$")
 _MODES = {"TRAIN": 1, "EVAL": 2, "PREDICT": 3, "GLOBAL": 4}
 MAX_RECORD_BYTES = 1 << 40
+#: an index file lists one entry per tensor of a step: 64 MiB is far beyond any real one
+MAX_INDEX_BYTES = 64 << 20
+
+
+def _json_file(raw: bytes | None, path: str, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
+    if raw is None:
+        raise CorruptRunError(path, f"JSON file larger than {limit} bytes")
+    return parse_json_object(raw, path)
 
 
 def _worker_key(name: str) -> tuple[int, str]:
@@ -201,8 +209,8 @@ class SMDebugBackend(Backend):
             for fname in st.listdir(st.join(COLLECTIONS_DIR, sub)):
                 if _COLLECTIONS_FILE.match(fname):
                     paths.append(st.join(COLLECTIONS_DIR, sub, fname))
-        for path, raw in zip(paths, st.read_many(paths)):
-            data = parse_json_object(raw, path)
+        for path, raw in zip(paths, st.read_many(paths, MAX_JSON_BYTES)):
+            data = _json_file(raw, path)
             cols = data.get("collections", {})
             meta = data.get("_meta", {})
             if not isinstance(cols, dict) or not isinstance(meta, dict):
@@ -245,7 +253,7 @@ class SMDebugBackend(Backend):
                     continue  # *.tmp and anything else: not (yet) an index file
                 todo.append((rel, prefix + fname, int(m.group(1)), m.group(2)))
         if todo:
-            blobs = st.read_many([t[1] for t in todo])
+            blobs = st.read_many([t[1] for t in todo], MAX_INDEX_BYTES)
             for (rel, path, step, worker), raw in zip(todo, blobs):
                 self._add_index(path, raw, step, worker)
                 self._seen_index.add(rel)
@@ -259,8 +267,8 @@ class SMDebugBackend(Backend):
             if all(len(self._step_workers.get(s, ())) >= need for s in steps):
                 self._sealed_dirs.add(d)
 
-    def _add_index(self, path: str, raw: bytes, step: int, worker: str) -> None:
-        data = parse_json_object(raw, path)
+    def _add_index(self, path: str, raw: bytes | None, step: int, worker: str) -> None:
+        data = _json_file(raw, path, MAX_INDEX_BYTES)
         meta = data.get("meta")
         if not isinstance(meta, dict):
             raise CorruptRunError(path, "index file has no 'meta' object")

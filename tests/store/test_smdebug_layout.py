@@ -374,3 +374,13 @@ def test_string_tensor_too_large_for_a_fixed_width_array(tmp_path, monkeypatch):
     monkeypatch.setattr(tfrecord, "MAX_STRING_ARRAY_BYTES", 100)
     with pytest.raises(CorruptRunError, match="string tensor too large"):
         open_run(tmp_path / "r").tensor("names").value(0)
+
+
+def test_oversized_index_is_refused_before_reading_it(tmp_path, monkeypatch):
+    from pytest_modelrules.store import smdebug
+
+    root = _one_step_run(tmp_path / "r")
+    monkeypatch.setattr(smdebug, "MAX_INDEX_BYTES", 64)
+    with pytest.raises(CorruptRunError, match="larger than 64 bytes") as err:
+        open_run(root)
+    assert str(_index(root)) in str(err.value)
