@@ -311,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=Path, default=None, help="where trained runs live (OUT/runs)")
     ap.add_argument("--quick", action="store_true", help="the CI subset")
     ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1")
+    ap.add_argument("--first-seed", type=int, default=0, help="train seeds from this one")
     ap.add_argument("--faults", default=None, help="comma-separated variants (default: all)")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: scale's)")
@@ -327,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     for f in faults:
         if f not in FAULTS:
             ap.error(f"unknown variant {f!r}; known: {', '.join(FAULTS)}")
-    seeds = list(range(args.seeds if args.seeds is not None else (1 if args.quick else FULL_SEEDS)))
+    n_seeds = args.seeds if args.seeds is not None else (1 if args.quick else FULL_SEEDS)
+    seeds = list(range(args.first_seed, n_seeds))
     runs = args.runs or args.out / "runs"
     t0 = time.perf_counter()
     if args.evaluate_only:

@@ -14,27 +14,34 @@ from typing import Any
 
 #: {rule name: parameters} of the default set (parameters not named keep the class default)
 DEFAULT_PROFILE: dict[str, dict[str, Any]] = {
-    "loss_not_decreasing": {"mode": "TRAIN", "num_steps": 50, "diff_percent": 0.0},
+    "loss_not_decreasing": {"mode": "TRAIN", "num_steps": 50},
     "overfit": {"ratio_threshold": 0.5, "patience": 2},
-    "overtraining": {"patience_train": 1000, "patience_validation": 3, "delta": 0.01},
+    "overtraining": {"patience_train": 60, "patience_validation": 2, "delta": 0.01},
     "class_imbalance": {
         "mode": "TRAIN",
-        "threshold_imbalance": 5.0,
+        "threshold_imbalance": 3.0,
         "threshold_misprediction": 1.0,
-        "samples": 5000,
+        "samples": 2000,
     },
-    "confusion": {"mode": "EVAL", "min_diag": 0.2, "max_off_diag": 0.6},
-    "direction_confusion": {"mode": "EVAL", "limit": 10},
-    "recall_floor": {"min_recall": 0.2},
+    "direction_confusion": {"mode": "EVAL", "limit": None, "max_rate": 0.4, "min_samples": 50},
+    "recall_floor": {},
     "dead_relu": {},
     "saturated_activation": {},
     "vanishing_gradient": {},
     "exploding_tensor": {},
-    "check_input_images": {"threshold_mean": 0.2, "threshold_samples": 200},
+    "check_input_images": {"threshold_mean": 1.0, "threshold_samples": 200},
     "transfer_learning": {},
     "weight_update_ratio": {},
-    "unchanged_tensor": {"tensor_regex": r"^fc\..*weight$", "num_steps": 3},
+    "unchanged_tensor": {"tensor_regex": r"^fc\..*weight$"},
     "stalled_training_rule": {},
+}
+
+#: rules left out of the default profile, and why (run them by name when they fit)
+OPT_IN: dict[str, str] = {
+    "confusion": (
+        "judged per batch: on 43 classes one wrong prediction in a 64-sample batch breaks a "
+        "column, so every healthy zoo run tripped it at every candidate threshold (docs/zoo.md)"
+    ),
 }
 
 #: rules of the profile that judge tensors many runs do not record (sigmoid inputs, full head
@@ -50,7 +57,6 @@ REASONS: dict[str, str] = {
     "overfit": "TBD",
     "overtraining": "TBD",
     "class_imbalance": "TBD",
-    "confusion": "TBD",
     "direction_confusion": "TBD",
     "recall_floor": "TBD",
     "dead_relu": "TBD",
@@ -89,6 +95,7 @@ def profile_rules(
 
 __all__ = [
     "DEFAULT_PROFILE",
+    "OPT_IN",
     "REASONS",
     "WHEN_RECORDED",
     "default_profile",

@@ -17,31 +17,24 @@ def available_rules() -> list[str]:
 
 
 def default_rules() -> list[str]:
-    """The rules that run when a user asks for all defaults: the default profile's rules
-    (``rules/profiles.py``, thresholds chosen on the bug zoo) but those that need tensors few
-    runs record (``profiles.WHEN_RECORDED``); sorted snake_case names. Run them with
-    :func:`default_profile`'s parameters."""
-    from .profiles import DEFAULT_PROFILE, WHEN_RECORDED
-
-    return sorted(n for n in DEFAULT_PROFILE if n not in WHEN_RECORDED)
-
-
-def default_profile() -> dict[str, dict[str, Any]]:
-    """The default rule set with its parameters, {rule name: parameters} (a copy): what
-    "check everything" should evaluate, e.g. ``make_rule((name, params))`` for each item."""
-    from .profiles import default_profile as _profile
-
-    return _profile()
-
-
-def enabled_by_default() -> list[str]:
-    """The rules enabled by default that need no required parameter (the set before the
-    profile; kept for callers that want every rule the classes call default)."""
+    """The rules enabled by default that need no required parameter (sorted snake_case
+    names), with the classes' (SageMaker Debugger's) defaults. For "check everything" prefer
+    :func:`default_profile`: the same kind of set with thresholds chosen on the bug zoo."""
     return sorted(
         name
         for name, cls in registry().items()
         if cls.default_enabled and not cls.required_params()
     )
+
+
+def default_profile() -> dict[str, dict[str, Any]]:
+    """The default rule set with its parameters, {rule name: parameters} (a copy; see
+    ``rules/profiles.py`` and docs/zoo.md): what "check everything" should evaluate, each as
+    ``make_rule((name, params))``. Rules in ``profiles.WHEN_RECORDED`` judge tensors few runs
+    record: a MissingTensorError from them means "not judged"."""
+    from .profiles import default_profile as _profile
+
+    return _profile()
 
 
 #: other spellings users bring from SageMaker Debugger's configs
@@ -94,7 +87,6 @@ __all__ = [
     "available_rules",
     "default_profile",
     "default_rules",
-    "enabled_by_default",
     "evaluate",
     "make_rule",
     "rule_class",

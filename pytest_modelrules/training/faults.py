@@ -286,7 +286,7 @@ FAULTS: dict[str, Fault] = {
         Fault(
             "label_noise",
             "40 % of the training labels replaced by random classes",
-            meant=("recall_floor", "confusion"),
+            meant=("recall_floor",),
             dataset="label_noise",
         ),
         Fault(

@@ -70,13 +70,16 @@ def test_dataset_hooks_do_what_they_say():
     assert 0.3 < (used != targets).mean() < 0.45  # 40 % relabelled, 1/43 of those unchanged
 
 
-def test_default_rules_are_the_profile_but_its_when_recorded_rules():
-    from pytest_modelrules.rules.profiles import DEFAULT_PROFILE, WHEN_RECORDED
+def test_default_profile_is_a_copy_and_covers_the_default_rules_but_opt_ins():
+    from pytest_modelrules.rules.profiles import DEFAULT_PROFILE, OPT_IN, WHEN_RECORDED
     from pytest_modelrules.rules.registry import default_profile, default_rules
 
-    assert set(default_rules()) == set(DEFAULT_PROFILE) - WHEN_RECORDED
     prof = default_profile()
     assert prof == DEFAULT_PROFILE and prof is not DEFAULT_PROFILE
+    prof["dead_relu"]["threshold_layer"] = 1.0  # a copy: the profile is unchanged
+    assert "threshold_layer" not in DEFAULT_PROFILE["dead_relu"]
+    assert set(default_rules()) - set(OPT_IN) <= set(DEFAULT_PROFILE)
+    assert WHEN_RECORDED <= set(DEFAULT_PROFILE) and not set(OPT_IN) & set(DEFAULT_PROFILE)
 
 
 @pytest.mark.slow
