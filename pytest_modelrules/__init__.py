@@ -47,6 +47,7 @@ _LAZY: dict[str, str] = {
     "as_custom_rule": "pytest_modelrules.rules.custom",
     "RuleMonitor": "pytest_modelrules.rules.monitor",
     "assert_rule": "pytest_modelrules.assertions",
+    "ModelRuleFailure": "pytest_modelrules.assertions",
     "assert_no_regression": "pytest_modelrules.assertions",
     "assert_loss_decreasing": "pytest_modelrules.assertions",
     "assert_class_balance": "pytest_modelrules.assertions",
