@@ -224,7 +224,11 @@ class Tensor:
     def values(
         self, mode: ModeKeys | str | None = None, worker: str | None = None
     ) -> dict[int, np.ndarray]:
-        """Every saved value: {step: array}, steps as in :meth:`steps`."""
+        """Every saved value: {step: array}, steps as in :meth:`steps`.
+
+        The arrays are read-only, and views of the run's bytes where the layout allows (no
+        copy): reading every value of a run costs one pass over its files. For an array to
+        change, use :meth:`value` (a new array) or ``np.array(v)``."""
         m = _mode_arg(mode)
         mapping = self._index_map(m, self._worker_index(worker))
         recs = self._records()
@@ -233,11 +237,8 @@ class Tensor:
         if stacked is not None:
             from .native import split_stacked
 
-            # one copy of everything, then a view per step: each value is independent memory
-            return dict(zip(mapping, split_stacked(np.array(stacked))))
-        if getattr(recs, "fresh_values", False):
-            return dict(zip(mapping, recs.values(idx)))
-        return dict(zip(mapping, (np.array(a) for a in recs.values(idx))))
+            return dict(zip(mapping, split_stacked(_read_only(stacked))))
+        return dict(zip(mapping, (_read_only(a) for a in recs.values(idx))))
 
     def workers(self, step_num: int, mode: ModeKeys | str | None = None) -> list[str]:
         """The workers that saved this tensor at a step."""
@@ -305,6 +306,15 @@ class Tensor:
         if self.run.has_tensor(stored):
             return self.run.tensor(stored).value(step_num, mode, worker)
         return compute_reduction(self.value(step_num, mode, worker), reduction_name, abs)
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """``a`` itself when already read-only, else a read-only view of it (no copy)."""
+    if not a.flags.writeable:
+        return a
+    view = a.view()
+    view.flags.writeable = False
+    return view
 
 
 def _stacked(recs, idx: np.ndarray) -> np.ndarray | None:

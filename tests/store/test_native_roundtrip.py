@@ -35,13 +35,13 @@ def test_every_dtype_and_shape_round_trips(tmp_path, shape):
         got = run.tensor(f"t/{dt}").value(step)
         assert got.dtype == a.dtype and got.shape == a.shape
         assert got.tobytes() == a.tobytes()
-        got[...] = 0 if got.size else got  # values are the caller's own arrays
+        got[...] = 0  # value() gives the caller's own array
     for dt in DTYPE_CODES.values():
         vals = run.tensor(f"t/{dt}").values()
         assert sorted(vals) == [0, 1, 2]
         for step, v in vals.items():
             assert v.shape == shape and v.tobytes() == written[(str(dt), step)].tobytes()
-            assert v.flags.writeable
+            assert not v.flags.writeable  # bulk values are read-only (zero-copy) views
 
 
 def test_torch_tensors_and_mixed_shapes(tmp_path):
@@ -171,7 +171,7 @@ def test_multi_worker_merge(tmp_path):
     assert run.steps() == [0, 1, 2, 3] and run.has_ended
 
 
-def test_series_stack_is_a_view_and_values_are_copies(tmp_path):
+def test_series_stack_and_values_are_views_and_value_is_a_copy(tmp_path):
     with RunWriter(tmp_path / "r") as w:
         for g in range(50):
             w.write("logits", np.full((8, 5), g, np.float32), g)
@@ -188,9 +188,13 @@ def test_series_stack_is_a_view_and_values_are_copies(tmp_path):
     assert loss.stack().tolist() == list(map(float, range(50)))
     assert all(a.shape == () and isinstance(a, np.ndarray) for a in loss.arrays)
     vals = run.tensor("logits").values()
-    vals[3][0, 0] = -1
-    assert vals[4][0, 0] == 4 and run.tensor("logits").value(3)[0, 0] == 3
-    assert not np.shares_memory(vals[3], st)
+    assert np.shares_memory(vals[3], st)  # no copy
+    with pytest.raises(ValueError, match="read-only"):
+        vals[3][0, 0] = -1
+    mine = run.tensor("logits").value(3)
+    mine[0, 0] = -1  # value() gives the caller's own array
+    assert run.tensor("logits").value(3)[0, 0] == 3 and vals[3][0, 0] == 3
+    assert all(a.shape == () for a in run.tensor("loss").values().values())
 
 
 def test_long_and_odd_tensor_names(tmp_path):
