@@ -30,8 +30,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 #: the CI subset: a few faults caught by different kinds of rules, one healthy run, short runs
-QUICK_FAULTS = ("healthy", "flip", "lr_high", "not_normalised", "head_not_in_optimizer")
-QUICK_SCALE: dict[str, Any] = {"steps": 60, "train_images": 600, "test_per_class": 10}
+QUICK_FAULTS = ("healthy", "imbalance", "not_normalised", "head_not_in_optimizer", "dead_relu")
+QUICK_SCALE: dict[str, Any] = {"steps": 80, "train_images": 600, "test_per_class": 10}
 FULL_SEEDS = 5
 
 

@@ -291,7 +291,7 @@ FAULTS: dict[str, Fault] = {
         ),
         Fault(
             "lr_high",
-            "learning rate 60x too high (3.0): the loss explodes to NaN",
+            "learning rate 60x too high (3.0): training diverges (loss up, ReLUs die)",
             meant=("exploding_tensor", "loss_not_decreasing"),
             overrides={"lr": 3.0},
         ),
