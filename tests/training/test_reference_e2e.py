@@ -89,8 +89,10 @@ def test_seed_fails_for_the_right_reasons_and_fixed_passes(tmp_path: Path, capsy
     assert all(v == "PASSED" for v in outcomes["fixed"].values()), texts["fixed"]
     # the seed run fails the direction test because 19 and 20 are confused ...
     assert outcomes["seed"]["test_no_direction_confusion_19_20"] == "FAILED", texts["seed"]
-    failure = texts["seed"].split("test_no_direction_confusion_19_20")[1]
-    assert "19" in failure and "20" in failure
+    assert "model rule direction_confusion triggered" in texts["seed"]
+    why = texts["seed"].split("model rule direction_confusion triggered", 1)[1]
+    assert "19 (Dangerous curve to the left)" in why
+    assert "20 (Dangerous curve to the right)" in why
     # ... which the flip did: the same pair is (nearly) never confused without it
     assert metrics["seed"]["mirror_confusions"]["19-20"] > 10
     assert metrics["fixed"]["mirror_confusions"]["19-20"] <= 10
