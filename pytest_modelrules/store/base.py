@@ -113,6 +113,13 @@ class Backend(ABC):
     def tensor_records(self, name: str) -> TensorRecords:
         """The records of a tensor (KeyError when the run has no such tensor)."""
 
+    def wall_times(self, rows: np.ndarray) -> np.ndarray:
+        """Wall times of rows of :meth:`step_table` (seconds since the epoch, NaN unknown).
+
+        The Run asks only when a wall time is wanted, so a layout that keeps them elsewhere
+        (SageMaker Debugger: in the event files) reads them then, not when the run opens."""
+        return self.step_table().wall_times[np.asarray(rows, np.int64)]
+
     def collections(self) -> dict[str, dict[str, Any]]:
         """Collection name -> {"tensor_names": [...], "include_regex": [...], ...}."""
         return {}

@@ -5,6 +5,10 @@ mode, a mode step counted from 0. ``steps(mode=TRAIN)`` answers TRAIN mode steps
 ``steps()`` or ``steps(mode=GLOBAL)`` answers global steps, and ``tensor(n).value(s, mode)``
 reads mode step ``s`` (global step when mode is None or GLOBAL). A step counts once every
 worker committed it.
+
+A tensor stored only as reductions (``smdebug/reductions/l2/gradient/x``, no ``gradient/x``)
+opens by its base name as in SageMaker Debugger (:class:`ReducedTensor`); ``tensor_names()``
+and ``has_tensor()`` still answer the names stored (see docs/format.md for why).
 """
 
 from __future__ import annotations
@@ -149,6 +153,10 @@ class Tensor:
 
     def __repr__(self) -> str:
         return f"Tensor({self.name!r})"
+
+    def _generation_ok(self) -> bool:
+        """Still the right kind of tensor after a refresh (a full value may have arrived)."""
+        return True
 
     # internal: the valid record indices, refreshed with the run
     def _records(self):
@@ -308,6 +316,113 @@ class Tensor:
         return compute_reduction(self.value(step_num, mode, worker), reduction_name, abs)
 
 
+class ReducedTensor(Tensor):
+    """A tensor stored only as reductions (e.g. ``smdebug/reductions/l2/gradient/x`` for
+    ``gradient/x``), as SageMaker Debugger presents it: it has the steps at which any of its
+    reductions is stored and :meth:`reduction_value` reads them; a full value is never
+    available, so :meth:`value`, :meth:`values` and :meth:`series` raise
+    TensorUnavailableForStep naming the stored reductions."""
+
+    def __init__(self, run: Run, name: str, stored: list[str]) -> None:
+        from .names import parse_reduction_name
+
+        super().__init__(run, name)
+        self._made_at = run._generation
+        self.stored = sorted(stored)
+        labels = []
+        for n in self.stored:
+            parsed = parse_reduction_name(n)
+            assert parsed is not None
+            labels.append((("abs_" if parsed[2] else "") + parsed[1], parsed[1], parsed[2]))
+        #: the stored reductions, as "l2", "abs_mean", ...
+        self.reductions = sorted({label for label, _r, _a in labels})
+        plain = sorted((r, a) for _l, r, a in labels)
+        red, absolute = plain[0] if plain else ("l2", False)
+        call = f"reduction_value(step, {red!r}{', abs=True' if absolute else ''})"
+        self._hint = f"only reductions are stored for it: {', '.join(self.reductions)}; use {call}"
+
+    def __repr__(self) -> str:
+        return f"ReducedTensor({self.name!r}, reductions={self.reductions})"
+
+    def _generation_ok(self) -> bool:
+        return self._made_at == self.run._generation
+
+    def _index_map(self, mode: ModeKeys | None, worker: int | None) -> dict[int, int]:
+        """{step: -1} for every step at which any stored reduction is saved."""
+        steps: set[int] = set()
+        for n in self.stored:
+            steps.update(self.run.tensor(n)._index_map(mode, worker))
+        return dict.fromkeys(sorted(steps), -1)
+
+    def value(
+        self,
+        step_num: int,
+        mode: ModeKeys | str | None = None,
+        worker: str | None = None,
+    ) -> np.ndarray:
+        """Never available: raises TensorUnavailableForStep (StepUnavailable for a step the
+        run does not have) naming the stored reductions."""
+        m = _mode_arg(mode)
+        if not self.run._has_step(int(step_num), m):
+            raise StepUnavailable(int(step_num), m, hint=self.run._steps_hint(m))
+        raise TensorUnavailableForStep(self.name, int(step_num), m, hint=self._hint)
+
+    def _no_values(self, mode: ModeKeys | str | None, worker: str | None) -> None:
+        m = _mode_arg(mode)
+        steps = list(self._index_map(m, self._worker_index(worker)))
+        if steps:
+            raise TensorUnavailableForStep(self.name, steps[0], m, hint=self._hint)
+
+    def values(
+        self, mode: ModeKeys | str | None = None, worker: str | None = None
+    ) -> dict[int, np.ndarray]:
+        """Raises TensorUnavailableForStep (only reductions are stored); {} with no step."""
+        self._no_values(mode, worker)
+        return {}
+
+    def series(
+        self,
+        mode: ModeKeys | str | None = None,
+        worker: str | None = None,
+        *,
+        all_workers: bool = False,
+    ) -> Series:
+        """Raises TensorUnavailableForStep: read ``run.tensor(stored_name).series()``."""
+        self._no_values(mode, worker)
+        empty = np.zeros(0, np.int64)
+        return Series(self.name, _mode_arg(mode), empty, empty, np.zeros(0, np.uint8), empty, [])
+
+    def workers(self, step_num: int, mode: ModeKeys | str | None = None) -> list[str]:
+        """The workers that saved a reduction of this tensor at a step."""
+        found: set[str] = set()
+        for n in self.stored:
+            found.update(self.run.tensor(n).workers(step_num, mode))
+        return sorted(found, key=self.run._backend.workers().index)
+
+    def reduction_value(
+        self,
+        step_num: int,
+        reduction_name: str,
+        mode: ModeKeys | str | None = None,
+        worker: str | None = None,
+        abs: bool = False,
+    ) -> np.ndarray:
+        """The stored reduction at a step; TensorUnavailableForStep when that one is not
+        stored (it cannot be computed: there is no full value)."""
+        from .names import reduction_tensor_name
+
+        stored = reduction_tensor_name(self.name, reduction_name, abs)
+        if self.run.has_tensor(stored):
+            return self.run.tensor(stored).value(step_num, mode, worker)
+        label = ("abs_" if abs else "") + reduction_name
+        raise TensorUnavailableForStep(
+            self.name,
+            int(step_num),
+            _mode_arg(mode),
+            hint=f"its {label} reduction is not stored; {self._hint}",
+        )
+
+
 def _read_only(a: np.ndarray) -> np.ndarray:
     """``a`` itself when already read-only, else a read-only view of it (no copy)."""
     if not a.flags.writeable:
@@ -363,12 +478,15 @@ class Run:
             rows = first[done]
             self._modes = table.modes[rows].astype(np.uint8)
             self._mode_steps = table.mode_steps[rows].astype(np.int64)
-            self._walls = table.wall_times[rows]
+            self._wall_rows = rows
         else:
             self._complete = np.zeros(0, np.int64)
             self._modes = np.zeros(0, np.uint8)
             self._mode_steps = np.zeros(0, np.int64)
-            self._walls = np.zeros(0, np.float64)
+            self._wall_rows = np.zeros(0, np.int64)
+        # wall times are read on first use (SageMaker Debugger keeps them in the event files)
+        self._walls_cache: np.ndarray | None = None
+        self._reduced_cache: dict[str, list[str]] | None = None
         self._mode_lookup: dict[int, dict[int, int]] = {}
         for m in np.unique(self._modes):
             sel = self._modes == m
@@ -381,6 +499,31 @@ class Run:
         }
         self._global_list = self._complete.tolist()
         self._generation += 1
+
+    @property
+    def _walls(self) -> np.ndarray:
+        """Wall time of each complete step, asked of the backend once per refresh."""
+        if self._walls_cache is None:
+            self._walls_cache = np.asarray(
+                self._backend.wall_times(self._wall_rows), dtype=np.float64
+            )
+        return self._walls_cache
+
+    def _reduced_only(self) -> dict[str, list[str]]:
+        """{base name: its stored reduction tensors} for the tensors stored only as
+        reductions (no full value at any step); computed once per refresh."""
+        if self._reduced_cache is None:
+            from .names import parse_reduction_name
+
+            names = self._backend.tensor_names()
+            out: dict[str, list[str]] = {}
+            parsed = [(n, parse_reduction_name(n)) for n in names]
+            full = {n for n, p in parsed if p is None}
+            for n, p in parsed:
+                if p is not None and p[0] not in full:
+                    out.setdefault(p[0], []).append(n)
+            self._reduced_cache = out
+        return self._reduced_cache
 
     def _has_step(self, step: int, mode: ModeKeys | None) -> bool:
         if mode is None:
@@ -450,7 +593,8 @@ class Run:
             raise StepUnavailable(mode_step, m, hint=self._steps_hint(m)) from None
 
     def wall_time(self, global_step: int) -> float:
-        """When a step was written (seconds since the epoch)."""
+        """When a step was written (seconds since the epoch; NaN when the run has no wall
+        time for it). Read from the backend on first use, then cached until a refresh."""
         pos = np.searchsorted(self._complete, global_step)
         if pos >= len(self._complete) or self._complete[pos] != global_step:
             raise StepUnavailable(global_step, hint=self._steps_hint(None))
@@ -548,14 +692,34 @@ class Run:
             ]
         return sorted(names)
 
-    def has_tensor(self, name: str) -> bool:
-        return name in self._backend.tensor_names()
+    def has_tensor(self, name: str, *, reductions_only: bool = False) -> bool:
+        """The run stores ``name`` (a full tensor, or a reduction tensor by its own name).
+
+        With ``reductions_only=True`` a tensor of which only reductions are stored counts
+        too (SageMaker Debugger's ``has_tensor``): :meth:`tensor` opens it either way. The
+        default stays "stored under this name", which the built-in rules rely on to mean
+        "the full value can be read"."""
+        if name in self._backend.tensor_names():
+            return True
+        return reductions_only and name in self._reduced_only()
+
+    def reduced_tensor_names(self) -> list[str]:
+        """Base names of the tensors stored only as reductions (``gradient/fc.weight`` when
+        the run holds ``smdebug/reductions/l2/gradient/fc.weight`` and no full value)."""
+        return sorted(self._reduced_only())
 
     def tensor(self, name: str) -> Tensor:
-        """A tensor by exact name; TensorUnavailable (with close names) when absent."""
+        """A tensor by exact name; TensorUnavailable (with close names) when absent.
+
+        A tensor stored only as reductions opens too, as in SageMaker Debugger: its steps are
+        those of its reductions, ``reduction_value`` reads them, ``value`` explains."""
         found = self._tensors.get(name)
-        if found is not None:
+        if found is not None and found._generation_ok():
             return found
+        reduced = None if self.has_tensor(name) else self._reduced_only().get(name)
+        if reduced is not None:
+            tensor = self._tensors[name] = ReducedTensor(self, name, reduced)
+            return tensor
         if not self.has_tensor(name):
             import difflib
 

@@ -26,7 +26,7 @@ from ..exceptions import CorruptRunError, RunNotFoundError
 from .base import Backend, StepTable, TensorRecords
 from .fs import Storage
 from .native import MAX_JSON_BYTES, parse_json_object
-from .tfrecord import FramingError, decode_event, unframe_record
+from .tfrecord import FramingError, decode_event, length_crc, unframe_record
 
 END_MARKER = "training_job_end.ts"
 INDEX_DIR = "index"
@@ -41,6 +41,26 @@ _MODES = {"TRAIN": 1, "EVAL": 2, "PREDICT": 3, "GLOBAL": 4}
 MAX_RECORD_BYTES = 1 << 40
 #: an index file lists one entry per tensor of a step: 64 MiB is far beyond any real one
 MAX_INDEX_BYTES = 64 << 20
+
+
+#: a record's length (8), its CRC (4), then the Event's field 1 (wall_time): tag + double
+_WALL_BYTES = 8 + 4 + 1 + 8
+
+
+def _first_wall_time(blob: bytes, path: str) -> float:
+    """The wall_time of the first Event of an event file, from its first ``_WALL_BYTES``.
+
+    0.0 when the event omits it (protobuf leaves out a zero double)."""
+    if len(blob) < 12:
+        raise CorruptRunError(path, f"event file of {len(blob)} bytes has no complete record", 0)
+    if length_crc(blob[:8]) != int.from_bytes(blob[8:12], "little"):
+        raise CorruptRunError(path, "first record's length fails its CRC", 8)
+    length = int.from_bytes(blob[:8], "little")
+    if length == 0 or blob[12:13] != b"\x09":
+        return 0.0  # the first field is not wall_time: the event has none
+    if length < 9 or len(blob) < _WALL_BYTES:
+        raise CorruptRunError(path, "first event ends inside its wall_time", 12)
+    return float(np.frombuffer(blob, "<f8", 1, 13)[0])
 
 
 def _json_file(raw: bytes | None, path: str, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
@@ -178,7 +198,8 @@ class SMDebugBackend(Backend):
         self._sealed_dirs: set[str] = set()
         self._dir_steps: dict[str, set[int]] = {}
         self._step_workers: dict[int, set[int]] = {}
-        self._rows = _Columns("worker", "step", "mode", "mode_step")
+        self._rows = _Columns("worker", "step", "mode", "mode_step", "event")
+        self._event_walls: dict[int, float] = {}  # event file id -> wall time of its 1st event
         self._event_paths: list[str] = []
         self._event_ids: dict[str, int] = {}
         self._entries: dict[str, _Columns] = {}
@@ -321,6 +342,7 @@ class SMDebugBackend(Backend):
         rows["step"].append(step)
         rows["mode"].append(mode)
         rows["mode_step"].append(mode_step)
+        rows["event"].append(-1 if event is None else event)
         self._rows._arrays = None
         self._step_workers.setdefault(step, set()).add(wid)
 
@@ -362,7 +384,7 @@ class SMDebugBackend(Backend):
             a["step"],
             a["mode"],
             a["mode_step"],
-            np.full(len(a["step"]), np.nan),  # wall times live in the event files only
+            np.full(len(a["step"]), np.nan),  # in the event files: see wall_times()
         )
 
     # -- Backend API ---------------------------------------------------------------------------
@@ -377,6 +399,29 @@ class SMDebugBackend(Backend):
 
     def step_table(self) -> StepTable:
         return self._table
+
+    def wall_times(self, rows: np.ndarray) -> np.ndarray:
+        """The wall time of each row's step: that of the first event in the step's event file
+        (smdebug stamps every event of a step alike). One small ranged read per event file
+        not read before (the record header and the Event's first field), cached; NaN for a
+        step whose index lists no tensor (it has no event file)."""
+        rows = np.asarray(rows, np.int64)
+        if not len(self._rows):
+            return np.full(len(rows), np.nan)
+        events = self._rows.arrays(_ENTRY_DTYPES)["event"][rows]
+        cache = self._event_walls
+        todo = sorted({int(e) for e in events.tolist() if e >= 0 and int(e) not in cache})
+        if todo:
+            paths = [self._event_paths[e] for e in todo]
+            try:
+                blobs = self.storage.read_ranges(paths, [0] * len(todo), [_WALL_BYTES] * len(todo))
+            except FileNotFoundError as exc:
+                raise CorruptRunError(
+                    str(exc.filename or paths[0]), "an index names this event file; it is missing"
+                ) from None
+            for e, path, blob in zip(todo, paths, blobs):
+                cache[e] = _first_wall_time(bytes(blob), path)
+        return np.array([cache[e] if e >= 0 else np.nan for e in events.tolist()], np.float64)
 
     def tensor_names(self) -> list[str]:
         return sorted(self._entries)

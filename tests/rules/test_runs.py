@@ -143,3 +143,17 @@ def test_stalled_training_registered_and_validated() -> None:
     with pytest.raises(RuleParameterError, match="threshold"):
         StalledTrainingRule(threshold=0)
     assert registry()["similar_across_runs"] is SimilarAcrossRuns
+
+
+def test_stalled_training_on_a_sagemaker_debugger_run(smdebug_fixture_dir) -> None:
+    """The fixture's events are stamped wall_time_base + global step: every gap is 1 s."""
+    run = open_run(smdebug_fixture_dir)
+    walls = run.step_table()["wall_time"]
+    assert np.diff(walls).max() == 1.0 and walls[0] == 1600000000.0
+    below = StalledTrainingRule(threshold="0.5").evaluate(run)
+    assert below.triggered and below.first_step == 0 and len(below.triggers) == 39
+    assert below.figure == 1.0
+    assert "no new step for 1 s after global step 0 (TRAIN step 0)" in below.explanation
+    above = StalledTrainingRule(threshold="2").evaluate(run)
+    assert not above.triggered and above.steps_evaluated == 40
+    assert "the longest gap between 40 steps was 1 s" in above.explanation
