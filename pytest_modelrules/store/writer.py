@@ -24,8 +24,26 @@ from . import layout
 from .format import FORMAT_NAME, FORMAT_VERSION, encode_file_header, encode_record
 from .fs import is_url, local_path
 
-_MAX_OPEN_FILES = 256
+#: bounds of the default number of tensor files a writer keeps open
+MIN_OPEN_FILES = 64
+MAX_OPEN_FILES = 4096
 _EMPTY = np.zeros((0,), dtype=np.uint8)
+
+
+def default_max_open_files() -> int:
+    """How many tensor files a RunWriter keeps open by default: half the process's soft
+    RLIMIT_NOFILE (the rest stays for the training job), within [64, 4096]; 256 where the
+    limit cannot be read. A default ResNet-18 recording writes ~430 files: under the limit,
+    every write would reopen its file."""
+    try:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return 256
+    if soft == resource.RLIM_INFINITY or soft < 0:
+        return MAX_OPEN_FILES
+    return max(MIN_OPEN_FILES, min(int(soft) // 2, MAX_OPEN_FILES))
 
 
 def to_numpy(value: Any) -> np.ndarray:
@@ -67,7 +85,9 @@ class RunWriter:
     ``path`` is a folder or an fsspec URL; for a URL the run is staged in a local folder and
     uploaded by :meth:`sync` and :meth:`close`. ``worker`` names this process's shard
     (``worker_0`` by default); under torch.distributed give each rank its own, with ``rank``
-    and ``num_workers`` so that readers know when a step is complete.
+    and ``num_workers`` so that readers know when a step is complete. ``max_open_files``
+    bounds the tensor files kept open between writes (least recently written closed first;
+    default :func:`default_max_open_files`).
     """
 
     def __init__(
@@ -80,7 +100,13 @@ class RunWriter:
         metadata: dict[str, Any] | None = None,
         fsync: bool = False,
         storage_options: dict[str, Any] | None = None,
+        max_open_files: int | None = None,
     ) -> None:
+        if max_open_files is None:
+            max_open_files = default_max_open_files()
+        if int(max_open_files) < 1:
+            raise ValueError(f"max_open_files must be at least 1, got {max_open_files}")
+        self.max_open_files = int(max_open_files)
         if not layout.valid_worker_name(worker):
             raise ValueError(f"worker name {worker!r}: use letters, digits, '-', '_' and '.'")
         if num_workers < 1 or not 0 <= rank < num_workers:
@@ -139,7 +165,7 @@ class RunWriter:
             self._known[name] = path
         fh = self._files.get(path)
         if fh is None:
-            if len(self._files) >= _MAX_OPEN_FILES:
+            if len(self._files) >= self.max_open_files:
                 _, old = self._files.popitem(last=False)
                 if self.fsync:  # the commit's fsync only reaches files still open
                     os.fsync(old.fileno())
