@@ -36,23 +36,17 @@ FULL_SEEDS = 5
 
 
 def _train_one(name: str, seed: int, runs: str, scale: dict[str, Any]) -> dict[str, Any]:
-    from pytest_modelrules.training.faults import train_with_faults
+    """Kept for zoo processes started before train_zoo_run moved into faults.py."""
+    from pytest_modelrules.training.faults import train_zoo_run
 
-    out = Path(runs) / f"{name}-s{seed}"
-    if out.exists():  # an unfinished run: train anew
-        import shutil
-
-        shutil.rmtree(out)
-    return train_with_faults(
-        name, out, seed=seed, data_dir=Path(runs) / "data", threads=1, log=lambda m: None, **scale
-    )
+    return train_zoo_run(name, seed, runs, scale)
 
 
 def train_all(
     faults: list[str], seeds: list[int], runs: Path, scale: dict[str, Any], workers: int
 ) -> list[dict[str, Any]]:
     """Train every (seed, fault) not trained yet, ``workers`` processes at a time."""
-    from pytest_modelrules.training.faults import fault, zoo_config
+    from pytest_modelrules.training.faults import fault, train_zoo_run, zoo_config
     from pytest_modelrules.training.job import prepare_data
 
     runs.mkdir(parents=True, exist_ok=True)
@@ -65,12 +59,12 @@ def train_all(
     t0 = time.perf_counter()
     if workers <= 1:
         for s, f in todo:
-            r = _train_one(f, s, str(runs), scale)
+            r = train_zoo_run(f, s, str(runs), scale)
             print(f"  {f} seed {s}: accuracy {r['accuracy']:.3f} in {r['train_seconds']:.0f} s",
                   flush=True)  # fmt: skip
     else:
         with ProcessPoolExecutor(workers, max_tasks_per_child=1) as pool:
-            futs = {pool.submit(_train_one, f, s, str(runs), scale): (f, s) for s, f in todo}
+            futs = {pool.submit(train_zoo_run, f, s, str(runs), scale): (f, s) for s, f in todo}
             for fut in as_completed(futs):
                 f, s = futs[fut]
                 r = fut.result()

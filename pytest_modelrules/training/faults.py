@@ -585,3 +585,17 @@ def train_with_faults(
     if record:
         (out / "zoo-run.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def train_zoo_run(name: str, seed: int, runs: str, scale: dict[str, Any]) -> dict[str, Any]:
+    """One zoo run, ``<runs>/<name>-s<seed>``, trained afresh (a folder left by an
+    interrupted run is removed); data in ``<runs>/data``. A module-level function, so that
+    worker processes can run it."""
+    import shutil
+
+    out = Path(runs) / f"{name}-s{seed}"
+    if out.exists():
+        shutil.rmtree(out)
+    return train_with_faults(
+        name, out, seed=seed, data_dir=Path(runs) / "data", threads=1, log=lambda m: None, **scale
+    )
