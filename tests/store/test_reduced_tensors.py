@@ -105,3 +105,16 @@ def test_a_full_value_arriving_later_replaces_the_reduced_view(tmp_path: Path) -
     t = run.tensor(GRAD)
     assert not isinstance(t, ReducedTensor) and run.has_tensor(GRAD)
     assert t.steps() == [1] and t.value(1).tolist() == [1, 1, 1]
+
+
+def test_an_smdebug_style_custom_rule_reads_a_gradient_norm(run) -> None:
+    """Notebook code written for smdebug: ``tensor(base).reduction_value(step, "l2")``."""
+    from pytest_modelrules.rules.custom import Rule, invoke_rule
+
+    class GradientNormAbove(Rule):
+        def invoke_at_step(self, step: int) -> bool:
+            return float(self.base_trial.tensor(GRAD).reduction_value(step, "l2")) > 11.5
+
+    result = invoke_rule(GradientNormAbove(run))
+    assert [t.step for t in result.triggers] == [2, 3]
+    assert result.evidence["skipped_steps"] == [4]  # step 4 saved no reduction of GRAD
