@@ -13,8 +13,13 @@ from pytest_modelrules.exceptions import RuleError, RuleParameterError
 
 
 def test_every_lazy_helper_name_is_provided() -> None:
-    lazy = [n for n, mod in pytest_modelrules._LAZY.items() if mod.endswith(".assertions")]
+    lazy = [
+        n
+        for n, mod in pytest_modelrules._LAZY.items()
+        if mod.endswith(".assertions") and n.startswith("assert_")
+    ]
     assert len(lazy) == 22
+    assert pytest_modelrules.ModelRuleFailure is ModelRuleFailure
     for name in lazy:
         assert callable(getattr(pytest_modelrules, name)), name
         assert name in assertions.__all__
