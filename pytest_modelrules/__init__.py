@@ -12,8 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from . import modes
-from .exceptions import (
+from . import modes  # noqa: F401 (re-exported)
+from .exceptions import (  # noqa: F401 (re-exported)
     CorruptRunError,
     MissingTensorError,
     ModelRulesError,
@@ -26,7 +26,7 @@ from .exceptions import (
     TensorUnavailable,
     TensorUnavailableForStep,
 )
-from .modes import ModeKeys
+from .modes import ModeKeys  # noqa: F401 (re-exported)
 
 __version__ = "0.1.0"
 
@@ -71,24 +71,22 @@ _LAZY: dict[str, str] = {
     "assert_transfer_learning": "pytest_modelrules.assertions",
 }
 
-__all__ = sorted(
-    [
-        *_LAZY,
-        "CorruptRunError",
-        "MissingTensorError",
-        "ModeKeys",
-        "ModelRulesError",
-        "RuleError",
-        "RuleEvaluationConditionMet",
-        "RuleParameterError",
-        "RunError",
-        "RunNotFoundError",
-        "StepUnavailable",
-        "TensorUnavailable",
-        "TensorUnavailableForStep",
-        "modes",
-    ]
-)
+_EAGER = [
+    "CorruptRunError",
+    "MissingTensorError",
+    "ModeKeys",
+    "ModelRulesError",
+    "RuleError",
+    "RuleEvaluationConditionMet",
+    "RuleParameterError",
+    "RunError",
+    "RunNotFoundError",
+    "StepUnavailable",
+    "TensorUnavailable",
+    "TensorUnavailableForStep",
+    "modes",
+]
+__all__ = sorted([*_LAZY, *_EAGER])
 
 
 def __getattr__(name: str) -> Any:

@@ -51,9 +51,7 @@ def parse_mode(mode: ModeKeys | str | int | None, *, allow_none: bool = True) ->
         if text.isdigit():
             mode = int(text)
         else:
-            raise ValueError(
-                f"unknown mode {mode!r}: expected one of TRAIN, EVAL, PREDICT, GLOBAL"
-            )
+            raise ValueError(f"unknown mode {mode!r}: expected one of TRAIN, EVAL, PREDICT, GLOBAL")
     if isinstance(mode, int) and not isinstance(mode, bool):
         try:
             return ModeKeys(mode)
