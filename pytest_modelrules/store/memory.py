@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from ..modes import ModeKeys, parse_mode
+from ..modes import ModeKeys
 from . import layout
 from .base import ArrayRecords, Backend, StepTable
 from .run import Run
-from .writer import to_numpy
+from .writer import check_write, open_step, to_numpy
 
 #: wall time of global step 0 when none is given: a fixed epoch keeps built runs deterministic
 BASE_WALL_TIME = 1_700_000_000.0
@@ -79,28 +79,13 @@ class MemoryWorkerWriter:
         ``wall_time`` defaults to ``BASE_WALL_TIME + step`` so that built runs are deterministic.
         """
         self._check_open()
-        if not isinstance(name, str) or not name:
-            raise ValueError("a tensor name must be a non-empty string")
-        step = int(step)
-        mode_key = int(parse_mode(mode, allow_none=False))
-        cur = self._current
-        if cur is None or step != cur[0]:
-            if cur is not None and step < cur[0]:
-                raise ValueError(f"step {step} written after step {cur[0]}: steps must not go back")
-            if step <= self._last_committed:
-                raise ValueError(f"step {step} was already committed")
+        step, mode_key, new_step = check_write(
+            name, step, mode, mode_step, self._current, self._last_committed
+        )
+        if new_step:
             self.end_step()
-            if mode_step is None:
-                mode_step = self._mode_counts.get(mode_key, 0)
             wall = BASE_WALL_TIME + step if wall_time is None else float(wall_time)
-            self._current = (step, mode_key, int(mode_step), wall)
-            self._mode_counts[mode_key] = int(mode_step) + 1
-            cur = self._current
-        elif mode_key != cur[1] or (mode_step is not None and int(mode_step) != cur[2]):
-            raise ValueError(
-                f"step {step} was opened in mode {ModeKeys(cur[1]).name} mode step {cur[2]}; "
-                f"got mode {ModeKeys(mode_key).name} mode step {mode_step}"
-            )
+            self._current = open_step(step, mode_key, mode_step, wall, self._mode_counts)
         if name in self._pending:
             raise ValueError(f"tensor {name!r} written twice at step {step}")
         arr = np.array(to_numpy(array), copy=True)

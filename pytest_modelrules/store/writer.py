@@ -62,6 +62,47 @@ def to_numpy(value: Any) -> np.ndarray:
     return arr
 
 
+def check_write(
+    name: str,
+    step: int,
+    mode: ModeKeys | str | int,
+    mode_step: int | None,
+    current: tuple[int, int, int, float] | None,
+    last_committed: int,
+) -> tuple[int, int, bool]:
+    """Check a ``write()`` against the open step (shared by RunWriter and the in-memory
+    writer): ``(step, mode key, whether the write opens a new step)``; ValueError for an empty
+    name, a step that goes back or was committed, or a mode / mode step unlike the open step's.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError("a tensor name must be a non-empty string")
+    step = int(step)
+    mode_key = int(parse_mode(mode, allow_none=False))
+    if current is None or step != current[0]:
+        if current is not None and step < current[0]:
+            raise ValueError(f"step {step} written after step {current[0]}: steps must not go back")
+        if step <= last_committed:
+            raise ValueError(f"step {step} was already committed")
+        return step, mode_key, True
+    if mode_key != current[1] or (mode_step is not None and int(mode_step) != current[2]):
+        raise ValueError(
+            f"step {step} was opened in mode {ModeKeys(current[1]).name} mode step {current[2]}; "
+            f"got mode {ModeKeys(mode_key).name} mode step {mode_step}"
+        )
+    return step, mode_key, False
+
+
+def open_step(
+    step: int, mode_key: int, mode_step: int | None, wall: float, mode_counts: dict[int, int]
+) -> tuple[int, int, int, float]:
+    """The ``(step, mode, mode_step, wall_time)`` of a new step; ``mode_step`` defaults to the
+    per-mode counter ``mode_counts``, which is advanced past it."""
+    if mode_step is None:
+        mode_step = mode_counts.get(mode_key, 0)
+    mode_counts[mode_key] = int(mode_step) + 1
+    return (step, mode_key, int(mode_step), wall)
+
+
 def _atomic_write_json(path: str, data: dict) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -206,28 +247,14 @@ class RunWriter:
         Writing a newer step commits the previous one.
         """
         self._check_open()
-        if not isinstance(name, str) or not name:
-            raise ValueError("a tensor name must be a non-empty string")
-        step = int(step)
-        mode_key = int(parse_mode(mode, allow_none=False))
-        cur = self._current
-        if cur is None or step != cur[0]:
-            if cur is not None and step < cur[0]:
-                raise ValueError(f"step {step} written after step {cur[0]}: steps must not go back")
-            if step <= self._last_committed:
-                raise ValueError(f"step {step} was already committed")
+        step, mode_key, new_step = check_write(
+            name, step, mode, mode_step, self._current, self._last_committed
+        )
+        if new_step:
             self.end_step()
-            if mode_step is None:
-                mode_step = self._mode_counts.get(mode_key, 0)
             wall = time.time() if wall_time is None else float(wall_time)
-            self._current = (step, mode_key, int(mode_step), wall)
-            self._mode_counts[mode_key] = int(mode_step) + 1
-            cur = self._current
-        elif mode_key != cur[1] or (mode_step is not None and int(mode_step) != cur[2]):
-            raise ValueError(
-                f"step {step} was opened in mode {ModeKeys(cur[1]).name} mode step {cur[2]}; "
-                f"got mode {ModeKeys(mode_key).name} mode step {mode_step}"
-            )
+            self._current = open_step(step, mode_key, mode_step, wall, self._mode_counts)
+        cur = self._current
         if name in self._written_this_step:
             raise ValueError(f"tensor {name!r} written twice at step {step}")
         arr = to_numpy(array)
