@@ -80,6 +80,27 @@ class ArrayRecords(TensorRecords):
         return self.arrays[i]
 
 
+def merge_worker_collections(parts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The collections of a run from each worker's (in rank order): tensor names united and
+    sorted, other keys from the last worker that gives them; non-dict entries skipped."""
+    merged: dict[str, dict[str, Any]] = {}
+    for cols in parts:
+        for cname, cinfo in cols.items():
+            if not isinstance(cinfo, dict):
+                continue
+            entry = merged.setdefault(
+                cname, {"name": cname, "tensor_names": [], "include_regex": []}
+            )
+            names = set(entry["tensor_names"]) | {
+                n for n in cinfo.get("tensor_names", []) if isinstance(n, str)
+            }
+            entry["tensor_names"] = sorted(names)
+            for key, val in cinfo.items():
+                if key not in ("tensor_names", "name"):
+                    entry[key] = val
+    return merged
+
+
 class Backend(ABC):
     """One on-disk (or in-memory) layout of a run."""
 

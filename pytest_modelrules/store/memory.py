@@ -20,7 +20,7 @@ import numpy as np
 
 from ..modes import ModeKeys
 from . import layout
-from .base import ArrayRecords, Backend, StepTable
+from .base import ArrayRecords, Backend, StepTable, merge_worker_collections
 from .run import Run
 from .writer import check_write, open_step, to_numpy
 
@@ -288,7 +288,7 @@ class MemoryBackend(Backend):
         self._metadata: dict[str, Any] = {}
         for st in reversed(states):  # rank 0 wins, as on disk
             self._metadata.update(copy.deepcopy(st.metadata))
-        self._collections = _merge_collections([s.collections for s in states])
+        self._collections = merge_worker_collections([s.collections for s in states])
         self._ended = {s.name: dict(s.ended) for s in states if s.ended is not None}
 
     def workers(self) -> list[str]:
@@ -333,25 +333,6 @@ def _pending_names(builder: MemoryRunBuilder) -> set[str]:
     for w in builder._writers.values():
         names.update(w._pending)
     return names
-
-
-def _merge_collections(parts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    merged: dict[str, dict[str, Any]] = {}
-    for cols in parts:
-        for cname, cinfo in cols.items():
-            if not isinstance(cinfo, dict):
-                continue
-            entry = merged.setdefault(
-                cname, {"name": cname, "tensor_names": [], "include_regex": []}
-            )
-            names = set(entry["tensor_names"]) | {
-                n for n in cinfo.get("tensor_names", []) if isinstance(n, str)
-            }
-            entry["tensor_names"] = sorted(names)
-            for key, val in cinfo.items():
-                if key not in ("tensor_names", "name"):
-                    entry[key] = val
-    return merged
 
 
 class MemoryRun(Run):

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..exceptions import CorruptRunError, RunNotFoundError
 from . import layout
-from .base import Backend, StepTable, TensorRecords
+from .base import Backend, StepTable, TensorRecords, merge_worker_collections
 from .format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -371,22 +371,9 @@ class NativeBackend(Backend):
         return records
 
     def collections(self) -> dict[str, dict[str, Any]]:
-        merged: dict[str, dict[str, Any]] = {}
-        for worker in self._workers:
-            for cname, cinfo in self._worker_info[worker].get("collections", {}).items():
-                if not isinstance(cinfo, dict):
-                    continue
-                entry = merged.setdefault(
-                    cname, {"name": cname, "tensor_names": [], "include_regex": []}
-                )
-                names = set(entry["tensor_names"]) | {
-                    n for n in cinfo.get("tensor_names", []) if isinstance(n, str)
-                }
-                entry["tensor_names"] = sorted(names)
-                for key, val in cinfo.items():
-                    if key not in ("tensor_names", "name"):
-                        entry[key] = val
-        return merged
+        return merge_worker_collections(
+            [self._worker_info[worker].get("collections", {}) for worker in self._workers]
+        )
 
     def metadata(self) -> dict[str, Any]:
         merged: dict[str, Any] = {}
