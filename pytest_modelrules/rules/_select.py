@@ -109,6 +109,23 @@ def select(
     return sorted(chosen)
 
 
+def select_required(
+    rule: str,
+    run: Any,
+    collection_names: str | Iterable[str] | None,
+    tensor_regex: str | Iterable[str] | None,
+    *,
+    default_all: bool = False,
+) -> list[str]:
+    """:func:`select`, raising a MissingTensorError for ``rule`` when nothing matches."""
+    names = select(run, collection_names, tensor_regex, default_all=default_all)
+    if not names:
+        raise missing(
+            rule, f"no tensor matches {selection_text(collection_names, tensor_regex)}", run
+        )
+    return names
+
+
 def describe_holdings(run: Any, limit: int = 8) -> str:
     """A short account of what a run holds, for error messages."""
     names = base_names(run)

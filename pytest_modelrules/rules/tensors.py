@@ -260,14 +260,7 @@ class AllZero(_PerTensorRule):
             )
 
     def _names(self, run: Any) -> list[str]:
-        names = sel.select(run, self.collection_names, self.tensor_regex)
-        if not names:
-            raise sel.missing(
-                "AllZero",
-                f"no tensor matches {sel.selection_text(self.collection_names, self.tensor_regex)}",
-                run,
-            )
-        return names
+        return sel.select_required("AllZero", run, self.collection_names, self.tensor_regex)
 
     def _number(self, run: Any, name: str):
         def zero_pct(x: np.ndarray) -> np.ndarray:
@@ -323,14 +316,7 @@ class TensorVariance(_PerTensorRule):
         return self.max_threshold is not None
 
     def _names(self, run: Any) -> list[str]:
-        names = sel.select(run, self.collection_names, self.tensor_regex)
-        if not names:
-            raise sel.missing(
-                "TensorVariance",
-                f"no tensor matches {sel.selection_text(self.collection_names, self.tensor_regex)}",
-                run,
-            )
-        return names
+        return sel.select_required("TensorVariance", run, self.collection_names, self.tensor_regex)
 
     def _number(self, run: Any, name: str):
         return _scalar_series(
@@ -444,13 +430,9 @@ class ExplodingTensor(BuiltinRule):
         return steps, nan.astype(np.float64), inf.astype(np.float64), f"{'/'.join(per)} {_FLAGS}"
 
     def _evaluate(self, run: Any) -> RuleResult:
-        names = sel.select(run, self.collection_names, self.tensor_regex, default_all=True)
-        if not names:
-            raise sel.missing(
-                "ExplodingTensor",
-                f"no tensor matches {sel.selection_text(self.collection_names, self.tensor_regex)}",
-                run,
-            )
+        names = sel.select_required(
+            "ExplodingTensor", run, self.collection_names, self.tensor_regex, default_all=True
+        )
         nan_per: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         inf_per: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         sources: dict[str, str] = {}
