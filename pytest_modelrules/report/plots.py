@@ -589,6 +589,7 @@ def plot_misclassified(
         if inputs_tensor is not None:
             raise
         inp = None
+    # with no images anywhere (inp None) every step counts: the mistakes are still listed
     samples, m = misclassified_samples(
         run,
         mode,
@@ -598,15 +599,6 @@ def plot_misclassified(
         predictions_tensor=predictions_tensor,
         steps_with=inp,
     )
-    if inp is None:  # no images anywhere: still list the mistakes
-        samples, m = misclassified_samples(
-            run,
-            mode,
-            max_images=max_images,
-            pairs=pairs,
-            labels_tensor=labels_tensor,
-            predictions_tensor=predictions_tensor,
-        )
     n_classes = max(
         [max(p, t) + 1 for _, _, p, t in samples] + [len(class_names or run.class_names or [])]
     )
