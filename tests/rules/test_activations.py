@@ -4,12 +4,12 @@ smdebug fixture run, parameters as strings, and invariants (Hypothesis)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rule_runs import write_run
 
 from pytest_modelrules.exceptions import MissingTensorError, RuleError
 from pytest_modelrules.rules.activations import DeadRelu, SaturatedActivation
@@ -18,17 +18,6 @@ from pytest_modelrules.store.names import compute_reduction, reduction_tensor_na
 from pytest_modelrules.store.writer import RunWriter
 
 L1, L2 = "layer1.relu_output_0", "layer2.relu_output_0"
-
-
-def write_run(
-    path: Path, steps: dict[int, dict[str, Any]], modes: dict[int, str] | None = None
-) -> Path:
-    """A closed native run from {global step: {tensor: array}}."""
-    with RunWriter(path) as w:
-        for g in sorted(steps):
-            for name, value in steps[g].items():
-                w.write(name, value, g, mode=(modes or {}).get(g, "TRAIN"))
-    return path
 
 
 def relu_batch(rng: np.random.Generator, batch: int, units: int, dead: int) -> np.ndarray:

@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
+from rule_runs import write_run
 
 from pytest_modelrules.exceptions import MissingTensorError, RuleParameterError
 from pytest_modelrules.rules.base import registry
 from pytest_modelrules.rules.inputs import DEFAULT_INPUT_REGEX, CheckInputImages
-from pytest_modelrules.store.writer import RunWriter
-
-
-def write_run(path: Path, steps: dict[int, dict[str, Any]]) -> Path:
-    with RunWriter(path) as w:
-        for g in sorted(steps):
-            for name, value in steps[g].items():
-                w.write(name, value, g)
-    return path
 
 
 def images(

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rule_runs import write_run
 
 from pytest_modelrules.exceptions import MissingTensorError, RuleParameterError
 from pytest_modelrules.rules.base import registry
@@ -24,23 +25,6 @@ from pytest_modelrules.rules.tensors import (
 )
 from pytest_modelrules.store.memory import build_run
 from pytest_modelrules.store.names import compute_reduction, reduction_tensor_name
-from pytest_modelrules.store.writer import RunWriter
-
-
-def write_run(
-    path: Path,
-    steps: dict[int, dict[str, Any]],
-    modes: dict[int, str] | None = None,
-    collections: dict[str, Any] | None = None,
-) -> Path:
-    """A closed native run from {global step: {tensor: array}}."""
-    with RunWriter(path) as w:
-        if collections:
-            w.set_collections(collections)
-        for g in sorted(steps):
-            for name, value in steps[g].items():
-                w.write(name, value, g, mode=(modes or {}).get(g, "TRAIN"))
-    return path
 
 
 def rname(tensor: str, reduction: str, abs: bool = False) -> str:

@@ -7,23 +7,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from rule_runs import write_run
 
 from pytest_modelrules.exceptions import MissingTensorError
 from pytest_modelrules.rules.base import registry
 from pytest_modelrules.rules.transfer import TransferLearning, parameter_names
 from pytest_modelrules.store.names import reduction_tensor_name
 from pytest_modelrules.store.run import open_run
-from pytest_modelrules.store.writer import RunWriter
-
-
-def write_run(
-    path: Path, steps: dict[int, dict[str, Any]], modes: dict[int, str] | None = None
-) -> Path:
-    with RunWriter(path) as w:
-        for g in sorted(steps):
-            for name, value in steps[g].items():
-                w.write(name, value, g, mode=(modes or {}).get(g, "TRAIN"))
-    return path
 
 
 def finetune_steps(
