@@ -85,11 +85,11 @@ REASONS: dict[str, str] = {
         "a unit counts as saturated when in range for < 10 % of the batch (default 1 %: of 64 "
         "samples, none): the fault's head 77 % saturated, the healthy sigmoid head 0 %"
     ),
-    "vanishing_gradient": "class default (mean |g| < 1e-7): no healthy run came near it",
+    "vanishing_gradient": "class default (mean abs(g) < 1e-7): no healthy run came near it",
     "exploding_tensor": "class default (any NaN/inf): no healthy run has one",
     "check_input_images": (
-        "|channel mean| <= 1 over 200 images: ImageNet statistics leave these signs at "
-        "|mean| 0.41 when normalised correctly (the default 0.2 trips every healthy run); "
+        "absolute channel mean <= 1 over 200 images: ImageNet statistics leave these signs at "
+        "mean -0.41 when normalised correctly (the default 0.2 trips every healthy run); "
         "0..255 pixels give ~100"
     ),
     "transfer_learning": "class defaults plus the frozen/trained layers a job declares",
