@@ -35,13 +35,6 @@ QUICK_SCALE: dict[str, Any] = {"steps": 80, "train_images": 600, "test_per_class
 FULL_SEEDS = 5
 
 
-def _train_one(name: str, seed: int, runs: str, scale: dict[str, Any]) -> dict[str, Any]:
-    """Kept for zoo processes started before train_zoo_run moved into faults.py."""
-    from pytest_modelrules.training.faults import train_zoo_run
-
-    return train_zoo_run(name, seed, runs, scale)
-
-
 def train_all(
     faults: list[str], seeds: list[int], runs: Path, scale: dict[str, Any], workers: int
 ) -> list[dict[str, Any]]:
