@@ -138,7 +138,7 @@ def _results_table(results: list[Any], title: str) -> None:
     except ImportError:
         print(title)
         for r in results:
-            state = "SKIP" if r.skipped else ("FAIL" if r.triggered else "ok")
+            state = "skipped" if r.skipped else ("FAIL" if r.triggered else "ok")
             print(f"  {state:4} {r.name:28} {r.explanation}")
         return
     table = Table(title=title, show_lines=False)
@@ -157,16 +157,17 @@ def _results_table(results: list[Any], title: str) -> None:
 
 def check_run(run_path: str, baseline: str | None, rules: Sequence[str] | None) -> list[Any]:
     """Evaluate rules on a run: the named ones (``name`` or ``name:k=v;k=v``), else the
-    default set. With a baseline, rules that take one (``baseline`` or ``other_trials``) get it.
+    default profile (rules/profiles.py; a rule whose tensors the run lacks is "not judged").
+    With a baseline, rules that take one (``baseline`` or ``other_trials``) get it.
     """
     from .rules import registry as reg
     from .store.run import open_run
 
     run = open_run(run_path)
     base = open_run(baseline) if baseline else None
-    specs = (
-        [_parse_rule_spec(s) for s in rules] if rules else [(n, {}) for n in reg.default_rules()]
-    )
+    if not rules:
+        return reg.evaluate_defaults(run, baseline=base)
+    specs = [_parse_rule_spec(s) for s in rules]
     results = []
     for name, params in specs:
         if base is not None:

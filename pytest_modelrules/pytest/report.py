@@ -35,7 +35,7 @@ def header(session: ModelRulesSession) -> list[str] | None:
 
 def _verdict(entry: dict[str, Any]) -> str:
     if entry.get("skipped"):
-        return "no data"
+        return "skipped"
     return "TRIGGERED" if entry.get("triggered") else "ok"
 
 

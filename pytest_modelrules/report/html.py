@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
-import inspect
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -64,23 +63,11 @@ def _as_result(item: RuleResult | dict[str, Any]) -> RuleResult:
 
 
 def _default_rule_set(run: Any) -> list[Any]:
-    """The rules to run when none are given: ``rules.registry.default_rules()`` when it
-    exists, else every registered rule whose ``default_enabled`` is set."""
-    try:
-        from ..rules.registry import default_rules
-    except ImportError:
-        default_rules = None
-    if default_rules is not None:
-        takes_run = any(
-            p.default is inspect.Parameter.empty
-            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-            for p in inspect.signature(default_rules).parameters.values()
-        )
-        found = default_rules(run) if takes_run else default_rules()
-        return list(found.items()) if isinstance(found, dict) else list(found)
-    from ..rules.base import registry
+    """The rules to run when none are given: the default profile, as (name, params) pairs
+    (the same set ``modelrules check`` evaluates; rules/profiles.py)."""
+    from ..rules.registry import default_profile
 
-    return [cls for cls in registry().values() if getattr(cls, "default_enabled", True)]
+    return list(default_profile().items())
 
 
 def _evaluate_one(run: Any, item: Any) -> RuleResult:

@@ -77,6 +77,37 @@ def make_rule(spec: Any, **params: Any) -> BuiltinRule:
     return rule_class(spec)(**params)
 
 
+def evaluate_defaults(run: Any, *, baseline: Any = None) -> list[RuleResult]:
+    """Evaluate the default profile on a run (what ``modelrules check`` and the HTML report
+    run when no rule is named). A rule whose tensors the run does not hold comes back as a
+    "not judged" result (``skipped=True``) that names what is missing, not as a failure."""
+    from ..exceptions import MissingTensorError
+    from ..store.run import open_run
+
+    run = open_run(run)
+    results = []
+    for name, params in default_profile().items():
+        cls = rule_class(name)
+        if baseline is not None and "other_trials" in cls.params:
+            params.setdefault("other_trials", [baseline])
+        try:
+            results.append(cls(**params).evaluate(run))
+        except MissingTensorError as exc:
+            results.append(
+                RuleResult(
+                    rule=cls.__name__,
+                    name=cls.name,
+                    triggered=False,
+                    skipped=True,
+                    parameters=params,
+                    explanation=f"not judged: {exc}",
+                    run_name=run.name,
+                    run_path=run.path,
+                )
+            )
+    return results
+
+
 def evaluate(run: Any, name: Any, **params: Any) -> RuleResult:
     """Evaluate one rule (snake_case name, class name, class or instance) on a run (a Run or a
     path/URL) with parameters as values or strings."""

@@ -59,9 +59,9 @@ def test_rules_table_comes_first_and_links_to_evidence(demo_report):
     page = Page(text)
     assert text.index("<table class='rules'>") < text.index("<img")
     rows = [a["data-rule"] for a in page.all("tr") if "data-rule" in a]
-    from pytest_modelrules.rules.registry import default_rules
+    from pytest_modelrules.rules.registry import default_profile
 
-    assert sorted(rows) == sorted(snake_name(n) for n in default_rules())
+    assert sorted(rows) == sorted(snake_name(n) for n in default_profile())
     ids = set(page.ids)
     assert len(page.ids) == len(ids), "duplicate ids"
     links = [a["href"] for a in page.all("a") if a.get("href", "").startswith("#")]

@@ -101,3 +101,19 @@ def test_benchmark_quick_runs_every_default_rule(tmp_path, capsys):
         assert name not in out["errors"], out["errors"].get(name)
     assert "total (open + all rules)" in capsys.readouterr().out
     assert (tmp_path / "bench.json").exists()
+
+
+def test_evaluate_defaults_runs_the_profile_and_marks_what_it_cannot_judge(flat_run):
+    from pytest_modelrules.rules.profiles import WHEN_RECORDED, default_profile
+    from pytest_modelrules.rules.registry import evaluate_defaults
+
+    results = evaluate_defaults(flat_run)
+    assert [r.name for r in results] == list(default_profile())
+    by_name = {r.name: r for r in results}
+    # the flat run holds only a loss: a rule needing sigmoid inputs is not judged, not failed
+    saturated = by_name["saturated_activation"]
+    assert "saturated_activation" in WHEN_RECORDED
+    assert saturated.skipped and not saturated.triggered
+    assert saturated.explanation.startswith("not judged: ")
+    # the loss rule did judge the run, with the profile's parameters
+    assert not by_name["loss_not_decreasing"].skipped
