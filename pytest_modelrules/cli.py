@@ -225,7 +225,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def run_examples(run_dir: Path, extra: Sequence[str] = ()) -> tuple[int, str]:
     """Run examples/gtsrb's tests against a recorded run in a subprocess: (exit code, output)."""
     cmd = [
-        sys.executable, "-m", "pytest", str(EXAMPLES_DIR), f"--model-run={run_dir}",
+        sys.executable, "-m", "pytest", str(EXAMPLES_DIR), f"--model-run={Path(run_dir).resolve()}",
         "-p", "no:cacheprovider", "-q", "-rA", "--no-header", *extra,
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=EXAMPLES_DIR)
@@ -259,7 +259,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"== examples/gtsrb against the {recipe!r} run ==", flush=True)
         _, text = run_examples(out / recipe)
         outcomes[recipe] = _outcomes(text)
-        if args.verbose or not outcomes[recipe]:
+        if args.verbose or not outcomes[recipe] or "ERROR" in outcomes[recipe].values():
             print(text)
     print("\n== verdicts ==")
     names = sorted(set(outcomes["seed"]) | set(outcomes["fixed"]))

@@ -112,3 +112,25 @@ def test_demo_reports_what_the_rules_catch(tmp_path: Path, monkeypatch, capsys):
     assert "rules caught in the seed run: test_no_direction_confusion_19_20" in out
     assert "cleared by the fix: test_no_direction_confusion_19_20" in out
     assert "seed recipe : test accuracy 0.710" in out and "fixed recipe: test accuracy 0.860" in out
+
+
+def test_run_examples_accepts_a_run_path_relative_to_the_callers_folder(
+    tmp_path: Path, monkeypatch, smdebug_fixture_dir: Path
+):
+    """The examples run in their own folder; a relative run path must still find the run."""
+    import shutil
+
+    shutil.copytree(smdebug_fixture_dir, tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    code, text = cli.run_examples(Path("run"))
+    outcomes = cli._outcomes(text)
+    assert set(outcomes) == {
+        "test_loss_keeps_decreasing",
+        "test_classes_balanced_in_training",
+        "test_no_direction_confusion_19_20",
+        "test_relus_alive",
+    }, text
+    assert "ERROR" not in outcomes.values(), text
+    # the fixture run confuses 19 and 20 far more than 10 times
+    assert outcomes["test_no_direction_confusion_19_20"] == "FAILED"
+    assert code == 1
