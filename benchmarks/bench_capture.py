@@ -2,8 +2,10 @@
 
 Runs the same loop (torchvision resnet18, weights=None, 43 classes, SGD, batch 64, synthetic
 data) in three variants - no Recorder, Recorder at save_interval 500, Recorder at save_interval
-1 (default collections) - interleaved in rounds, and prints the median step time of each and
-its ratio to the baseline. CPU default: 32 px. On a GPU at the seed's scale:
+1 (default collections) - interleaved in rounds (each round times a block of steps, the device
+synchronised only at its ends, as in training), and prints the median over rounds of each
+variant's step time, images per second and ratio to the baseline. ``--full-inputs`` also
+records the full input images (what the reference job adds for the report's gallery). CPU default: 32 px. On a GPU at the seed's scale:
 
     python benchmarks/bench_capture.py --device cuda --size 224 --precision bf16 --channels-last
 
@@ -13,6 +15,7 @@ Not a test: it asserts nothing about timings (``--quick`` just exercises it).
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import tempfile
@@ -48,27 +51,27 @@ def build(args: argparse.Namespace):
 
 
 def run_steps(args, model, loss_fn, opt, batches, n: int) -> list[float]:
-    """Time ``n`` training steps; one time per step (seconds)."""
+    """Time ``n`` training steps as a block (the device synchronised before and after only,
+    as a training loop runs: kernel launches of one step overlap the next); the mean step
+    time of the block (seconds), in a one-element list."""
     import torch
 
     if args.precision == "bf16":
         amp = torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16)
     else:
         amp = nullcontext()
-    times = []
+    _sync(args.device)
+    t0 = time.perf_counter()
     for i in range(n):
         x, y = batches[i % len(batches)]
-        _sync(args.device)
-        t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with amp:
             out = model(x)
             loss = loss_fn(out, y)
         loss.backward()
         opt.step()
-        _sync(args.device)
-        times.append(time.perf_counter() - t0)
-    return times
+    _sync(args.device)
+    return [(time.perf_counter() - t0) / n]
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -82,6 +85,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--full-inputs", action="store_true",
+                        help="record the full input images too (save_raw_tensor)")
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument("--quick", action="store_true", help="tiny run (for the test suite)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -90,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     import torch
 
     from pytest_modelrules import Recorder
+    from pytest_modelrules.capture import CollectionConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -100,7 +107,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for label, interval in variants.items():
         if interval is not None:
             recorders[label] = Recorder(
-                tmp / f"run{interval}", model, loss=loss_fn, optimizer=opt, save_interval=interval
+                tmp / f"run{interval}", model, loss=loss_fn, optimizer=opt, save_interval=interval,
+                collections=[CollectionConfig("inputs", save_raw_tensor=True)]
+                if args.full_inputs
+                else None,
             )
     # Recorders hook the same model: keep only the active one's hooks live.
     for rec in recorders.values():
@@ -134,13 +144,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"{', channels_last' if args.channels_last else ''}, device {device}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"{args.rounds} rounds x {args.steps} steps per variant, interleaved"
+        f"{'; full input images recorded' if args.full_inputs else ''}"
     )
-    print(f"{'variant':<20} {'median step (ms)':>17} {'ratio':>7}")
+    print(f"{'variant':<20} {'median step (ms)':>17} {'img/s':>9} {'ratio':>7}")
     ratios = {}
     for label in variants:
         med = statistics.median(samples[label])
         ratios[label] = med / base
-        print(f"{label:<20} {med * 1e3:>17.2f} {med / base:>7.3f}")
+        print(f"{label:<20} {med * 1e3:>17.2f} {args.batch / med:>9.0f} {med / base:>7.3f}")
+    if args.json:
+        figures = {"args": vars(args), "device": device, "torch": torch.__version__,
+                   "median_step_s": {k: statistics.median(v) for k, v in samples.items()},
+                   "ratios": ratios}  # fmt: skip
+        Path(args.json).write_text(json.dumps(figures, indent=2))
     return ratios
 
 

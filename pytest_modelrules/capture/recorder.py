@@ -122,6 +122,11 @@ class _Collection:
         }
 
 
+#: reductions that describe floating-point images; an integer tensor asked only these is stored
+#: in full instead
+_IMAGE_ONLY = frozenset({("sample_channel_mean", False), ("sample_channel_mean", True)})
+
+
 class Recorder:
     """Record a PyTorch training run in SageMaker Debugger's terms (see docs/recording.md).
 
@@ -607,6 +612,10 @@ class Recorder:
         self._captured.add(name)
         full, reductions = spec
         x = tensor.detach()
+        if reductions and not x.is_floating_point() and set(reductions) <= _IMAGE_ONLY:
+            # labels or token ids passed to the model (a model that computes its own loss):
+            # channel means mean nothing there, and the class rules need the exact values
+            full, reductions = True, ()
         if reductions:
             with torch.autocast(x.device.type, enabled=False):
                 values = compute_many(x, reductions)
@@ -668,28 +677,34 @@ class Recorder:
                     self._collections_dirty = True
 
     def _flush(self) -> None:
-        """Move the step's values to the CPU (one transfer per device for reductions), write,
-        commit, tell the monitor."""
+        """Start moving the step's values to the CPU (one transfer per device for reductions)
+        and hand them to the writer thread, which waits for the copies, writes, commits and
+        tells the monitor.
+
+        On a GPU the copies are asynchronous (pinned host memory) and followed by a CUDA event:
+        the training thread never waits for the device here, so recording at every step does
+        not stall the kernel queue; the writer thread waits on the event instead.
+        """
         writer = self.writer
         if writer is None or (not self._pending_red and not self._pending_full):
             return
         step, mode = self.global_step, self.mode
         mode_step = self._mode_steps.get(mode, 0)
-        arrays: list[tuple[str, np.ndarray]] = []
-        cuda_devices = set()
+        cuda_devices: set[torch.device] = set()
         # reductions: float32 vectors (positive_fraction) and float64 scalars, per device
         groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for idx, (flat, _) in enumerate(self._pending_red):
             groups.setdefault((flat.device, flat.dtype), []).append(idx)
-        host: list[tuple[list[int], torch.Tensor]] = []
+        host: list[tuple[list[tuple[str, str, tuple[int, ...]]], torch.Tensor]] = []
         for (device, _dtype), idxs in groups.items():
             parts = [self._pending_red[i][0] for i in idxs]
             flat = torch.cat(parts) if len(parts) > 1 else parts[0]
+            items = [item for i in idxs for item in self._pending_red[i][1]]
             if device.type == "cuda":
                 cuda_devices.add(device)
-                host.append((idxs, flat.to("cpu", non_blocking=True)))
+                host.append((items, flat.to("cpu", non_blocking=True)))
             else:
-                host.append((idxs, flat.cpu()))
+                host.append((items, flat.cpu()))
         fulls: list[tuple[str, torch.Tensor]] = []
         for name, value in self._pending_full:
             if value.dtype in _FULL_DTYPES_AS_FLOAT32:
@@ -699,25 +714,44 @@ class Recorder:
                 fulls.append((name, value.to("cpu", non_blocking=True)))
             else:
                 fulls.append((name, value.cpu()))
+        events = []
         for device in cuda_devices:
-            torch.cuda.synchronize(device)
-        for idxs, flat in host:
-            data = flat.numpy()
-            offset = 0
-            for i in idxs:
-                for tname, red, shape in self._pending_red[i][1]:
-                    n = int(np.prod(shape)) if shape else 1
-                    chunk = data[offset : offset + n].reshape(shape)
-                    offset += n
-                    arrays.append((tname, chunk.astype(STORED_DTYPE.get(red, "float64"))))
-        arrays.extend((name, value.numpy()) for name, value in fulls)
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(device))
+            events.append(event)
         self._pending_red.clear()
         self._pending_full.clear()
         collections = None
         if self._collections_dirty:
             collections = self._collections_json()
             self._collections_dirty = False
-        self._submit(self._write_step, step, mode, mode_step, arrays, collections)
+        if not self._async:
+            for event in events:
+                event.synchronize()
+            events = []
+        self._submit(self._write_step, step, mode, mode_step, (events, host, fulls), collections)
+
+    @staticmethod
+    def _host_arrays(
+        events: list[Any],
+        host: list[tuple[list[tuple[str, str, tuple[int, ...]]], torch.Tensor]],
+        fulls: list[tuple[str, torch.Tensor]],
+    ) -> list[tuple[str, np.ndarray]]:
+        """Wait for the step's device-to-host copies, then split the reduction vectors into
+        named arrays (each in its stored dtype) and add the full tensors."""
+        for event in events:
+            event.synchronize()
+        arrays: list[tuple[str, np.ndarray]] = []
+        for items, flat in host:
+            data = flat.numpy()
+            offset = 0
+            for tname, red, shape in items:
+                n = int(np.prod(shape)) if shape else 1
+                chunk = data[offset : offset + n].reshape(shape)
+                offset += n
+                arrays.append((tname, chunk.astype(STORED_DTYPE.get(red, "float64"))))
+        arrays.extend((name, value.numpy()) for name, value in fulls)
+        return arrays
 
     # -- the writer thread: disk (and upload) work overlaps training ---------------------------
 
@@ -766,11 +800,12 @@ class Recorder:
         step: int,
         mode: ModeKeys,
         mode_step: int,
-        arrays: list[tuple[str, np.ndarray]],
+        copies: tuple[list[Any], list[Any], list[Any]],
         collections: dict[str, Any] | None,
     ) -> None:
         writer = self.writer
         assert writer is not None
+        arrays = self._host_arrays(*copies)
         for tname, arr in arrays:
             writer.write(tname, arr, step, mode, mode_step)
         writer.end_step()

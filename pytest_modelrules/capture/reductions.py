@@ -132,6 +132,17 @@ def compute_many(x: torch.Tensor, wanted: tuple[tuple[str, bool], ...]) -> list[
             else:
                 counts = (x > 0).sum(0, dtype=torch.int32).reshape(-1)
                 out.append((counts.double() / x.shape[0]).float())
+        elif name == "sample_channel_mean":
+            if x.ndim == 0:
+                out.append(x.double().reshape(1, 1))
+            else:
+                c = x.shape[1] if x.ndim >= 2 else 1
+                per = x.reshape(x.shape[0], c, -1)
+                if per.shape[2] == 0:
+                    out.append(torch.full((x.shape[0], c), float("nan"), dtype=torch.float64,
+                                          device=dev))  # fmt: skip
+                else:
+                    out.append(per.mean(dim=2, dtype=torch.float64))
         elif name == "numel":
             out.append(torch.tensor(numel, dtype=torch.int64, device=dev))
         elif name in ("nan_count", "inf_count"):

@@ -25,7 +25,9 @@ class CheckInputImages(BuiltinRule):
     name ``<Model>_input_0`` without dots that is not a loss's input. The mean is cumulative
     over all saved batches (TRAIN and EVAL, in global step order) and is checked at every step
     from the one at which ``threshold_samples`` samples were reached; a run with fewer samples
-    is reported as skipped. Needs the full input tensor.
+    is reported as skipped. Reads the full input tensor or, when only that is stored, the
+    Recorder's ``sample_channel_mean`` reduction of it (each sample's channel means: the same
+    figures).
     """
 
     name = "check_input_images"
@@ -45,18 +47,48 @@ class CheckInputImages(BuiltinRule):
             raise self.param_error("threshold_samples", "must be at least 1")
 
     def _evaluate(self, run: Any) -> RuleResult:
-        names = [n for n in sel.select(run, tensor_regex=self.regex) if run.has_tensor(n)]
-        if not names:
+        chosen = sel.select(run, tensor_regex=self.regex)
+        names = [n for n in chosen if run.has_tensor(n)]
+        reduced = {
+            n: red
+            for n in chosen
+            if not run.has_tensor(n)
+            and (red := sel.stored_reduction(run, n, "sample_channel_mean")) is not None
+        }
+        if not names and not reduced:
             raise sel.missing(
                 "CheckInputImages",
-                f"no full tensor matches regex {self.regex!r} (the model input)",
+                f"neither a full tensor nor a sample_channel_mean reduction matches regex "
+                f"{self.regex!r} (the model input)",
                 run,
             )
         ch = self.channel
+        if reduced and ch != 1:
+            raise sel.missing(
+                "CheckInputImages",
+                f"only the sample_channel_mean reduction of {', '.join(reduced)} is stored: it "
+                f"holds the channel means of axis 1, but channel={ch} was asked (record the "
+                "full input: CollectionConfig('inputs', save_raw_tensor=True))",
+                run,
+            )
         per: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        for name in names:
-            s = run.tensor(name).series()
+
+        def from_means(x: np.ndarray) -> np.ndarray:
+            # (steps, samples, channels) means: per channel the sum of the sample means, each
+            # sample weighing one (every sample of a batch has as many pixels)
+            total = x.astype(np.float64).sum(axis=1)
+            n = np.full((x.shape[0], 1), x.shape[1], np.float64)
+            return np.concatenate([total, n, n], axis=1)
+
+        sources = [(n, run.tensor(n).series(), False) for n in names]
+        sources += [(n, run.tensor(red).series(), True) for n, red in reduced.items()]
+        for name, s, is_reduction in sources:
             if not s.arrays:
+                continue
+            if is_reduction:
+                got = sel.apply_per_step(s, from_means)
+                cum = np.cumsum(got, axis=0)
+                per[name] = (s.global_steps, cum[:, :-2] / cum[:, -2:-1], cum[:, -1])
                 continue
             if s.arrays[0].ndim <= ch:
                 raise sel.missing(

@@ -13,6 +13,7 @@ import numpy as np
 SMDEBUG_REDUCTIONS = ("min", "max", "mean", "std", "variance", "sum", "prod", "l1", "l2")
 OUR_REDUCTIONS = (
     "positive_fraction",
+    "sample_channel_mean",
     "zero_fraction",
     "histogram",
     "nan_count",
@@ -49,11 +50,24 @@ def is_reduction(name: str) -> bool:
     return parse_reduction_name(name) is not None
 
 
+def _sample_channel_mean(xf: np.ndarray) -> np.ndarray:
+    if xf.ndim == 0:
+        return xf.reshape(1, 1)
+    n = xf.shape[0]
+    c = xf.shape[1] if xf.ndim >= 2 else 1
+    if xf.size == 0:
+        return np.full((n, c), np.nan)
+    return xf.reshape(n, c, -1).mean(axis=2)
+
+
 def compute_reduction(value: np.ndarray, reduction: str, abs: bool = False) -> np.ndarray:
     """A reduction of a full value, exactly as the Recorder computes it on the device.
 
     ``positive_fraction``: for a batch (first axis = samples), per unit the fraction of
-    samples in which it is > 0 (what DeadRelu needs). ``histogram``: counts in
+    samples in which it is > 0 (what DeadRelu needs). ``sample_channel_mean``: for a batch
+    (samples x channels x ...), the mean of each sample's channel, shape (samples, channels)
+    (what CheckInputImages needs; a 0-d value is one sample of one channel, a 1-d batch has
+    one channel). ``histogram``: counts in
     HISTOGRAM_BINS equal bins between min and max, followed by min and max.
     """
     x = np.asarray(value)
@@ -64,6 +78,8 @@ def compute_reduction(value: np.ndarray, reduction: str, abs: bool = False) -> n
             return np.asarray(float(x > 0), dtype=np.float32)
         return (x > 0).reshape(x.shape[0], -1).mean(axis=0).astype(np.float32)
     xf = x.astype(np.float64)
+    if reduction == "sample_channel_mean":
+        return _sample_channel_mean(xf)
     if reduction == "min":
         return np.asarray(xf.min() if xf.size else np.nan)
     if reduction == "max":

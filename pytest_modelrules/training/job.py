@@ -158,7 +158,8 @@ def _collections(config: TrainConfig, eval_final_steps: list[int]) -> list[Any]:
         CollectionConfig(
             "loss_inputs", parameters={**every, "train.save_interval": 1, **final_eval}
         ),
-        CollectionConfig("inputs", parameters=every),
+        # full images: the report's misclassified-images gallery shows them
+        CollectionConfig("inputs", parameters=every, save_raw_tensor=True),
         CollectionConfig("relu_output", parameters=every),
     ]
 

@@ -128,7 +128,7 @@ def test_dataparallel_on_cpu_names_without_module_prefix(tmp_path):
     run = open_run(tmp_path / "run")
     names = run.tensor_names()
     assert not any("module." in n for n in names)
-    assert "TinyNet_input_0" in names
+    assert reduction_tensor_name("TinyNet_input_0", "sample_channel_mean") in names
     assert run.has_tensor(reduction_tensor_name("gradient/fc.weight", "l2"))
     assert run.has_tensor(reduction_tensor_name("relu_output_1", "positive_fraction"))
     assert run.steps() == [0, 1]
