@@ -5,7 +5,8 @@ data) in three variants - no Recorder, Recorder at save_interval 500, Recorder a
 1 (default collections) - interleaved in rounds (each round times a block of steps, the device
 synchronised only at its ends, as in training), and prints the median over rounds of each
 variant's step time, images per second and ratio to the baseline. ``--full-inputs`` also
-records the full input images (what the reference job adds for the report's gallery). CPU default: 32 px. On a GPU at the seed's scale:
+records the full input images (what the reference job adds for the report's gallery).
+CPU default: 32 px. On a GPU at the seed's scale (all the GPU figures: gpu_figures.sh):
 
     python benchmarks/bench_capture.py --device cuda --size 224 --precision bf16 --channels-last
 
@@ -85,8 +86,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--full-inputs", action="store_true",
-                        help="record the full input images too (save_raw_tensor)")
+    parser.add_argument(
+        "--full-inputs",
+        action="store_true",
+        help="record the full input images too (save_raw_tensor)",
+    )
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument("--quick", action="store_true", help="tiny run (for the test suite)")
     args = parser.parse_args(argv)
@@ -107,7 +111,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for label, interval in variants.items():
         if interval is not None:
             recorders[label] = Recorder(
-                tmp / f"run{interval}", model, loss=loss_fn, optimizer=opt, save_interval=interval,
+                tmp / f"run{interval}",
+                model,
+                loss=loss_fn,
+                optimizer=opt,
+                save_interval=interval,
                 collections=[CollectionConfig("inputs", save_raw_tensor=True)]
                 if args.full_inputs
                 else None,
