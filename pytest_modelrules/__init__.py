@@ -68,6 +68,7 @@ _LAZY: dict[str, str] = {
     "assert_not_stalled": "pytest_modelrules.assertions",
     "assert_similar_across_runs": "pytest_modelrules.assertions",
     "assert_recall_above": "pytest_modelrules.assertions",
+    "assert_labels_not_noisy": "pytest_modelrules.assertions",
     "assert_transfer_learning": "pytest_modelrules.assertions",
 }
 

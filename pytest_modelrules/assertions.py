@@ -41,6 +41,7 @@ __all__ = [
     "assert_not_all_zero",
     "assert_not_stalled",
     "assert_recall_above",
+    "assert_labels_not_noisy",
     "assert_rule",
     "assert_similar_across_runs",
     "assert_tensor_variance",
@@ -72,6 +73,7 @@ HELPER_RULES: dict[str, str] = {
     "assert_not_stalled": "stalled_training_rule",
     "assert_similar_across_runs": "similar_across_runs",
     "assert_recall_above": "recall_floor",
+    "assert_labels_not_noisy": "noisy_labels",
     "assert_transfer_learning": "transfer_learning",
     "assert_no_regression": "baseline_comparison",
 }
@@ -555,6 +557,17 @@ def assert_recall_above(run: Any, minimum: float | None = None, **params: Any) -
             raise TypeError("give minimum or min_recall, not both")
         params["min_recall"] = minimum
     return _check(run, "recall_floor", params, "assert_recall_above")
+
+
+def assert_labels_not_noisy(run: Any, max_gap: float | None = None, **params: Any) -> RuleResult:
+    """NoisyLabels: fails when the model's EVAL accuracy exceeds its accuracy on the training
+    labels just before by more than ``max_gap`` (0.2); ``min_samples`` (200), ``phases``."""
+    __tracebackhide__ = True
+    if max_gap is not None:
+        if params.get("max_gap") is not None:
+            raise TypeError("give max_gap once")
+        params["max_gap"] = max_gap
+    return _check(run, "noisy_labels", params, "assert_labels_not_noisy")
 
 
 def assert_transfer_learning(run: Any, **params: Any) -> RuleResult:

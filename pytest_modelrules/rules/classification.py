@@ -1,5 +1,5 @@
-"""Classification rules: ClassImbalance and Confusion (SageMaker Debugger's), DirectionConfusion
-and RecallFloor (this project's).
+"""Classification rules: ClassImbalance and Confusion (SageMaker Debugger's), DirectionConfusion,
+RecallFloor and NoisyLabels (this project's).
 
 They read labels and predictions. SageMaker's regex defaults (``.*labels``,
 ``.*predictions``) match nothing in a PyTorch run, so when a default regex matches nothing
@@ -448,6 +448,24 @@ def mirror_pairs(class_names: list[str] | None) -> list[tuple[int, int]]:
     return sorted(pairs)
 
 
+def _last_phase(run: Any, data: LabelData, mode: ModeKeys | None) -> LabelData:
+    """``data`` restricted to the run's last stretch of ``mode`` steps."""
+    stretches = phases(run, mode) if mode is not None else []
+    if not stretches:
+        return data
+    keep = np.flatnonzero(np.isin(data.global_steps, stretches[-1]))
+    remap = np.full(len(data.global_steps), -1, np.int64)
+    remap[keep] = np.arange(len(keep))
+    sel = remap[data.sample_step] >= 0
+    return LabelData(
+        data.global_steps[keep],
+        data.modes[keep],
+        remap[data.sample_step[sel]],
+        data.labels[sel],
+        None if data.predictions is None else data.predictions[sel],
+    )
+
+
 @register
 class DirectionConfusion(BuiltinRule):
     """Mirror-image classes predicted as each other (the seed's custom rule, built in).
@@ -457,6 +475,12 @@ class DirectionConfusion(BuiltinRule):
     ``max_rate``, once ``min_samples`` samples of the pair were seen) its share of the pair's
     samples exceeds ``max_rate``. Pairs default to the left/right twins among the run's class
     names. mode None counts every step, TRAIN and EVAL, as the seed's custom rule did.
+
+    ``rate_of="twins"`` divides by the pair's samples predicted as either twin instead of all
+    its samples: a model blind to direction splits those about evenly (rate ~0.5) however well
+    it recognises the pair, while a weak healthy model mostly errs outside the pair.
+    ``phases="last"`` judges only the last stretch of ``mode`` steps (the last evaluation pass:
+    the model as trained) instead of counting from the first step.
     """
 
     name = "direction_confusion"
@@ -465,6 +489,8 @@ class DirectionConfusion(BuiltinRule):
         "limit": Param(10, "int", "confusions of a pair, both ways together, allowed"),
         "max_rate": Param(None, "float", "allowed confusions / samples of the pair"),
         "min_samples": Param(50, "int", "samples of a pair before max_rate is judged"),
+        "rate_of": Param("samples", "str", "max_rate's denominator: samples | twins"),
+        "phases": Param("run", "str", "run (every step) | last (last stretch of mode)"),
         "mode": Param(None, "mode", "only steps of this mode (default: all steps)"),
         "labels_regex": Param(".*labels", "regex", "labels tensor (fallback: PyTorch's)"),
         "predictions_regex": Param(".*predictions", "regex", "predictions (fallback: logits)"),
@@ -477,6 +503,12 @@ class DirectionConfusion(BuiltinRule):
             raise self.param_error("max_rate", f"must lie in [0, 1], got {self.max_rate}")
         if self.limit is None and self.max_rate is None:
             raise self.param_error("limit", "and max_rate are both None: nothing to check")
+        if self.rate_of not in ("samples", "twins"):
+            raise self.param_error("rate_of", f"must be 'samples' or 'twins', got {self.rate_of!r}")
+        if self.phases not in ("run", "last"):
+            raise self.param_error("phases", f"must be 'run' or 'last', got {self.phases!r}")
+        if self.phases == "last" and self.mode in (None, ModeKeys.GLOBAL):
+            raise self.param_error("phases", "'last' needs a mode (e.g. mode='EVAL')")
         for a, b in self.pairs or []:
             if a == b or a < 0 or b < 0:
                 raise self.param_error("pairs", f"holds ({a}, {b}): two different classes >= 0")
@@ -503,11 +535,14 @@ class DirectionConfusion(BuiltinRule):
         )
         data = read_label_data(run, lname, pname, self.mode, False)
         assert data.predictions is not None
+        if self.phases == "last":
+            data = _last_phase(run, data, self.mode)
         n = len(data.global_steps)
         lab, pred, step = data.labels, data.predictions, data.sample_step
         trig: set[int] = set()
         lines: list[str] = []
         worst = 0
+        worst_rate = 0.0
         evidence: dict[str, Any] = {"pairs": pairs, "pairs_source": source}
         for a, b in pairs:
             ab = (lab == a) & (pred == b)
@@ -517,7 +552,10 @@ class DirectionConfusion(BuiltinRule):
             cond = np.zeros(n, bool)
             if self.limit is not None:
                 cond |= cum > self.limit
-            samples = np.cumsum(np.bincount(step[(lab == a) | (lab == b)], minlength=n))
+            of_pair = (lab == a) | (lab == b)
+            if self.rate_of == "twins":
+                of_pair &= (pred == a) | (pred == b)
+            samples = np.cumsum(np.bincount(step[of_pair], minlength=n))
             if self.max_rate is not None:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     rate = np.where(samples > 0, cum / np.maximum(samples, 1), 0.0)
@@ -525,6 +563,8 @@ class DirectionConfusion(BuiltinRule):
             n_ab, n_ba = int(ab.sum()), int(ba.sum())
             total = n_ab + n_ba
             worst = max(worst, total)
+            if self.max_rate is not None and n and samples[-1] >= max(self.min_samples or 0, 1):
+                worst_rate = max(worst_rate, float(cum[-1] / samples[-1]))
             evidence[f"{a}-{b}/cumulative"] = cum
             hits = np.flatnonzero(cond)
             last_step = int(data.global_steps[-1]) if n else -1
@@ -534,8 +574,13 @@ class DirectionConfusion(BuiltinRule):
                 limit_text = f"limit {self.limit}" if self.limit is not None else ""
                 if self.max_rate is not None:
                     share = 100 * cum[j] / max(int(samples[j]), 1)
+                    of_what = (
+                        "samples of the pair predicted as either"
+                        if self.rate_of == "twins"
+                        else "samples of the pair"
+                    )
                     limit_text += (", " if limit_text else "") + (
-                        f"{fmt(share)}% of {int(samples[j])} samples of the pair, "
+                        f"{fmt(share)}% of {int(samples[j])} {of_what}, "
                         f"rate limit {fmt(100 * self.max_rate)}%"
                     )
                 lines.append(
@@ -552,15 +597,20 @@ class DirectionConfusion(BuiltinRule):
         triggers = self.trigger_steps(run, sorted(trig))
         head = f"Pairs {source}: {', '.join(f'{a}/{b}' for a, b in pairs)}"
         if self.mode is not None:
-            head += f" ({self.mode.name} steps only)"
+            head += f" ({self.mode.name} steps only" + (
+                ", the last pass)" if self.phases == "last" else ")"
+            )
         return self.make_result(
             bool(triggers),
             head + ". " + "; ".join(lines) + ".",
             first_trigger=triggers[0] if triggers else None,
             triggers=triggers,
-            figure=float(worst),
-            figure_name="most confusions of one pair",
-            limit=float(self.limit) if self.limit is not None else None,
+            # judged by rate alone: the figure is the highest final rate of a judged pair
+            figure=float(worst) if self.limit is not None else worst_rate,
+            figure_name="most confusions of one pair"
+            if self.limit is not None
+            else "highest confusion rate of a pair",
+            limit=float(self.limit) if self.limit is not None else self.max_rate,
             evidence=evidence,
             steps_evaluated=n,
         )
@@ -692,4 +742,124 @@ class RecallFloor(BuiltinRule):
             limit=self.min_recall,
             evidence=evidence,
             steps_evaluated=len(data.global_steps),
+        )
+
+
+# -- NoisyLabels -------------------------------------------------------------------------------
+
+
+def _accuracy(data: LabelData, steps: np.ndarray) -> tuple[float, int]:
+    """(accuracy, samples) of the predictions at the given global steps."""
+    assert data.predictions is not None
+    idx = np.flatnonzero(np.isin(data.global_steps, steps))
+    sel = np.isin(data.sample_step, idx)
+    n = int(sel.sum())
+    if n == 0:
+        return float("nan"), 0
+    return float((data.labels[sel] == data.predictions[sel]).mean()), n
+
+
+@register
+class NoisyLabels(BuiltinRule):
+    """The model agrees with the evaluation labels far more than with its own training labels:
+    the training labels are noisy (a broken annotation merge, shuffled labels). This project's
+    rule.
+
+    For each evaluation pass (a stretch of EVAL steps), accuracy on the TRAIN batches of the
+    stretch of TRAIN steps just before it (the model's predictions in the forward pass against
+    the labels it was trained with) is compared with accuracy on the pass. A model fits clean
+    training labels at least about as well as held-out ones; with a fraction p of the training
+    labels replaced at random, training accuracy drops to about (1 - p) times the evaluation
+    accuracy. Triggers when EVAL accuracy exceeds TRAIN accuracy by more than ``max_gap``
+    (judged on the last pass by default, ``phases="all"`` judges every pass); a pass with fewer
+    than ``min_samples`` samples on either side is not judged.
+
+    Strong augmentation (small random crops, mixup) lowers training accuracy too: raise
+    ``max_gap`` for such recipes. Evaluation labels as noisy as the training labels show no gap.
+    """
+
+    name = "noisy_labels"
+    params: ClassVar[dict[str, Param]] = {
+        "max_gap": Param(0.2, "float", "largest allowed EVAL minus TRAIN accuracy"),
+        "min_samples": Param(200, "int", "samples each side needs to be judged"),
+        "phases": Param("last", "str", "last | all"),
+        "labels_regex": Param(".*labels", "regex", "labels tensor (fallback: PyTorch's)"),
+        "predictions_regex": Param(".*predictions", "regex", "predictions (fallback: logits)"),
+    }
+
+    def _validate(self) -> None:
+        if self.max_gap is None or not 0 <= self.max_gap <= 1:
+            raise self.param_error("max_gap", f"must lie in [0, 1], got {self.max_gap}")
+        if self.phases not in ("last", "all"):
+            raise self.param_error("phases", f"must be 'last' or 'all', got {self.phases!r}")
+        if self.min_samples is None or self.min_samples < 1:
+            raise self.param_error("min_samples", f"must be >= 1, got {self.min_samples}")
+
+    def _evaluate(self, run: Any) -> RuleResult:
+        lname, pname = resolve_labels_predictions(
+            self, run, self.labels_regex, self.predictions_regex
+        )
+        train = read_label_data(run, lname, pname, ModeKeys.TRAIN, False)
+        evals = read_label_data(run, lname, pname, ModeKeys.EVAL, False)
+        passes = phases(run, ModeKeys.EVAL)
+        train_stretches = phases(run, ModeKeys.TRAIN)
+        pairs: list[tuple[np.ndarray, np.ndarray]] = []
+        for p in passes:
+            before = [t for t in train_stretches if len(t) and t[-1] < p[0]]
+            if before:
+                pairs.append((before[-1], p))
+        if self.phases == "last":
+            pairs = pairs[-1:]
+        rows: list[tuple[int, float, int, float, int]] = []  # end, train acc, n, eval acc, n
+        for t_steps, e_steps in pairs:
+            acc_t, n_t = _accuracy(train, t_steps)
+            acc_e, n_e = _accuracy(evals, e_steps)
+            if n_t >= self.min_samples and n_e >= self.min_samples:
+                rows.append((int(e_steps[-1]), acc_t, n_t, acc_e, n_e))
+        evidence: dict[str, Any] = {
+            "labels_tensor": lname,
+            "predictions_tensor": pname,
+            "passes": [
+                {"eval_end": r[0], "train_accuracy": r[1], "train_samples": r[2],
+                 "eval_accuracy": r[3], "eval_samples": r[4]}
+                for r in rows
+            ],
+        }  # fmt: skip
+        if not rows:
+            return self.make_result(
+                False,
+                f"No evaluation pass with {self.min_samples} samples of predictions and labels "
+                f"after a TRAIN stretch with as many (EVAL passes: {len(passes)}); nothing "
+                "judged.",
+                evidence=evidence,
+                skipped=True,
+            )
+        gaps = [r[3] - r[1] for r in rows]
+        trig = [r[0] for r, g in zip(rows, gaps) if g > self.max_gap]
+        worst = int(np.argmax(gaps))
+        end, acc_t, n_t, acc_e, n_e = rows[worst]
+        text = (
+            f"at {where(run, end)}: the model predicted {fmt(100 * acc_e)}% of {n_e} EVAL "
+            f"labels but only {fmt(100 * acc_t)}% of the {n_t} TRAIN labels just before "
+            f"(gap {fmt(100 * (acc_e - acc_t))} points, limit {fmt(100 * self.max_gap)})"
+        )
+        triggers = self.trigger_steps(run, trig)
+        if triggers:
+            text = (
+                "Training labels look noisy: " + text + ". A model fits clean training labels "
+                "about as well as held-out ones; a gap this wide means many training labels "
+                "disagree with what the model learned (check the labelling / data merge)."
+            )
+        else:
+            text = "Training and evaluation accuracy agree: " + text + "."
+        return self.make_result(
+            bool(triggers),
+            text,
+            first_trigger=triggers[0] if triggers else None,
+            triggers=triggers,
+            figure=float(gaps[worst]),
+            figure_name="EVAL minus TRAIN accuracy",
+            limit=self.max_gap,
+            evidence=evidence,
+            steps_evaluated=len(train.global_steps) + len(evals.global_steps),
         )

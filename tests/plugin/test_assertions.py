@@ -18,7 +18,7 @@ def test_every_lazy_helper_name_is_provided() -> None:
         for n, mod in pytest_modelrules._LAZY.items()
         if mod.endswith(".assertions") and n.startswith("assert_")
     ]
-    assert len(lazy) == 22
+    assert len(lazy) == 23
     assert pytest_modelrules.ModelRuleFailure is ModelRuleFailure
     for name in lazy:
         assert callable(getattr(pytest_modelrules, name)), name

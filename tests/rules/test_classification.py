@@ -1,4 +1,5 @@
-"""ClassImbalance, Confusion, DirectionConfusion, RecallFloor on runs written with RunWriter."""
+"""ClassImbalance, Confusion, DirectionConfusion, RecallFloor, NoisyLabels on runs written
+with RunWriter."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pytest_modelrules.rules.classification import (
     ClassImbalance,
     Confusion,
     DirectionConfusion,
+    NoisyLabels,
     RecallFloor,
     mirror_pairs,
 )
@@ -249,6 +251,35 @@ def test_direction_confusion_rate_and_mode(tmp_path):
     assert "EVAL steps only" in eval_only.explanation
 
 
+def test_direction_confusion_twin_rate_on_the_last_pass(tmp_path):
+    # pass 1: an untrained model confuses the pair half the time; pass 2 (the trained model):
+    # 100 samples of 19/20, 40 predicted outside the pair, 50 right, 10 as the twin
+    lab = np.repeat([19, 20], 50)
+    early = np.where(lab == 19, 20, 19)
+    late = lab.copy()
+    late[:20], late[50:70] = 0, 0  # outside the pair
+    late[20:25], late[70:75] = 20, 19  # the twin: 10 of the 60 predicted as 19 or 20
+    run = write_steps(
+        tmp_path / "r", [("EVAL", lab, early), ("TRAIN", lab, lab), ("EVAL", lab, late)],
+        metadata={"class_names": list(CLASS_NAMES)},
+    )  # fmt: skip
+    kw = {"pairs": [(19, 20)], "mode": "EVAL", "limit": None, "max_rate": 0.3}
+    assert DirectionConfusion(**kw).evaluate(run).triggered  # counted from the first pass
+    last = DirectionConfusion(**kw, phases="last").evaluate(run)
+    assert not last.triggered and last.figure == pytest.approx(0.1)  # 10 of 100 samples
+    twins = DirectionConfusion(**kw, phases="last", rate_of="twins").evaluate(run)
+    assert not twins.triggered and twins.figure == pytest.approx(10 / 60)
+    strict = DirectionConfusion(**{**kw, "max_rate": 0.15}, phases="last", rate_of="twins")
+    result = strict.evaluate(run)
+    assert result.triggered and result.first_step == 2
+    assert "16.67% of 60 samples of the pair predicted as either" in result.explanation
+    assert "the last pass" in result.explanation
+    with pytest.raises(RuleParameterError, match="needs a mode"):
+        DirectionConfusion(phases="last")
+    with pytest.raises(RuleParameterError, match="rate_of"):
+        DirectionConfusion(rate_of="pairs")
+
+
 def test_direction_confusion_pairs_given_and_skipped_without_names(tmp_path):
     steps = [("TRAIN", [1, 2] * 8, [2, 1] * 8)]
     run = write_steps(tmp_path / "r", steps)
@@ -317,6 +348,57 @@ def test_recall_floor_without_eval_is_skipped(tmp_path):
     assert result.skipped and not result.triggered
     with pytest.raises(RuleParameterError, match="phases"):
         RecallFloor(phases="first")
+
+
+# -- NoisyLabels ---------------------------------------------------------------------------------
+
+
+def noisy_run(path, train_acc: list[float], eval_acc: list[float], n: int = 100, seed: int = 0):
+    """Passes of 4 TRAIN steps then 2 EVAL steps of ``n`` samples; in pass i the predictions
+    match the labels for a fraction train_acc[i] (TRAIN) and eval_acc[i] (EVAL)."""
+    rng = np.random.default_rng(seed)
+    steps = []
+    for a_t, a_e in zip(train_acc, eval_acc):
+        for mode, acc, k in (("TRAIN", a_t, 4), ("EVAL", a_e, 2)):
+            for _ in range(k):
+                lab = rng.integers(0, 43, n)
+                pred = lab.copy()
+                wrong = rng.permutation(n)[: round(n * (1 - acc))]
+                pred[wrong] = (lab[wrong] + 1) % 43
+                steps.append((mode, lab, pred))
+    return write_steps(path, steps)
+
+
+def test_noisy_labels_gap_on_the_last_pass(tmp_path):
+    # the model fits its training labels far less than the test labels: noisy training labels
+    noisy = noisy_run(tmp_path / "noisy", [0.3, 0.5], [0.5, 0.85])
+    result = NoisyLabels().evaluate(noisy)
+    assert result.triggered
+    assert result.figure == pytest.approx(0.35)
+    assert result.first_step == 11  # the last step of the last EVAL pass
+    assert "85% of 200 EVAL labels but only 50% of the 400 TRAIN labels" in result.explanation
+    assert "noisy" in result.explanation
+    assert not NoisyLabels(max_gap=0.4).evaluate(noisy).triggered
+    # clean labels: training accuracy at or above evaluation accuracy
+    clean = noisy_run(tmp_path / "clean", [0.5, 0.9], [0.45, 0.85])
+    ok = NoisyLabels().evaluate(clean)
+    assert not ok.triggered and ok.figure == pytest.approx(-0.05)
+    assert "agree" in ok.explanation
+
+
+def test_noisy_labels_phases_and_min_samples(tmp_path):
+    # the gap was there in the first pass only (the model later memorised the noisy labels)
+    run = noisy_run(tmp_path / "r", [0.4, 0.9], [0.8, 0.9])
+    assert not NoisyLabels().evaluate(run).triggered
+    every = NoisyLabels(phases="all").evaluate(run)
+    assert [t.step for t in every.triggers] == [5]
+    skipped = NoisyLabels(min_samples=401).evaluate(run)
+    assert skipped.skipped and not skipped.triggered
+    train_only = write_steps(tmp_path / "t", [("TRAIN", [0, 1], [1, 0])])
+    assert NoisyLabels().evaluate(train_only).skipped
+    for bad in ({"max_gap": 1.5}, {"phases": "first"}, {"min_samples": 0}):
+        with pytest.raises(RuleParameterError):
+            NoisyLabels(**bad)
 
 
 # -- the real SageMaker Debugger fixture run, against plain loops over its truth ---------------
