@@ -559,14 +559,15 @@ def assert_recall_above(run: Any, minimum: float | None = None, **params: Any) -
     return _check(run, "recall_floor", params, "assert_recall_above")
 
 
-def assert_labels_not_noisy(run: Any, max_gap: float | None = None, **params: Any) -> RuleResult:
-    """NoisyLabels: fails when the model's EVAL accuracy exceeds its accuracy on the training
-    labels just before by more than ``max_gap`` (0.2); ``min_samples`` (200), ``phases``."""
+def assert_labels_not_noisy(run: Any, min_ratio: float | None = None, **params: Any) -> RuleResult:
+    """NoisyLabels: fails when the model's accuracy on its training labels just before an
+    evaluation is under ``min_ratio`` (0.8) times its EVAL accuracy; ``train_window`` (0.25),
+    ``min_samples`` (200), ``phases`` ("last")."""
     __tracebackhide__ = True
-    if max_gap is not None:
-        if params.get("max_gap") is not None:
-            raise TypeError("give max_gap once")
-        params["max_gap"] = max_gap
+    if min_ratio is not None:
+        if params.get("min_ratio") is not None:
+            raise TypeError("give min_ratio once")
+        params["min_ratio"] = min_ratio
     return _check(run, "noisy_labels", params, "assert_labels_not_noisy")
 
 

@@ -25,6 +25,7 @@ DEFAULT_PROFILE: dict[str, dict[str, Any]] = {
     },
     "direction_confusion": {"mode": "EVAL", "limit": None, "max_rate": 0.4, "min_samples": 50},
     "recall_floor": {},
+    "noisy_labels": {},
     "dead_relu": {},
     "saturated_activation": {"threshold_inactivity": 10.0},
     "vanishing_gradient": {},
@@ -75,6 +76,9 @@ REASONS: dict[str, str] = {
         "EVAL predictions only, as a rate: training batches of a flip run are confused by "
         "construction, and an undertrained healthy model confused a pair in over 30 % of its "
         "test samples (seed 3); a flip-blind model confuses the twins ~50 %"
+    ),
+    "noisy_labels": (
+        "class defaults (TRAIN / EVAL accuracy >= 0.8 on the last pass): see docs/zoo.md"
     ),
     "recall_floor": (
         "class defaults (last EVAL pass, recall >= 0.5, 20 samples a class); the zoo's test "

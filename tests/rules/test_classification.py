@@ -353,7 +353,7 @@ def test_recall_floor_without_eval_is_skipped(tmp_path):
 # -- NoisyLabels ---------------------------------------------------------------------------------
 
 
-def noisy_run(path, train_acc: list[float], eval_acc: list[float], n: int = 100, seed: int = 0):
+def noisy_run(path, train_acc: list[float], eval_acc: list[float], n: int = 200, seed: int = 0):
     """Passes of 4 TRAIN steps then 2 EVAL steps of ``n`` samples; in pass i the predictions
     match the labels for a fraction train_acc[i] (TRAIN) and eval_acc[i] (EVAL)."""
     rng = np.random.default_rng(seed)
@@ -369,20 +369,22 @@ def noisy_run(path, train_acc: list[float], eval_acc: list[float], n: int = 100,
     return write_steps(path, steps)
 
 
-def test_noisy_labels_gap_on_the_last_pass(tmp_path):
+def test_noisy_labels_ratio_on_the_last_pass(tmp_path):
     # the model fits its training labels far less than the test labels: noisy training labels
-    noisy = noisy_run(tmp_path / "noisy", [0.3, 0.5], [0.5, 0.85])
+    noisy = noisy_run(tmp_path / "noisy", [0.3, 0.5], [0.5, 0.8])
     result = NoisyLabels().evaluate(noisy)
     assert result.triggered
-    assert result.figure == pytest.approx(0.35)
+    assert result.figure == pytest.approx(0.5 / 0.8)
     assert result.first_step == 11  # the last step of the last EVAL pass
-    assert "85% of 200 EVAL labels but only 50% of the 400 TRAIN labels" in result.explanation
+    assert "80% of 400 EVAL labels and 50% of the 200 TRAIN labels" in result.explanation
     assert "noisy" in result.explanation
-    assert not NoisyLabels(max_gap=0.4).evaluate(noisy).triggered
+    assert not NoisyLabels(min_ratio=0.6).evaluate(noisy).triggered
+    # train_window 1: all 4 TRAIN steps of the stretch count
+    assert "of the 800 TRAIN labels" in NoisyLabels(train_window=1).evaluate(noisy).explanation
     # clean labels: training accuracy at or above evaluation accuracy
     clean = noisy_run(tmp_path / "clean", [0.5, 0.9], [0.45, 0.85])
     ok = NoisyLabels().evaluate(clean)
-    assert not ok.triggered and ok.figure == pytest.approx(-0.05)
+    assert not ok.triggered and ok.figure == pytest.approx(0.9 / 0.85)
     assert "agree" in ok.explanation
 
 
@@ -392,11 +394,11 @@ def test_noisy_labels_phases_and_min_samples(tmp_path):
     assert not NoisyLabels().evaluate(run).triggered
     every = NoisyLabels(phases="all").evaluate(run)
     assert [t.step for t in every.triggers] == [5]
-    skipped = NoisyLabels(min_samples=401).evaluate(run)
+    skipped = NoisyLabels(min_samples=201).evaluate(run)
     assert skipped.skipped and not skipped.triggered
     train_only = write_steps(tmp_path / "t", [("TRAIN", [0, 1], [1, 0])])
     assert NoisyLabels().evaluate(train_only).skipped
-    for bad in ({"max_gap": 1.5}, {"phases": "first"}, {"min_samples": 0}):
+    for bad in ({"min_ratio": -1}, {"phases": "first"}, {"min_samples": 0}, {"train_window": 0}):
         with pytest.raises(RuleParameterError):
             NoisyLabels(**bad)
 
