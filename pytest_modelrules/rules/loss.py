@@ -191,6 +191,14 @@ class LossNotDecreasing(BuiltinRule):
     At a saved step s with s >= last check + num_steps, loss(s) is compared with loss(p), p
     the newest saved step <= s - num_steps: with diff_percent 0 it triggers iff
     loss(s) >= loss(p), else iff loss(s) >= loss(p) * (1 + diff_percent / 100).
+
+    This project's additions: ``compare="passes"`` compares the mean loss of each stretch of
+    ``mode`` steps (an evaluation pass, an epoch of TRAIN steps) with the previous stretch's
+    instead of single steps: single batches of a test set sorted by class differ more from
+    each other than the model improves. A mode with one stretch (a run that never evaluates)
+    is cut into windows of ``num_steps`` steps, each window's mean against the previous one's. ``min_decrease_percent``
+    asks for a decrease of at least that much: loss(s) > loss(p) * (1 - min_decrease / 100)
+    triggers (a loss that creeps down by 0.01 % is not training).
     """
 
     name = "loss_not_decreasing"
@@ -202,6 +210,8 @@ class LossNotDecreasing(BuiltinRule):
         "diff_percent": Param(0.0, "float", "allowed increase, percent (0: any non-decrease)"),
         "increase_threshold_percent": Param(5.0, "float", "accepted for compatibility"),
         "mode": Param(None, "mode", "None: first of EVAL, TRAIN, GLOBAL with data"),
+        "compare": Param("steps", "str", "steps (num_steps apart) | passes (stretch means)"),
+        "min_decrease_percent": Param(0.0, "float", "least decrease asked for, percent"),
     }
 
     def __init__(self, **params: Any) -> None:
@@ -215,15 +225,98 @@ class LossNotDecreasing(BuiltinRule):
             )
         if self.diff_percent is None or self.diff_percent < 0:
             raise self.param_error("diff_percent", f"must be >= 0, got {self.diff_percent}")
+        if self.compare not in ("steps", "passes"):
+            raise self.param_error("compare", f"must be 'steps' or 'passes', got {self.compare!r}")
+        if self.min_decrease_percent is None or not 0 <= self.min_decrease_percent < 100:
+            raise self.param_error(
+                "min_decrease_percent", f"must lie in [0, 100), got {self.min_decrease_percent}"
+            )
+        if self.min_decrease_percent and self.diff_percent:
+            raise self.param_error(
+                "min_decrease_percent", "and diff_percent are both set: give one of them"
+            )
         if self.increase_threshold_percent is not None and self.increase_threshold_percent < 0:
             raise self.param_error(
                 "increase_threshold_percent", f"must be >= 0, got {self.increase_threshold_percent}"
             )
 
     def _fails(self, now: np.ndarray, before: np.ndarray) -> np.ndarray:
+        if self.min_decrease_percent:
+            return now > before * (1.0 - self.min_decrease_percent / 100.0)
         if self.diff_percent == 0:
             return now >= before
         return now >= before * (1.0 + self.diff_percent / 100.0)
+
+    def _pass_means(
+        self, run: Any, mode: ModeKeys, gsteps: np.ndarray, values: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(pass index, last global step, mean loss) of each stretch of ``mode`` steps holding
+        values, for compare="passes"; with fewer than two such stretches (a run that never
+        evaluates), of each complete window of ``num_steps`` mode steps instead."""
+        idx, ends, means = [], [], []
+        for k, stretch in enumerate(phases(run, mode) if mode != ModeKeys.GLOBAL else []):
+            inside = np.isin(gsteps, stretch)
+            if inside.any():
+                idx.append(k)
+                ends.append(int(gsteps[inside][-1]))
+                means.append(float(values[inside].mean()))
+        if len(means) >= 2:
+            return np.asarray(idx), np.asarray(ends, np.int64), np.asarray(means)
+        steps = scalar_series(run, self._pass_name, mode)[0]
+        if len(steps) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+        window = (steps - steps[0]) // self.num_steps
+        complete = window < (steps[-1] + 1 - steps[0]) // self.num_steps
+        idx, ends, means = [], [], []
+        for k in np.unique(window[complete]):
+            inside = window == k
+            idx.append(int(k))
+            ends.append(int(gsteps[inside][-1]))
+            means.append(float(values[inside].mean()))
+        return np.asarray(idx), np.asarray(ends, np.int64), np.asarray(means)
+
+    def _check_passes(
+        self,
+        run: Any,
+        name: str,
+        mode: ModeKeys,
+        gsteps: np.ndarray,
+        values: np.ndarray,
+        lines: list[str],
+        trig_steps: set[int],
+        evidence: dict[str, Any],
+    ) -> None:
+        """compare="passes": each stretch's mean loss against the previous stretch's."""
+        self._pass_name = name
+        idx, ends, means = self._pass_means(run, mode, gsteps, values)
+        evidence[f"{name}/pass_means"] = means
+        checks = max(len(means) - 1, 0)
+        evidence[f"{name}/checks"] = checks
+        if checks == 0:
+            evidence[f"{name}/fails"] = 0
+            lines.append(f"{name} ({mode.name}): fewer than 2 passes of data")
+            return
+        fails = self._fails(means[1:], means[:-1])
+        evidence[f"{name}/fails"] = int(fails.sum())
+        shown = " -> ".join(fmt(m) for m in means)
+        need = (
+            f" (asked: {fmt(self.min_decrease_percent)}% lower each pass)"
+            if self.min_decrease_percent
+            else ""
+        )
+        if fails.any():
+            k = int(np.flatnonzero(fails)[0])
+            trig_steps.update(ends[1:][fails].tolist())
+            lines.append(
+                f"{name} ({mode.name}) mean per pass did not decrease at {int(fails.sum())} of "
+                f"{checks} passes; first at the pass ending {where(run, int(ends[k + 1]))}: "
+                f"{fmt(means[k + 1])} vs {fmt(means[k])}{need}; pass means {shown}"
+            )
+        else:
+            lines.append(
+                f"{name} ({mode.name}) mean per pass decreased at all {checks} passes{need}: "
+                f"{shown}"
+            )
 
     def _evaluate(self, run: Any) -> RuleResult:
         names = select_loss_tensors(
@@ -235,10 +328,18 @@ class LossNotDecreasing(BuiltinRule):
         checks_total = fails_total = 0
         evidence: dict[str, Any] = {"mode": mode.name, "tensors": names}
         first_detail: tuple[int, str] | None = None
+        passes = self.compare == "passes"
+        if passes and mode == ModeKeys.GLOBAL:
+            raise self.param_error("compare", "'passes' needs a mode (TRAIN or EVAL)")
         for name in names:
             steps, gsteps, values = scalar_series(run, name, mode)
             evidence[f"{name}/steps"] = gsteps
             evidence[f"{name}/values"] = values
+            if passes:
+                self._check_passes(run, name, mode, gsteps, values, lines, trig_steps, evidence)
+                checks_total += int(evidence[f"{name}/checks"])
+                fails_total += int(evidence[f"{name}/fails"])
+                continue
             pos = _check_positions(steps, self.num_steps)
             if len(pos) == 0:
                 lines.append(f"{name} ({mode.name}): fewer than {self.num_steps} steps of data")

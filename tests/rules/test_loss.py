@@ -177,6 +177,42 @@ def epochs(train_losses, eval_losses, train_steps=5, eval_steps=3):
     return rows
 
 
+def test_loss_not_decreasing_compares_pass_means(tmp_path):
+    # EVAL batches of a class-sorted test set differ (1.0 / 3.0 / 2.0) more than the model
+    # improves; the pass means fall 2.0 -> 1.9 -> 1.89
+    rows, g = [], 0
+    for shift in (0.0, -0.1, -0.11):
+        for _ in range(4):
+            rows.append((g, "TRAIN", 2.0))
+            g += 1
+        for v in (1.0, 3.0, 2.0):
+            rows.append((g, "EVAL", v + shift))
+            g += 1
+    run = write_losses(tmp_path / "r", rows)
+    assert LossNotDecreasing(mode="EVAL", num_steps=2).evaluate(run).triggered  # batches differ
+    ok = LossNotDecreasing(mode="EVAL", compare="passes").evaluate(run)
+    assert not ok.triggered and ok.steps_evaluated == 2
+    assert "decreased at all 2 passes: 2 -> 1.9 -> 1.89" in ok.explanation
+    # asking for 1 % a pass: 1.9 -> 1.89 is 0.5 %
+    strict = LossNotDecreasing(mode="EVAL", compare="passes", min_decrease_percent=1).evaluate(run)
+    assert strict.triggered and strict.first_step == 20 and strict.figure == 50.0
+    assert "1.89 vs 1.9 (asked: 1% lower each pass)" in strict.explanation
+    # TRAIN stretches (epochs): flat
+    assert LossNotDecreasing(mode="TRAIN", compare="passes").evaluate(run).triggered
+    one = write_losses(tmp_path / "one", [(0, "EVAL", 1.0), (1, "EVAL", 0.5)])
+    assert LossNotDecreasing(mode="EVAL", compare="passes").evaluate(one).skipped
+    # no evaluation passes: windows of num_steps TRAIN steps (0-4, 5-9; 10-11 incomplete)
+    falling = [(g, "TRAIN", 2.0 - 0.1 * (g // 5)) for g in range(12)]
+    train_only = write_losses(tmp_path / "train", falling)
+    windows = LossNotDecreasing(compare="passes", num_steps=5).evaluate(train_only)
+    assert not windows.triggered and windows.steps_evaluated == 1
+    assert "2 -> 1.9" in windows.explanation
+    for bad in ({"compare": "epochs"}, {"min_decrease_percent": 100},
+                {"min_decrease_percent": 1, "diff_percent": 1}):  # fmt: skip
+        with pytest.raises(RuleParameterError):
+            LossNotDecreasing(**bad)
+
+
 def test_overfit_triggers_with_patience(tmp_path):
     # gaps: 0%, 5%, 20%, 30%, 40% -> over 10% at checks 3, 4, 5 (ending 23, 31, 39)
     run = write_losses(tmp_path / "r", epochs([1.0] * 5, [1.0, 1.05, 1.2, 1.3, 1.4]))
