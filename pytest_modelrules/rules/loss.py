@@ -196,9 +196,10 @@ class LossNotDecreasing(BuiltinRule):
     ``mode`` steps (an evaluation pass, an epoch of TRAIN steps) with the previous stretch's
     instead of single steps: single batches of a test set sorted by class differ more from
     each other than the model improves. A mode with one stretch (a run that never evaluates)
-    is cut into windows of ``num_steps`` steps, each window's mean against the previous one's. ``min_decrease_percent``
-    asks for a decrease of at least that much: loss(s) > loss(p) * (1 - min_decrease / 100)
-    triggers (a loss that creeps down by 0.01 % is not training).
+    is cut into windows of ``num_steps`` steps, each window's mean against the previous one's.
+    ``min_decrease_percent`` asks for a decrease of at least that much:
+    loss(s) > loss(p) * (1 - min_decrease / 100) triggers (a loss that creeps down by 0.01 %
+    is not training).
     """
 
     name = "loss_not_decreasing"
@@ -288,7 +289,7 @@ class LossNotDecreasing(BuiltinRule):
     ) -> None:
         """compare="passes": each stretch's mean loss against the previous stretch's."""
         self._pass_name = name
-        idx, ends, means = self._pass_means(run, mode, gsteps, values)
+        _, ends, means = self._pass_means(run, mode, gsteps, values)
         evidence[f"{name}/pass_means"] = means
         checks = max(len(means) - 1, 0)
         evidence[f"{name}/checks"] = checks
