@@ -31,6 +31,7 @@ RECORD_MAGIC = b"MRR\x01"
 # magic, crc, step, mode_step, wall_time, nbytes, mode, dtype, ndim, flags, 4 pad bytes
 RECORD_HEADER = struct.Struct("<4sIqqdQBBBB4x")
 FILE_HEADER = struct.Struct("<8sII")  # magic, json length, crc32(json)
+_CRC = struct.Struct("<I")
 MAX_NDIM = 32
 MAX_FILE_HEADER_JSON = 1 << 20  # 1 MiB: a file header is a name and a few fields
 #: a complete record larger than this is hostile whatever the file size (1 TiB)
@@ -83,22 +84,44 @@ def encode_file_header(fields: dict) -> bytes:
     return FILE_HEADER.pack(FILE_MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
+def encode_record_parts(
+    array: np.ndarray, *, step: int, mode: int, mode_step: int, wall_time: float
+) -> tuple[bytes, memoryview]:
+    """One record as (header and shape bytes, payload) without copying the payload.
+
+    The payload is a byte memoryview of the array itself when it is already C-contiguous and
+    little-endian (else of a converted copy); the CRC is computed over those same bytes, so
+    ``header + bytes(payload)`` is exactly :func:`encode_record`'s result. The caller must not
+    change the array until the payload is written.
+    """
+    arr = np.asarray(array)
+    code = dtype_code(arr.dtype)
+    if arr.ndim > MAX_NDIM:
+        raise ValueError(f"arrays of more than {MAX_NDIM} dimensions cannot be stored")
+    shape = arr.shape
+    arr = np.asarray(arr, dtype=DTYPE_CODES[code])  # no copy when already little-endian
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    payload = memoryview(arr.reshape(-1).view(np.uint8))
+    ndim = len(shape)
+    # bytes 8.. of the header, then the shape: what the CRC covers before the payload
+    body = RECORD_HEADER.pack(
+        RECORD_MAGIC, 0, step, mode_step, wall_time, payload.nbytes, mode, code, ndim, 0
+    )[8:]
+    if ndim:
+        body += struct.pack(f"<{ndim}Q", *shape)
+    crc = zlib.crc32(payload, zlib.crc32(body))
+    return RECORD_MAGIC + _CRC.pack(crc) + body, payload
+
+
 def encode_record(
     array: np.ndarray, *, step: int, mode: int, mode_step: int, wall_time: float
 ) -> bytes:
     """One record: header, shape and the array's little-endian C-order bytes."""
-    arr = np.asarray(array)
-    code = dtype_code(arr.dtype)
-    arr = np.asarray(arr, dtype=DTYPE_CODES[code])
-    if arr.ndim > MAX_NDIM:
-        raise ValueError(f"arrays of more than {MAX_NDIM} dimensions cannot be stored")
-    payload = arr.tobytes()
-    shape = struct.pack(f"<{arr.ndim}Q", *arr.shape)
-    rest = RECORD_HEADER.pack(
-        RECORD_MAGIC, 0, step, mode_step, wall_time, len(payload), mode, code, arr.ndim, 0
-    )[8:]
-    crc = zlib.crc32(payload, zlib.crc32(shape, zlib.crc32(rest)))
-    return RECORD_MAGIC + struct.pack("<I", crc) + rest + shape + payload
+    head, payload = encode_record_parts(
+        array, step=step, mode=mode, mode_step=mode_step, wall_time=wall_time
+    )
+    return b"".join((head, payload))
 
 
 @dataclass

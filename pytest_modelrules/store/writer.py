@@ -21,13 +21,37 @@ import numpy as np
 
 from ..modes import ModeKeys, parse_mode
 from . import layout
-from .format import FORMAT_NAME, FORMAT_VERSION, encode_file_header, encode_record
+from .format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    encode_file_header,
+    encode_record,
+    encode_record_parts,
+)
 from .fs import is_url, local_path
 
 #: bounds of the default number of tensor files a writer keeps open
 MIN_OPEN_FILES = 64
 MAX_OPEN_FILES = 4096
 _EMPTY = np.zeros((0,), dtype=np.uint8)
+_WRITEV = getattr(os, "writev", None)
+
+
+def write_parts(fh: Any, head: bytes, payload: memoryview) -> None:
+    """Append ``head`` then ``payload`` to the unbuffered file ``fh`` without joining them:
+    one ``os.writev`` where the platform has it (one system call per record, as one
+    ``write`` of the joined bytes was), else two writes. Short writes are completed."""
+    if _WRITEV is not None:
+        done = _WRITEV(fh.fileno(), (head, payload))
+        if done == len(head) + payload.nbytes:
+            return
+    else:
+        done = 0
+    rest = memoryview(head)[done:] if done < len(head) else memoryview(b"")
+    rest_payload = payload[max(0, done - len(head)) :]
+    for view in (rest, rest_payload):
+        while view.nbytes:
+            view = view[fh.write(view) :]
 
 
 def default_max_open_files() -> int:
@@ -258,8 +282,10 @@ class RunWriter:
         if name in self._written_this_step:
             raise ValueError(f"tensor {name!r} written twice at step {step}")
         arr = to_numpy(array)
-        record = encode_record(arr, step=cur[0], mode=cur[1], mode_step=cur[2], wall_time=cur[3])
-        self._tensor_fh(name).write(record)
+        head, payload = encode_record_parts(
+            arr, step=cur[0], mode=cur[1], mode_step=cur[2], wall_time=cur[3]
+        )
+        write_parts(self._tensor_fh(name), head, payload)
         self._written_this_step.add(name)
 
     def end_step(self) -> None:
