@@ -91,6 +91,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         action="store_true",
         help="record the full input images too (save_raw_tensor)",
     )
+    parser.add_argument(
+        "--no-write",
+        action="store_true",
+        help="diagnostic: the writer threads write nothing (the training thread's share)",
+    )
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument("--quick", action="store_true", help="tiny run (for the test suite)")
     args = parser.parse_args(argv)
@@ -123,6 +128,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # Recorders hook the same model: keep only the active one's hooks live.
     for rec in recorders.values():
         rec._remove_hooks(static=True)
+        if args.no_write:
+            rec._write_step = lambda *a: None
 
     def activate(label: str):
         for other_label, rec in recorders.items():
@@ -153,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"{args.rounds} rounds x {args.steps} steps per variant, interleaved"
         f"{'; full input images recorded' if args.full_inputs else ''}"
+        f"{'; writer thread disabled (--no-write)' if args.no_write else ''}"
     )
     print(f"{'variant':<20} {'median step (ms)':>17} {'img/s':>9} {'ratio':>7}")
     ratios = {}

@@ -273,14 +273,20 @@ class CollectionConfig:
 
 # -- the collections a PyTorch run gets, as SageMaker Debugger names them ----------------------
 
-# Default reductions: what the default rules read, chosen for cost (each costs one pass over
-# the data; see capture/reductions.py). NaN/inf show in l2 (it propagates them): ExplodingTensor;
-# gradient abs_mean: VanishingGradient; weight l2: TransferLearning, the gradient-norm plots.
-# More on request (CollectionConfig(..., reductions=[...])): at save_interval 1 on a CPU,
-# weights' mean/std and gradients' mean/std cost about 5 % of a ResNet-18 step.
+# Default reductions: what the default rule profile reads, chosen for cost (each costs one
+# pass over the data; see capture/reductions.py). NaN/inf show in l2 (it propagates them):
+# ExplodingTensor; gradient abs_mean: VanishingGradient; weight l2: TransferLearning, the
+# gradient-norm plots; relu_output positive_fraction: DeadRelu. More on request
+# (CollectionConfig(..., reductions=[...])): at save_interval 1 on a CPU, weights' mean/std and
+# gradients' mean/std cost about 5 % of a ResNet-18 step. Rules outside the default profile
+# say which collection to add: AllZero on ReLU outputs needs
+# CollectionConfig("relu_output", reductions=["positive_fraction", "zero_fraction"]),
+# PoorWeightInitialization's variance check CollectionConfig("relu_input").
 WEIGHT_REDUCTIONS = ("l2",)
 GRADIENT_REDUCTIONS = ("l2", "abs_mean")
-RELU_OUTPUT_REDUCTIONS = ("positive_fraction", "zero_fraction")
+RELU_OUTPUT_REDUCTIONS = ("positive_fraction",)
+# relu_input is defined (so that CollectionConfig("relu_input") switches it on with these
+# reductions) but saves nothing by default: no rule of the default profile reads it.
 RELU_INPUT_REDUCTIONS = ("variance",)
 # The model input: each sample's channel means (CheckInputImages), 64 x 3 numbers a step where
 # the full batch is 64 x 3 x 224 x 224 (38 MB in float32 at the seed's scale). Full images
@@ -306,7 +312,8 @@ def default_collections(
 
     ``outputs`` (``<root>_output_<i>``) is recorded in full only when ``record_outputs`` (the
     model computes its own loss, so the logits are not a loss input); otherwise it is defined
-    but saves nothing.
+    but saves nothing. ``relu_input`` is defined but saves nothing (no rule of the default
+    profile reads it); ``CollectionConfig("relu_input")`` switches it on.
     """
     root = re.escape(root_name)
     loss_inputs = [rf"^{re.escape(loss_name)}_input_\d+$"] if loss_name else []
@@ -322,7 +329,7 @@ def default_collections(
         CollectionConfig("relu_output", include_regex=[r".*relu_output"],
                          reductions=list(RELU_OUTPUT_REDUCTIONS), save_interval=save_interval),
         CollectionConfig("relu_input", include_regex=[r".*relu_input"],
-                         reductions=list(RELU_INPUT_REDUCTIONS), save_interval=save_interval),
+                         reductions=list(RELU_INPUT_REDUCTIONS), save_interval=0),
         CollectionConfig("weights", include_regex=[r"^(?!gradient).*weight"],
                          reductions=list(WEIGHT_REDUCTIONS), save_interval=save_interval),
         CollectionConfig("biases", include_regex=[r"^(?!gradient).*bias"],

@@ -5,8 +5,9 @@ notebooks written against smdebug read a recorded run unchanged. See docs/record
 
 Cost model: a step that saves nothing runs two Python counter checks (the model's forward
 pre-hook and the optimizer's step hooks); every other hook is installed only for steps that
-save something and removed afterwards. At a saved step, reductions are computed on the
-tensor's device and moved to the CPU in one transfer per device.
+save something (kept while the following steps save the same collections, removed before one
+that does not). At a saved step, reductions are computed on the tensor's device and moved to
+the CPU in one transfer per device and dtype.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ..modes import ModeKeys, parse_mode
 from ..store.names import reduction_tensor_name
 from ..store.writer import RunWriter
 from .config import CollectionConfig, SaveConfig, default_collections, merge_collections
-from .reductions import BATCHABLE, STORED_DTYPE, compute_batch, compute_many
+from .reductions import BATCHABLE, EXACT_LIMIT, STORED_DTYPE, compute_batch, compute_many
 
 logger = logging.getLogger("pytest_modelrules.capture")
 
@@ -122,6 +123,53 @@ class _Collection:
         }
 
 
+#: reductions stored as vectors in their own dtype (STORED_DTYPE), not as float64
+_VECTOR_REDUCTIONS = frozenset(r for r, dt in STORED_DTYPE.items() if dt == "float32")
+_BATCHABLE_CACHE: dict[tuple[tuple[str, bool], ...], bool] = {}
+
+
+def _batchable(reductions: tuple[tuple[str, bool], ...]) -> bool:
+    """Whether compute_batch handles every one of ``reductions`` (cached per tuple)."""
+    ok = _BATCHABLE_CACHE.get(reductions)
+    if ok is None:
+        ok = _BATCHABLE_CACHE[reductions] = set(reductions) <= BATCHABLE
+    return ok
+
+
+class _NoAutocast:
+    """Autocast off for the reductions (restored after): the two C calls of it, not
+    ``torch.autocast``'s Python, which costs tens of microseconds per ReLU call."""
+
+    __slots__ = ("device_type", "prev")
+
+    def __init__(self, device_type: str) -> None:
+        self.device_type = device_type
+        self.prev = False
+
+    def __enter__(self) -> None:
+        self.prev = torch.is_autocast_enabled(self.device_type)
+        if self.prev:
+            torch.set_autocast_enabled(self.device_type, False)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.prev:
+            torch.set_autocast_enabled(self.device_type, True)
+
+
+def _no_autocast(device_type: str) -> Any:
+    """A context that disables autocast for the reductions; nothing to do when it is off."""
+    try:
+        torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type autocast does not know: let torch.autocast decide
+        return torch.autocast(device_type, enabled=False)
+    return _NoAutocast(device_type)
+
+
+#: reductions whose result autocast cannot change (a comparison, then sums with an explicit
+#: dtype): computed without touching the autocast state
+_AUTOCAST_FREE = frozenset({("positive_fraction", False)})
+
+
 #: reductions that describe floating-point images; an integer tensor asked only these is stored
 #: in full instead
 _IMAGE_ONLY = frozenset({("sample_channel_mean", False), ("sample_channel_mean", True)})
@@ -199,6 +247,7 @@ class Recorder:
             (i for i, c in enumerate(self._collections) if c.name == "weights"), None
         )
         self._params = list(self.model.named_parameters())
+        self._grad_names = [(f"gradient/{n}", p) for n, p in self._params]
         if self._weights_idx is not None:  # params called neither *weight nor *bias: weights
             wcoll = self._collections[self._weights_idx]
             for pname, _ in self._params:
@@ -218,7 +267,13 @@ class Recorder:
         self._open = False
         self._forward_index = 0
         self._saving: frozenset[int] = frozenset()
+        # per tensor name, valid for the collections saving in _spec_saving: what to store
+        # (_spec), which collections still have to list the name (_to_mark), how to lay out
+        # the reductions (_layouts)
+        self._spec_saving: frozenset[int] = frozenset()
         self._spec_cache: dict[str, tuple[bool, tuple[tuple[str, bool], ...]] | None] = {}
+        self._marked: set[str] = set()
+        self._layouts: dict[tuple[str, tuple[tuple[str, bool], ...]], Any] = {}
         self._captured: set[str] = set()
         # reductions waiting for the step's transfer: (flat 1-D tensor, [(name, reduction,
         # shape)] laid out one after another in it)
@@ -228,6 +283,9 @@ class Recorder:
         self._relu_calls: dict[int, int] = {}
         self._relu_in_calls: dict[int, int] = {}
         self._dyn_handles: list[Any] = []
+        # the (collections saving, steps by optimizer) the dynamic hooks were installed for:
+        # steps that save the same things keep them
+        self._dyn_key: tuple[frozenset[int], bool] | None = None
         self._handles: list[Any] = []
         self._collections_dirty = False
         self._last_sync = time.monotonic()
@@ -392,6 +450,7 @@ class Recorder:
         for handle in self._dyn_handles:
             handle.remove()
         self._dyn_handles.clear()
+        self._dyn_key = None
         if static:
             for handle in self._handles:
                 handle.remove()
@@ -438,12 +497,13 @@ class Recorder:
                             losses.names.add(name)
                             self._membership.pop(name, None)
                             self._spec_cache.clear()
+                            self._marked.discard(name)
                     self._capture(name, value)
         except Exception as exc:
             self._fail(exc, "recording the model output")
 
     def _loss_hook(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if self.dead or self._forward_index:
+        if self.dead or self._forward_index or not self._saving:
             return
         try:
             with torch.no_grad():
@@ -459,7 +519,7 @@ class Recorder:
         key = id(module)
 
         def pre_hook(mod: torch.nn.Module, args: tuple[Any, ...]) -> None:
-            if self.dead or self._forward_index:
+            if self.dead or self._forward_index or not self._saving:
                 return
             try:
                 k = self._relu_in_calls.get(key, 0)
@@ -471,7 +531,7 @@ class Recorder:
                 self._fail(exc, "recording a ReLU input")
 
         def hook(mod: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            if self.dead or self._forward_index:
+            if self.dead or self._forward_index or not self._saving:
                 return
             try:
                 k = self._relu_calls.get(key, 0)
@@ -489,7 +549,7 @@ class Recorder:
 
     def _grad_hook(self, name: str):
         def hook(grad: torch.Tensor) -> None:
-            if self.dead:
+            if self.dead or not self._saving:
                 return
             try:
                 with torch.no_grad():
@@ -509,7 +569,7 @@ class Recorder:
             if self._saving:
                 with torch.no_grad():
                     self._capture_params(
-                        [(f"gradient/{n}", p.grad) for n, p in self._params if p.grad is not None]
+                        [(n, p.grad) for n, p in self._grad_names if p.grad is not None]
                     )
         except Exception as exc:
             self._fail(exc, "recording gradients")
@@ -532,14 +592,29 @@ class Recorder:
         saving = frozenset(
             i for i, c in enumerate(self._collections) if c.save_config.should_save(mode, mode_step)
         )
-        if saving != self._saving:
+        if saving != self._spec_saving:
             self._spec_cache.clear()
+            self._marked.clear()
+            self._spec_saving = saving
         self._saving = saving
+        key = (saving, self._steps_by_optimizer())
+        if self._dyn_key is not None and self._dyn_key != key:
+            self._remove_hooks()
         if not saving:
             return
         self._captured.clear()
         self._relu_calls.clear()
         self._relu_in_calls.clear()
+        if self._dyn_key is None:
+            self._install_step_hooks()
+            self._dyn_key = key
+        with torch.no_grad():
+            self._capture_params(self._params)
+
+    def _install_step_hooks(self) -> None:
+        """The hooks of a step that saves something: loss module, ReLUs (a forward-pre hook
+        only where a ReLU input is saved) and, without an optimizer, gradient hooks. Only for
+        tensors some saving collection wants: a collection that saves nothing costs nothing."""
         if self.loss_module is not None and self._could_save(
             f"{self.loss_name}_input_0", f"{self.loss_name}_output_0"
         ):
@@ -549,11 +624,8 @@ class Recorder:
             want_out = self._spec(f"{base}_output_0") is not None
             if want_in or want_out:
                 self._make_relu_hooks(base, module, want_in, want_out)
-        with torch.no_grad():
-            self._capture_params(self._params)
         if not self._steps_by_optimizer():
-            for pname, p in self._params:
-                gname = f"gradient/{pname}"
+            for gname, p in self._grad_names:
                 if p.requires_grad and self._spec(gname) is not None:
                     self._dyn_handles.append(p.register_hook(self._grad_hook(gname)))
 
@@ -565,7 +637,8 @@ class Recorder:
             return
         try:
             if self._saving:
-                self._remove_hooks()
+                # the step's hooks stay installed for a next step that saves the same things
+                # (_open_step removes them otherwise); they do nothing between steps
                 if self._grad_acc:
                     with torch.no_grad():
                         self._capture_params(list(self._grad_acc.items()))
@@ -574,7 +647,6 @@ class Recorder:
         finally:
             self._open = False
             self._saving = frozenset()
-            self._spec_cache.clear()
             self._mode_steps[self.mode] = self._mode_steps.get(self.mode, 0) + 1
             self.global_step += 1
 
@@ -603,7 +675,8 @@ class Recorder:
         return spec
 
     def _capture(self, name: str, tensor: torch.Tensor) -> None:
-        """Queue the full value and/or the reductions of a tensor for this step."""
+        """Queue the full value and/or the reductions of a tensor for this step (called under
+        ``torch.no_grad()``: what it computes never joins the autograd graph)."""
         if name in self._captured:
             return
         spec = self._spec(name)
@@ -611,61 +684,96 @@ class Recorder:
             return
         self._captured.add(name)
         full, reductions = spec
-        x = tensor.detach()
+        x = tensor
         if reductions and not x.is_floating_point() and set(reductions) <= _IMAGE_ONLY:
             # labels or token ids passed to the model (a model that computes its own loss):
             # channel means mean nothing there, and the class rules need the exact values
             full, reductions = True, ()
         if reductions:
-            with torch.autocast(x.device.type, enabled=False):
+            if len(reductions) == 1 and reductions[0] in _AUTOCAST_FREE:
                 values = compute_many(x, reductions)
-            f32: list[torch.Tensor] = []
-            f64: list[torch.Tensor] = []
-            items32: list[tuple[str, str, tuple[int, ...]]] = []
-            items64: list[tuple[str, str, tuple[int, ...]]] = []
-            for (red, absolute), value in zip(reductions, values):
-                item = (reduction_tensor_name(name, red, absolute), red, tuple(value.shape))
-                if red == "positive_fraction":
-                    f32.append(value.reshape(-1))
-                    items32.append(item)
-                else:
-                    f64.append(value.reshape(-1).to(torch.float64))
-                    items64.append(item)
-            if f32:
-                self._pending_red.append((torch.cat(f32) if len(f32) > 1 else f32[0], items32))
-            if f64:
-                self._pending_red.append((torch.cat(f64) if len(f64) > 1 else f64[0], items64))
+            else:
+                with _no_autocast(x.device.type):
+                    values = compute_many(x, reductions)
+            names = self._reduction_names(name, reductions)
+            if len(values) == 1:  # the common case (a ReLU's positive_fraction): no concatenation
+                value = values[0]
+                red = reductions[0][0]
+                flat = value.reshape(-1)
+                if red not in _VECTOR_REDUCTIONS and flat.dtype != torch.float64:
+                    flat = flat.double()
+                self._pending_red.append((flat, [(names[0], red, tuple(value.shape))]))
+            else:
+                f32: list[torch.Tensor] = []
+                f64: list[torch.Tensor] = []
+                items32: list[tuple[str, str, tuple[int, ...]]] = []
+                items64: list[tuple[str, str, tuple[int, ...]]] = []
+                for (red, _absolute), tname, value in zip(reductions, names, values):
+                    item = (tname, red, tuple(value.shape))
+                    if red in _VECTOR_REDUCTIONS:
+                        f32.append(value.reshape(-1))
+                        items32.append(item)
+                    else:
+                        f64.append(value.reshape(-1).to(torch.float64))
+                        items64.append(item)
+                if f32:
+                    self._pending_red.append((torch.cat(f32) if len(f32) > 1 else f32[0], items32))
+                if f64:
+                    self._pending_red.append((torch.cat(f64) if len(f64) > 1 else f64[0], items64))
         if full:
             self._pending_full.append((name, x.clone()))
-        self._mark_seen(name)
+        if name not in self._marked:
+            self._mark_seen(name)
+
+    def _reduction_names(self, name: str, reductions: tuple[tuple[str, bool], ...]) -> list[str]:
+        """The stored names of ``name``'s reductions (cached: the same every step)."""
+        key = (name, reductions)
+        names = self._layouts.get(key)
+        if names is None:
+            names = [reduction_tensor_name(name, red, absolute) for red, absolute in reductions]
+            self._layouts[key] = names
+        return names
 
     def _capture_params(self, pairs: list[tuple[str, torch.Tensor]]) -> None:
         """Like :meth:`_capture` for many parameters (or gradients) at once: tensors that need
-        the same scalar reductions are reduced together by ``compute_batch``."""
-        groups: dict[tuple[Any, ...], list[tuple[str, torch.Tensor]]] = {}
+        the same scalar reductions are reduced together by ``compute_batch`` (small tensors
+        first, the order it computes them in). Called under ``torch.no_grad()``."""
+        groups: dict[tuple[Any, ...], tuple[list[Any], list[Any]]] = {}
+        captured = self._captured
         for name, tensor in pairs:
-            if name in self._captured:
+            if name in captured:
                 continue
             spec = self._spec(name)
             if spec is None:
                 continue
             full, reductions = spec
-            if not reductions or tensor.numel() == 0 or not set(reductions) <= BATCHABLE:
+            numel = tensor.numel()
+            if not reductions or numel == 0 or not _batchable(reductions):
                 self._capture(name, tensor)
                 continue
-            self._captured.add(name)
+            captured.add(name)
             if full:
-                self._pending_full.append((name, tensor.detach().clone()))
-            self._mark_seen(name)
-            groups.setdefault((reductions, tensor.device), []).append((name, tensor.detach()))
-        for (reductions, _device), members in groups.items():
-            with torch.autocast(members[0][1].device.type, enabled=False):
+                self._pending_full.append((name, tensor.clone()))
+            if name not in self._marked:
+                self._mark_seen(name)
+            key = (reductions, tensor.device)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = ([], [])
+            group[0 if numel <= EXACT_LIMIT else 1].append((name, tensor))
+        for (reductions, device), (small, large) in groups.items():
+            members = small + large
+            with _no_autocast(device.type):
                 table = compute_batch([t for _, t in members], reductions)
-            items = [
-                (reduction_tensor_name(name, red, absolute), red, ())
-                for red, absolute in reductions
-                for name, _ in members
-            ]
+            names = tuple(name for name, _ in members)
+            items = self._layouts.get((names, reductions))
+            if items is None:
+                items = [
+                    (reduction_tensor_name(name, red, absolute), red, ())
+                    for red, absolute in reductions
+                    for name in names
+                ]
+                self._layouts[(names, reductions)] = items
             self._pending_red.append((table.reshape(-1), items))
 
     def _mark_seen(self, name: str) -> None:
@@ -675,6 +783,7 @@ class Recorder:
                 if name not in coll.seen:
                     coll.seen.add(name)
                     self._collections_dirty = True
+        self._marked.add(name)
 
     def _flush(self) -> None:
         """Start moving the step's values to the CPU (one transfer per device for reductions)
@@ -749,7 +858,8 @@ class Recorder:
                 n = int(np.prod(shape)) if shape else 1
                 chunk = data[offset : offset + n].reshape(shape)
                 offset += n
-                arrays.append((tname, chunk.astype(STORED_DTYPE.get(red, "float64"))))
+                # a view of the transferred vector (no copy) when the dtype already matches
+                arrays.append((tname, chunk.astype(STORED_DTYPE.get(red, "float64"), copy=False)))
         arrays.extend((name, value.numpy()) for name, value in fulls)
         return arrays
 

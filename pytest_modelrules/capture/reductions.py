@@ -67,6 +67,8 @@ def _histogram(xf: torch.Tensor) -> torch.Tensor:
 
 
 _EXACT_LIMIT = 1 << 16  # up to this size std/variance use the exact two-pass formula
+#: tensors of up to this many elements are "small" for compute_batch (pass them first)
+EXACT_LIMIT = _EXACT_LIMIT
 
 
 def compute_many(x: torch.Tensor, wanted: tuple[tuple[str, bool], ...]) -> list[torch.Tensor]:
@@ -130,11 +132,14 @@ def compute_many(x: torch.Tensor, wanted: tuple[tuple[str, bool], ...]) -> list[
             if x.ndim == 0:
                 out.append((x > 0).float())
             else:
-                counts = (x > 0).sum(0, dtype=torch.int32).reshape(-1)
-                out.append((counts.double() / x.shape[0]).float())
+                # one comparison, one sum over the batch axis (float32 counts are exact up to
+                # 2**24 samples), one true division: k / N correctly rounded to float32, the
+                # value compute_reduction gives
+                counts = (x > 0).sum(0, dtype=torch.float32)
+                out.append(counts.div_(batch_divisor(x.shape[0], dev)).reshape(-1))
         elif name == "sample_channel_mean":
             if x.ndim == 0:
-                out.append(x.double().reshape(1, 1))
+                out.append(x.reshape(1, 1).to(torch.float64, copy=True))
             else:
                 c = x.shape[1] if x.ndim >= 2 else 1
                 per = x.reshape(x.shape[0], c, -1)
@@ -193,87 +198,224 @@ BATCHABLE = {
     ("l2", True), ("l1", True), ("sum", True),
 }  # fmt: skip
 
-_SEGMENTS: dict[tuple[Any, ...], torch.Tensor] = {}
+# constant index/count tensors of a step's batches, made once per layout and device: building
+# them from Python lists at every step would be a host-to-device copy (a synchronisation on a
+# GPU) each time
+_CONSTANTS: dict[tuple[Any, ...], torch.Tensor] = {}
+
+
+def _constant(key: tuple[Any, ...], make: Any) -> torch.Tensor:
+    t = _CONSTANTS.get(key)
+    if t is None:
+        if len(_CONSTANTS) > 256:
+            _CONSTANTS.clear()
+        t = _CONSTANTS[key] = make()
+    return t
 
 
 def _segment_ids(numels: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    key = (numels, str(device))
-    seg = _SEGMENTS.get(key)
-    if seg is None:
+    def make() -> torch.Tensor:
         counts = torch.tensor(numels, dtype=torch.long)
-        seg = torch.repeat_interleave(torch.arange(len(numels)), counts).to(device)
-        if len(_SEGMENTS) > 64:
-            _SEGMENTS.clear()
-        _SEGMENTS[key] = seg
-    return seg
+        return torch.repeat_interleave(torch.arange(len(numels)), counts).to(device)
+
+    return _constant(("seg", numels, str(device)), make)
 
 
-def compute_batch(xs: list[torch.Tensor], wanted: tuple[tuple[str, bool], ...]) -> torch.Tensor:
+def _counts(numels: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    return _constant(
+        ("n", numels, str(device)),
+        lambda: torch.tensor(numels, dtype=torch.float64, device=device),
+    )
+
+
+def batch_divisor(n: int, device: torch.device) -> torch.Tensor:
+    """``n`` as a 0-d float32 tensor on ``device`` (cached): dividing by it is a true division
+    on every device (a CUDA kernel multiplies by the reciprocal of a Python scalar instead,
+    which can differ in the last bit)."""
+    return _constant(("div", n, str(device)), lambda: torch.tensor(float(n), device=device))
+
+
+_NORM_KEYS = frozenset({"l2", "l1", "abs_mean"})
+
+
+def compute_batch(
+    xs: list[torch.Tensor],
+    wanted: tuple[tuple[str, bool], ...],
+    *,
+    fused_norms: bool | None = None,
+) -> torch.Tensor:
     """Scalar reductions of many non-empty tensors on one device, as a float64 tensor of shape
-    (len(wanted), len(xs)), with a few dozen operations instead of several per tensor.
+    (len(wanted), len(xs)), with a few operations instead of several per tensor.
 
-    Small tensors (up to 65,536 elements) are concatenated and reduced by segment, exactly
-    (two-pass variance); large ones use one ``mean`` and a multi-tensor ``_foreach_norm``
-    each, variance = E[x^2] - mean^2 as in :func:`compute_many`. Only ``BATCHABLE``
-    reductions.
+    ``fused_norms`` (default: on CUDA devices): when only l2, l1 and abs_mean are wanted (the
+    default weight and gradient reductions), each is one multi-tensor ``_foreach_norm`` over
+    all tensors (a kernel or two on a GPU, float32 accumulation in a tree: relative error
+    about 1e-7). Otherwise small tensors (up to 65,536 elements) are concatenated and reduced
+    by segment in float64, exactly (two-pass variance); large ones use ``_foreach_norm`` for
+    l2, ``abs().sum()`` for l1 and one ``mean`` each only where a mean, sum, std or variance
+    is wanted (variance = E[x^2] - mean^2 as in :func:`compute_many`). Only ``BATCHABLE``
+    reductions. Passing the small tensors first saves a final reordering.
     """
     dev = xs[0].device
-    k = len(xs)
-    names = {n for n, _ in wanted}
-    out = torch.empty((len(wanted), k), dtype=torch.float64, device=dev)
+    if fused_norms is None:
+        fused_norms = dev.type == "cuda"
+    if fused_norms and all(_batch_key(n, a) in _NORM_KEYS for n, a in wanted):
+        return _batch_norms(xs, wanted, dev)
     small = [i for i, x in enumerate(xs) if x.numel() <= _EXACT_LIMIT]
     large = [i for i, x in enumerate(xs) if x.numel() > _EXACT_LIMIT]
+    parts = []
     if small:
-        numels = tuple(xs[i].numel() for i in small)
-        flat = torch.cat([xs[i].reshape(-1) for i in small]).double()
-        seg = _segment_ids(numels, dev)
-        n = torch.tensor(numels, dtype=torch.float64, device=dev)
-        zeros = torch.zeros(len(small), dtype=torch.float64, device=dev)
-        stats: dict[str, torch.Tensor] = {}
-        total = zeros.index_add(0, seg, flat)
-        stats["sum"] = total
-        stats["mean"] = total / n
-        if names & {"std", "variance"}:
-            dev_ = flat - stats["mean"][seg]
-            stats["variance"] = zeros.index_add(0, seg, dev_ * dev_) / n
-            stats["std"] = stats["variance"].sqrt()
-        if "l2" in names:
-            stats["l2"] = zeros.index_add(0, seg, flat * flat).sqrt()
-        if names & {"l1"} or ("mean", True) in wanted or ("sum", True) in wanted:
-            stats["l1"] = zeros.index_add(0, seg, flat.abs())
-            stats["abs_mean"] = stats["l1"] / n
-        if "min" in names:
-            stats["min"] = zeros.scatter_reduce(0, seg, flat, "amin", include_self=False)
-        if "max" in names:
-            stats["max"] = zeros.scatter_reduce(0, seg, flat, "amax", include_self=False)
-        if "zero_fraction" in names:
-            stats["zero_fraction"] = zeros.index_add(0, seg, (flat == 0).double()) / n
-        idx = torch.tensor(small, dtype=torch.long, device=dev)
-        for r, (name, absolute) in enumerate(wanted):
-            out[r].index_copy_(0, idx, stats[_batch_key(name, absolute)])
+        parts.append(_batch_small([xs[i] for i in small], wanted, dev))
     if large:
-        big = [_float(xs[i]) for i in large]
-        n = torch.tensor([x.numel() for x in big], dtype=torch.float64, device=dev)
-        stats = {}
-        stats["mean"] = torch.stack([x.mean() for x in big]).double()
-        stats["sum"] = stats["mean"] * n
-        if names & {"l2", "std", "variance"}:
-            stats["l2"] = torch.stack(torch._foreach_norm(big, 2)).double()
-            var = torch.clamp(stats["l2"] ** 2 / n - stats["mean"] ** 2, min=0.0)
-            stats["variance"], stats["std"] = var, var.sqrt()
-        if names & {"l1"} or ("mean", True) in wanted or ("sum", True) in wanted:
-            stats["l1"] = torch.stack([x.abs().sum() for x in big]).double()
-            stats["abs_mean"] = stats["l1"] / n
-        if names & {"min", "max"}:
+        parts.append(_batch_large([xs[i] for i in large], wanted, dev, fused_norms))
+    table = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    if small and large and small[-1] > large[0]:  # back to the order of xs
+        order = tuple(small + large)
+        inverse = _constant(
+            ("perm", order, str(dev)),
+            lambda: torch.argsort(torch.tensor(order, dtype=torch.long)).to(dev),
+        )
+        table = table.index_select(1, inverse)
+    return table
+
+
+def _batch_norms(
+    xs: list[torch.Tensor], wanted: tuple[tuple[str, bool], ...], dev: torch.device
+) -> torch.Tensor:
+    """compute_batch of l2 / l1 / abs_mean only: one multi-tensor norm per statistic."""
+    floats = [_float(x) for x in xs]
+    numels = tuple(x.numel() for x in floats)
+    cache: dict[str, torch.Tensor] = {}
+
+    def stat(key: str) -> torch.Tensor:
+        t = cache.get(key)
+        if t is None:
+            if key == "abs_mean":
+                t = stat("l1") / _counts(numels, dev)
+            else:
+                norms = torch._foreach_norm(floats, 2 if key == "l2" else 1)
+                t = _stack_scalars(norms).double()
+            cache[key] = t
+        return t
+
+    return _rows(stat, wanted)
+
+
+def _stack_scalars(ts: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack`` of 0-d tensors; the results of a multi-tensor kernel on a GPU are
+    consecutive elements of one buffer, returned as one view of it (stack would dispatch an
+    unsqueeze per tensor: ~60 per call for ResNet-18)."""
+    first = ts[0]
+    n = len(ts)
+    if n > 1 and first.ndim == 0:
+        size = first.element_size()
+        base = first.data_ptr()
+        if first.untyped_storage().nbytes() >= (first.storage_offset() + n) * size and all(
+            t.ndim == 0 and t.dtype == first.dtype and t.data_ptr() == base + i * size
+            for i, t in enumerate(ts)
+        ):
+            return first.as_strided((n,), (1,), first.storage_offset())
+    return torch.stack(ts)
+
+
+def _rows(stats: Any, wanted: tuple[tuple[str, bool], ...]) -> torch.Tensor:
+    rows = [stats(_batch_key(name, absolute)) for name, absolute in wanted]
+    return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
+
+
+def _batch_small(
+    xs: list[torch.Tensor], wanted: tuple[tuple[str, bool], ...], dev: torch.device
+) -> torch.Tensor:
+    """compute_batch for tensors of up to 65,536 elements: one float64 vector, reduced by
+    segment; each statistic computed only when asked for."""
+    numels = tuple(x.numel() for x in xs)
+    flat = torch.cat([x if x.ndim == 1 else x.reshape(-1) for x in xs])
+    if flat.dtype != torch.float64:
+        flat = flat.double()
+    seg = _segment_ids(numels, dev)
+    n = _counts(numels, dev)
+    zeros = _constant(
+        ("zeros", len(xs), str(dev)),
+        lambda: torch.zeros(len(xs), dtype=torch.float64, device=dev),
+    )  # only ever the `self` of out-of-place index_add / scatter_reduce: never written
+    cache: dict[str, torch.Tensor] = {}
+
+    def stat(key: str) -> torch.Tensor:
+        t = cache.get(key)
+        if t is not None:
+            return t
+        if key == "sum":
+            t = zeros.index_add(0, seg, flat)
+        elif key == "mean":
+            t = stat("sum") / n
+        elif key == "variance":
+            centred = flat - stat("mean")[seg]
+            t = zeros.index_add(0, seg, centred * centred) / n
+        elif key == "std":
+            t = stat("variance").sqrt()
+        elif key == "l2":
+            t = zeros.index_add(0, seg, flat * flat).sqrt()
+        elif key == "l1":
+            t = zeros.index_add(0, seg, flat.abs())
+        elif key == "abs_mean":
+            t = stat("l1") / n
+        elif key in ("min", "max"):
+            t = zeros.scatter_reduce(0, seg, flat, "a" + key, include_self=False)
+        elif key == "zero_fraction":
+            t = zeros.index_add(0, seg, (flat == 0).double()) / n
+        else:  # pragma: no cover - BATCHABLE bounds the keys
+            raise ValueError(f"not a batched reduction: {key!r}")
+        cache[key] = t
+        return t
+
+    return _rows(stat, wanted)
+
+
+def _batch_large(
+    xs: list[torch.Tensor], wanted: tuple[tuple[str, bool], ...], dev: torch.device, fused: bool
+) -> torch.Tensor:
+    """compute_batch for tensors of more than 65,536 elements: multi-tensor norms, per-tensor
+    passes only for the statistics that need them."""
+    big = [_float(x) for x in xs]
+    numels = tuple(x.numel() for x in big)
+    cache: dict[str, torch.Tensor] = {}
+
+    def stat(key: str) -> torch.Tensor:
+        t = cache.get(key)
+        if t is not None:
+            return t
+        if key == "mean":
+            t = torch.stack([x.mean() for x in big]).double()
+        elif key == "sum":
+            t = stat("mean") * _counts(numels, dev)
+        elif key == "l2":
+            t = torch.stack(torch._foreach_norm(big, 2)).double()
+        elif key == "variance":
+            norm = stat("l2")
+            t = torch.clamp(norm * norm / _counts(numels, dev) - stat("mean") ** 2, min=0.0)
+        elif key == "std":
+            t = stat("variance").sqrt()
+        elif key == "l1":
+            # a CPU float32 1-norm sums sequentially (relative error 1e-4 at millions of
+            # elements); sum() sums in a cascade
+            t = torch.stack(
+                torch._foreach_norm(big, 1) if fused else [x.abs().sum() for x in big]
+            ).double()
+        elif key == "abs_mean":
+            t = stat("l1") / _counts(numels, dev)
+        elif key in ("min", "max"):
             mm = [torch.aminmax(x) for x in big]
-            stats["min"] = torch.stack([m[0] for m in mm]).double()
-            stats["max"] = torch.stack([m[1] for m in mm]).double()
-        if "zero_fraction" in names:
-            stats["zero_fraction"] = torch.stack([(x == 0).sum() for x in big]).double() / n
-        idx = torch.tensor(large, dtype=torch.long, device=dev)
-        for r, (name, absolute) in enumerate(wanted):
-            out[r].index_copy_(0, idx, stats[_batch_key(name, absolute)])
-    return out
+            cache["min"] = torch.stack([m[0] for m in mm]).double()
+            cache["max"] = torch.stack([m[1] for m in mm]).double()
+            t = cache[key]
+        elif key == "zero_fraction":
+            t = torch.stack([(x == 0).sum() for x in big]).double() / _counts(numels, dev)
+        else:  # pragma: no cover - BATCHABLE bounds the keys
+            raise ValueError(f"not a batched reduction: {key!r}")
+        cache[key] = t
+        return t
+
+    return _rows(stat, wanted)
 
 
 def _batch_key(name: str, absolute: bool) -> str:

@@ -155,7 +155,10 @@ class DeadRelu(_UnitActivityRule):
             raise sel.missing(
                 "DeadRelu",
                 f"{name!r} is selected but neither the full tensor nor its positive_fraction "
-                "reduction is stored",
+                "reduction is stored (the default relu_output collection stores it at every "
+                "saved step; without the default collections add Recorder(..., collections=["
+                'CollectionConfig("relu_output", include_regex=".*relu_output", '
+                'reductions=["positive_fraction"])]))',
                 run,
             )
         series = run.tensor(name).series()

@@ -23,6 +23,12 @@ from .result import RuleResult
 _WEIGHT_RE = re.compile(r"(^|\.)weight$")
 _LOSS_RE = re.compile(r"[Ll]oss_output_\d+$")
 _FLAGS = "reductions (as flags)"
+#: how to record what PoorWeightInitialization's variance check reads (off by default)
+_RELU_INPUT_HINT = (
+    " (the default recording saves no relu_input: add "
+    'Recorder(..., collections=[CollectionConfig("relu_input", save_interval=1)]) to record '
+    "their variance at every step, or save_interval=N for every N-th)"
+)
 
 
 def _scalar_series(
@@ -112,6 +118,10 @@ class _PerTensorRule(BuiltinRule):
     figure_largest = True
     limit_value: float | None = None
 
+    def _how_to_record(self, names: list[str]) -> str:
+        """Advice appended to "not stored" messages: how to record what the rule needs."""
+        return ""
+
     def _evaluate(self, run: Any) -> RuleResult:
         names = self._names(run)
         per: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -129,7 +139,8 @@ class _PerTensorRule(BuiltinRule):
             raise sel.missing(
                 type(self).__name__,
                 f"none of the selected tensors ({', '.join(names[:5])}) is stored in a form this "
-                "rule can read (the full tensor or the reduction it needs)",
+                "rule can read (the full tensor or the reduction it needs)"
+                + self._how_to_record(names),
                 run,
             )
         tensors = list(per)
@@ -168,7 +179,8 @@ class _PerTensorRule(BuiltinRule):
                 f"{len(tensors)} tensor(s){extreme}."
             )
         if skipped:
-            text += f" Not checked (not stored in a readable form): {', '.join(skipped[:5])}."
+            text += f" Not checked (not stored in a readable form): {', '.join(skipped[:5])}"
+            text += self._how_to_record(skipped) + "."
         return self.make_result(
             bool(len(rows)),
             text,
@@ -268,6 +280,19 @@ class AllZero(_PerTensorRule):
             return (f == 0).mean(axis=1) * 100.0 if f.shape[1] else np.full(f.shape[0], np.nan)
 
         return _scalar_series(run, name, [("zero_fraction", False, lambda v: v * 100.0)], zero_pct)
+
+    def _how_to_record(self, names: list[str]) -> str:
+        if any("relu_output" in n for n in names):
+            # the default relu_output collection stores positive_fraction only
+            return (
+                "; the default recording stores only positive_fraction of ReLU outputs: record "
+                'with Recorder(..., collections=[CollectionConfig("relu_output", '
+                'reductions=["positive_fraction", "zero_fraction"])])'
+            )
+        return (
+            "; record the zero_fraction reduction of these tensors, e.g. "
+            'CollectionConfig(<collection>, reductions=["zero_fraction"])'
+        )
 
     def _bad(self, values: np.ndarray) -> np.ndarray:
         return values >= self.threshold
@@ -664,7 +689,8 @@ class PoorWeightInitialization(BuiltinRule):
             raise sel.missing(
                 "PoorWeightInitialization",
                 "nothing to check: no two activation inputs match "
-                f"{self.activation_inputs_regex!r}, no gradient tensors, no loss tensors",
+                f"{self.activation_inputs_regex!r}{_RELU_INPUT_HINT}, no gradient tensors, "
+                "no loss tensors",
                 run,
             )
         not_run = [
@@ -687,6 +713,12 @@ class PoorWeightInitialization(BuiltinRule):
             )
         if not_run:
             text += f" Not run (tensors missing): {', '.join(not_run)}."
+            if "activation-input variance ratio" in not_run:
+                text += (
+                    " Activation inputs: fewer than two readable tensors match "
+                    f"{self.activation_inputs_regex!r}"
+                    f"{_RELU_INPUT_HINT}."
+                )
         evidence["checks"] = checks
         evidence["reasons"] = {int(k): v for k, v in bad_steps.items()}
         return self.make_result(

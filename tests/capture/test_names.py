@@ -66,11 +66,14 @@ def test_resnet18_relu_outputs_two_per_basic_block(resnet_run):
     blocks = [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
     expected = ["relu_output_0"] + [f"{b}.relu_output_{k}" for b in blocks for k in (0, 1)]
     assert bases == sorted(expected)
-    # stored as the per-unit positive fraction and zero fraction
+    # stored as the per-unit positive fraction only (what DeadRelu reads)
     pf = run.tensor(reduction_tensor_name("layer1.0.relu_output_1", "positive_fraction"))
     assert pf.value(0, modes.TRAIN).shape == (64 * 8 * 8,)
     assert pf.value(0, modes.TRAIN).dtype == np.float32
-    assert run.has_tensor(reduction_tensor_name("relu_output_0", "zero_fraction"))
+    assert set(relu) == {reduction_tensor_name(n, "positive_fraction") for n in expected}
+    # relu_input is defined but saves nothing by default
+    assert run.tensor_names(regex="relu_input") == []
+    assert run.collections()["relu_input"].tensor_names == []
 
 
 def test_seed_regexes_select_the_same_tensors(resnet_run):

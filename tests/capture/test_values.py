@@ -65,13 +65,55 @@ def test_default_reductions_match_too(tmp_path, tiny):
     model, loss_fn, opt = tiny
     raw = CollectionConfig("raw", include_regex=[r"relu_", r"weight", r"^gradient/"])
     with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1,
-                  collections=[raw]):  # fmt: skip
+                  collections=[raw, CollectionConfig("relu_input")]):  # fmt: skip
         train(model, loss_fn, opt, batches(1))
     run = open_run(tmp_path / "run")
-    _check_reductions(run, "relu_output_0", ["positive_fraction", "zero_fraction"], 0)
+    _check_reductions(run, "relu_output_0", ["positive_fraction"], 0)
     _check_reductions(run, "relu_input_1", ["variance"], 0)
     _check_reductions(run, "conv2.weight", ["l2"], 0)
     _check_reductions(run, "gradient/conv2.weight", ["l2", "abs_mean"], 0)
+    assert not run.has_tensor(reduction_tensor_name("relu_output_0", "zero_fraction"))
+
+
+def test_default_recording_saves_only_what_the_default_rules_read(tmp_path, tiny):
+    """relu_output: positive_fraction only; relu_input: nothing, and no hook runs for it;
+    the documented CollectionConfigs bring zero_fraction and relu_input variance back."""
+    model, loss_fn, opt = tiny
+    pre_hooks_seen = []
+    real_register = torch.nn.Module.register_forward_pre_hook
+
+    def spy(self, *args, **kwargs):
+        if isinstance(self, torch.nn.ReLU):
+            pre_hooks_seen.append(self)
+        return real_register(self, *args, **kwargs)
+
+    torch.nn.Module.register_forward_pre_hook = spy
+    try:
+        with Recorder(tmp_path / "default", model, loss=loss_fn, optimizer=opt,
+                      save_interval=1):  # fmt: skip
+            train(model, loss_fn, opt, batches(2))
+    finally:
+        torch.nn.Module.register_forward_pre_hook = real_register
+    assert pre_hooks_seen == []  # relu_input saves nothing: no pre-hook on any ReLU
+    run = open_run(tmp_path / "default")
+    assert run.tensor_names(regex="relu_input") == []
+    assert sorted(run.tensor_names(regex="relu_output")) == [
+        reduction_tensor_name(f"relu_output_{k}", "positive_fraction") for k in (0, 1)
+    ]
+    asked = [
+        CollectionConfig("relu_output", reductions=["positive_fraction", "zero_fraction"]),
+        CollectionConfig("relu_input", save_interval=1),
+    ]
+    with Recorder(tmp_path / "asked", model, loss=loss_fn, optimizer=opt, save_interval=1,
+                  collections=asked):  # fmt: skip
+        train(model, loss_fn, opt, batches(2))
+    run = open_run(tmp_path / "asked")
+    for k in (0, 1):
+        assert run.tensor(reduction_tensor_name(f"relu_output_{k}", "zero_fraction")).steps() == [
+            0,
+            1,
+        ]
+        assert run.tensor(reduction_tensor_name(f"relu_input_{k}", "variance")).steps() == [0, 1]
 
 
 def test_large_tensors_use_the_one_pass_variance(tmp_path):
@@ -211,3 +253,76 @@ def test_compute_batch_equals_compute_reduction():
             expected = compute_reduction(x.numpy(), red, absolute)
             np.testing.assert_allclose(table[r, k], expected, rtol=1e-5, atol=1e-7,
                                        err_msg=f"{red} abs={absolute} tensor {k}")  # fmt: skip
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_compute_batch_default_reductions_in_any_order(fused):
+    """The weight/gradient defaults (l2, abs_mean), small and large tensors in any order, on
+    the segment path (CPU default) and the multi-tensor-norm path (CUDA default)."""
+    from pytest_modelrules.capture.reductions import compute_batch
+
+    gen = torch.Generator().manual_seed(1)
+    xs = [
+        torch.randn(300, 300, generator=gen),
+        torch.randn(64, generator=gen) * 1e-3,
+        torch.randn(80_000, generator=gen).relu(),
+        torch.randn(3, 5, 7, generator=gen),
+    ]
+    for wanted in ((("l2", False),), (("l2", False), ("mean", True)), (("mean", True),)):
+        table = compute_batch(xs, wanted, fused_norms=fused).numpy()
+        assert table.shape == (len(wanted), len(xs)) and table.dtype == np.float64
+        for r, (red, absolute) in enumerate(wanted):
+            for k, x in enumerate(xs):
+                expected = compute_reduction(x.numpy(), red, absolute)
+                # a CPU float32 norm sums sequentially: ~1e-5 relative at 10^5 elements
+                np.testing.assert_allclose(table[r, k], expected, rtol=1e-4 if fused else 1e-5,
+                                           err_msg=f"{red} abs={absolute} tensor {k}")  # fmt: skip
+
+
+def test_positive_fraction_is_k_over_n_rounded_to_float32():
+    from pytest_modelrules.capture.reductions import compute_many
+
+    gen = torch.Generator().manual_seed(2)
+    for n in (1, 3, 7, 64, 100, 257):
+        x = torch.randn(n, 4, 5, generator=gen)
+        (got,) = compute_many(x, (("positive_fraction", False),))
+        k = (x.numpy() > 0).sum(axis=0).reshape(-1)
+        assert got.dtype == torch.float32 and got.shape == (20,)
+        np.testing.assert_array_equal(got.numpy(), (k / n).astype(np.float32))
+    (scalar,) = compute_many(torch.tensor(2.0), (("positive_fraction", False),))
+    assert scalar.dtype == torch.float32 and float(scalar) == 1.0
+
+
+def test_stack_scalars_views_one_buffer_and_stacks_anything_else():
+    from pytest_modelrules.capture.reductions import _stack_scalars
+
+    buf = torch.arange(6.0) * 1.5
+    views = [buf[i] for i in range(6)]  # what a multi-tensor kernel returns on a GPU
+    got = _stack_scalars(views)
+    assert got.tolist() == buf.tolist() and got.data_ptr() == buf.data_ptr()
+    scattered = [buf[i] for i in (0, 2, 1)] + [torch.tensor(7.0)]
+    got = _stack_scalars(scattered)
+    assert got.tolist() == [0.0, 3.0, 1.5, 7.0] and got.data_ptr() != buf.data_ptr()
+    tail = [buf[4], buf[5], torch.tensor(1.0)]  # would run past buf's storage
+    assert _stack_scalars(tail).tolist() == [6.0, 7.5, 1.0]
+
+
+def test_reductions_under_autocast_leave_it_as_it_was(tmp_path, tiny):
+    model, loss_fn, opt = tiny
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1,
+                  collections=[CollectionConfig("relu_input")]):  # fmt: skip
+        for x, y in batches(2):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(x)
+                assert torch.is_autocast_enabled("cpu")  # the hooks restored it
+                assert out.dtype == torch.bfloat16
+                loss = loss_fn(out, y)
+            loss.backward()
+            opt.step()
+    assert not torch.is_autocast_enabled("cpu")
+    run = open_run(tmp_path / "run")
+    pf = run.tensor(reduction_tensor_name("relu_output_0", "positive_fraction")).value(1)
+    assert pf.dtype == np.float32 and 0 < pf.mean() < 1
+    var = run.tensor(reduction_tensor_name("relu_input_0", "variance")).value(1)
+    assert var.dtype == np.float64 and var > 0

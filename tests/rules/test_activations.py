@@ -157,6 +157,18 @@ def test_missing_relu_outputs_name_the_regex_and_what_the_run_holds(tmp_path: Pa
     assert "'.*relu_output'" in message and "CrossEntropyLoss_output_0" in message
 
 
+def test_relu_output_without_positive_fraction_says_which_collection_to_add(
+    tmp_path: Path,
+) -> None:
+    zero = reduction_tensor_name(L1, "zero_fraction")
+    run = write_run(tmp_path / "run", {0: {zero: np.float64(0.5)}})
+    with pytest.raises(MissingTensorError) as info:
+        DeadRelu().evaluate(run)
+    message = str(info.value)
+    assert "neither the full tensor nor its positive_fraction" in message
+    assert 'reductions=["positive_fraction"]' in message
+
+
 # -- the smdebug fixture run --------------------------------------------------------------
 
 

@@ -331,6 +331,39 @@ def test_all_zero_requires_a_selection_and_reads_zero_fraction(tmp_path: Path) -
     }
 
 
+def test_all_zero_on_default_relu_outputs_says_which_collection_to_add(tmp_path: Path) -> None:
+    """The default recording stores only positive_fraction of ReLU outputs: AllZero on them
+    names the CollectionConfig that adds zero_fraction."""
+    pf = np.full(8, 0.5, np.float32)
+    run = write_run(
+        tmp_path / "run",
+        {g: {rname("layer1.0.relu_output_0", "positive_fraction"): pf} for g in range(2)},
+    )
+    with pytest.raises(MissingTensorError) as info:
+        AllZero(tensor_regex=".*relu_output").evaluate(run)
+    assert (
+        'CollectionConfig("relu_output", reductions=["positive_fraction", "zero_fraction"])'
+        in str(info.value)
+    )
+
+
+def test_poor_weight_initialization_without_relu_inputs_says_how_to_record_them(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(0)
+    steps = {
+        g: {"gradient/fc.weight": grad(rng, 1.0, (64, 8)), "CrossEntropyLoss_output_0": 2.0 - g}
+        for g in range(3)
+    }
+    run = write_run(tmp_path / "run", steps)
+    result = PoorWeightInitialization().evaluate(run)
+    assert "activation-input variance ratio" not in result.evidence["checks"]
+    assert 'CollectionConfig("relu_input", save_interval=1)' in result.explanation
+    empty = write_run(tmp_path / "empty", {0: {"other": np.zeros(2, np.float32)}})
+    with pytest.raises(MissingTensorError, match=r'CollectionConfig\("relu_input"'):
+        PoorWeightInitialization().evaluate(empty)
+
+
 # -- TensorVariance -------------------------------------------------------------------------
 
 
