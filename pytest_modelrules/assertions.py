@@ -561,7 +561,7 @@ def assert_recall_above(run: Any, minimum: float | None = None, **params: Any) -
 
 def assert_labels_not_noisy(run: Any, min_ratio: float | None = None, **params: Any) -> RuleResult:
     """NoisyLabels: fails when the model's accuracy on its training labels just before an
-    evaluation is under ``min_ratio`` (0.8) times its EVAL accuracy; ``train_window`` (0.25),
+    evaluation is under ``min_ratio`` (0.85) times its EVAL accuracy; ``train_window`` (0.25),
     ``min_samples`` (200), ``phases`` ("last")."""
     __tracebackhide__ = True
     if min_ratio is not None:

@@ -784,7 +784,7 @@ class NoisyLabels(BuiltinRule):
     name = "noisy_labels"
     higher_is_worse = False
     params: ClassVar[dict[str, Param]] = {
-        "min_ratio": Param(0.8, "float", "least allowed TRAIN / EVAL accuracy"),
+        "min_ratio": Param(0.85, "float", "least allowed TRAIN / EVAL accuracy"),
         "train_window": Param(0.25, "float", "last fraction of the TRAIN stretch compared"),
         "min_samples": Param(200, "int", "samples each side needs to be judged"),
         "phases": Param("last", "str", "last | all"),
