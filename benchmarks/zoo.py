@@ -103,6 +103,7 @@ def evaluate_run(run_dir: str | Path, variant: str, profile: dict[str, dict[str,
                 "missing": False,
                 "seconds": round(time.perf_counter() - t0, 4),
                 "figure": None if r.figure is None else float(r.figure),
+                "limit": None if r.limit is None else float(r.limit),
                 "first_step": None if r.first_trigger is None else r.first_trigger.step,
                 "explanation": r.explanation[:300],
             }
@@ -194,6 +195,7 @@ def evaluate_zoo(
     return {
         "profile": profile,
         "rules": rules,
+        "margins": margins(runs, rules),
         "tune_seeds": list(range(tune_seeds)),
         "healthy_accuracy": base_acc,
         "rows": rows,
@@ -201,6 +203,36 @@ def evaluate_zoo(
         "goals": goals,
         "runs": runs,
     }
+
+
+def margins(runs: list[dict[str, Any]], rules: list[str]) -> dict[str, Any]:
+    """Per rule meant for some fault: the range of its figure on the healthy runs and on the
+    runs of the faults meant for it (profile), and its limit - how far from the threshold
+    each side stayed."""
+    from pytest_modelrules.rules.registry import rule_class
+    from pytest_modelrules.training.faults import fault
+
+    out: dict[str, Any] = {}
+    for n in rules:
+        meant = [r for r in runs if n in fault(r["fault"]).meant]
+        if not meant:
+            continue
+        healthy = [r for r in runs if r["healthy"]]
+
+        def span(rs: list[dict[str, Any]], n: str = n) -> list[float] | None:
+            xs = [r["profile"][n].get("figure") for r in rs]
+            xs = [x for x in xs if x is not None and np.isfinite(x)]
+            return [float(min(xs)), float(max(xs))] if xs else None
+
+        limits = [r["profile"][n].get("limit") for r in runs]
+        out[n] = {
+            "limit": next((x for x in limits if x is not None), None),
+            "faults": sorted({r["fault"] for r in meant}),
+            "healthy": span(healthy),
+            "meant_faults": span(meant),
+            "higher_is_worse": bool(rule_class(n).higher_is_worse),
+        }
+    return out
 
 
 def _cell(rate: float | None, n: int, meant: bool) -> str:
@@ -273,6 +305,24 @@ def render_markdown(report: dict[str, Any]) -> str:
                      f"{'-' if t is None else f'{100 * t:.0f}%'} | "
                      f"{'-' if c is None else f'{100 * c:.0f}%'} |")  # fmt: skip
     lines.append("")
+    if report.get("margins"):
+        lines.append("Margins: each rule's figure on the healthy runs and on the runs of the "
+                     "faults meant for it (min - max over the seeds; a rule meant for several "
+                     "faults catches a run when any of its rules does):")  # fmt: skip
+        lines.append("")
+        lines.append("| rule | figure worse when | limit | healthy runs | meant faults' runs "
+                     "| faults |")  # fmt: skip
+        lines.append("|---|---|---|---|---|---|")
+
+        def fmt_span(sp: list[float] | None) -> str:
+            return "-" if sp is None else f"{sp[0]:.3g} - {sp[1]:.3g}"
+
+        for n, mg in report["margins"].items():
+            lim = "-" if mg.get("limit") is None else f"{mg['limit']:.3g}"
+            lines.append(f"| {n} | {'higher' if mg['higher_is_worse'] else 'lower'} | {lim} | "
+                         f"{fmt_span(mg['healthy'])} | {fmt_span(mg['meant_faults'])} | "
+                         f"{', '.join(mg['faults'])} |")  # fmt: skip
+        lines.append("")
     lines.append("Mean seconds per rule and run: " + ", ".join(
         f"{n} {s:.3f}" for n, s in report["rule_seconds_mean"].items()) + ".")  # fmt: skip
     lines.append("")
