@@ -440,14 +440,21 @@ def assert_no_direction_confusion(
     )
 
 
+def _alias(params: dict[str, Any], key: str, value: Any, given_as: str) -> None:
+    """Put a helper's friendlier argument ``given_as`` into the rule parameter ``key``;
+    giving both is a TypeError."""
+    if value is None:
+        return
+    if params.get(key) is not None:
+        raise TypeError(f"give {given_as} or {key}, not both")
+    params[key] = value
+
+
 def assert_dead_relu_below(run: Any, percent: float | None = None, **params: Any) -> RuleResult:
     """DeadRelu: fails when a layer has more than ``percent`` (``threshold_layer``, 50) dead
     units; ``threshold_inactivity`` (1), ``tensor_regex`` (``.*relu_output``)."""
     __tracebackhide__ = True
-    if percent is not None:
-        if params.get("threshold_layer") is not None:
-            raise TypeError("give percent or threshold_layer, not both")
-        params["threshold_layer"] = percent
+    _alias(params, "threshold_layer", percent, "percent")
     return _check(run, "dead_relu", params, "assert_dead_relu_below")
 
 
@@ -542,9 +549,8 @@ def assert_similar_across_runs(run: Any, other: Any = None, **params: Any) -> Ru
     ``collection_names``, ``tensor_regex``."""
     __tracebackhide__ = True
     if other is not None:
-        if params.get("other_trials") is not None:
-            raise TypeError("give other or other_trials, not both")
-        params["other_trials"] = other if isinstance(other, (list, tuple)) else [other]
+        other = other if isinstance(other, (list, tuple)) else [other]
+    _alias(params, "other_trials", other, "other")
     return _check(run, "similar_across_runs", params, "assert_similar_across_runs")
 
 
@@ -552,10 +558,7 @@ def assert_recall_above(run: Any, minimum: float | None = None, **params: Any) -
     """RecallFloor: every judged class's recall at least ``minimum`` (``min_recall``, 0.5);
     ``min_samples`` (20), ``classes``, ``mode`` (EVAL), ``phases`` ("last")."""
     __tracebackhide__ = True
-    if minimum is not None:
-        if params.get("min_recall") is not None:
-            raise TypeError("give minimum or min_recall, not both")
-        params["min_recall"] = minimum
+    _alias(params, "min_recall", minimum, "minimum")
     return _check(run, "recall_floor", params, "assert_recall_above")
 
 
@@ -565,8 +568,6 @@ def assert_labels_not_noisy(run: Any, min_ratio: float | None = None, **params: 
     ``min_samples`` (200), ``phases`` ("last")."""
     __tracebackhide__ = True
     if min_ratio is not None:
-        if params.get("min_ratio") is not None:
-            raise TypeError("give min_ratio once")
         params["min_ratio"] = min_ratio
     return _check(run, "noisy_labels", params, "assert_labels_not_noisy")
 
