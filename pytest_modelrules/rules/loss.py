@@ -249,56 +249,44 @@ class LossNotDecreasing(BuiltinRule):
         return now >= before * (1.0 + self.diff_percent / 100.0)
 
     def _pass_means(
-        self, run: Any, mode: ModeKeys, gsteps: np.ndarray, values: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(pass index, last global step, mean loss) of each stretch of ``mode`` steps holding
-        values, for compare="passes"; with fewer than two such stretches (a run that never
-        evaluates), of each complete window of ``num_steps`` mode steps instead."""
-        idx, ends, means = [], [], []
+        self,
+        run: Any,
+        mode: ModeKeys,
+        steps: np.ndarray,
+        gsteps: np.ndarray,
+        values: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(last global step, mean loss) of each stretch of ``mode`` steps holding values, for
+        compare="passes"; with fewer than two such stretches (a run that never evaluates), of
+        each complete window of ``num_steps`` mode steps instead."""
+        group = np.full(len(gsteps), -1, np.int64)
         for k, stretch in enumerate(phases(run, mode) if mode != ModeKeys.GLOBAL else []):
-            inside = np.isin(gsteps, stretch)
-            if inside.any():
-                idx.append(k)
-                ends.append(int(gsteps[inside][-1]))
-                means.append(float(values[inside].mean()))
-        if len(means) >= 2:
-            return np.asarray(idx), np.asarray(ends, np.int64), np.asarray(means)
-        steps = scalar_series(run, self._pass_name, mode)[0]
-        if len(steps) == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-        window = (steps - steps[0]) // self.num_steps
-        complete = window < (steps[-1] + 1 - steps[0]) // self.num_steps
-        idx, ends, means = [], [], []
-        for k in np.unique(window[complete]):
-            inside = window == k
-            idx.append(int(k))
-            ends.append(int(gsteps[inside][-1]))
-            means.append(float(values[inside].mean()))
-        return np.asarray(idx), np.asarray(ends, np.int64), np.asarray(means)
+            group[np.isin(gsteps, stretch)] = k
+        if len(np.unique(group[group >= 0])) < 2 and len(steps):
+            group = (steps - steps[0]) // self.num_steps
+            group[group >= (steps[-1] + 1 - steps[0]) // self.num_steps] = -1  # incomplete
+        ks = np.unique(group[group >= 0])
+        ends = np.array([gsteps[group == k][-1] for k in ks], np.int64)
+        means = np.array([values[group == k].mean() for k in ks], np.float64)
+        return ends, means
 
     def _check_passes(
         self,
         run: Any,
         name: str,
         mode: ModeKeys,
-        gsteps: np.ndarray,
-        values: np.ndarray,
+        series: tuple[np.ndarray, np.ndarray, np.ndarray],
         lines: list[str],
         trig_steps: set[int],
-        evidence: dict[str, Any],
-    ) -> None:
-        """compare="passes": each stretch's mean loss against the previous stretch's."""
-        self._pass_name = name
-        _, ends, means = self._pass_means(run, mode, gsteps, values)
-        evidence[f"{name}/pass_means"] = means
+    ) -> tuple[int, int, np.ndarray]:
+        """compare="passes": each stretch's mean loss against the previous stretch's;
+        (checks, failed checks, the pass means)."""
+        ends, means = self._pass_means(run, mode, *series)
         checks = max(len(means) - 1, 0)
-        evidence[f"{name}/checks"] = checks
         if checks == 0:
-            evidence[f"{name}/fails"] = 0
             lines.append(f"{name} ({mode.name}): fewer than 2 passes of data")
-            return
+            return 0, 0, means
         fails = self._fails(means[1:], means[:-1])
-        evidence[f"{name}/fails"] = int(fails.sum())
         shown = " -> ".join(fmt(m) for m in means)
         need = (
             f" (asked: {fmt(self.min_decrease_percent)}% lower each pass)"
@@ -318,6 +306,7 @@ class LossNotDecreasing(BuiltinRule):
                 f"{name} ({mode.name}) mean per pass decreased at all {checks} passes{need}: "
                 f"{shown}"
             )
+        return checks, int(fails.sum()), means
 
     def _evaluate(self, run: Any) -> RuleResult:
         names = select_loss_tensors(
@@ -337,9 +326,12 @@ class LossNotDecreasing(BuiltinRule):
             evidence[f"{name}/steps"] = gsteps
             evidence[f"{name}/values"] = values
             if passes:
-                self._check_passes(run, name, mode, gsteps, values, lines, trig_steps, evidence)
-                checks_total += int(evidence[f"{name}/checks"])
-                fails_total += int(evidence[f"{name}/fails"])
+                checks, fails, means = self._check_passes(
+                    run, name, mode, (steps, gsteps, values), lines, trig_steps
+                )
+                evidence[f"{name}/pass_means"] = means
+                checks_total += checks
+                fails_total += fails
                 continue
             pos = _check_positions(steps, self.num_steps)
             if len(pos) == 0:
