@@ -88,6 +88,12 @@ class LabelData:
             top = max(top, int(self.predictions.max()) + 1)
         return top
 
+    def samples_at(self, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(indices into ``global_steps`` of the given global steps that hold data, mask of
+        the samples saved at them)."""
+        idx = np.flatnonzero(np.isin(self.global_steps, steps))
+        return idx, np.isin(self.sample_step, idx)
+
 
 def read_label_data(
     run: Any,
@@ -453,10 +459,9 @@ def _last_phase(run: Any, data: LabelData, mode: ModeKeys | None) -> LabelData:
     stretches = phases(run, mode) if mode is not None else []
     if not stretches:
         return data
-    keep = np.flatnonzero(np.isin(data.global_steps, stretches[-1]))
+    keep, sel = data.samples_at(stretches[-1])
     remap = np.full(len(data.global_steps), -1, np.int64)
     remap[keep] = np.arange(len(keep))
-    sel = remap[data.sample_step] >= 0
     return LabelData(
         data.global_steps[keep],
         data.modes[keep],
@@ -634,10 +639,9 @@ def recall_by_phase(
             groups = groups[-1:]
     out = []
     for g in groups:
-        idx = np.flatnonzero(np.isin(data.global_steps, g))
+        idx, sel = data.samples_at(g)
         if len(idx) == 0:
             continue
-        sel = np.isin(data.sample_step, idx)
         lab, pred = data.labels[sel], data.predictions[sel]
         samples = np.bincount(lab, minlength=k)
         correct = np.bincount(lab[lab == pred], minlength=k)
@@ -751,8 +755,7 @@ class RecallFloor(BuiltinRule):
 def _accuracy(data: LabelData, steps: np.ndarray) -> tuple[float, int]:
     """(accuracy, samples) of the predictions at the given global steps."""
     assert data.predictions is not None
-    idx = np.flatnonzero(np.isin(data.global_steps, steps))
-    sel = np.isin(data.sample_step, idx)
+    _, sel = data.samples_at(steps)
     n = int(sel.sum())
     if n == 0:
         return float("nan"), 0
