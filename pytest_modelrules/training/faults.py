@@ -381,8 +381,9 @@ def zoo_collections(save_interval: int = SAVE_INTERVAL) -> list[Any]:
     = labels and logits (every step: the classification rules); the model input every 20 TRAIN
     steps, as each sample's channel means (CheckInputImages); ReLU outputs as positive fractions
     (DeadRelu); weights, biases and gradients as the default reductions (ExplodingTensor,
-    VanishingGradient, TransferLearning judges frozen layers by their l2 norm); the head's parameters in full (TransferLearning,
-    WeightUpdateRatio, UnchangedTensor); sigmoid inputs in full (SaturatedActivation).
+    VanishingGradient, TransferLearning judges frozen layers by their l2 norm); the head's
+    parameters in full (TransferLearning, WeightUpdateRatio, UnchangedTensor); sigmoid inputs
+    in full (SaturatedActivation).
     """
     from ..capture.config import CollectionConfig
 
