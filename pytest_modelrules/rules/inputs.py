@@ -73,42 +73,35 @@ class CheckInputImages(BuiltinRule):
             )
         per: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
-        def from_means(x: np.ndarray) -> np.ndarray:
-            # (steps, samples, channels) means: per channel the sum of the sample means, each
-            # sample weighing one (every sample of a batch has as many pixels)
+        # per step and channel: [sum of values, values counted, samples]; the full tensor sums
+        # pixels, the reduction (one mean per sample and channel) sums sample means - each
+        # sample weighing one either way, as every sample of a batch has as many pixels
+        def sums(x: np.ndarray) -> np.ndarray:
+            per_channel = np.moveaxis(x, ch + 1, 1).reshape(x.shape[0], x.shape[ch + 1], -1)
+            total = per_channel.astype(np.float64).sum(axis=2)
+            counts = np.full((x.shape[0], 1), per_channel.shape[2], np.float64)
+            batch = np.full((x.shape[0], 1), x.shape[1], np.float64)
+            return np.concatenate([total, counts, batch], axis=1)
+
+        def from_means(x: np.ndarray) -> np.ndarray:  # (steps, samples, channels)
             total = x.astype(np.float64).sum(axis=1)
             n = np.full((x.shape[0], 1), x.shape[1], np.float64)
             return np.concatenate([total, n, n], axis=1)
 
-        sources = [(n, run.tensor(n).series(), False) for n in names]
-        sources += [(n, run.tensor(red).series(), True) for n, red in reduced.items()]
-        for name, s, is_reduction in sources:
+        sources = [(n, run.tensor(n).series(), sums) for n in names]
+        sources += [(n, run.tensor(red).series(), from_means) for n, red in reduced.items()]
+        for name, s, fn in sources:
             if not s.arrays:
                 continue
-            if is_reduction:
-                got = sel.apply_per_step(s, from_means)
-                cum = np.cumsum(got, axis=0)
-                per[name] = (s.global_steps, cum[:, :-2] / cum[:, -2:-1], cum[:, -1])
-                continue
-            if s.arrays[0].ndim <= ch:
+            if fn is sums and s.arrays[0].ndim <= ch:
                 raise sel.missing(
                     "CheckInputImages",
                     f"{name!r} has shape {s.arrays[0].shape}: no channel axis {ch} (images are "
                     "saved as batch x channels x ...)",
                     run,
                 )
-
-            def sums(x: np.ndarray) -> np.ndarray:
-                per_channel = np.moveaxis(x, ch + 1, 1).reshape(x.shape[0], x.shape[ch + 1], -1)
-                total = per_channel.astype(np.float64).sum(axis=2)
-                counts = np.full((x.shape[0], 1), per_channel.shape[2], np.float64)
-                batch = np.full((x.shape[0], 1), x.shape[1], np.float64)
-                return np.concatenate([total, counts, batch], axis=1)
-
-            got = sel.apply_per_step(s, sums)
-            cum = np.cumsum(got, axis=0)
-            means = cum[:, :-2] / cum[:, -2:-1]
-            per[name] = (s.global_steps, means, cum[:, -1])
+            cum = np.cumsum(sel.apply_per_step(s, fn), axis=0)
+            per[name] = (s.global_steps, cum[:, :-2] / cum[:, -2:-1], cum[:, -1])
         if not per:
             raise sel.missing("CheckInputImages", f"{', '.join(names)} saved at no step", run)
         triggers_at: set[int] = set()
