@@ -800,29 +800,26 @@ class Recorder:
         step, mode = self.global_step, self.mode
         mode_step = self._mode_steps.get(mode, 0)
         cuda_devices: set[torch.device] = set()
+
+        def to_host(t: torch.Tensor) -> torch.Tensor:
+            if t.device.type == "cuda":  # asynchronous, into pinned memory; waited for below
+                cuda_devices.add(t.device)
+                return t.to("cpu", non_blocking=True)
+            return t.cpu()
+
         # reductions: float32 vectors (positive_fraction) and float64 scalars, per device
         groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for idx, (flat, _) in enumerate(self._pending_red):
             groups.setdefault((flat.device, flat.dtype), []).append(idx)
         host: list[tuple[list[tuple[str, str, tuple[int, ...]]], torch.Tensor]] = []
-        for (device, _dtype), idxs in groups.items():
+        for idxs in groups.values():
             parts = [self._pending_red[i][0] for i in idxs]
             flat = torch.cat(parts) if len(parts) > 1 else parts[0]
-            items = [item for i in idxs for item in self._pending_red[i][1]]
-            if device.type == "cuda":
-                cuda_devices.add(device)
-                host.append((items, flat.to("cpu", non_blocking=True)))
-            else:
-                host.append((items, flat.cpu()))
-        fulls: list[tuple[str, torch.Tensor]] = []
-        for name, value in self._pending_full:
-            if value.dtype in _FULL_DTYPES_AS_FLOAT32:
-                value = value.float()
-            if value.device.type == "cuda":
-                cuda_devices.add(value.device)
-                fulls.append((name, value.to("cpu", non_blocking=True)))
-            else:
-                fulls.append((name, value.cpu()))
+            host.append(([item for i in idxs for item in self._pending_red[i][1]], to_host(flat)))
+        fulls = [
+            (name, to_host(value.float() if value.dtype in _FULL_DTYPES_AS_FLOAT32 else value))
+            for name, value in self._pending_full
+        ]
         events = []
         for device in cuda_devices:
             event = torch.cuda.Event()
