@@ -212,24 +212,23 @@ def margins(runs: list[dict[str, Any]], rules: list[str]) -> dict[str, Any]:
     from pytest_modelrules.rules.registry import rule_class
     from pytest_modelrules.training.faults import fault
 
+    def span(rs: list[dict[str, Any]], n: str) -> list[float] | None:
+        xs = [r["profile"][n].get("figure") for r in rs]
+        xs = [x for x in xs if x is not None and np.isfinite(x)]
+        return [float(min(xs)), float(max(xs))] if xs else None
+
+    healthy = [r for r in runs if r["healthy"]]
     out: dict[str, Any] = {}
     for n in rules:
         meant = [r for r in runs if n in fault(r["fault"]).meant]
         if not meant:
             continue
-        healthy = [r for r in runs if r["healthy"]]
-
-        def span(rs: list[dict[str, Any]], n: str = n) -> list[float] | None:
-            xs = [r["profile"][n].get("figure") for r in rs]
-            xs = [x for x in xs if x is not None and np.isfinite(x)]
-            return [float(min(xs)), float(max(xs))] if xs else None
-
         limits = [r["profile"][n].get("limit") for r in runs]
         out[n] = {
             "limit": next((x for x in limits if x is not None), None),
             "faults": sorted({r["fault"] for r in meant}),
-            "healthy": span(healthy),
-            "meant_faults": span(meant),
+            "healthy": span(healthy, n),
+            "meant_faults": span(meant, n),
             "higher_is_worse": bool(rule_class(n).higher_is_worse),
         }
     return out
