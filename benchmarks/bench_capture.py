@@ -4,7 +4,9 @@ Runs the same loop (torchvision resnet18, weights=None, 43 classes, SGD, batch 6
 data) in three variants - no Recorder, Recorder at save_interval 500, Recorder at save_interval
 1 (default collections) - interleaved in rounds (each round times a block of steps, the device
 synchronised only at its ends, as in training), and prints the median over rounds of each
-variant's step time, images per second and ratio to the baseline. ``--full-inputs`` also
+variant's step time, images per second and ratio to the baseline, and the median over rounds
+of the ratio (and difference) to the same round's baseline ("paired": robust to a machine
+whose speed drifts). ``--full-inputs`` also
 records the full input images (what the reference job adds for the report's gallery).
 CPU default: 32 px. On a GPU at the seed's scale (all the GPU figures: gpu_figures.sh):
 
@@ -32,13 +34,55 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def narrow_resnet18(width: int):
+    """ResNet-18's modules, names and call order (torchvision's BasicBlock) at base width
+    ``width`` instead of 64: the same kernels launched, the same hooks called, next to no
+    arithmetic. On a CPU with tiny images its step time is the host's share of a step (Python,
+    dispatcher): a proxy for a GPU step bound by the CPU launching kernels."""
+    import torch
+    from torch import nn
+    from torchvision.models.resnet import BasicBlock
+
+    class ResNet(nn.Module):  # the class name gives the tensor names (ResNet_input_0)
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(width)
+            self.relu = nn.ReLU(inplace=True)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            inplanes = width
+            for i, planes in enumerate((width, 2 * width, 4 * width, 8 * width)):
+                stride = 1 if i == 0 else 2
+                down = None
+                if stride != 1 or inplanes != planes:
+                    down = nn.Sequential(
+                        nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+                    )
+                blocks = (BasicBlock(inplanes, planes, stride, down), BasicBlock(planes, planes))
+                setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+                inplanes = planes
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(inplanes, 43)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    return ResNet()
+
+
 def build(args: argparse.Namespace):
     """Model, loss, optimizer and a few synthetic batches on the device."""
     import torch
     import torchvision
 
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None, num_classes=43).to(args.device)
+    if args.width == 64:
+        model = torchvision.models.resnet18(weights=None, num_classes=43)
+    else:
+        model = narrow_resnet18(args.width)
+    model = model.to(args.device)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -80,6 +124,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", type=int, default=32, help="image side in pixels")
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument(
+        "--width",
+        type=int,
+        default=64,
+        help="base width (64: ResNet-18; 8 with --size 32 --batch 4 --threads 1: the host-cost "
+        "proxy for a launch-bound GPU step)",
+    )
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant per round")
@@ -96,16 +147,29 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         action="store_true",
         help="diagnostic: the writer threads write nothing (the training thread's share)",
     )
+    parser.add_argument(
+        "--host-proxy",
+        action="store_true",
+        help="on a CPU, the host's share of a launch-bound GPU step: --width 8 --size 32 "
+        "--batch 4 --threads 1 and the GPU's code path for weight and gradient norms",
+    )
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument("--quick", action="store_true", help="tiny run (for the test suite)")
     args = parser.parse_args(argv)
     if args.quick:
         args.size, args.batch, args.steps, args.rounds, args.warmup = 16, 8, 2, 1, 1
 
+    if args.host_proxy:
+        args.width, args.size, args.batch, args.threads = 8, 32, 4, 1
+        args.steps, args.rounds = max(args.steps, 50), max(args.rounds, 7)
+
     import torch
 
     from pytest_modelrules import Recorder
-    from pytest_modelrules.capture import CollectionConfig
+    from pytest_modelrules.capture import CollectionConfig, reductions
+
+    if args.host_proxy:
+        reductions.FUSED_NORM_DEVICES.add("cpu")
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -155,23 +219,36 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if device.startswith("cuda"):
         device += f" ({torch.cuda.get_device_name()})"
     print(
-        f"ResNet-18, batch {args.batch}, {args.size} px, {args.precision}"
+        f"ResNet-18{'' if args.width == 64 else f' at width {args.width}'}, batch {args.batch}, "
+        f"{args.size} px, {args.precision}"
         f"{', channels_last' if args.channels_last else ''}, device {device}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"{args.rounds} rounds x {args.steps} steps per variant, interleaved"
         f"{'; full input images recorded' if args.full_inputs else ''}"
         f"{'; writer thread disabled (--no-write)' if args.no_write else ''}"
+        f"{'; host-cost proxy (GPU code path)' if args.host_proxy else ''}"
     )
-    print(f"{'variant':<20} {'median step (ms)':>17} {'img/s':>9} {'ratio':>7}")
+    print(
+        f"{'variant':<20} {'median step (ms)':>17} {'img/s':>9} {'ratio':>7} "
+        f"{'paired ratio':>13} {'added (ms)':>11}"
+    )
     ratios = {}
+    paired = {}
     for label in variants:
         med = statistics.median(samples[label])
         ratios[label] = med / base
-        print(f"{label:<20} {med * 1e3:>17.2f} {args.batch / med:>9.0f} {med / base:>7.3f}")
+        # per round against the same round's baseline: robust to a machine whose speed drifts
+        pairs = list(zip(samples[label], samples["no recorder"]))
+        paired[label] = statistics.median(a / b for a, b in pairs)
+        added = statistics.median(a - b for a, b in pairs)
+        print(
+            f"{label:<20} {med * 1e3:>17.2f} {args.batch / med:>9.0f} {med / base:>7.3f} "
+            f"{paired[label]:>13.3f} {added * 1e3:>11.2f}"
+        )
     if args.json:
         figures = {"args": vars(args), "device": device, "torch": torch.__version__,
                    "median_step_s": {k: statistics.median(v) for k, v in samples.items()},
-                   "ratios": ratios}  # fmt: skip
+                   "ratios": ratios, "paired_ratios": paired}  # fmt: skip
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return ratios
 

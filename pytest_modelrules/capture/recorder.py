@@ -21,7 +21,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -32,14 +32,9 @@ from ..modes import ModeKeys, parse_mode
 from ..store.names import reduction_tensor_name
 from ..store.writer import RunWriter
 from .config import CollectionConfig, SaveConfig, default_collections, merge_collections
-from .reductions import BATCHABLE, EXACT_LIMIT, STORED_DTYPE, compute_batch, compute_many
+from .reductions import BATCHABLE, EXACT_LIMIT, STORED_DTYPE, compute_batch_rows, compute_many
 
 logger = logging.getLogger("pytest_modelrules.capture")
-
-_FULL_DTYPES_AS_FLOAT32 = {torch.bfloat16}
-for _name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"):
-    if hasattr(torch, _name):
-        _FULL_DTYPES_AS_FLOAT32.add(getattr(torch, _name))
 
 
 def _report(message: str) -> None:
@@ -123,8 +118,6 @@ class _Collection:
         }
 
 
-#: reductions stored as vectors in their own dtype (STORED_DTYPE), not as float64
-_VECTOR_REDUCTIONS = frozenset(r for r, dt in STORED_DTYPE.items() if dt == "float32")
 _BATCHABLE_CACHE: dict[tuple[tuple[str, bool], ...], bool] = {}
 
 
@@ -173,6 +166,131 @@ _AUTOCAST_FREE = frozenset({("positive_fraction", False)})
 #: reductions that describe floating-point images; an integer tensor asked only these is stored
 #: in full instead
 _IMAGE_ONLY = frozenset({("sample_channel_mean", False), ("sample_channel_mean", True)})
+
+
+#: the spec of a tensor that saves only its positive fraction (the default for ReLU outputs)
+_POSITIVE_FRACTION_ONLY = (("positive_fraction", False),)
+
+#: dtypes a step's transfer carries, and how the host reads their bytes (bfloat16 as its 16
+#: bits, which are the upper half of a float32)
+_NUMPY_DTYPE: dict[torch.dtype, np.dtype] = {
+    torch.float64: np.dtype(np.float64), torch.float32: np.dtype(np.float32),
+    torch.float16: np.dtype(np.float16), torch.bfloat16: np.dtype(np.uint16),
+    torch.int64: np.dtype(np.int64), torch.int32: np.dtype(np.int32),
+    torch.int16: np.dtype(np.int16), torch.int8: np.dtype(np.int8),
+    torch.uint8: np.dtype(np.uint8), torch.bool: np.dtype(np.bool_),
+    torch.complex64: np.dtype(np.complex64), torch.complex128: np.dtype(np.complex128),
+}  # fmt: skip
+for _name, _np in (("uint16", np.uint16), ("uint32", np.uint32), ("uint64", np.uint64)):
+    if hasattr(torch, _name):
+        _NUMPY_DTYPE[getattr(torch, _name)] = np.dtype(_np)
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return _NUMPY_DTYPE[dtype].itemsize
+
+
+_Spec = tuple[tuple[str, bool], ...]  # reductions: (name, absolute) pairs
+_Item = tuple[str, str, tuple[int, ...]]  # (stored name, reduction, shape)
+
+
+class _Red(NamedTuple):
+    """Reduction values laid out one after another: (stored name, reduction, shape); the host
+    casts each to the reduction's stored dtype."""
+
+    items: list[tuple[str, str, tuple[int, ...]]]
+
+
+class _Scalars(NamedTuple):
+    """One scalar per name (a row of ``compute_batch_rows``), stored as ``dtype``."""
+
+    names: list[str]
+    dtype: str
+
+
+class _Counts(NamedTuple):
+    """A positive_fraction sent as float32 counts of positive values over the batch; the host
+    divides by ``n`` (a float32 true division: k / n correctly rounded, as on the device).
+    ``perm``: the counts' memory order when it is not C order (a channels_last batch), which
+    the host undoes; ``shape`` the counts' logical shape."""
+
+    name: str
+    shape: tuple[int, ...]
+    perm: tuple[int, ...] | None
+    n: int
+
+
+class _Full(NamedTuple):
+    """A full tensor, sent flat in C order."""
+
+    name: str
+    shape: tuple[int, ...]
+
+
+class _ParamPlan(NamedTuple):
+    """What a saving step does with a list of parameters or gradients: groups reduced together
+    by ``compute_batch_rows`` (reductions, indices, the layout of each reduction's row),
+    indices stored in full, indices that take the general path (:meth:`Recorder._capture`)."""
+
+    groups: list[tuple[_Spec, list[int], list[_Scalars]]]
+    full: list[int]
+    other: list[int]
+
+
+def _flat_counts(counts: torch.Tensor, name: str, n: int) -> tuple[torch.Tensor, _Counts]:
+    """``counts`` as a flat tensor without a copy (in its memory order) and its layout."""
+    if counts.is_contiguous():
+        return counts.view(-1), _Counts(name, (), None, n)
+    strides = counts.stride()
+    perm = tuple(sorted(range(counts.ndim), key=lambda d: -strides[d]))
+    permuted = counts.permute(perm)
+    if permuted.is_contiguous():
+        return permuted.view(-1), _Counts(name, tuple(counts.shape), perm, n)
+    return counts.reshape(-1), _Counts(name, (), None, n)
+
+
+#: dtypes the transfer does not carry, and what they travel as
+_TRANSFER_AS = {torch.complex32: torch.complex64}
+for _name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"):
+    if hasattr(torch, _name):
+        _TRANSFER_AS[getattr(torch, _name)] = torch.float32
+
+
+def _full_copy(name: str, x: torch.Tensor) -> tuple[torch.Tensor, _Full]:
+    """A flat C-order copy of ``x`` taken now (an in-place op later in the step cannot change
+    what is stored), in a dtype the transfer carries (float8 as float32)."""
+    dtype = _TRANSFER_AS.get(x.dtype, x.dtype)
+    if dtype not in _NUMPY_DTYPE:
+        raise TypeError(f"tensor {name!r} has dtype {x.dtype}, which cannot be recorded")
+    copy = x.to(dtype, memory_format=torch.contiguous_format, copy=True)
+    return copy.view(-1), _Full(name, tuple(x.shape))
+
+
+def _unpack(
+    layout: Any,
+    chunk: np.ndarray,
+    arrays: list[tuple[str, np.ndarray]],
+    scalars: list[tuple[list[str], np.ndarray]],
+) -> None:
+    """Append the named arrays (or scalar rows) of one pending value (``chunk``: its
+    transferred elements)."""
+    kind = type(layout)
+    if kind is _Scalars:
+        scalars.append((layout.names, chunk.astype(layout.dtype, copy=False)))
+    elif kind is _Counts:
+        if layout.perm is not None:
+            shape = [layout.shape[d] for d in layout.perm]
+            chunk = chunk.reshape(shape).transpose(np.argsort(layout.perm)).reshape(-1)
+        arrays.append((layout.name, chunk / np.float32(layout.n)))
+    elif kind is _Red:
+        offset = 0
+        for tname, red, shape in layout.items:
+            n = int(np.prod(shape)) if shape else 1
+            value = chunk[offset : offset + n].reshape(shape)
+            offset += n
+            arrays.append((tname, value.astype(STORED_DTYPE.get(red, "float64"), copy=False)))
+    else:
+        arrays.append((layout.name, chunk.reshape(layout.shape)))
 
 
 class Recorder:
@@ -248,6 +366,9 @@ class Recorder:
         )
         self._params = list(self.model.named_parameters())
         self._grad_names = [(f"gradient/{n}", p) for n, p in self._params]
+        self._param_names = [n for n, _ in self._params]
+        self._param_tensors = [p for _, p in self._params]
+        self._grad_tensor_names = [g for g, _ in self._grad_names]
         if self._weights_idx is not None:  # params called neither *weight nor *bias: weights
             wcoll = self._collections[self._weights_idx]
             for pname, _ in self._params:
@@ -275,10 +396,14 @@ class Recorder:
         self._marked: set[str] = set()
         self._layouts: dict[tuple[str, tuple[tuple[str, bool], ...]], Any] = {}
         self._captured: set[str] = set()
-        # reductions waiting for the step's transfer: (flat 1-D tensor, [(name, reduction,
-        # shape)] laid out one after another in it)
-        self._pending_red: list[tuple[torch.Tensor, list[tuple[str, str, tuple[int, ...]]]]] = []
-        self._pending_full: list[tuple[str, torch.Tensor]] = []
+        # values waiting for the step's transfer: (1-D contiguous tensor, how the host reads
+        # it back: a _Red, _Counts or _Full layout); see _flush
+        self._pending: list[tuple[torch.Tensor, Any]] = []
+        # per (ReLU module, call index) and per parameter list: what a saving step does with
+        # it, worked out once while the same collections save (cleared with _spec_cache)
+        self._relu_plan: dict[tuple[int, int], Any] = {}
+        self._param_plans: dict[Any, _ParamPlan] = {}
+        self._plans_done: set[Any] = set()
         self._grad_acc: dict[str, torch.Tensor] = {}
         self._relu_calls: dict[int, int] = {}
         self._relu_in_calls: dict[int, int] = {}
@@ -422,8 +547,7 @@ class Recorder:
             f"({type(exc).__name__}: {exc}); training continues unrecorded"
         )
         _report(message)
-        self._pending_red.clear()
-        self._pending_full.clear()
+        self._pending.clear()
         self._grad_acc.clear()
         if self.writer is not None:
             with contextlib.suppress(Exception):  # the disk already fails: nothing more to say
@@ -497,6 +621,8 @@ class Recorder:
                             losses.names.add(name)
                             self._membership.pop(name, None)
                             self._spec_cache.clear()
+                            self._relu_plan.clear()
+                            self._param_plans.clear()
                             self._marked.discard(name)
                     self._capture(name, value)
         except Exception as exc:
@@ -530,15 +656,33 @@ class Recorder:
             except Exception as exc:
                 self._fail(exc, "recording a ReLU input")
 
+        calls = self._relu_calls
+        plans = self._relu_plan
+
         def hook(mod: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            # every ReLU call of a saving step runs this: it is kept to a dictionary lookup and,
+            # for the default positive_fraction, two kernels (no autograd, autocast or
+            # no_grad state to touch: a comparison's result never requires grad)
             if self.dead or self._forward_index or not self._saving:
                 return
             try:
-                k = self._relu_calls.get(key, 0)
-                self._relu_calls[key] = k + 1
-                if isinstance(output, torch.Tensor):
+                k = calls.get(key, 0)
+                calls[key] = k + 1
+                plan = plans.get((key, k))
+                if plan is None:
+                    plan = self._relu_output_plan(base, key, k)
+                if plan is False or not isinstance(output, torch.Tensor):
+                    return
+                if plan is True or output.ndim == 0:
                     with torch.no_grad():
                         self._capture(f"{base}_output_{k}", output)
+                    return
+                name, stored = plan
+                if name in self._captured:
+                    return
+                self._captured.add(name)
+                counts = output.gt(0).sum(0, dtype=torch.float32)
+                self._pending.append(_flat_counts(counts, stored, output.shape[0]))
             except Exception as exc:
                 self._fail(exc, "recording a ReLU output")
 
@@ -546,6 +690,24 @@ class Recorder:
             self._dyn_handles.append(module.register_forward_pre_hook(pre_hook))
         if outputs:
             self._dyn_handles.append(module.register_forward_hook(hook))
+
+    def _relu_output_plan(self, base: str, key: int, k: int) -> Any:
+        """What call ``k`` of a ReLU module saves while the current collections save: False
+        (nothing), True (the general path, :meth:`_capture`) or, for positive_fraction alone,
+        (tensor name, layout of its counts)."""
+        name = f"{base}_output_{k}"
+        spec = self._spec(name)
+        plan: Any
+        if spec is None:
+            plan = False
+        elif spec == (False, _POSITIVE_FRACTION_ONLY):
+            plan = (name, reduction_tensor_name(name, "positive_fraction", False))
+            if name not in self._marked:
+                self._mark_seen(name)
+        else:
+            plan = True
+        self._relu_plan[(key, k)] = plan
+        return plan
 
     def _grad_hook(self, name: str):
         def hook(grad: torch.Tensor) -> None:
@@ -569,7 +731,9 @@ class Recorder:
             if self._saving:
                 with torch.no_grad():
                     self._capture_params(
-                        [(n, p.grad) for n, p in self._grad_names if p.grad is not None]
+                        "gradients",
+                        self._grad_tensor_names,
+                        [p.grad for p in self._param_tensors],
                     )
         except Exception as exc:
             self._fail(exc, "recording gradients")
@@ -595,6 +759,8 @@ class Recorder:
         if saving != self._spec_saving:
             self._spec_cache.clear()
             self._marked.clear()
+            self._relu_plan.clear()
+            self._param_plans.clear()
             self._spec_saving = saving
         self._saving = saving
         key = (saving, self._steps_by_optimizer())
@@ -603,13 +769,14 @@ class Recorder:
         if not saving:
             return
         self._captured.clear()
+        self._plans_done.clear()
         self._relu_calls.clear()
         self._relu_in_calls.clear()
         if self._dyn_key is None:
             self._install_step_hooks()
             self._dyn_key = key
         with torch.no_grad():
-            self._capture_params(self._params)
+            self._capture_params("weights", self._param_names, self._param_tensors)
 
     def _install_step_hooks(self) -> None:
         """The hooks of a step that saves something: loss module, ReLUs (a forward-pre hook
@@ -641,7 +808,8 @@ class Recorder:
                 # (_open_step removes them otherwise); they do nothing between steps
                 if self._grad_acc:
                     with torch.no_grad():
-                        self._capture_params(list(self._grad_acc.items()))
+                        names = tuple(self._grad_acc)
+                        self._capture_params(names, list(names), list(self._grad_acc.values()))
                     self._grad_acc.clear()
                 self._flush()
         finally:
@@ -696,32 +864,12 @@ class Recorder:
                 with _no_autocast(x.device.type):
                     values = compute_many(x, reductions)
             names = self._reduction_names(name, reductions)
-            if len(values) == 1:  # the common case (a ReLU's positive_fraction): no concatenation
-                value = values[0]
-                red = reductions[0][0]
-                flat = value.reshape(-1)
-                if red not in _VECTOR_REDUCTIONS and flat.dtype != torch.float64:
-                    flat = flat.double()
-                self._pending_red.append((flat, [(names[0], red, tuple(value.shape))]))
-            else:
-                f32: list[torch.Tensor] = []
-                f64: list[torch.Tensor] = []
-                items32: list[tuple[str, str, tuple[int, ...]]] = []
-                items64: list[tuple[str, str, tuple[int, ...]]] = []
-                for (red, _absolute), tname, value in zip(reductions, names, values):
-                    item = (tname, red, tuple(value.shape))
-                    if red in _VECTOR_REDUCTIONS:
-                        f32.append(value.reshape(-1))
-                        items32.append(item)
-                    else:
-                        f64.append(value.reshape(-1).to(torch.float64))
-                        items64.append(item)
-                if f32:
-                    self._pending_red.append((torch.cat(f32) if len(f32) > 1 else f32[0], items32))
-                if f64:
-                    self._pending_red.append((torch.cat(f64) if len(f64) > 1 else f64[0], items64))
+            pending = self._pending
+            for (red, _absolute), tname, value in zip(reductions, names, values):
+                # each in its own dtype: the host casts it to the stored one (_host_arrays)
+                pending.append((value.reshape(-1), _Red([(tname, red, tuple(value.shape))])))
         if full:
-            self._pending_full.append((name, x.clone()))
+            self._pending.append(_full_copy(name, x))
         if name not in self._marked:
             self._mark_seen(name)
 
@@ -734,47 +882,67 @@ class Recorder:
             self._layouts[key] = names
         return names
 
-    def _capture_params(self, pairs: list[tuple[str, torch.Tensor]]) -> None:
-        """Like :meth:`_capture` for many parameters (or gradients) at once: tensors that need
-        the same scalar reductions are reduced together by ``compute_batch`` (small tensors
-        first, the order it computes them in). Called under ``torch.no_grad()``."""
-        groups: dict[tuple[Any, ...], tuple[list[Any], list[Any]]] = {}
-        captured = self._captured
-        for name, tensor in pairs:
-            if name in captured:
-                continue
-            spec = self._spec(name)
+    def _capture_params(
+        self, kind: str, names: list[str], tensors: list[torch.Tensor | None]
+    ) -> None:
+        """Like :meth:`_capture` for a list of parameters (or gradients; None: no gradient):
+        tensors that need the same batchable reductions are reduced together by
+        ``compute_batch`` (small tensors first, the order it computes them in). What to do
+        with each tensor is worked out once (a :class:`_ParamPlan`) while the same collections
+        save and the same tensors are present. Called under ``torch.no_grad()``."""
+        missing = any(t is None for t in tensors)
+        key = (kind, tuple(t is None for t in tensors)) if missing else kind
+        if key in self._plans_done:
+            return
+        self._plans_done.add(key)
+        plan = self._param_plans.get(key)
+        if plan is None:
+            plan = self._param_plans[key] = self._plan_params(names, tensors)
+        pending = self._pending
+        for reductions, idxs, row_layouts in plan.groups:
+            members = [tensors[i] for i in idxs] if len(idxs) != len(tensors) else tensors
+            device = members[0].device  # type: ignore[union-attr]
+            with _no_autocast(device.type):
+                rows = compute_batch_rows(members, reductions)  # type: ignore[arg-type]
+            for row, layout in zip(rows, row_layouts):
+                pending.append((row, layout))
+        for i in plan.full:
+            pending.append(_full_copy(names[i], tensors[i]))  # type: ignore[arg-type]
+        for i in plan.other:
+            self._capture(names[i], tensors[i])  # type: ignore[arg-type]
+
+    def _plan_params(self, names: list[str], tensors: list[torch.Tensor | None]) -> _ParamPlan:
+        groups: dict[tuple[Any, ...], tuple[list[int], list[int]]] = {}
+        full: list[int] = []
+        other: list[int] = []
+        for i, (name, tensor) in enumerate(zip(names, tensors)):
+            spec = self._spec(name) if tensor is not None else None
             if spec is None:
                 continue
-            full, reductions = spec
+            assert tensor is not None
+            wants_full, reductions = spec
             numel = tensor.numel()
             if not reductions or numel == 0 or not _batchable(reductions):
-                self._capture(name, tensor)
+                other.append(i)
                 continue
-            captured.add(name)
-            if full:
-                self._pending_full.append((name, tensor.clone()))
+            if wants_full:
+                full.append(i)
             if name not in self._marked:
                 self._mark_seen(name)
-            key = (reductions, tensor.device)
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = ([], [])
-            group[0 if numel <= EXACT_LIMIT else 1].append((name, tensor))
-        for (reductions, device), (small, large) in groups.items():
-            members = small + large
-            with _no_autocast(device.type):
-                table = compute_batch([t for _, t in members], reductions)
-            names = tuple(name for name, _ in members)
-            items = self._layouts.get((names, reductions))
-            if items is None:
-                items = [
-                    (reduction_tensor_name(name, red, absolute), red, ())
-                    for red, absolute in reductions
-                    for name in names
-                ]
-                self._layouts[(names, reductions)] = items
-            self._pending_red.append((table.reshape(-1), items))
+            group = groups.setdefault((reductions, tensor.device, tensor.dtype), ([], []))
+            group[0 if numel <= EXACT_LIMIT else 1].append(i)
+        plan_groups = []
+        for (reductions, _device, _dtype), (small, large) in groups.items():
+            idxs = small + large
+            row_layouts = [
+                _Scalars(
+                    [reduction_tensor_name(names[i], red, absolute) for i in idxs],
+                    STORED_DTYPE.get(red, "float64"),
+                )
+                for red, absolute in reductions
+            ]
+            plan_groups.append((reductions, idxs, row_layouts))
+        return _ParamPlan(plan_groups, full, other)
 
     def _mark_seen(self, name: str) -> None:
         for i in self._members(name):
@@ -786,47 +954,45 @@ class Recorder:
         self._marked.add(name)
 
     def _flush(self) -> None:
-        """Start moving the step's values to the CPU (one transfer per device for reductions)
-        and hand them to the writer thread, which waits for the copies, writes, commits and
-        tells the monitor.
+        """Start moving the step's values to the CPU - one transfer per device: the values of
+        each dtype concatenated, the dtypes' bytes concatenated (widest first, so each part
+        stays aligned) - and hand them to the writer thread, which waits for the copies,
+        splits them into arrays, writes, commits and tells the monitor.
 
-        On a GPU the copies are asynchronous (pinned host memory) and followed by a CUDA event:
+        On a GPU the copy is asynchronous (pinned host memory) and followed by a CUDA event:
         the training thread never waits for the device here, so recording at every step does
         not stall the kernel queue; the writer thread waits on the event instead.
         """
         writer = self.writer
-        if writer is None or (not self._pending_red and not self._pending_full):
+        pending = self._pending
+        if writer is None or not pending:
             return
         step, mode = self.global_step, self.mode
         mode_step = self._mode_steps.get(mode, 0)
-        cuda_devices: set[torch.device] = set()
-
-        def to_host(t: torch.Tensor) -> torch.Tensor:
-            if t.device.type == "cuda":  # asynchronous, into pinned memory; waited for below
-                cuda_devices.add(t.device)
-                return t.to("cpu", non_blocking=True)
-            return t.cpu()
-
-        # reductions: float32 vectors (positive_fraction) and float64 scalars, per device
-        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-        for idx, (flat, _) in enumerate(self._pending_red):
-            groups.setdefault((flat.device, flat.dtype), []).append(idx)
-        host: list[tuple[list[tuple[str, str, tuple[int, ...]]], torch.Tensor]] = []
-        for idxs in groups.values():
-            parts = [self._pending_red[i][0] for i in idxs]
-            flat = torch.cat(parts) if len(parts) > 1 else parts[0]
-            host.append(([item for i in idxs for item in self._pending_red[i][1]], to_host(flat)))
-        fulls = [
-            (name, to_host(value.float() if value.dtype in _FULL_DTYPES_AS_FLOAT32 else value))
-            for name, value in self._pending_full
-        ]
+        by_device: dict[torch.device, dict[torch.dtype, list[int]]] = {}
+        for idx, (flat, _) in enumerate(pending):
+            by_device.setdefault(flat.device, {}).setdefault(flat.dtype, []).append(idx)
+        host: list[tuple[list[Any], torch.Tensor]] = []
         events = []
-        for device in cuda_devices:
-            event = torch.cuda.Event()
-            event.record(torch.cuda.current_stream(device))
-            events.append(event)
-        self._pending_red.clear()
-        self._pending_full.clear()
+        for device, by_dtype in by_device.items():
+            segments = []
+            blobs = []
+            for dtype in sorted(by_dtype, key=_itemsize, reverse=True):
+                idxs = by_dtype[dtype]
+                parts = [pending[i][0] for i in idxs]
+                flat = torch.cat(parts) if len(parts) > 1 else parts[0]
+                blobs.append(flat.view(torch.uint8) if dtype != torch.uint8 else flat)
+                segments.append((dtype, [(pending[i][0].numel(), pending[i][1]) for i in idxs]))
+            blob = torch.cat(blobs) if len(blobs) > 1 else blobs[0]
+            if device.type == "cuda":  # asynchronous, into pinned memory; waited for below
+                blob = blob.to("cpu", non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(torch.cuda.current_stream(device))
+                events.append(event)
+            else:
+                blob = blob.cpu()
+            host.append((segments, blob))
+        pending.clear()
         collections = None
         if self._collections_dirty:
             collections = self._collections_json()
@@ -835,30 +1001,36 @@ class Recorder:
             for event in events:
                 event.synchronize()
             events = []
-        self._submit(self._write_step, step, mode, mode_step, (events, host, fulls), collections)
+        self._submit(self._write_step, step, mode, mode_step, (events, host), collections)
 
     @staticmethod
     def _host_arrays(
-        events: list[Any],
-        host: list[tuple[list[tuple[str, str, tuple[int, ...]]], torch.Tensor]],
-        fulls: list[tuple[str, torch.Tensor]],
-    ) -> list[tuple[str, np.ndarray]]:
-        """Wait for the step's device-to-host copies, then split the reduction vectors into
-        named arrays (each in its stored dtype) and add the full tensors."""
+        events: list[Any], host: list[tuple[list[Any], torch.Tensor]]
+    ) -> tuple[list[tuple[str, np.ndarray]], list[tuple[list[str], np.ndarray]]]:
+        """Wait for the step's device-to-host copies, then split each transferred buffer into
+        named arrays (views where the stored dtype is the transferred one) and rows of named
+        scalars (for RunWriter.write_step)."""
         for event in events:
             event.synchronize()
         arrays: list[tuple[str, np.ndarray]] = []
-        for items, flat in host:
-            data = flat.numpy()
+        scalars: list[tuple[list[str], np.ndarray]] = []
+        for segments, blob in host:
+            data = blob.numpy()
             offset = 0
-            for tname, red, shape in items:
-                n = int(np.prod(shape)) if shape else 1
-                chunk = data[offset : offset + n].reshape(shape)
-                offset += n
-                # a view of the transferred vector (no copy) when the dtype already matches
-                arrays.append((tname, chunk.astype(STORED_DTYPE.get(red, "float64"), copy=False)))
-        arrays.extend((name, value.numpy()) for name, value in fulls)
-        return arrays
+            for dtype, entries in segments:
+                np_dtype = _NUMPY_DTYPE[dtype]
+                count = sum(n for n, _ in entries)
+                end = offset + count * np_dtype.itemsize
+                values = data[offset:end].view(np_dtype)
+                offset = end
+                if dtype == torch.bfloat16:  # its 16 bits are a float32's upper half
+                    values = (values.astype(np.uint32) << 16).view(np.float32)
+                pos = 0
+                for n, layout in entries:
+                    chunk = values[pos : pos + n]
+                    pos += n
+                    _unpack(layout, chunk, arrays, scalars)
+        return arrays, scalars
 
     # -- the writer thread: disk (and upload) work overlaps training ---------------------------
 
@@ -907,15 +1079,13 @@ class Recorder:
         step: int,
         mode: ModeKeys,
         mode_step: int,
-        copies: tuple[list[Any], list[Any], list[Any]],
+        copies: tuple[list[Any], list[Any]],
         collections: dict[str, Any] | None,
     ) -> None:
         writer = self.writer
         assert writer is not None
-        arrays = self._host_arrays(*copies)
-        for tname, arr in arrays:
-            writer.write(tname, arr, step, mode, mode_step)
-        writer.end_step()
+        arrays, scalars = self._host_arrays(*copies)
+        writer.write_step(step, arrays, mode, mode_step, scalars=scalars)
         if collections is not None:
             writer.set_collections(collections)
         if writer.remote and time.monotonic() - self._last_sync >= self.sync_interval_s:

@@ -238,6 +238,12 @@ def batch_divisor(n: int, device: torch.device) -> torch.Tensor:
 _NORM_KEYS = frozenset({"l2", "l1", "abs_mean"})
 
 
+#: device types on which the default weight and gradient norms are multi-tensor kernels
+#: (``compute_batch``'s ``fused_norms`` default). The host-cost proxy of
+#: benchmarks/bench_capture.py adds "cpu" to time the GPU path's host work on a CPU.
+FUSED_NORM_DEVICES = {"cuda"}
+
+
 def compute_batch(
     xs: list[torch.Tensor],
     wanted: tuple[tuple[str, bool], ...],
@@ -256,9 +262,22 @@ def compute_batch(
     is wanted (variance = E[x^2] - mean^2 as in :func:`compute_many`). Only ``BATCHABLE``
     reductions. Passing the small tensors first saves a final reordering.
     """
+    rows = compute_batch_rows(xs, wanted, fused_norms=fused_norms)
+    return torch.stack([row.double() for row in rows])
+
+
+def compute_batch_rows(
+    xs: list[torch.Tensor],
+    wanted: tuple[tuple[str, bool], ...],
+    *,
+    fused_norms: bool | None = None,
+) -> list[torch.Tensor]:
+    """:func:`compute_batch` as one 1-D row per wanted reduction, each in the dtype it was
+    computed in (the fused norms stay float32: the Recorder widens them on the host, which
+    saves a kernel per row on a GPU)."""
     dev = xs[0].device
     if fused_norms is None:
-        fused_norms = dev.type == "cuda"
+        fused_norms = dev.type in FUSED_NORM_DEVICES
     if fused_norms and all(_batch_key(n, a) in _NORM_KEYS for n, a in wanted):
         return _batch_norms(xs, wanted, dev)
     small = [i for i, x in enumerate(xs) if x.numel() <= _EXACT_LIMIT]
@@ -268,21 +287,22 @@ def compute_batch(
         parts.append(_batch_small([xs[i] for i in small], wanted, dev))
     if large:
         parts.append(_batch_large([xs[i] for i in large], wanted, dev, fused_norms))
-    table = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    rows = parts[0] if len(parts) == 1 else [torch.cat(pair) for pair in zip(*parts)]
     if small and large and small[-1] > large[0]:  # back to the order of xs
         order = tuple(small + large)
         inverse = _constant(
             ("perm", order, str(dev)),
             lambda: torch.argsort(torch.tensor(order, dtype=torch.long)).to(dev),
         )
-        table = table.index_select(1, inverse)
-    return table
+        rows = [row.index_select(0, inverse) for row in rows]
+    return rows
 
 
 def _batch_norms(
     xs: list[torch.Tensor], wanted: tuple[tuple[str, bool], ...], dev: torch.device
-) -> torch.Tensor:
-    """compute_batch of l2 / l1 / abs_mean only: one multi-tensor norm per statistic."""
+) -> list[torch.Tensor]:
+    """compute_batch of l2 / l1 / abs_mean only: one multi-tensor norm per statistic (l2 and
+    l1 rows float32, abs_mean float64: l1 / numel divided in float64)."""
     floats = [_float(x) for x in xs]
     numels = tuple(x.numel() for x in floats)
     cache: dict[str, torch.Tensor] = {}
@@ -291,10 +311,10 @@ def _batch_norms(
         t = cache.get(key)
         if t is None:
             if key == "abs_mean":
-                t = stat("l1") / _counts(numels, dev)
+                t = stat("l1").double() / _counts(numels, dev)
             else:
                 norms = torch._foreach_norm(floats, 2 if key == "l2" else 1)
-                t = _stack_scalars(norms).double()
+                t = _stack_scalars(norms)
             cache[key] = t
         return t
 
@@ -318,14 +338,13 @@ def _stack_scalars(ts: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(ts)
 
 
-def _rows(stats: Any, wanted: tuple[tuple[str, bool], ...]) -> torch.Tensor:
-    rows = [stats(_batch_key(name, absolute)) for name, absolute in wanted]
-    return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
+def _rows(stats: Any, wanted: tuple[tuple[str, bool], ...]) -> list[torch.Tensor]:
+    return [stats(_batch_key(name, absolute)) for name, absolute in wanted]
 
 
 def _batch_small(
     xs: list[torch.Tensor], wanted: tuple[tuple[str, bool], ...], dev: torch.device
-) -> torch.Tensor:
+) -> list[torch.Tensor]:
     """compute_batch for tensors of up to 65,536 elements: one float64 vector, reduced by
     segment; each statistic computed only when asked for."""
     numels = tuple(x.numel() for x in xs)
@@ -373,7 +392,7 @@ def _batch_small(
 
 def _batch_large(
     xs: list[torch.Tensor], wanted: tuple[tuple[str, bool], ...], dev: torch.device, fused: bool
-) -> torch.Tensor:
+) -> list[torch.Tensor]:
     """compute_batch for tensors of more than 65,536 elements: multi-tensor norms, per-tensor
     passes only for the statistics that need them."""
     big = [_float(x) for x in xs]

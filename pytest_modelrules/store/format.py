@@ -114,6 +114,78 @@ def encode_record_parts(
     return RECORD_MAGIC + _CRC.pack(crc) + body, payload
 
 
+# native-order dtypes the fast encoder takes as they are (little-endian hosts)
+_FAST_CODES: dict[np.dtype, int] = (
+    {dt.newbyteorder("="): code for code, dt in DTYPE_CODES.items()} if np.little_endian else {}
+)
+_SHAPES: dict[tuple[int, ...], bytes] = {}
+
+
+def encode_record_fast(
+    array: np.ndarray | np.generic, step: int, mode: int, mode_step: int, wall_time: float
+) -> tuple[bytes, bytes | memoryview]:
+    """:func:`encode_record_parts` with less Python per record, for writers of many small
+    records a step (the Recorder's ~200): a numpy array or scalar of a format dtype in native
+    order, C-contiguous, is encoded directly (payloads of up to 64 bytes as bytes, larger
+    ones as a view of the array); anything else goes through encode_record_parts. Same
+    bytes."""
+    code = _FAST_CODES.get(array.dtype)
+    if code is None or not array.flags.c_contiguous:
+        return encode_record_parts(
+            np.asarray(array), step=step, mode=mode, mode_step=mode_step, wall_time=wall_time
+        )
+    shape = array.shape
+    nbytes = array.nbytes
+    payload: bytes | memoryview = (
+        array.tobytes() if nbytes <= 64 else memoryview(array.reshape(-1).view(np.uint8))
+    )
+    dims = _SHAPES.get(shape)
+    if dims is None:
+        if len(shape) > MAX_NDIM:
+            raise ValueError(f"arrays of more than {MAX_NDIM} dimensions cannot be stored")
+        dims = _SHAPES[shape] = struct.pack(f"<{len(shape)}Q", *shape) if shape else b""
+        if len(_SHAPES) > 4096:
+            _SHAPES.clear()
+    body = (
+        RECORD_HEADER.pack(
+            RECORD_MAGIC, 0, step, mode_step, wall_time, nbytes, mode, code, len(shape), 0
+        )[8:]
+        + dims
+    )
+    return RECORD_MAGIC + _CRC.pack(zlib.crc32(payload, zlib.crc32(body))) + body, payload
+
+
+def encode_scalar_records(
+    values: np.ndarray, step: int, mode: int, mode_step: int, wall_time: float
+) -> tuple[memoryview, int]:
+    """Records of 0-d arrays, one per element of the 1-D array ``values`` (a format dtype),
+    encoded together: ``(buffer, record size)``, record ``i`` at ``[i * size, (i + 1) * size)``.
+    The same bytes as :func:`encode_record` of each ``values[i]``; the headers are filled as
+    one structured array and only the CRCs are computed one by one."""
+    values = np.asarray(values)
+    dt = values.dtype.newbyteorder("<")
+    code = dtype_code(dt)
+    rec = np.dtype(
+        [("magic", "S4"), ("crc", "<u4"), ("step", "<i8"), ("mode_step", "<i8"),
+         ("wall", "<f8"), ("nbytes", "<u8"), ("mode", "u1"), ("code", "u1"), ("ndim", "u1"),
+         ("flags", "u1"), ("pad", "V4"), ("value", dt)]
+    )  # fmt: skip
+    out = np.zeros(values.shape[0], dtype=rec)
+    out["magic"] = RECORD_MAGIC
+    out["step"] = step
+    out["mode_step"] = mode_step
+    out["wall"] = wall_time
+    out["nbytes"] = dt.itemsize
+    out["mode"] = mode
+    out["code"] = code
+    out["value"] = values
+    size = rec.itemsize
+    view = memoryview(out.view(np.uint8).reshape(-1))
+    crc32 = zlib.crc32
+    out["crc"] = [crc32(view[i + 8 : i + size]) for i in range(0, len(view), size)]
+    return view, size
+
+
 def encode_record(
     array: np.ndarray, *, step: int, mode: int, mode_step: int, wall_time: float
 ) -> bytes:

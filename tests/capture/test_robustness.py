@@ -14,6 +14,8 @@ from pytest_modelrules import Recorder, modes, open_run
 from pytest_modelrules.capture import CollectionConfig
 from pytest_modelrules.capture import recorder as recorder_module
 from pytest_modelrules.exceptions import RecorderError
+from pytest_modelrules.store import writer as writer_module
+from pytest_modelrules.store.format import RECORD_HEADER
 from pytest_modelrules.store.writer import RunWriter
 
 torch = pytest.importorskip("torch")
@@ -30,14 +32,18 @@ def test_disk_full_during_training_is_reported_once_and_training_goes_on(tmp_pat
     model, loss_fn, opt = _fresh()
     baseline = train(model, loss_fn, opt, data)
 
-    real_write = RunWriter.write
+    real_write_parts = writer_module.write_parts
+    written_in_step_3 = []
 
-    def failing_write(self, name, array, step, *args, **kwargs):
-        if step >= 3:  # the disk fills up during step 3
+    def failing_write_parts(fh, head, payload):
+        step = RECORD_HEADER.unpack_from((bytes(head) + bytes(payload))[:48])[2]
+        if step >= 3 and written_in_step_3:  # the disk fills up in the middle of step 3
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(self, name, array, step, *args, **kwargs)
+        if step == 3:
+            written_in_step_3.append(fh.name)
+        return real_write_parts(fh, head, payload)
 
-    monkeypatch.setattr(RunWriter, "write", failing_write)
+    monkeypatch.setattr(writer_module, "write_parts", failing_write_parts)
     model, loss_fn, opt = _fresh()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -52,7 +58,8 @@ def test_disk_full_during_training_is_reported_once_and_training_goes_on(tmp_pat
     # nothing of the recorder is left on the model
     assert not model._forward_pre_hooks and not model._forward_hooks
     assert not model.relu._forward_hooks and not opt._optimizer_step_pre_hooks
-    # what was committed before the failure still reads
+    # what was committed before the failure still reads; the half-written step 3 does not
+    assert len(written_in_step_3) == 1
     assert open_run(tmp_path / "run").steps() == [0, 1, 2]
 
 

@@ -326,3 +326,105 @@ def test_reductions_under_autocast_leave_it_as_it_was(tmp_path, tiny):
     assert pf.dtype == np.float32 and 0 < pf.mean() < 1
     var = run.tensor(reduction_tensor_name("relu_input_0", "variance")).value(1)
     assert var.dtype == np.float64 and var > 0
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_default_recording_stores_exactly_what_the_model_computed(tmp_path, channels_last):
+    """The default path (a ReLU's positive fraction sent as counts and divided on the host, a
+    channels_last batch's counts sent in memory order, bfloat16 logits sent as their bits,
+    parameter norms as rows of scalars): every stored value equals the reference of the
+    tensor the model produced, bit for bit where the reference is exact."""
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = TinyNet().to(memory_format=fmt)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = {"relu": [], "logits": [], "labels": [], "loss": []}
+
+    def keep_relu(module, args, out):
+        seen["relu"].append(out.detach().clone())
+
+    def keep_loss(module, args, out):
+        seen["logits"].append(args[0].detach().clone())
+        seen["labels"].append(args[1].clone())
+        seen["loss"].append(out.detach().clone())
+
+    model.relu.register_forward_hook(keep_relu)
+    loss_fn.register_forward_hook(keep_loss)
+    grads = []
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1):
+        for x, y in batches(2):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(x.contiguous(memory_format=fmt))
+                assert out.dtype == torch.bfloat16
+                loss = loss_fn(out, y)
+            loss.backward()
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+            opt.step()
+    run = open_run(tmp_path / "run")
+    for step in (0, 1):
+        for k in (0, 1):  # the ReLU module is called twice a step
+            relu = seen["relu"][2 * step + k]
+            assert relu.is_contiguous(memory_format=fmt)
+            stored = run.tensor(reduction_tensor_name(f"relu_output_{k}", "positive_fraction"))
+            expected = compute_reduction(relu.float().numpy(), "positive_fraction")
+            got = stored.value(step)
+            assert got.dtype == np.float32 and got.shape == expected.shape
+            np.testing.assert_array_equal(got, expected)
+        logits = run.tensor("CrossEntropyLoss_input_0").value(step)
+        assert logits.dtype == np.float32
+        np.testing.assert_array_equal(logits, seen["logits"][step].float().numpy())
+        labels = run.tensor("CrossEntropyLoss_input_1").value(step)
+        assert labels.dtype == np.int64
+        np.testing.assert_array_equal(labels, seen["labels"][step].numpy())
+        np.testing.assert_array_equal(
+            run.tensor("CrossEntropyLoss_output_0").value(step), seen["loss"][step].numpy()
+        )
+        for pname, grad in grads[step].items():
+            for red, absolute in (("l2", False), ("mean", True)):
+                tname = reduction_tensor_name(f"gradient/{pname}", red, absolute)
+                stored = run.tensor(tname).value(step)
+                assert stored.dtype == np.float64 and stored.shape == ()
+                expected = compute_reduction(grad.numpy(), red, absolute)
+                np.testing.assert_allclose(stored, expected, rtol=1e-5)
+
+
+def test_a_reductions_only_step_makes_one_transfer_per_device(tmp_path, tiny, monkeypatch):
+    """Every value of a step - reductions of each dtype and full tensors - leaves the device
+    in one buffer: one host copy a step (here: one .cpu() of a uint8 buffer)."""
+    model, loss_fn, opt = tiny
+    copies = []
+    real_cpu = torch.Tensor.cpu
+
+    def counting_cpu(self, *args, **kwargs):
+        copies.append(self.dtype)
+        return real_cpu(self, *args, **kwargs)
+
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1):
+        monkeypatch.setattr(torch.Tensor, "cpu", counting_cpu)
+        train(model, loss_fn, opt, batches(3))
+        monkeypatch.undo()
+    assert copies == [torch.uint8] * 3
+    run = open_run(tmp_path / "run")
+    assert run.steps() == [0, 1, 2]
+    assert run.tensor("CrossEntropyLoss_input_1").value(2).dtype == np.int64
+
+
+def test_counts_in_memory_order_come_back_in_logical_order():
+    """A channels_last batch's counts (as a GPU reduction may lay them out) travel in memory
+    order without a copy; the host undoes the order. Counts no permutation makes contiguous
+    are copied. Either way the stored value is counts / n, flat, in C order."""
+    from pytest_modelrules.capture.recorder import _flat_counts, _unpack
+
+    base = torch.arange(120, dtype=torch.float32).reshape(5, 6, 4) % 7
+    for counts, copied in ((base.permute(2, 0, 1), False), (base[:, ::2, :], True)):
+        assert not counts.is_contiguous()
+        flat, layout = _flat_counts(counts, "t", 9)
+        assert (flat.data_ptr() != counts.data_ptr()) == copied
+        arrays: list = []
+        _unpack(layout, flat.numpy(), arrays, [])
+        ((name, got),) = arrays
+        expected = (counts.reshape(-1).numpy() / np.float32(9)).astype(np.float32)
+        assert name == "t" and got.dtype == np.float32
+        np.testing.assert_array_equal(got, expected)

@@ -114,3 +114,93 @@ def test_short_writev_is_completed(tmp_path, monkeypatch, cut: int) -> None:
     records = [(0, np.arange(40, dtype=np.float64)), (1, np.ones((3, 5), np.int32))]
     got = _write_run(tmp_path / "r", records, wall=1.0)
     assert got == _expected_file("t", records, wall=1.0)
+
+
+@pytest.mark.parametrize("i", range(len(_arrays())))
+def test_fast_encoder_equals_encode_record(i: int) -> None:
+    from pytest_modelrules.store.format import encode_record_fast
+
+    arr = _arrays()[i]
+    head, payload = encode_record_fast(arr, 7, 2, 3, 1234.5)
+    assert head + bytes(payload) == encode_record(arr, step=7, mode=2, mode_step=3,
+                                                  wall_time=1234.5)  # fmt: skip
+    if arr.ndim == 0:  # numpy scalars too (what iterating over a row gives)
+        scalar = arr[()]
+        head, payload = encode_record_fast(scalar, 7, 2, 3, 1234.5)
+        assert head + bytes(payload) == encode_record(arr, step=7, mode=2, mode_step=3,
+                                                      wall_time=1234.5)  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", sorted({dt.str for dt in DTYPE_CODES.values()}))
+def test_scalar_rows_encode_like_single_records(dtype: str) -> None:
+    from pytest_modelrules.store.format import encode_scalar_records
+
+    values = (np.arange(7) * 3.5 - 4).astype(dtype)
+    buf, size = encode_scalar_records(values, 11, 1, 4, 77.0)
+    assert len(buf) == size * 7
+    for i in range(7):
+        expected = encode_record(values[i : i + 1].reshape(()), step=11, mode=1, mode_step=4,
+                                 wall_time=77.0)  # fmt: skip
+        assert bytes(buf[i * size : (i + 1) * size]) == expected
+
+
+def _tree(root) -> dict[str, bytes]:
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            path = os.path.join(dirpath, f)
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, root)] = fh.read()
+    return out
+
+
+def test_write_step_writes_the_same_files_as_write_and_end_step(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    steps = []
+    for s in range(3):
+        arrays = [("a", rng.standard_normal((3, 4)).astype(np.float32)),
+                  ("b", np.int64(s)), ("c/d", rng.standard_normal(()))]  # fmt: skip
+        scalars = [(["w1", "w2", "w3"], rng.standard_normal(3)),
+                   (["g1", "g2"], rng.standard_normal(2).astype(np.float32))]  # fmt: skip
+        steps.append((s * 2, arrays, scalars))
+    with RunWriter(tmp_path / "one") as w:
+        for step, arrays, scalars in steps:
+            for name, arr in arrays:
+                w.write(name, arr, step, "EVAL", wall_time=5.0)
+            for names, values in scalars:
+                for name, value in zip(names, values):
+                    w.write(name, value, step, "EVAL", wall_time=5.0)
+            w.end_step()
+    with RunWriter(tmp_path / "batched") as w:
+        for step, arrays, scalars in steps:
+            w.write_step(step, arrays, "EVAL", wall_time=5.0, scalars=scalars)
+    one, batched = _tree(tmp_path / "one"), _tree(tmp_path / "batched")
+    assert set(one) == set(batched)
+    for rel, data in one.items():
+        if rel.endswith(".mrt"):
+            assert batched[rel] == data, rel
+    run = open_run(tmp_path / "batched")
+    assert run.steps() == [0, 2, 4]
+    assert run.tensor("w2").value(2) == steps[1][2][0][1][1]  # global step 2
+    assert run.tensor("w2").value(1, mode="EVAL") == steps[1][2][0][1][1]  # its EVAL step 1
+
+
+def test_write_step_refuses_what_write_refuses_before_writing_anything(tmp_path) -> None:
+    with RunWriter(tmp_path / "r") as w:
+        w.write_step(3, [("a", np.zeros(2))])
+        with pytest.raises(ValueError, match="already committed"):
+            w.write_step(3, [("a", np.zeros(2))])
+        with pytest.raises(ValueError, match="'a' written twice"):
+            w.write_step(4, [("a", np.zeros(2))], scalars=[(["a"], np.zeros(1))])
+        with pytest.raises(ValueError, match="2 names for 1"):
+            w.write_step(5, [], scalars=[(["x", "y"], np.zeros(1))])
+        with pytest.raises(ValueError, match="non-empty string"):
+            w.write_step(6, [("", np.zeros(1))])
+        w.write_step(7, [])  # nothing to write: nothing happens
+        w.write("b", np.ones(1), 8)  # an open step: write_step adds to it, then commits
+        with pytest.raises(ValueError, match="'b' written twice"):
+            w.write_step(8, [("b", np.ones(1))])
+        w.write_step(8, [("c", np.ones(1))])
+    run = open_run(tmp_path / "r")
+    assert run.steps() == [3, 8]  # the refused calls left nothing behind
+    assert run.tensor_names() == ["a", "b", "c"]
