@@ -24,8 +24,11 @@ STORED_DTYPE = {
 _QUANTILE_LIMIT = 16_000_000  # torch.quantile refuses larger inputs
 
 
+_FLOATS = (torch.float32, torch.float64)
+
+
 def _float(x: torch.Tensor) -> torch.Tensor:
-    if x.dtype in (torch.float32, torch.float64):
+    if x.dtype in _FLOATS:
         return x
     return x.float()
 
@@ -142,12 +145,13 @@ def compute_many(x: torch.Tensor, wanted: tuple[tuple[str, bool], ...]) -> list[
                 out.append(x.reshape(1, 1).to(torch.float64, copy=True))
             else:
                 c = x.shape[1] if x.ndim >= 2 else 1
-                per = x.reshape(x.shape[0], c, -1)
-                if per.shape[2] == 0:
+                if x.ndim >= 3 and numel:  # any memory layout (channels_last: no copy)
+                    out.append(x.mean(dim=tuple(range(2, x.ndim)), dtype=torch.float64))
+                elif x.ndim >= 3 or numel == 0:
                     out.append(torch.full((x.shape[0], c), float("nan"), dtype=torch.float64,
                                           device=dev))  # fmt: skip
                 else:
-                    out.append(per.mean(dim=2, dtype=torch.float64))
+                    out.append(x.reshape(x.shape[0], c).to(torch.float64, copy=True))
         elif name == "numel":
             out.append(torch.tensor(numel, dtype=torch.int64, device=dev))
         elif name in ("nan_count", "inf_count"):
@@ -303,14 +307,14 @@ def _batch_norms(
 ) -> list[torch.Tensor]:
     """compute_batch of l2 / l1 / abs_mean only: one multi-tensor norm per statistic (l2 and
     l1 rows float32, abs_mean float64: l1 / numel divided in float64)."""
-    floats = [_float(x) for x in xs]
-    numels = tuple(x.numel() for x in floats)
+    floats = xs if all(x.dtype in _FLOATS for x in xs) else [_float(x) for x in xs]
     cache: dict[str, torch.Tensor] = {}
 
     def stat(key: str) -> torch.Tensor:
         t = cache.get(key)
         if t is None:
             if key == "abs_mean":
+                numels = tuple(x.numel() for x in floats)
                 t = stat("l1").double() / _counts(numels, dev)
             else:
                 norms = torch._foreach_norm(floats, 2 if key == "l2" else 1)
@@ -326,13 +330,17 @@ def _stack_scalars(ts: list[torch.Tensor]) -> torch.Tensor:
     consecutive elements of one buffer, returned as one view of it (stack would dispatch an
     unsqueeze per tensor: ~60 per call for ResNet-18)."""
     first = ts[0]
+    last = ts[-1]
     n = len(ts)
-    if n > 1 and first.ndim == 0:
+    if n > 1 and first.ndim == 0 and last.ndim == 0 and last.dtype == first.dtype:
+        # the first and the last element of one storage, n - 1 elements apart: the kernel's
+        # output buffer, in order (checking every element would cost ~60 Python calls)
         size = first.element_size()
-        base = first.data_ptr()
-        if first.untyped_storage().nbytes() >= (first.storage_offset() + n) * size and all(
-            t.ndim == 0 and t.dtype == first.dtype and t.data_ptr() == base + i * size
-            for i, t in enumerate(ts)
+        storage = first.untyped_storage()
+        if (
+            last.untyped_storage().data_ptr() == storage.data_ptr()
+            and last.data_ptr() == first.data_ptr() + (n - 1) * size
+            and storage.nbytes() >= (first.storage_offset() + n) * size
         ):
             return first.as_strided((n,), (1,), first.storage_offset())
     return torch.stack(ts)

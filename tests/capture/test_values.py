@@ -428,3 +428,24 @@ def test_counts_in_memory_order_come_back_in_logical_order():
         expected = (counts.reshape(-1).numpy() / np.float32(9)).astype(np.float32)
         assert name == "t" and got.dtype == np.float32
         np.testing.assert_array_equal(got, expected)
+
+
+def test_sample_channel_mean_equals_the_reference_in_any_layout():
+    from pytest_modelrules.capture.reductions import compute_many
+
+    gen = torch.Generator().manual_seed(3)
+    cases = [
+        torch.randn(4, 3, 5, 6, generator=gen),
+        torch.randn(4, 3, 5, 6, generator=gen).contiguous(memory_format=torch.channels_last),
+        torch.randn(2, 3, 4, 5, 6, generator=gen),
+        torch.randn(4, 7, generator=gen),
+        torch.randn(5, generator=gen),
+        torch.randn(4, 3, 0, 2),
+        torch.randn(0, 3),
+        torch.randn(4, 3, 5, 6, generator=gen).to(torch.bfloat16),
+    ]
+    for x in cases:
+        (got,) = compute_many(x, (("sample_channel_mean", False),))
+        expected = compute_reduction(x.float().numpy(), "sample_channel_mean")
+        assert got.dtype == torch.float64 and tuple(got.shape) == expected.shape, x.shape
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, err_msg=str(x.shape))
