@@ -229,10 +229,11 @@ class _Full(NamedTuple):
 
 class _ParamPlan(NamedTuple):
     """What a saving step does with a list of parameters or gradients: groups reduced together
-    by ``compute_batch_rows`` (reductions, indices, the layout of each reduction's row),
+    by ``compute_batch_rows`` (reductions, indices or None for all in order, the layout of
+    each reduction's row),
     indices stored in full, indices that take the general path (:meth:`Recorder._capture`)."""
 
-    groups: list[tuple[_Spec, list[int], list[_Scalars]]]
+    groups: list[tuple[_Spec, list[int] | None, list[_Scalars]]]
     full: list[int]
     other: list[int]
 
@@ -900,7 +901,7 @@ class Recorder:
             plan = self._param_plans[key] = self._plan_params(names, tensors)
         pending = self._pending
         for reductions, idxs, row_layouts in plan.groups:
-            members = [tensors[i] for i in idxs] if len(idxs) != len(tensors) else tensors
+            members = tensors if idxs is None else [tensors[i] for i in idxs]
             device = members[0].device  # type: ignore[union-attr]
             with _no_autocast(device.type):
                 rows = compute_batch_rows(members, reductions)  # type: ignore[arg-type]
@@ -933,10 +934,12 @@ class Recorder:
             group[0 if numel <= EXACT_LIMIT else 1].append(i)
         plan_groups = []
         for (reductions, _device, _dtype), (small, large) in groups.items():
-            idxs = small + large
+            order = small + large
+            # None: every tensor, in the given order (no list to build at each step)
+            idxs = None if order == list(range(len(names))) else order
             row_layouts = [
                 _Scalars(
-                    [reduction_tensor_name(names[i], red, absolute) for i in idxs],
+                    [reduction_tensor_name(names[i], red, absolute) for i in order],
                     STORED_DTYPE.get(red, "float64"),
                 )
                 for red, absolute in reductions

@@ -449,3 +449,55 @@ def test_sample_channel_mean_equals_the_reference_in_any_layout():
         expected = compute_reduction(x.float().numpy(), "sample_channel_mean")
         assert got.dtype == torch.float64 and tuple(got.shape) == expected.shape, x.shape
         np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, err_msg=str(x.shape))
+
+
+class _BigFirst(torch.nn.Module):
+    """A large weight (over 65,536 elements: reduced apart from the small ones) before small
+    ones, and a frozen layer in the middle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.big = torch.nn.Linear(300, 300)
+        self.frozen = torch.nn.Linear(300, 20)
+        self.head = torch.nn.Linear(20, 5)
+        self.frozen.requires_grad_(False)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.frozen(torch.relu(self.big(x)))))
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["cpu-path", "gpu-path"])
+def test_parameter_norms_are_stored_under_their_own_names(tmp_path, monkeypatch, fused):
+    from pytest_modelrules.capture import reductions
+
+    if fused:
+        monkeypatch.setattr(reductions, "FUSED_NORM_DEVICES", {"cuda", "cpu"})
+    torch.manual_seed(0)
+    model = _BigFirst()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    gen = torch.Generator().manual_seed(1)
+    weights, grads = [], []
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1):
+        for _ in range(2):
+            weights.append({n: p.detach().clone() for n, p in model.named_parameters()})
+            opt.zero_grad()
+            x, y = torch.randn(4, 300, generator=gen), torch.randint(0, 5, (4,), generator=gen)
+            loss_fn(model(x), y).backward()
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters()
+                          if p.grad is not None})  # fmt: skip
+            opt.step()
+    run = open_run(tmp_path / "run")
+    assert set(grads[0]) == {"big.weight", "big.bias", "head.weight", "head.bias"}
+    for step in (0, 1):
+        for name, value in weights[step].items():
+            stored = run.tensor(reduction_tensor_name(name, "l2")).value(step)
+            expected = compute_reduction(value.numpy(), "l2")
+            np.testing.assert_allclose(stored, expected, rtol=1e-5, err_msg=name)
+        for name, grad in grads[step].items():
+            for red, absolute in (("l2", False), ("mean", True)):
+                tname = reduction_tensor_name(f"gradient/{name}", red, absolute)
+                expected = compute_reduction(grad.numpy(), red, absolute)
+                np.testing.assert_allclose(run.tensor(tname).value(step), expected, rtol=1e-5,
+                                           err_msg=tname)  # fmt: skip
+    assert not run.has_tensor(reduction_tensor_name("gradient/frozen.weight", "l2"))
