@@ -282,7 +282,10 @@ def _unpack(
         if layout.perm is not None:
             shape = [layout.shape[d] for d in layout.perm]
             chunk = chunk.reshape(shape).transpose(np.argsort(layout.perm)).reshape(-1)
-        arrays.append((layout.name, chunk / np.float32(layout.n)))
+        if layout.n:
+            arrays.append((layout.name, chunk / np.float32(layout.n)))
+        else:  # an empty batch: 0 / 0, as the device would give it, without numpy's warning
+            arrays.append((layout.name, np.full(chunk.shape, np.nan, dtype=np.float32)))
     elif kind is _Red:
         offset = 0
         for tname, red, shape in layout.items:
@@ -977,6 +980,28 @@ class Recorder:
             by_device.setdefault(flat.device, {}).setdefault(flat.dtype, []).append(idx)
         host: list[tuple[list[Any], torch.Tensor]] = []
         events = []
+        with torch.no_grad():  # nothing pending requires grad; the concatenations never will
+            self._transfer(by_device, host, events)
+        pending.clear()
+        collections = None
+        if self._collections_dirty:
+            collections = self._collections_json()
+            self._collections_dirty = False
+        if not self._async:
+            for event in events:
+                event.synchronize()
+            events = []
+        self._submit(self._write_step, step, mode, mode_step, (events, host), collections)
+
+    def _transfer(
+        self,
+        by_device: dict[torch.device, dict[torch.dtype, list[int]]],
+        host: list[tuple[list[Any], torch.Tensor]],
+        events: list[Any],
+    ) -> None:
+        """Per device: concatenate the pending values of each dtype, their bytes into one
+        buffer, and start its copy to the CPU (see :meth:`_flush`)."""
+        pending = self._pending
         for device, by_dtype in by_device.items():
             segments = []
             blobs = []
@@ -995,16 +1020,6 @@ class Recorder:
             else:
                 blob = blob.cpu()
             host.append((segments, blob))
-        pending.clear()
-        collections = None
-        if self._collections_dirty:
-            collections = self._collections_json()
-            self._collections_dirty = False
-        if not self._async:
-            for event in events:
-                event.synchronize()
-            events = []
-        self._submit(self._write_step, step, mode, mode_step, (events, host), collections)
 
     @staticmethod
     def _host_arrays(
