@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     if args.host_proxy:
         args.width, args.size, args.batch, args.threads = 8, 32, 4, 1
-        args.steps, args.rounds = max(args.steps, 50), max(args.rounds, 7)
+        if not args.quick:
+            args.steps, args.rounds = max(args.steps, 50), max(args.rounds, 7)
 
     import torch
 

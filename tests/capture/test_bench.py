@@ -11,13 +11,43 @@ pytest.importorskip("torchvision")
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_capture.py"
 
 
-def test_bench_capture_quick(capsys):
+def _bench():
     spec = importlib.util.spec_from_file_location("bench_capture", BENCH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    ratios = module.main(["--quick"])
+    return module
+
+
+def test_bench_capture_quick(capsys):
+    ratios = _bench().main(["--quick"])
     out = capsys.readouterr().out
     assert "ResNet-18" in out and "median step (ms)" in out
     for label in ("no recorder", "save_interval=500", "save_interval=1"):
         assert label in out and ratios[label] > 0
     assert ratios["no recorder"] == 1.0
+
+
+def test_host_proxy_is_resnet18_at_a_narrow_width(capsys, monkeypatch):
+    """The proxy must call the same modules, under the same names, as ResNet-18 (what the
+    Recorder hooks and names), with next to no arithmetic."""
+    import torchvision
+
+    from pytest_modelrules.capture import reductions
+
+    module = _bench()
+    narrow = module.narrow_resnet18(8)
+    full = torchvision.models.resnet18(weights=None, num_classes=43)
+    assert type(narrow).__name__ == type(full).__name__ == "ResNet"
+    assert [(n, type(m).__name__) for n, m in narrow.named_modules()] == [
+        (n, type(m).__name__) for n, m in full.named_modules()
+    ]
+    assert [n for n, _ in narrow.named_parameters()] == [n for n, _ in full.named_parameters()]
+    assert (
+        sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in full.parameters()) / 50
+    )
+    monkeypatch.setattr(reductions, "FUSED_NORM_DEVICES", set(reductions.FUSED_NORM_DEVICES))
+    ratios = module.main(["--quick", "--host-proxy"])
+    out = capsys.readouterr().out
+    assert "at width 8" in out and "host-cost proxy" in out and "paired ratio" in out
+    assert "cpu" in reductions.FUSED_NORM_DEVICES  # the GPU's code path for the norms
+    assert set(ratios) == {"no recorder", "save_interval=500", "save_interval=1"}
