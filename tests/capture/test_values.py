@@ -501,3 +501,40 @@ def test_parameter_norms_are_stored_under_their_own_names(tmp_path, monkeypatch,
                 np.testing.assert_allclose(run.tensor(tname).value(step), expected, rtol=1e-5,
                                            err_msg=tname)  # fmt: skip
     assert not run.has_tensor(reduction_tensor_name("gradient/frozen.weight", "l2"))
+
+
+class _ManyDtypes(torch.nn.Module):
+    """Returns tensors of many dtypes (stored in full: a model without a loss module)."""
+
+    def forward(self, x):
+        outs = [
+            x.to(torch.bfloat16), x.to(torch.float16), x > 0, (x * 10).to(torch.int8),
+            (x * 1000).to(torch.int64), torch.complex(x, -x),
+            x.contiguous(memory_format=torch.channels_last), x[:, :, ::2],
+        ]  # fmt: skip
+        if hasattr(torch, "float8_e4m3fn"):
+            outs.append(x.to(torch.float8_e4m3fn))
+        return tuple(outs)
+
+
+def test_full_tensors_of_every_dtype_come_back_exactly(tmp_path):
+    """One byte buffer carries every dtype; the host reads each back (bfloat16 and float8 as
+    float32, exactly; channels_last and strided tensors in C order)."""
+    model = _ManyDtypes()
+    gen = torch.Generator().manual_seed(5)
+    xs = [torch.randn(2, 3, 4, 4, generator=gen) for _ in range(2)]
+    expected = []
+    with Recorder(tmp_path / "run", model, save_interval=1) as rec:
+        for x in xs:
+            expected.append(model(x))
+    assert not rec.dead
+    run = open_run(tmp_path / "run")
+    for step, outs in enumerate(expected):
+        for i, value in enumerate(outs):
+            got = run.tensor(f"_ManyDtypes_output_{i}").value(step)
+            if value.dtype in (torch.bfloat16,) or "float8" in str(value.dtype):
+                want = value.float().numpy()
+            else:
+                want = value.contiguous().numpy()
+            assert got.dtype == want.dtype and got.shape == want.shape, (i, value.dtype)
+            np.testing.assert_array_equal(got, want, err_msg=str(value.dtype))
