@@ -6,8 +6,9 @@ notebooks written against smdebug read a recorded run unchanged. See docs/record
 Cost model: a step that saves nothing runs two Python counter checks (the model's forward
 pre-hook and the optimizer's step hooks); every other hook is installed only for steps that
 save something (kept while the following steps save the same collections, removed before one
-that does not). At a saved step, reductions are computed on the tensor's device and moved to
-the CPU in one transfer per device and dtype.
+that does not). At a saved step, reductions are computed on the tensor's device and the step's
+values - reductions and full tensors of every dtype - move to the CPU as one byte buffer per
+device, which the writer thread splits.
 """
 
 from __future__ import annotations
