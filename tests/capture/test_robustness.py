@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import threading
 import uuid
 import warnings
@@ -27,23 +28,24 @@ def _fresh():
     return model, torch.nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1)
 
 
+@pytest.mark.skipif(not hasattr(os, "writev"), reason="simulates the failure in os.writev")
 def test_disk_full_during_training_is_reported_once_and_training_goes_on(tmp_path, monkeypatch):
     data = batches(8)
     model, loss_fn, opt = _fresh()
     baseline = train(model, loss_fn, opt, data)
 
-    real_write_parts = writer_module.write_parts
+    real_writev = os.writev
     written_in_step_3 = []
 
-    def failing_write_parts(fh, head, payload):
-        step = RECORD_HEADER.unpack_from((bytes(head) + bytes(payload))[:48])[2]
+    def failing_writev(fd, parts):  # the system call that appends a record
+        step = RECORD_HEADER.unpack_from(b"".join(bytes(p) for p in parts)[:48])[2]
         if step >= 3 and written_in_step_3:  # the disk fills up in the middle of step 3
             raise OSError(errno.ENOSPC, "No space left on device")
         if step == 3:
-            written_in_step_3.append(fh.name)
-        return real_write_parts(fh, head, payload)
+            written_in_step_3.append(fd)
+        return real_writev(fd, parts)
 
-    monkeypatch.setattr(writer_module, "write_parts", failing_write_parts)
+    monkeypatch.setattr(writer_module, "_WRITEV", failing_writev)
     model, loss_fn, opt = _fresh()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

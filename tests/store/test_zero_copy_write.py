@@ -204,3 +204,29 @@ def test_write_step_refuses_what_write_refuses_before_writing_anything(tmp_path)
     run = open_run(tmp_path / "r")
     assert run.steps() == [3, 8]  # the refused calls left nothing behind
     assert run.tensor_names() == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("cut", [0, 10, 48, 60])
+@pytest.mark.parametrize("max_open", [64, 2], ids=["all-files-open", "files-reopened"])
+def test_write_step_completes_short_writes(tmp_path, monkeypatch, cut: int, max_open) -> None:
+    """write_step finishes a short write, with every file of the step open and with fewer
+    files allowed open than the step writes."""
+    if writer_mod._WRITEV is None:
+        pytest.skip("os.writev is not available on this platform")
+
+    def short(fd, parts):
+        data = b"".join(bytes(p) for p in parts)[:cut]
+        return os.write(fd, data) if data else 0
+
+    arrays = [("a", np.arange(40, dtype=np.float64)), ("b", np.ones((3, 5), np.int32))]
+    scalars = [(["c", "d", "e"], np.array([1.5, -2.0, 3.25]))]
+    with RunWriter(tmp_path / "ref") as w:
+        w.write_step(0, arrays, scalars=scalars, wall_time=1.0)
+    monkeypatch.setattr(writer_mod, "_WRITEV", short)
+    with RunWriter(tmp_path / "short", max_open_files=max_open) as w:
+        w.write_step(0, arrays, scalars=scalars, wall_time=1.0)
+    ref, got = _tree(tmp_path / "ref"), _tree(tmp_path / "short")
+    for rel, data in ref.items():
+        if rel.endswith(".mrt"):
+            assert got[rel] == data, rel
+    assert open_run(tmp_path / "short").tensor("d").value(0) == -2.0
