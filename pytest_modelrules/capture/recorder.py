@@ -33,7 +33,14 @@ from ..modes import ModeKeys, parse_mode
 from ..store.names import reduction_tensor_name
 from ..store.writer import RunWriter
 from .config import CollectionConfig, SaveConfig, default_collections, merge_collections
-from .reductions import BATCHABLE, EXACT_LIMIT, STORED_DTYPE, compute_batch_rows, compute_many
+from .reductions import (
+    BATCHABLE,
+    EXACT_LIMIT,
+    STORED_DTYPE,
+    compute_batch_rows,
+    compute_many,
+    positive_counts,
+)
 
 logger = logging.getLogger("pytest_modelrules.capture")
 
@@ -199,7 +206,7 @@ class _Red(NamedTuple):
     """Reduction values laid out one after another: (stored name, reduction, shape); the host
     casts each to the reduction's stored dtype."""
 
-    items: list[tuple[str, str, tuple[int, ...]]]
+    items: list[_Item]
 
 
 class _Scalars(NamedTuple):
@@ -231,8 +238,8 @@ class _Full(NamedTuple):
 class _ParamPlan(NamedTuple):
     """What a saving step does with a list of parameters or gradients: groups reduced together
     by ``compute_batch_rows`` (reductions, indices or None for all in order, the layout of
-    each reduction's row),
-    indices stored in full, indices that take the general path (:meth:`Recorder._capture`)."""
+    each reduction's row), indices stored in full, indices that take the general path
+    (:meth:`Recorder._capture`)."""
 
     groups: list[tuple[_Spec, list[int] | None, list[_Scalars]]]
     full: list[int]
@@ -686,7 +693,7 @@ class Recorder:
                 if name in self._captured:
                     return
                 self._captured.add(name)
-                counts = output.gt(0).sum(0, dtype=torch.float32)
+                counts = positive_counts(output)
                 self._pending.append(_flat_counts(counts, stored, output.shape[0]))
             except Exception as exc:
                 self._fail(exc, "recording a ReLU output")
@@ -934,10 +941,10 @@ class Recorder:
                 full.append(i)
             if name not in self._marked:
                 self._mark_seen(name)
-            group = groups.setdefault((reductions, tensor.device, tensor.dtype), ([], []))
+            group = groups.setdefault((reductions, tensor.device), ([], []))
             group[0 if numel <= EXACT_LIMIT else 1].append(i)
         plan_groups = []
-        for (reductions, _device, _dtype), (small, large) in groups.items():
+        for (reductions, _device), (small, large) in groups.items():
             order = small + large
             # None: every tensor, in the given order (no list to build at each step)
             idxs = None if order == list(range(len(names))) else order
@@ -976,13 +983,10 @@ class Recorder:
             return
         step, mode = self.global_step, self.mode
         mode_step = self._mode_steps.get(mode, 0)
-        by_device: dict[torch.device, dict[torch.dtype, list[int]]] = {}
-        for idx, (flat, _) in enumerate(pending):
-            by_device.setdefault(flat.device, {}).setdefault(flat.dtype, []).append(idx)
         host: list[tuple[list[Any], torch.Tensor]] = []
-        events = []
+        events: list[Any] = []
         with torch.no_grad():  # nothing pending requires grad; the concatenations never will
-            self._transfer(by_device, host, events)
+            self._transfer(host, events)
         pending.clear()
         collections = None
         if self._collections_dirty:
@@ -994,15 +998,13 @@ class Recorder:
             events = []
         self._submit(self._write_step, step, mode, mode_step, (events, host), collections)
 
-    def _transfer(
-        self,
-        by_device: dict[torch.device, dict[torch.dtype, list[int]]],
-        host: list[tuple[list[Any], torch.Tensor]],
-        events: list[Any],
-    ) -> None:
+    def _transfer(self, host: list[tuple[list[Any], torch.Tensor]], events: list[Any]) -> None:
         """Per device: concatenate the pending values of each dtype, their bytes into one
         buffer, and start its copy to the CPU (see :meth:`_flush`)."""
         pending = self._pending
+        by_device: dict[torch.device, dict[torch.dtype, list[int]]] = {}
+        for idx, (flat, _) in enumerate(pending):
+            by_device.setdefault(flat.device, {}).setdefault(flat.dtype, []).append(idx)
         for device, by_dtype in by_device.items():
             segments = []
             blobs = []

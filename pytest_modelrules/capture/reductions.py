@@ -74,6 +74,13 @@ _EXACT_LIMIT = 1 << 16  # up to this size std/variance use the exact two-pass fo
 EXACT_LIMIT = _EXACT_LIMIT
 
 
+def positive_counts(x: torch.Tensor) -> torch.Tensor:
+    """For each unit of a batch (dimension 0), in how many samples it is > 0: float32 counts
+    (exact up to 2**24 samples), a comparison and a sum. Divided by the batch size they are
+    ``positive_fraction``; the Recorder divides on the host, ``compute_many`` on the device."""
+    return x.gt(0).sum(0, dtype=torch.float32)
+
+
 def compute_many(x: torch.Tensor, wanted: tuple[tuple[str, bool], ...]) -> list[torch.Tensor]:
     """The reductions ``wanted`` ((name, abs) pairs) of ``x``, each a tensor on x's device.
 
@@ -138,7 +145,7 @@ def compute_many(x: torch.Tensor, wanted: tuple[tuple[str, bool], ...]) -> list[
                 # one comparison, one sum over the batch axis (float32 counts are exact up to
                 # 2**24 samples), one true division: k / N correctly rounded to float32, the
                 # value compute_reduction gives
-                counts = (x > 0).sum(0, dtype=torch.float32)
+                counts = positive_counts(x)
                 out.append(counts.div_(batch_divisor(x.shape[0], dev)).reshape(-1))
         elif name == "sample_channel_mean":
             if x.ndim == 0:
