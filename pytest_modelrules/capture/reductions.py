@@ -74,11 +74,24 @@ _EXACT_LIMIT = 1 << 16  # up to this size std/variance use the exact two-pass fo
 EXACT_LIMIT = _EXACT_LIMIT
 
 
+#: floating dtypes whose "> 0" mask positive_counts writes in the input's own dtype
+_MASK_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+
+
 def positive_counts(x: torch.Tensor) -> torch.Tensor:
     """For each unit of a batch (dimension 0), in how many samples it is > 0: float32 counts
     (exact up to 2**24 samples), a comparison and a sum. Divided by the batch size they are
-    ``positive_fraction``; the Recorder divides on the host, ``compute_many`` on the device."""
-    return x.gt(0).sum(0, dtype=torch.float32)
+    ``positive_fraction``; the Recorder divides on the host, ``compute_many`` on the device.
+
+    A floating input's mask (1.0 where > 0; NaN is not > 0) is written in the input's dtype,
+    in its memory layout: the sum then reads it as it is (for float16 and bfloat16 a GPU sums
+    them into float32 directly), where a boolean mask would first be copied to float32 (on a
+    GPU a third kernel and four bytes written and read per element)."""
+    if x.dtype in _MASK_DTYPES:
+        mask = torch.gt(x, 0, out=torch.empty_like(x))
+    else:
+        mask = x.gt(0)
+    return mask.sum(0, dtype=torch.float32)
 
 
 def compute_many(x: torch.Tensor, wanted: tuple[tuple[str, bool], ...]) -> list[torch.Tensor]:
@@ -325,32 +338,11 @@ def _batch_norms(
                 t = stat("l1").double() / _counts(numels, dev)
             else:
                 norms = torch._foreach_norm(floats, 2 if key == "l2" else 1)
-                t = _stack_scalars(norms)
+                t = torch.stack(norms)  # separate 0-d tensors (CPU; CUDA, torch 2.11)
             cache[key] = t
         return t
 
     return _rows(stat, wanted)
-
-
-def _stack_scalars(ts: list[torch.Tensor]) -> torch.Tensor:
-    """``torch.stack`` of 0-d tensors; the results of a multi-tensor kernel on a GPU are
-    consecutive elements of one buffer, returned as one view of it (stack would dispatch an
-    unsqueeze per tensor: ~60 per call for ResNet-18)."""
-    first = ts[0]
-    last = ts[-1]
-    n = len(ts)
-    if n > 1 and first.ndim == 0 and last.ndim == 0 and last.dtype == first.dtype:
-        # the first and the last element of one storage, n - 1 elements apart: the kernel's
-        # output buffer, in order (checking every element would cost ~60 Python calls)
-        size = first.element_size()
-        storage = first.untyped_storage()
-        if (
-            last.untyped_storage().data_ptr() == storage.data_ptr()
-            and last.data_ptr() == first.data_ptr() + (n - 1) * size
-            and storage.nbytes() >= (first.storage_offset() + n) * size
-        ):
-            return first.as_strided((n,), (1,), first.storage_offset())
-    return torch.stack(ts)
 
 
 def _rows(stats: Any, wanted: tuple[tuple[str, bool], ...]) -> list[torch.Tensor]:

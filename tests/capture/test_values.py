@@ -293,18 +293,32 @@ def test_positive_fraction_is_k_over_n_rounded_to_float32():
     assert scalar.dtype == torch.float32 and float(scalar) == 1.0
 
 
-def test_stack_scalars_views_one_buffer_and_stacks_anything_else():
-    from pytest_modelrules.capture.reductions import _stack_scalars
+@pytest.mark.parametrize(
+    "dtype",
+    [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int32, torch.bool],
+    ids=str,
+)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_positive_counts_count_values_above_zero_in_every_dtype_and_layout(dtype, layout):
+    """The mask is written in the input's own dtype for floating inputs: the counts stay
+    exactly numpy's (x > 0).sum(0) - NaN, -0.0 and 0 are not positive - as float32, laid out
+    as the input is (the Recorder sends them in memory order)."""
+    from pytest_modelrules.capture.reductions import positive_counts
 
-    buf = torch.arange(6.0) * 1.5
-    views = [buf[i] for i in range(6)]  # what a multi-tensor kernel returns on a GPU
-    got = _stack_scalars(views)
-    assert got.tolist() == buf.tolist() and got.data_ptr() == buf.data_ptr()
-    scattered = [buf[i] for i in (0, 2, 1)] + [torch.tensor(7.0)]
-    got = _stack_scalars(scattered)
-    assert got.tolist() == [0.0, 3.0, 1.5, 7.0] and got.data_ptr() != buf.data_ptr()
-    tail = [buf[4], buf[5], torch.tensor(1.0)]  # would run past buf's storage
-    assert _stack_scalars(tail).tolist() == [6.0, 7.5, 1.0]
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(9, 4, 3, 5, generator=gen)
+    if dtype.is_floating_point:
+        x[0, 0, 0, :4] = torch.tensor([float("nan"), -0.0, 0.0, float("inf")])
+        x = x.to(dtype)
+    else:
+        x = (x * 3).to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    counts = positive_counts(x)
+    expected = (x.double().numpy() > 0).sum(axis=0).astype(np.float32)
+    assert counts.dtype == torch.float32 and counts.shape == (4, 3, 5)
+    assert counts.stride() == x.gt(0).sum(0).stride()
+    np.testing.assert_array_equal(counts.numpy(), expected)
 
 
 def test_reductions_under_autocast_leave_it_as_it_was(tmp_path, tiny):
@@ -411,23 +425,37 @@ def test_a_reductions_only_step_makes_one_transfer_per_device(tmp_path, tiny, mo
     assert run.tensor("CrossEntropyLoss_input_1").value(2).dtype == np.int64
 
 
-def test_counts_in_memory_order_come_back_in_logical_order():
-    """A channels_last batch's counts (as a GPU reduction may lay them out) travel in memory
-    order without a copy; the host undoes the order. Counts no permutation makes contiguous
-    are copied. Either way the stored value is counts / n, flat, in C order."""
-    from pytest_modelrules.capture.recorder import _flat_counts, _unpack
+def test_unit_counts_come_back_in_c_order_from_any_layout():
+    """Whatever the batch's memory layout (contiguous, channels_last, another dense order,
+    batch not outermost, strided, empty), the counts travel flat in C order and the stored
+    value is counts / n: numpy's (x > 0).mean(0), NaN for an empty batch."""
+    from pytest_modelrules.capture.recorder import _unit_counts, _unpack
 
-    base = torch.arange(120, dtype=torch.float32).reshape(5, 6, 4) % 7
-    for counts, copied in ((base.permute(2, 0, 1), False), (base[:, ::2, :], True)):
-        assert not counts.is_contiguous()
-        flat, layout = _flat_counts(counts, "t", 9)
-        assert (flat.data_ptr() != counts.data_ptr()) == copied
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(9, 6, 4, 5, generator=gen)
+    cases = [
+        x,
+        x.contiguous(memory_format=torch.channels_last),
+        x.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1),
+        x.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3),
+        x[:, ::2],
+        torch.randn(9, 3, generator=gen),
+        torch.randn(9, generator=gen),
+        torch.randn(0, 3, 2),
+        torch.randn(9, 0, 2),
+    ]
+    for batch in cases:
+        flat, layout = _unit_counts(batch, "t")
+        assert flat.ndim == 1 and flat.dtype == torch.float32 and flat.is_contiguous()
         arrays: list = []
         _unpack(layout, flat.numpy(), arrays, [])
         ((name, got),) = arrays
-        expected = (counts.reshape(-1).numpy() / np.float32(9)).astype(np.float32)
-        assert name == "t" and got.dtype == np.float32
-        np.testing.assert_array_equal(got, expected)
+        n = np.float32(batch.shape[0])
+        k = (batch.numpy() > 0).sum(axis=0).reshape(-1).astype(np.float32)
+        with np.errstate(invalid="ignore"):
+            expected = (k / n).astype(np.float32)
+        assert name == "t" and got.dtype == np.float32, batch.shape
+        np.testing.assert_array_equal(got, expected, err_msg=str(batch.shape))
 
 
 def test_sample_channel_mean_equals_the_reference_in_any_layout():
