@@ -120,6 +120,35 @@ def run_steps(args, model, loss_fn, opt, batches, n: int) -> list[float]:
     return [(time.perf_counter() - t0) / n]
 
 
+def profile_steps(args, model, loss_fn, opt, batches, label: str, out: Path, n: int = 6) -> None:
+    """Profile ``n`` steps of one variant: op tables by host and by device time, and per step
+    the wall time and the device's busy time (the sum of its kernels and copies: a step whose
+    device is busy for less than its wall time is bound by the host launching work)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        activities.append(ProfilerActivity.CUDA)
+    run_steps(args, model, loss_fn, opt, batches, 2)
+    with profile(activities=activities) as prof:
+        wall = run_steps(args, model, loss_fn, opt, batches, n)[0]
+    events = prof.key_averages()
+    # the device's own events (kernels, copies, memsets): operators carry their kernels' time too
+    device_events = [e for e in events if e.device_type == DeviceType.CUDA]
+    busy = sum(e.self_device_time_total for e in device_events) / n / 1e3 if cuda else float("nan")
+    name = label.replace(" ", "_").replace("=", "")
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"{label}: wall {wall * 1e3:.2f} ms/step, device busy {busy:.2f} ms/step"]
+    lines.append(events.table(sort_by="self_cpu_time_total", row_limit=80))
+    if cuda:
+        lines.append(events.table(sort_by="self_device_time_total", row_limit=30))
+    (out / f"profile_{name}.txt").write_text("\n".join(lines))
+    prof.export_chrome_trace(str(out / f"trace_{name}.json"))
+    print(lines[0])
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -157,6 +186,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--batch 4 --threads 1 and the GPU's code path for weight and gradient norms",
     )
     parser.add_argument("--json", default=None, help="also write the figures to this file")
+    parser.add_argument(
+        "--profile",
+        default=None,
+        help="diagnostic: also profile a few steps of the baseline and of save_interval=1 "
+        "(torch.profiler) and write op tables and GPU busy time per step to this folder",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny run (for the test suite)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -216,6 +251,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         for label in variants:
             activate(label)
             samples[label].extend(run_steps(args, model, loss_fn, opt, batches, args.steps))
+    if args.profile:
+        for label in ("no recorder", "save_interval=1"):
+            activate(label)
+            profile_steps(args, model, loss_fn, opt, batches, label, Path(args.profile))
     activate("")
     for rec in recorders.values():
         rec.close()

@@ -51,3 +51,18 @@ def test_host_proxy_is_resnet18_at_a_narrow_width(capsys, monkeypatch):
     assert "at width 8" in out and "host-cost proxy" in out and "paired ratio" in out
     assert "cpu" in reductions.FUSED_NORM_DEVICES  # the GPU's code path for the norms
     assert set(ratios) == {"no recorder", "save_interval=500", "save_interval=1"}
+
+
+def test_profile_writes_op_tables_and_traces_of_both_variants(tmp_path, capsys):
+    """``--profile DIR``: the profiler's tables and a trace of the plain loop and of
+    save_interval=1; the Recorder's own operations (the ReLU counts' sums) appear only in the
+    second (on a CPU the device's busy time is not measured)."""
+    _bench().main(["--quick", "--profile", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "no recorder: wall" in out and "save_interval=1: wall" in out
+    plain = (tmp_path / "profile_no_recorder.txt").read_text()
+    recorded = (tmp_path / "profile_save_interval1.txt").read_text()
+    assert "aten::convolution_backward" in plain and "aten::convolution_backward" in recorded
+    assert "aten::gt" not in plain and "aten::gt" in recorded
+    for name in ("trace_no_recorder.json", "trace_save_interval1.json"):
+        assert (tmp_path / name).stat().st_size > 0
