@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
+
+TRITON_LABEL = "save_interval=1, Triton counts"
 
 
 def _sync(device: str) -> None:
@@ -138,7 +141,7 @@ def profile_steps(args, model, loss_fn, opt, batches, label: str, out: Path, n: 
     # the device's own events (kernels, copies, memsets): operators carry their kernels' time too
     device_events = [e for e in events if e.device_type == DeviceType.CUDA]
     busy = sum(e.self_device_time_total for e in device_events) / n / 1e3 if cuda else float("nan")
-    name = label.replace(" ", "_").replace("=", "")
+    name = re.sub(r"[^0-9A-Za-z]+", "_", label)  # save_interval=1 -> save_interval_1
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"{label}: wall {wall * 1e3:.2f} ms/step, device busy {busy:.2f} ms/step"]
     lines.append(events.table(sort_by="self_cpu_time_total", row_limit=80))
@@ -185,6 +188,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="on a CPU, the host's share of a launch-bound GPU step: --width 8 --size 32 "
         "--batch 4 --threads 1 and the GPU's code path for weight and gradient norms",
     )
+    parser.add_argument(
+        "--triton-counts",
+        action="store_true",
+        help="add a variant: save_interval=1 with the ReLU positive counts of the Triton kernel "
+        "(capture/kernels.py; off by default in the Recorder until measured on a GPU)",
+    )
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument(
         "--profile",
@@ -208,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     import torch
 
     from pytest_modelrules import Recorder
-    from pytest_modelrules.capture import CollectionConfig, reductions
+    from pytest_modelrules.capture import CollectionConfig, kernels, reductions
 
     if args.host_proxy:
         reductions.FUSED_NORM_DEVICES.add("cpu")
@@ -218,11 +227,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model, loss_fn, opt, batches = build(args)
     tmp = Path(tempfile.mkdtemp(prefix="bench-capture-"))
     variants = {"no recorder": None, "save_interval=500": 500, "save_interval=1": 1}
+    if args.triton_counts:
+        variants[TRITON_LABEL] = 1
     recorders = {}
     for label, interval in variants.items():
         if interval is not None:
             recorders[label] = Recorder(
-                tmp / f"run{interval}",
+                tmp / f"run{len(recorders)}",
                 model,
                 loss=loss_fn,
                 optimizer=opt,
@@ -242,6 +253,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             rec._remove_hooks(static=True)
             if other_label == label:
                 rec._install_static_hooks()
+        kernels.COUNT_KERNEL_DEVICES.clear()
+        if label == TRITON_LABEL:
+            kernels.COUNT_KERNEL_DEVICES.add(torch.device(args.device).type)
 
     samples: dict[str, list[float]] = {label: [] for label in variants}
     for label in variants:  # warm-up, each variant
@@ -252,7 +266,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             activate(label)
             samples[label].extend(run_steps(args, model, loss_fn, opt, batches, args.steps))
     if args.profile:
-        for label in ("no recorder", "save_interval=1"):
+        profiled = ["no recorder", "save_interval=1"] + [TRITON_LABEL] * args.triton_counts
+        for label in profiled:
             activate(label)
             profile_steps(args, model, loss_fn, opt, batches, label, Path(args.profile))
     activate("")
@@ -275,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"{'; host-cost proxy (GPU code path)' if args.host_proxy else ''}"
     )
     print(
-        f"{'variant':<20} {'median step (ms)':>17} {'img/s':>9} {'ratio':>7} "
+        f"{'variant':<30} {'median step (ms)':>17} {'img/s':>9} {'ratio':>7} "
         f"{'paired ratio':>13} {'added (ms)':>11} {'best (ms)':>10} {'best added':>11}"
     )
     ratios = {}
@@ -289,7 +304,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         paired[label] = statistics.median(a / b for a, b in pairs)
         added = statistics.median(a - b for a, b in pairs)
         print(
-            f"{label:<20} {med * 1e3:>17.2f} {args.batch / med:>9.0f} {med / base:>7.3f} "
+            f"{label:<30} {med * 1e3:>17.2f} {args.batch / med:>9.0f} {med / base:>7.3f} "
             f"{paired[label]:>13.3f} {added * 1e3:>11.2f} {best[label] * 1e3:>10.2f} "
             f"{(best[label] - best['no recorder']) * 1e3:>11.2f}"
         )

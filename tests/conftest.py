@@ -9,6 +9,11 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# The optional Triton kernel (pytest_modelrules/capture/kernels.py) is tested on CPU tensors by
+# Triton's interpreter, which must be chosen before Triton is first imported (its library
+# functions are built for one mode or the other at import).
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def shared_dir() -> Path:
     """The read-only shared/ folder beside the checkout (CI lays it there too)."""

@@ -32,6 +32,7 @@ from ..exceptions import RecorderError
 from ..modes import ModeKeys, parse_mode
 from ..store.names import reduction_tensor_name
 from ..store.writer import RunWriter
+from . import kernels
 from .config import CollectionConfig, SaveConfig, default_collections, merge_collections
 from .reductions import (
     BATCHABLE,
@@ -248,7 +249,20 @@ def _unit_counts(x: torch.Tensor, name: str) -> tuple[torch.Tensor, _Counts]:
     the batch writes C order from any layout, channels_last included; other orders are copied
     on the device), and its layout. Measured on an H100 (bfloat16, channels_last), this beat
     reducing the batch as an (N, units) matrix in memory order: that sum ran faster, but
-    putting its counts back in C order, on the device or on the writer thread, cost more."""
+    putting its counts back in C order, on the device or on the writer thread, cost more. On
+    the devices in ``kernels.COUNT_KERNEL_DEVICES`` a Triton kernel does both at once."""
+    if x.device.type in kernels.COUNT_KERNEL_DEVICES:
+        try:
+            counts = kernels.positive_counts_c_order(x)
+        except Exception as exc:  # Triton missing or failing: torch operations from now on
+            kernels.COUNT_KERNEL_DEVICES.discard(x.device.type)
+            _report(
+                f"pytest-modelrules: the Triton positive-count kernel failed on {x.device.type} "
+                f"({type(exc).__name__}: {exc}); counting with torch operations from now on"
+            )
+            counts = None
+        if counts is not None:
+            return counts, _Counts(name, x.shape[0])
     return positive_counts(x).reshape(-1), _Counts(name, x.shape[0])
 
 

@@ -61,8 +61,23 @@ def test_profile_writes_op_tables_and_traces_of_both_variants(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "no recorder: wall" in out and "save_interval=1: wall" in out
     plain = (tmp_path / "profile_no_recorder.txt").read_text()
-    recorded = (tmp_path / "profile_save_interval1.txt").read_text()
+    recorded = (tmp_path / "profile_save_interval_1.txt").read_text()
     assert "aten::convolution_backward" in plain and "aten::convolution_backward" in recorded
     assert "aten::gt" not in plain and "aten::gt" in recorded
-    for name in ("trace_no_recorder.json", "trace_save_interval1.json"):
+    for name in ("trace_no_recorder.json", "trace_save_interval_1.json"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_triton_counts_adds_a_variant_and_leaves_the_kernel_off(capsys):
+    """``--triton-counts``: a fourth variant, save_interval=1 with the Triton kernel (here run
+    by Triton's interpreter, tests/conftest.py); the kernel is switched off again after."""
+    pytest.importorskip("triton")
+    from pytest_modelrules.capture import kernels
+
+    module = _bench()
+    ratios = module.main(["--quick", "--triton-counts"])
+    out = capsys.readouterr().out
+    assert module.TRITON_LABEL in out and set(ratios) == {
+        "no recorder", "save_interval=500", "save_interval=1", module.TRITON_LABEL
+    }  # fmt: skip
+    assert not kernels.COUNT_KERNEL_DEVICES
