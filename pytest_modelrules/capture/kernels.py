@@ -15,6 +15,7 @@ for the process, with one warning, if it fails to compile or launch: recording g
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from functools import lru_cache
 from typing import Any
 
@@ -87,14 +88,18 @@ def positive_counts_c_order(x: torch.Tensor) -> torch.Tensor | None:
         return None
     triton, rows_kernel, channels_last_kernel = _kernels()
     out = torch.empty(units, dtype=torch.float32, device=x.device)
-    if channels == 1:
-        rows_kernel[(triton.cdiv(units, 1024),)](x, out, n, units, BLOCK=1024)
-    else:
-        block_c = min(64, triton.next_power_of_2(channels))
-        block_s = _TILE // block_c
-        spatial = units // channels
-        grid = (triton.cdiv(spatial, block_s), triton.cdiv(channels, block_c))
-        channels_last_kernel[grid](x, out, n, spatial, channels, BLOCK_S=block_s, BLOCK_C=block_c)
+    # Triton launches on the current device: make it x's (a model on cuda:1, say)
+    with torch.cuda.device(x.device) if x.is_cuda else nullcontext():
+        if channels == 1:
+            rows_kernel[(triton.cdiv(units, 1024),)](x, out, n, units, BLOCK=1024)
+        else:
+            block_c = min(64, triton.next_power_of_2(channels))
+            block_s = _TILE // block_c
+            spatial = units // channels
+            grid = (triton.cdiv(spatial, block_s), triton.cdiv(channels, block_c))
+            channels_last_kernel[grid](
+                x, out, n, spatial, channels, BLOCK_S=block_s, BLOCK_C=block_c
+            )
     return out
 
 
