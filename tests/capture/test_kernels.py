@@ -9,6 +9,8 @@ import warnings
 import numpy as np
 import pytest
 from capture_helpers import TinyNet, batches
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pytest_modelrules import Recorder, open_run
 from pytest_modelrules.store.names import reduction_tensor_name
@@ -19,7 +21,7 @@ pytest.importorskip("triton")
 from pytest_modelrules.capture import kernels  # noqa: E402
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def interpreted():
     """Triton's interpreter, on CPU tensors (tests/conftest.py chooses it for the session)."""
     import os
@@ -149,3 +151,29 @@ def test_a_failing_kernel_under_warnings_as_errors_still_records(tmp_path, monke
     assert got.keys() == reference.keys()
     for key, value in reference.items():
         np.testing.assert_array_equal(got[key], value, err_msg=str(key))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 5),
+    channels=st.integers(1, 70),
+    height=st.integers(1, 9),
+    width=st.integers(1, 9),
+    dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]),
+    layout=st.sampled_from([torch.channels_last, torch.contiguous_format]),
+    seed=st.integers(0, 2**16),
+)
+def test_counts_equal_the_torch_operations_for_any_shape(
+    interpreted, n, channels, height, width, dtype, layout, seed
+):
+    """Any batch size, channel count and spatial size (block edges anywhere): the kernel's
+    counts equal ``positive_counts(x).reshape(-1)``, the reference the Recorder uses."""
+    from pytest_modelrules.capture.reductions import positive_counts
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, channels, height, width, generator=gen)
+    x[x.abs() < 0.3] = 0.0  # zeros are not positive
+    x = x.to(dtype).contiguous(memory_format=layout)
+    got = kernels.positive_counts_c_order(x)
+    assert got is not None
+    assert torch.equal(got, positive_counts(x).reshape(-1))
