@@ -26,7 +26,9 @@ COUNT_KERNEL_DEVICES: set[str] = set()
 
 _DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
-_TILE = 2048  # elements a program accumulates at a time
+# elements a program accumulates at a time: up to 2048, fewer for a small layer so that it
+# still spreads over a few hundred programs (each loops over the whole batch)
+_MAX_TILE, _MIN_TILE, _PROGRAMS = 2048, 256, 256
 _INT32 = 2**31
 
 
@@ -89,12 +91,13 @@ def positive_counts_c_order(x: torch.Tensor) -> torch.Tensor | None:
     triton, rows_kernel, channels_last_kernel = _kernels()
     out = torch.empty(units, dtype=torch.float32, device=x.device)
     # Triton launches on the current device: make it x's (a model on cuda:1, say)
+    tile = max(_MIN_TILE, min(_MAX_TILE, triton.next_power_of_2(units // _PROGRAMS)))
     with torch.cuda.device(x.device) if x.is_cuda else nullcontext():
         if channels == 1:
-            rows_kernel[(triton.cdiv(units, 1024),)](x, out, n, units, BLOCK=1024)
+            rows_kernel[(triton.cdiv(units, tile),)](x, out, n, units, BLOCK=tile)
         else:
             block_c = min(64, triton.next_power_of_2(channels))
-            block_s = _TILE // block_c
+            block_s = tile // block_c
             spatial = units // channels
             grid = (triton.cdiv(spatial, block_s), triton.cdiv(channels, block_c))
             channels_last_kernel[grid](

@@ -47,6 +47,8 @@ def _expected(x: torch.Tensor) -> np.ndarray:
         ((2, 3, 1, 1), torch.channels_last),
         ((1, 1, 5, 5), torch.channels_last),
         ((4, 8, 40, 40), torch.channels_last),  # spatial over several blocks
+        ((2, 64, 48, 48), torch.channels_last),  # a larger layer: larger tiles
+        ((2, 300_000), torch.contiguous_format),
     ],
     ids=str,
 )
