@@ -8,8 +8,11 @@ variant's step time, images per second and ratio to the baseline, and the median
 of the ratio (and difference) to the same round's baseline ("paired": robust to a machine
 whose speed drifts), and each variant's best block ("best": for the host-cost proxy, whose
 steps are deterministic CPU work, the least disturbed measurement). ``--full-inputs`` also
-records the full input images (what the reference job adds for the report's gallery).
-CPU default: 32 px. On a GPU at the seed's scale (all the GPU figures: gpu_figures.sh):
+records the full input images (what the reference job adds for the report's gallery);
+``--triton-counts`` adds a fourth variant, save_interval 1 with the optional Triton kernel
+for the ReLU counts (capture/kernels.py); ``--profile DIR`` writes the profiler's op tables
+and traces of a few steps and the device's busy time per step. CPU default: 32 px. On a GPU
+at the seed's scale (all the GPU figures: gpu_figures.sh):
 
     python benchmarks/bench_capture.py --device cuda --size 224 --precision bf16 --channels-last
 
