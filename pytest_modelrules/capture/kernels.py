@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 
+from .reductions import _MASK_DTYPES
+
 #: device types ("cuda") on which the Recorder counts ReLU outputs with the Triton kernel
 COUNT_KERNEL_DEVICES: set[str] = set()
 
-_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 # elements a program accumulates at a time: up to 2048, fewer for a small layer so that it
 # still spreads over a few hundred programs (each loops over the whole batch)
@@ -76,7 +77,7 @@ def positive_counts_c_order(x: torch.Tensor) -> torch.Tensor | None:
     counts in C order, as ``positive_counts(x).reshape(-1)`` gives them (NaN is not > 0). None
     when ``x`` is not one the kernel reads: a floating dtype, at least 2 dimensions, not empty,
     contiguous or channels_last (2-d or 3-d), fewer than 2**31 elements per sample."""
-    if x.dtype not in _DTYPES or x.ndim < 2 or x.numel() == 0:
+    if x.dtype not in _MASK_DTYPES or x.ndim < 2 or x.numel() == 0:
         return None
     n = x.shape[0]
     units = x.numel() // n

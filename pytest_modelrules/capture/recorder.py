@@ -251,6 +251,7 @@ def _unit_counts(x: torch.Tensor, name: str) -> tuple[torch.Tensor, _Counts]:
     reducing the batch as an (N, units) matrix in memory order: that sum ran faster, but
     putting its counts back in C order, on the device or on the writer thread, cost more. On
     the devices in ``kernels.COUNT_KERNEL_DEVICES`` a Triton kernel does both at once."""
+    layout = _Counts(name, x.shape[0])
     if x.device.type in kernels.COUNT_KERNEL_DEVICES:
         try:
             counts = kernels.positive_counts_c_order(x)
@@ -262,8 +263,8 @@ def _unit_counts(x: torch.Tensor, name: str) -> tuple[torch.Tensor, _Counts]:
             )
             counts = None
         if counts is not None:
-            return counts, _Counts(name, x.shape[0])
-    return positive_counts(x).reshape(-1), _Counts(name, x.shape[0])
+            return counts, layout
+    return positive_counts(x).reshape(-1), layout
 
 
 #: dtypes the transfer does not carry, and what they travel as
