@@ -1,67 +1,97 @@
 """On a CUDA GPU: the Triton positive-count kernel (pytest_modelrules/capture/kernels.py)
 against the torch operations it replaces, on ResNet-18's 17 ReLU output shapes at 224 px,
 batch 64, in every floating dtype and in contiguous and channels_last layouts: equal counts
-(NaN, -0.0, 0 and inf included), and the time of each for all 17 calls.
+(NaN, -0.0, 0 and inf included), and for all 17 batches the time of each - the kernel's one
+launch against the torch operations' 17 x 4 - with the device synchronised ("total") and the
+host's share alone ("host": the time to queue the work, what a launch-bound step pays).
 
     python benchmarks/gpu_kernel_check.py
 
 Prints one line per case and exits 1 on any difference. Not a test (CI has no GPU); the test
-suite runs the same kernel with Triton's interpreter on the CPU (tests/capture/test_kernels.py).
+suite runs the same kernel with Triton's interpreter on the CPU (tests/capture/test_kernels.py)
+and this script's ``--quick`` form (batch 2 at 32 px, bfloat16 and float32, CPU tensors under
+``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
-SHAPES = (
-    [(64, 64, 112, 112)]
-    + [(64, 64, 56, 56)] * 4
-    + [(64, 128, 28, 28)] * 4
-    + [(64, 256, 14, 14)] * 4
-    + [(64, 512, 7, 7)] * 4
-)
+
+def shapes(batch: int, size: int) -> list[tuple[int, int, int, int]]:
+    """ResNet-18's 17 ReLU outputs for ``size`` px images: the stem's, then 4 per stage."""
+    side = -(-size // 2)  # the stem's stride-2 convolution
+    out = [(batch, 64, side, side)]
+    side = -(-side // 2)  # max pooling
+    for stage, channels in enumerate((64, 128, 256, 512)):
+        if stage:
+            side = -(-side // 2)
+        out += [(batch, channels, side, side)] * 4
+    return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="batch 2 at 32 px on the CPU (Triton's interpreter)"
+    )
+    args = parser.parse_args(argv)
     import torch
 
     from pytest_modelrules.capture.kernels import positive_counts_c_order
     from pytest_modelrules.capture.reductions import positive_counts
 
-    if not torch.cuda.is_available():
+    dtypes = [torch.bfloat16, torch.float16, torch.float32, torch.float64]
+    if args.quick:
+        device, cases, warmup, repeats = "cpu", shapes(2, 32), 0, 1
+        dtypes = dtypes[::2]
+    elif torch.cuda.is_available():
+        device, cases, warmup, repeats = "cuda", shapes(64, 224), 3, 20
+    else:
         print("no CUDA device")
         return 2
 
-    def timed(fn, xs) -> float:
-        for _ in range(3):
-            [fn(x) for x in xs]
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(20):
-            [fn(x) for x in xs]
-        torch.cuda.synchronize()
-        return (time.perf_counter() - t0) / 20 * 1e3
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
 
-    def reference(x):
-        return positive_counts(x).reshape(-1)
+    def timed(fn, xs) -> tuple[float, float]:
+        """(host ms, total ms) per call of ``fn(xs)``, after the warm-up calls."""
+        for _ in range(warmup):
+            fn(xs)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn(xs)
+        t1 = time.perf_counter()
+        sync()
+        t2 = time.perf_counter()
+        return (t1 - t0) / repeats * 1e3, (t2 - t0) / repeats * 1e3
+
+    def reference(xs):
+        return torch.cat([positive_counts(x).reshape(-1) for x in xs])
 
     failed = 0
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    specials = torch.tensor([float("nan"), -0.0, 0.0, float("inf")], device="cuda")
-    for dtype in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
+    gen = torch.Generator(device=device).manual_seed(0)
+    specials = torch.tensor([float("nan"), -0.0, 0.0, float("inf")], device=device)
+    for dtype in dtypes:
         for layout in (torch.channels_last, torch.contiguous_format):
             xs = []
-            for shape in SHAPES:
-                x = torch.relu(torch.randn(shape, device="cuda", generator=gen))
-                x[0, 0, 0, :4] = specials
+            for shape in cases:
+                x = torch.relu(torch.randn(shape, device=device, generator=gen))
+                x.view(-1)[:4] = specials
                 xs.append(x.to(dtype).contiguous(memory_format=layout))
-            equal = all(torch.equal(positive_counts_c_order(x), reference(x)) for x in xs)
+            counts = positive_counts_c_order(xs)
+            equal = torch.equal(counts.float(), reference(xs))
             failed += not equal
+            k_host, k_total = timed(positive_counts_c_order, xs)
+            t_host, t_total = timed(reference, xs)
             print(
-                f"{dtype!s:15s} {layout!s:25s} equal={equal!s:5s} "
-                f"kernel {timed(positive_counts_c_order, xs):6.3f} ms  "
-                f"torch {timed(reference, xs):6.3f} ms  (17 calls)"
+                f"{dtype!s:15s} {layout!s:25s} equal={equal!s:5s} {counts.dtype!s:12s} "
+                f"kernel host {k_host:6.3f} total {k_total:6.3f} ms   "
+                f"torch host {t_host:6.3f} total {t_total:6.3f} ms   ({len(xs)} batches)"
             )
     return 1 if failed else 0
 

@@ -218,12 +218,11 @@ class _Scalars(NamedTuple):
 
 
 class _Counts(NamedTuple):
-    """A positive_fraction sent as float32 counts of positive values over the batch, flat in
-    C order; the host divides by ``n`` (a float32 true division: k / n correctly rounded, as
-    on the device)."""
+    """positive_fractions sent as counts of positive values over the batch, one run of
+    ``units`` counts per (stored name, batch size n, units), each flat in C order; the host
+    divides by ``n`` (a float32 true division: k / n correctly rounded, as on the device)."""
 
-    name: str
-    n: int
+    items: tuple[tuple[str, int, int], ...]
 
 
 class _Full(NamedTuple):
@@ -250,21 +249,17 @@ def _unit_counts(x: torch.Tensor, name: str) -> tuple[torch.Tensor, _Counts]:
     on the device), and its layout. Measured on an H100 (bfloat16, channels_last), this beat
     reducing the batch as an (N, units) matrix in memory order: that sum ran faster, but
     putting its counts back in C order, on the device or on the writer thread, cost more. On
-    the devices in ``kernels.COUNT_KERNEL_DEVICES`` a Triton kernel does both at once."""
-    layout = _Counts(name, x.shape[0])
-    if x.device.type in kernels.COUNT_KERNEL_DEVICES:
-        try:
-            counts = kernels.positive_counts_c_order(x)
-        except Exception as exc:  # Triton missing or failing: torch operations from now on
-            kernels.COUNT_KERNEL_DEVICES.discard(x.device.type)
-            _report(
-                f"pytest-modelrules: the Triton positive-count kernel failed on {x.device.type} "
-                f"({type(exc).__name__}: {exc}); counting with torch operations from now on"
-            )
-            counts = None
-        if counts is not None:
-            return counts, layout
-    return positive_counts(x).reshape(-1), layout
+    the devices in ``kernels.COUNT_KERNEL_DEVICES`` the Recorder counts with a Triton kernel
+    instead (:meth:`Recorder._count_batches`)."""
+    flat = positive_counts(x).reshape(-1)
+    return flat, _Counts(((name, x.shape[0], flat.numel()),))
+
+
+def _fractions(counts: np.ndarray, n: int) -> np.ndarray:
+    """Counts of positive values over a batch of ``n`` -> float32 fractions."""
+    if not n:  # an empty batch: 0 / 0, as the device would give it, without numpy's warning
+        return np.full(counts.shape, np.nan, dtype=np.float32)
+    return counts.astype(np.float32, copy=False) / np.float32(n)
 
 
 #: dtypes the transfer does not carry, and what they travel as
@@ -296,10 +291,10 @@ def _unpack(
     if kind is _Scalars:
         scalars.append((layout.names, chunk.astype(layout.dtype, copy=False)))
     elif kind is _Counts:
-        if layout.n:
-            arrays.append((layout.name, chunk / np.float32(layout.n)))
-        else:  # an empty batch: 0 / 0, as the device would give it, without numpy's warning
-            arrays.append((layout.name, np.full(chunk.shape, np.nan, dtype=np.float32)))
+        offset = 0
+        for name, n, units in layout.items:
+            arrays.append((name, _fractions(chunk[offset : offset + units], n)))
+            offset += units
     elif kind is _Red:
         offset = 0
         for tname, red, shape in layout.items:
@@ -417,6 +412,9 @@ class Recorder:
         # values waiting for the step's transfer: (1-D contiguous tensor, how the host reads
         # it back: a _Red, _Counts or _Full layout); see _flush
         self._pending: list[tuple[torch.Tensor, Any]] = []
+        # ReLU outputs waiting for the Triton kernel: (output, its version, stored name)
+        self._relu_batch: list[tuple[torch.Tensor, int, str]] = []
+        self._changed_warned: set[str] = set()
         # per (ReLU module, call index) and per parameter list: what a saving step does with
         # it, worked out once while the same collections save (cleared with _spec_cache)
         self._relu_plan: dict[tuple[int, int], Any] = {}
@@ -566,6 +564,7 @@ class Recorder:
         )
         _report(message)
         self._pending.clear()
+        self._relu_batch.clear()
         self._grad_acc.clear()
         if self.writer is not None:
             with contextlib.suppress(Exception):  # the disk already fails: nothing more to say
@@ -625,6 +624,8 @@ class Recorder:
         if self.dead or not self._saving or self._forward_index:
             return
         try:
+            if self._relu_batch:
+                self._count_relu_batch()
             with torch.no_grad():
                 for i, value in _flatten_tensors(output):
                     name = f"{self.root_name}_output_{i}"
@@ -679,8 +680,9 @@ class Recorder:
 
         def hook(mod: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
             # every ReLU call of a saving step runs this: it is kept to a dictionary lookup and,
-            # for the default positive_fraction, two kernels (no autograd, autocast or
-            # no_grad state to touch: a comparison's result never requires grad)
+            # for the default positive_fraction, two kernels or a place in the step's Triton
+            # launch (no autograd, autocast or no_grad state to touch: a comparison's result
+            # never requires grad)
             if self.dead or self._forward_index or not self._saving:
                 return
             try:
@@ -699,7 +701,15 @@ class Recorder:
                 if name in self._captured:
                     return
                 self._captured.add(name)
-                self._pending.append(_unit_counts(output, stored))
+                if output.device.type in kernels.COUNT_KERNEL_DEVICES and kernels.readable(output):
+                    # counted with the step's other ReLU outputs in one launch at the end of the
+                    # forward pass (_count_relu_batch); autograd keeps an output that requires
+                    # grad alive until then anyway, any other is counted now
+                    self._relu_batch.append((output, output._version, stored))
+                    if not output.requires_grad:
+                        self._count_relu_batch()
+                else:
+                    self._pending.append(_unit_counts(output, stored))
             except Exception as exc:
                 self._fail(exc, "recording a ReLU output")
 
@@ -725,6 +735,44 @@ class Recorder:
             plan = True
         self._relu_plan[(key, k)] = plan
         return plan
+
+    def _count_relu_batch(self) -> None:
+        """Count the queued ReLU outputs with the Triton kernel: one launch per device and
+        dtype (``kernels.positive_counts_c_order``). An output changed in place since its
+        ReLU call (which autograd would refuse in backward anyway) is not recorded at this
+        step, with one warning. If the kernel fails, the torch operations count these and
+        every later batch on that device type, with one warning."""
+        batch, self._relu_batch = self._relu_batch, []
+        groups: dict[tuple[torch.device, torch.dtype], list[tuple[torch.Tensor, str]]] = {}
+        for x, version, name in batch:
+            if x._version != version:
+                if name not in self._changed_warned:
+                    self._changed_warned.add(name)
+                    _report(
+                        f"pytest-modelrules Recorder: {name} was changed in place after its "
+                        f"ReLU call, before the end of the forward pass; not recorded at global "
+                        f"step {self.global_step} (nor at later steps where it happens again)"
+                    )
+                continue
+            groups.setdefault((x.device, x.dtype), []).append((x, name))
+        with torch.no_grad():
+            for (device, _dtype), entries in groups.items():
+                xs = [x for x, _ in entries]
+                if device.type in kernels.COUNT_KERNEL_DEVICES:
+                    try:
+                        counts = kernels.positive_counts_c_order(xs)
+                    except Exception as exc:  # Triton missing or failing: torch from now on
+                        kernels.COUNT_KERNEL_DEVICES.discard(device.type)
+                        _report(
+                            f"pytest-modelrules: the Triton positive-count kernel failed on "
+                            f"{device.type} ({type(exc).__name__}: {exc}); counting with torch "
+                            "operations from now on"
+                        )
+                    else:
+                        items = [(name, len(x), x.numel() // len(x)) for x, name in entries]
+                        self._pending.append((counts, _Counts(tuple(items))))
+                        continue
+                self._pending.extend(_unit_counts(x, name) for x, name in entries)
 
     def _grad_hook(self, name: str):
         def hook(grad: torch.Tensor) -> None:
@@ -828,6 +876,8 @@ class Recorder:
                         names = tuple(self._grad_acc)
                         self._capture_params(names, list(names), list(self._grad_acc.values()))
                     self._grad_acc.clear()
+                if self._relu_batch:  # ReLUs called outside the model's forward, or it raised
+                    self._count_relu_batch()
                 self._flush()
         finally:
             self._open = False

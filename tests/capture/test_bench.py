@@ -81,3 +81,25 @@ def test_triton_counts_adds_a_variant_and_leaves_the_kernel_off(capsys):
         "no recorder", "save_interval=500", "save_interval=1", module.TRITON_LABEL
     }  # fmt: skip
     assert not kernels.COUNT_KERNEL_DEVICES
+
+
+def test_gpu_kernel_check_quick_compares_the_kernel_with_the_torch_operations(capsys):
+    """The GPU script's ``--quick`` form (Triton's interpreter on CPU tensors): ResNet-18's 17
+    ReLU shapes at 32 px, each layout, equal counts, exit 0."""
+    import os
+
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("TRITON_INTERPRET=1 was overridden: the quick form runs on the CPU")
+    path = BENCH.with_name("gpu_kernel_check.py")
+    spec = importlib.util.spec_from_file_location("gpu_kernel_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert [s[1:] for s in module.shapes(64, 224)] == (
+        [(64, 112, 112)] + [(64, 56, 56)] * 4 + [(128, 28, 28)] * 4 + [(256, 14, 14)] * 4
+        + [(512, 7, 7)] * 4
+    )  # fmt: skip
+    assert module.main(["--quick"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "equal=" in line]
+    assert len(lines) == 4
+    assert all("equal=True" in line and "(17 batches)" in line for line in lines)

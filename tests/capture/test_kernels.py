@@ -30,38 +30,78 @@ def interpreted():
         pytest.skip("TRITON_INTERPRET=1 was overridden: these tests run the kernel on the CPU")
 
 
-def _expected(x: torch.Tensor) -> np.ndarray:
-    return (x.double().numpy() > 0).sum(axis=0).reshape(-1).astype(np.float32)
+def _expected(xs: list[torch.Tensor]) -> np.ndarray:
+    return np.concatenate([(x.double().numpy() > 0).sum(axis=0).reshape(-1) for x in xs]).astype(
+        np.int64
+    )
+
+
+def _with_specials(x: torch.Tensor) -> torch.Tensor:
+    specials = torch.tensor([float("nan"), -0.0, 0.0, float("inf"), -float("inf")])
+    k = min(specials.numel(), x.numel())
+    x.view(-1)[:k] = specials[:k]
+    return x
+
+
+_CASES = [
+    ((5, 3000), torch.contiguous_format),  # more units than one program's tile
+    ((5, 7, 9, 11), torch.contiguous_format),
+    ((5, 70, 9, 11), torch.channels_last),  # odd channel and spatial sizes
+    ((3, 130, 2, 3, 4), torch.channels_last_3d),
+    ((2, 3, 1, 1), torch.channels_last),
+    ((1, 1, 5, 5), torch.channels_last),
+    ((4, 8, 40, 40), torch.channels_last),  # spatial over several tiles
+    ((2, 64, 48, 48), torch.channels_last),  # a larger layer
+    ((2, 300_000), torch.contiguous_format),
+]
 
 
 @pytest.mark.parametrize(
     "dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str
 )
-@pytest.mark.parametrize(
-    "shape,layout",
-    [
-        ((5, 3000), torch.contiguous_format),  # more units than one program's block
-        ((5, 7, 9, 11), torch.contiguous_format),
-        ((5, 70, 9, 11), torch.channels_last),  # channels over two blocks, odd spatial size
-        ((3, 130, 2, 3, 4), torch.channels_last_3d),
-        ((2, 3, 1, 1), torch.channels_last),
-        ((1, 1, 5, 5), torch.channels_last),
-        ((4, 8, 40, 40), torch.channels_last),  # spatial over several blocks
-        ((2, 64, 48, 48), torch.channels_last),  # a larger layer: larger tiles
-        ((2, 300_000), torch.contiguous_format),
-    ],
-    ids=str,
-)
+@pytest.mark.parametrize("shape,layout", _CASES, ids=str)
 def test_counts_equal_numpy_in_c_order(interpreted, dtype, shape, layout):
     gen = torch.Generator().manual_seed(sum(shape))
-    x = torch.randn(shape, generator=gen)
-    specials = torch.tensor([float("nan"), -0.0, 0.0, float("inf"), -float("inf")])
-    k = min(specials.numel(), x.numel())
-    x.view(-1)[:k] = specials[:k]
-    x = x.to(dtype).contiguous(memory_format=layout)
-    got = kernels.positive_counts_c_order(x)
-    assert got is not None and got.dtype == torch.float32 and got.shape == (x[0].numel(),)
-    np.testing.assert_array_equal(got.numpy(), _expected(x))
+    x = _with_specials(torch.randn(shape, generator=gen)).to(dtype).contiguous(memory_format=layout)
+    assert kernels.readable(x)
+    got = kernels.positive_counts_c_order([x])
+    assert got.dtype == torch.uint8 and got.shape == (x[0].numel(),)
+    np.testing.assert_array_equal(got.numpy(), _expected([x]))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_one_launch_counts_every_batch_at_its_offset(interpreted, dtype):
+    """All the cases above in one call (one launch): each batch's counts at its offset, in
+    the order given, whatever the neighbours' layouts and sizes."""
+    gen = torch.Generator().manual_seed(1)
+    xs = [
+        _with_specials(torch.randn((2, *shape[1:]), generator=gen))
+        .to(dtype)
+        .contiguous(memory_format=layout)
+        for shape, layout in _CASES
+    ]
+    got = kernels.positive_counts_c_order(xs)
+    np.testing.assert_array_equal(got.numpy(), _expected(xs))
+
+
+def test_more_batches_than_one_launch_takes(interpreted, monkeypatch):
+    monkeypatch.setattr(kernels, "MAX_BATCHES", 2)
+    gen = torch.Generator().manual_seed(2)
+    xs = [torch.randn(3, k + 1, 4, 4, generator=gen) for k in range(5)]
+    xs[1] = xs[1].contiguous(memory_format=torch.channels_last)
+    np.testing.assert_array_equal(kernels.positive_counts_c_order(xs).numpy(), _expected(xs))
+
+
+@pytest.mark.parametrize("batch,dtype", [(255, torch.uint8), (256, torch.int16)], ids=str)
+def test_counts_come_in_the_narrowest_dtype_that_holds_the_batch(interpreted, batch, dtype):
+    """uint8 up to 255 samples (a quarter of float32's bytes to move), then int16, int32; the
+    count of a unit positive in every sample is the batch size itself."""
+    x = torch.ones(batch, 2)
+    x[0, 1] = -1.0
+    got = kernels.positive_counts_c_order([x])
+    assert got.dtype == dtype == kernels.count_dtype(batch)
+    assert got.tolist() == [batch, batch - 1]
+    assert kernels.count_dtype(32767) == torch.int16 and kernels.count_dtype(32768) == torch.int32
 
 
 def test_layouts_and_dtypes_it_does_not_read_are_declined(interpreted):
@@ -75,7 +115,16 @@ def test_layouts_and_dtypes_it_does_not_read_are_declined(interpreted):
         torch.randn(0, 3),
         torch.randn(4, 0, 2),
     ):
-        assert kernels.positive_counts_c_order(declined) is None
+        assert not kernels.readable(declined)
+        with pytest.raises(ValueError, match="not one the kernel reads"):
+            kernels.positive_counts_c_order([x, declined])
+
+
+def test_one_launch_takes_one_dtype_and_device(interpreted):
+    with pytest.raises(ValueError, match="one device and dtype"):
+        kernels.positive_counts_c_order([torch.randn(2, 3), torch.randn(2, 3).double()])
+    with pytest.raises(ValueError, match="at least one batch"):
+        kernels.positive_counts_c_order([])
 
 
 def _record(tmp_path, name, channels_last=True):
@@ -104,22 +153,82 @@ def _record(tmp_path, name, channels_last=True):
 def test_recorder_with_the_kernel_stores_what_the_torch_operations_store(
     interpreted, tmp_path, monkeypatch, channels_last
 ):
+    """Bit for bit the torch path's values, from one launch per step for all its ReLU calls
+    (here two calls of one module per step, two steps)."""
     reference = _record(tmp_path, "torch", channels_last)
-    calls = []
+    launches = []
     real = kernels.positive_counts_c_order
 
-    def counted(x):
-        out = real(x)
-        calls.append(out is not None)
-        return out
+    def counted(xs):
+        launches.append([tuple(x.shape) for x in xs])
+        return real(xs)
 
     monkeypatch.setattr(kernels, "positive_counts_c_order", counted)
     monkeypatch.setattr(kernels, "COUNT_KERNEL_DEVICES", {"cpu"})
     got = _record(tmp_path, "kernel", channels_last)
-    assert calls and all(calls)  # every ReLU call of both steps went through the kernel
+    assert launches == [[(8, 4, 8, 8), (8, 4, 8, 8)]] * 2
     for key, value in reference.items():
         assert got[key].dtype == value.dtype == np.float32
         np.testing.assert_array_equal(got[key], value, err_msg=str(key))
+
+
+def test_outputs_that_do_not_require_grad_are_counted_at_once(interpreted, tmp_path, monkeypatch):
+    """Under no_grad (evaluation) nothing else keeps a ReLU output alive: it is counted at its
+    call, not held until the end of the forward pass."""
+    monkeypatch.setattr(kernels, "COUNT_KERNEL_DEVICES", {"cpu"})
+    launches = []
+    real = kernels.positive_counts_c_order
+    monkeypatch.setattr(
+        kernels, "positive_counts_c_order", lambda xs: launches.append(len(xs)) or real(xs)
+    )
+    model = TinyNet()
+    ((x, _),) = batches(1)
+    with Recorder(tmp_path / "eval", model, save_interval=1) as rec:
+        rec.set_mode("EVAL")
+        with torch.no_grad():
+            model(x)
+    assert launches == [1, 1]
+    run = open_run(tmp_path / "eval")
+    with torch.no_grad():
+        first = torch.relu(model.conv(x))
+    name = reduction_tensor_name("relu_output_0", "positive_fraction")
+    expected = (first > 0).float().mean(0).reshape(-1).numpy()
+    np.testing.assert_array_equal(run.tensor(name).value(0, mode="EVAL"), expected)
+
+
+def test_an_output_changed_in_place_after_its_relu_is_not_recorded(
+    interpreted, tmp_path, monkeypatch
+):
+    """Counting at the end of the forward pass would read values changed since the ReLU: such
+    an output is left out of the step, with one warning, and the other ReLU calls are
+    recorded."""
+
+    class Changes(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+            self.first = torch.nn.ReLU()
+            self.second = torch.nn.ReLU()
+
+        def forward(self, x):
+            h = self.first(self.lin(x))
+            h.sub_(1.0)  # after the ReLU: autograd would refuse backward through it
+            return self.second(h)
+
+    monkeypatch.setattr(kernels, "COUNT_KERNEL_DEVICES", {"cpu"})
+    model = Changes()
+    x = torch.randn(6, 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Recorder(tmp_path / "run", model, save_interval=1):
+            for _ in range(2):
+                model(x)
+    messages = [str(w.message) for w in caught if "changed in place" in str(w.message)]
+    assert len(messages) == 1 and "first.relu_output_0" in messages[0]
+    run = open_run(tmp_path / "run")
+    second = reduction_tensor_name("second.relu_output_0", "positive_fraction")
+    assert run.tensor(second).steps() == [0, 1]
+    assert not run.tensor_names(regex=r"^first\.relu_output")
 
 
 def test_a_failing_kernel_is_switched_off_and_recording_goes_on(tmp_path, monkeypatch):
@@ -127,7 +236,7 @@ def test_a_failing_kernel_is_switched_off_and_recording_goes_on(tmp_path, monkey
     from the torch operations."""
     reference = _record(tmp_path, "torch")
 
-    def broken(x):
+    def broken(xs):
         raise RuntimeError("no compiler here")
 
     monkeypatch.setattr(kernels, "positive_counts_c_order", broken)
@@ -145,7 +254,7 @@ def test_a_failing_kernel_is_switched_off_and_recording_goes_on(tmp_path, monkey
 def test_a_failing_kernel_under_warnings_as_errors_still_records(tmp_path, monkeypatch):
     """Under -W error the warning cannot stop recording either."""
     reference = _record(tmp_path, "torch")
-    monkeypatch.setattr(kernels, "positive_counts_c_order", lambda x: 1 / 0)
+    monkeypatch.setattr(kernels, "positive_counts_c_order", lambda xs: 1 / 0)
     monkeypatch.setattr(kernels, "COUNT_KERNEL_DEVICES", {"cpu"})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -176,6 +285,62 @@ def test_counts_equal_the_torch_operations_for_any_shape(
     x = torch.randn(n, channels, height, width, generator=gen)
     x[x.abs() < 0.3] = 0.0  # zeros are not positive
     x = x.to(dtype).contiguous(memory_format=layout)
-    got = kernels.positive_counts_c_order(x)
-    assert got is not None
-    assert torch.equal(got, positive_counts(x).reshape(-1))
+    got = kernels.positive_counts_c_order([x])
+    assert torch.equal(got.float(), positive_counts(x).reshape(-1))
+
+
+_COMPILE = """
+import json, os
+os.environ.pop("TRITON_INTERPRET", None)
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, compile
+from pytest_modelrules.capture import kernels
+_, kernel = kernels._kernel()
+loads = {}
+for arch in (80, 90):
+    for dtype in ("bf16", "fp16", "fp32", "fp64"):
+        for aligned in (True, False):
+            source = ASTSource(
+                fn=kernel,
+                signature={"table_ptr": "*i64", "x0_ptr": "*" + dtype, "out_ptr": "*u8",
+                           "N_BATCHES": "constexpr", "TILE": "constexpr",
+                           "ALIGNED": "constexpr"},
+                constexprs={"N_BATCHES": 32, "TILE": 1024, "ALIGNED": aligned},
+            )
+            ptx = compile(source, target=GPUTarget("cuda", arch, 32)).asm["ptx"]
+            # the loads of the batch: the last global loads of the kernel (after the table's)
+            ops = [w for w in ptx.split() if w.startswith("ld.global")]
+            loads[f"sm_{arch} {dtype} aligned={aligned}"] = ops[-1]
+print(json.dumps(loads))
+"""
+
+
+def test_the_kernel_compiles_for_nvidia_gpus_with_16_byte_loads():
+    """Compiled (not interpreted) for Ampere and Hopper, without a GPU (Triton's own ptxas):
+    every dtype compiles, and where the host found every sample on 16 bytes the batch is read
+    with 16-byte vector loads (a scalar load per element issues eight times the instructions
+    for bfloat16)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = str(Path(__file__).resolve().parents[2])  # the checkout, whatever is installed
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-c", _COMPILE], capture_output=True, text=True, env=env, timeout=300
+    )
+    if done.returncode and "ptxas" in done.stderr and "not found" in done.stderr.lower():
+        pytest.skip("Triton's ptxas is not installed here")
+    assert done.returncode == 0, done.stderr[-3000:]
+    loads = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(loads) == 16
+    for variant, op in loads.items():
+        if "aligned=True" in variant:
+            wide = "ld.global.v2.b64" if "fp64" in variant else "ld.global.v4.b32"
+            assert op == wide, variant
+        else:
+            assert op.startswith("ld.global.b"), variant
