@@ -108,16 +108,17 @@ def _kernel() -> tuple[Any, Any]:
     return triton, counts_kernel
 
 
-def positive_counts_c_order(xs: Sequence[torch.Tensor]) -> torch.Tensor:
+def positive_counts_c_order(xs: Sequence[torch.Tensor], *, checked: bool = False) -> torch.Tensor:
     """For each unit of each batch in ``xs`` (dimension 0 the samples), in how many samples it
     is > 0: the counts of every batch one after another, each flat in C order, as
     ``torch.cat([positive_counts(x).reshape(-1) for x in xs])`` gives them (NaN is not > 0),
     in :func:`count_dtype` of the largest batch. Every batch must be :func:`readable`, and all
-    share one device and dtype."""
+    share one device and dtype (``checked``: the caller made sure; the Recorder does, per
+    ReLU call)."""
     if not xs:
         raise ValueError("positive_counts_c_order needs at least one batch")
     first = xs[0]
-    for x in xs:
+    for x in () if checked else xs:
         if not readable(x):
             raise ValueError(
                 f"a batch of shape {tuple(x.shape)}, strides {x.stride()}, {x.dtype}: not one "

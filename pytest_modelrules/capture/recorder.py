@@ -760,7 +760,7 @@ class Recorder:
                 xs = [x for x, _ in entries]
                 if device.type in kernels.COUNT_KERNEL_DEVICES:
                     try:
-                        counts = kernels.positive_counts_c_order(xs)
+                        counts = kernels.positive_counts_c_order(xs, checked=True)
                     except Exception as exc:  # Triton missing or failing: torch from now on
                         kernels.COUNT_KERNEL_DEVICES.discard(device.type)
                         _report(

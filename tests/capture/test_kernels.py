@@ -159,9 +159,9 @@ def test_recorder_with_the_kernel_stores_what_the_torch_operations_store(
     launches = []
     real = kernels.positive_counts_c_order
 
-    def counted(xs):
+    def counted(xs, **kwargs):
         launches.append([tuple(x.shape) for x in xs])
-        return real(xs)
+        return real(xs, **kwargs)
 
     monkeypatch.setattr(kernels, "positive_counts_c_order", counted)
     monkeypatch.setattr(kernels, "COUNT_KERNEL_DEVICES", {"cpu"})
@@ -178,9 +178,12 @@ def test_outputs_that_do_not_require_grad_are_counted_at_once(interpreted, tmp_p
     monkeypatch.setattr(kernels, "COUNT_KERNEL_DEVICES", {"cpu"})
     launches = []
     real = kernels.positive_counts_c_order
-    monkeypatch.setattr(
-        kernels, "positive_counts_c_order", lambda xs: launches.append(len(xs)) or real(xs)
-    )
+
+    def counted(xs, **kwargs):
+        launches.append(len(xs))
+        return real(xs, **kwargs)
+
+    monkeypatch.setattr(kernels, "positive_counts_c_order", counted)
     model = TinyNet()
     ((x, _),) = batches(1)
     with Recorder(tmp_path / "eval", model, save_interval=1) as rec:
@@ -236,7 +239,7 @@ def test_a_failing_kernel_is_switched_off_and_recording_goes_on(tmp_path, monkey
     from the torch operations."""
     reference = _record(tmp_path, "torch")
 
-    def broken(xs):
+    def broken(xs, **kwargs):
         raise RuntimeError("no compiler here")
 
     monkeypatch.setattr(kernels, "positive_counts_c_order", broken)
@@ -254,7 +257,7 @@ def test_a_failing_kernel_is_switched_off_and_recording_goes_on(tmp_path, monkey
 def test_a_failing_kernel_under_warnings_as_errors_still_records(tmp_path, monkeypatch):
     """Under -W error the warning cannot stop recording either."""
     reference = _record(tmp_path, "torch")
-    monkeypatch.setattr(kernels, "positive_counts_c_order", lambda xs: 1 / 0)
+    monkeypatch.setattr(kernels, "positive_counts_c_order", lambda xs, **kw: 1 / 0)
     monkeypatch.setattr(kernels, "COUNT_KERNEL_DEVICES", {"cpu"})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
