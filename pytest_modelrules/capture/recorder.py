@@ -167,6 +167,11 @@ def _no_autocast(device_type: str) -> Any:
     return _NoAutocast(device_type)
 
 
+#: bytes of ReLU outputs the Recorder holds for the Triton kernel's one launch at the end of the
+#: forward pass before it counts them anyway: an output that requires grad stays alive for
+#: backward, unless activation checkpointing frees it - then this bounds what recording holds
+RELU_QUEUE_BYTES = 512 * 2**20
+
 #: reductions whose result autocast cannot change (a comparison, then sums with an explicit
 #: dtype): computed without touching the autocast state
 _AUTOCAST_FREE = frozenset({("positive_fraction", False)})
@@ -414,6 +419,7 @@ class Recorder:
         self._pending: list[tuple[torch.Tensor, Any]] = []
         # ReLU outputs waiting for the Triton kernel: (output, its version, stored name)
         self._relu_batch: list[tuple[torch.Tensor, int, str]] = []
+        self._relu_batch_bytes = 0
         self._changed_warned: set[str] = set()
         # per (ReLU module, call index) and per parameter list: what a saving step does with
         # it, worked out once while the same collections save (cleared with _spec_cache)
@@ -565,6 +571,7 @@ class Recorder:
         _report(message)
         self._pending.clear()
         self._relu_batch.clear()
+        self._relu_batch_bytes = 0
         self._grad_acc.clear()
         if self.writer is not None:
             with contextlib.suppress(Exception):  # the disk already fails: nothing more to say
@@ -704,9 +711,11 @@ class Recorder:
                 if output.device.type in kernels.COUNT_KERNEL_DEVICES and kernels.readable(output):
                     # counted with the step's other ReLU outputs in one launch at the end of the
                     # forward pass (_count_relu_batch); autograd keeps an output that requires
-                    # grad alive until then anyway, any other is counted now
+                    # grad alive until then anyway, any other is counted now, and so is the
+                    # queue past RELU_QUEUE_BYTES (activation checkpointing frees outputs)
                     self._relu_batch.append((output, output._version, stored))
-                    if not output.requires_grad:
+                    self._relu_batch_bytes += output.numel() * output.element_size()
+                    if not output.requires_grad or self._relu_batch_bytes > RELU_QUEUE_BYTES:
                         self._count_relu_batch()
                 else:
                     self._pending.append(_unit_counts(output, stored))
@@ -742,7 +751,7 @@ class Recorder:
         ReLU call (which autograd would refuse in backward anyway) is not recorded at this
         step, with one warning. If the kernel fails, the torch operations count these and
         every later batch on that device type, with one warning."""
-        batch, self._relu_batch = self._relu_batch, []
+        batch, self._relu_batch, self._relu_batch_bytes = self._relu_batch, [], 0
         groups: dict[tuple[torch.device, torch.dtype], list[tuple[torch.Tensor, str]]] = {}
         for x, version, name in batch:
             if x._version != version:

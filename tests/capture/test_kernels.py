@@ -172,6 +172,35 @@ def test_recorder_with_the_kernel_stores_what_the_torch_operations_store(
         np.testing.assert_array_equal(got[key], value, err_msg=str(key))
 
 
+def test_the_queue_is_counted_early_past_its_byte_limit(interpreted, tmp_path, monkeypatch):
+    """Under activation checkpointing nothing else keeps a ReLU output alive: what the Recorder
+    holds for the one launch is bounded (RELU_QUEUE_BYTES), past it the queue is counted at
+    once, with the same values."""
+    from pytest_modelrules.capture import recorder as recorder_module
+
+    reference = _record(tmp_path, "torch")
+    launches = []
+    real = kernels.positive_counts_c_order
+
+    def counted(xs, **kwargs):
+        launches.append(len(xs))
+        return real(xs, **kwargs)
+
+    monkeypatch.setattr(kernels, "positive_counts_c_order", counted)
+    monkeypatch.setattr(kernels, "COUNT_KERNEL_DEVICES", {"cpu"})
+    one_output = 8 * 4 * 8 * 8 * 4  # bytes of one TinyNet ReLU output (float32)
+    monkeypatch.setattr(recorder_module, "RELU_QUEUE_BYTES", one_output)
+    got = _record(tmp_path, "bounded")
+    assert launches == [2, 2]  # the second output passes the limit: counted at its call
+    monkeypatch.setattr(recorder_module, "RELU_QUEUE_BYTES", one_output - 1)
+    launches.clear()
+    got_each = _record(tmp_path, "each")
+    assert launches == [1, 1, 1, 1]
+    for key, value in reference.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=str(key))
+        np.testing.assert_array_equal(got_each[key], value, err_msg=str(key))
+
+
 def test_outputs_that_do_not_require_grad_are_counted_at_once(interpreted, tmp_path, monkeypatch):
     """Under no_grad (evaluation) nothing else keeps a ReLU output alive: it is counted at its
     call, not held until the end of the forward pass."""
