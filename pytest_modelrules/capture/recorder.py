@@ -168,8 +168,9 @@ def _no_autocast(device_type: str) -> Any:
 
 
 #: bytes of ReLU outputs the Recorder holds for the Triton kernel's one launch at the end of the
-#: forward pass before it counts them anyway: an output that requires grad stays alive for
-#: backward, unless activation checkpointing frees it - then this bounds what recording holds
+#: forward pass before it counts them anyway. In training autograd keeps most outputs alive
+#: until backward; under no_grad, with a frozen backbone or activation checkpointing nothing
+#: would: this bounds what recording holds.
 RELU_QUEUE_BYTES = 512 * 2**20
 
 #: reductions whose result autocast cannot change (a comparison, then sums with an explicit
@@ -418,9 +419,11 @@ class Recorder:
         # it back: a _Red, _Counts or _Full layout); see _flush
         self._pending: list[tuple[torch.Tensor, Any]] = []
         # ReLU outputs waiting for the Triton kernel: (output, its version, stored name)
-        self._relu_batch: list[tuple[torch.Tensor, int, str]] = []
+        self._relu_batch: list[tuple[torch.Tensor, int | None, str]] = []
         self._relu_batch_bytes = 0
-        self._changed_warned: set[str] = set()
+        # stored names of ReLU outputs seen changed in place before the queue was counted:
+        # counted at their call from then on
+        self._count_at_call: set[str] = set()
         # per (ReLU module, call index) and per parameter list: what a saving step does with
         # it, worked out once while the same collections save (cleared with _spec_cache)
         self._relu_plan: dict[tuple[int, int], Any] = {}
@@ -710,13 +713,16 @@ class Recorder:
                 self._captured.add(name)
                 if output.device.type in kernels.COUNT_KERNEL_DEVICES and kernels.readable(output):
                     # counted with the step's other ReLU outputs in one launch at the end of the
-                    # forward pass (_count_relu_batch); autograd keeps an output that requires
-                    # grad alive until then anyway, any other is counted now, and so is the
-                    # queue past RELU_QUEUE_BYTES (activation checkpointing frees outputs)
-                    self._relu_batch.append((output, output._version, stored))
-                    self._relu_batch_bytes += output.numel() * output.element_size()
-                    if not output.requires_grad or self._relu_batch_bytes > RELU_QUEUE_BYTES:
+                    # forward pass (_count_relu_batch), or at once past RELU_QUEUE_BYTES; an
+                    # inference-mode output has no version counter to check: counted now
+                    if output.is_inference() or stored in self._count_at_call:
+                        self._relu_batch.append((output, None, stored))
                         self._count_relu_batch()
+                    else:
+                        self._relu_batch.append((output, output._version, stored))
+                        self._relu_batch_bytes += output.numel() * output.element_size()
+                        if self._relu_batch_bytes > RELU_QUEUE_BYTES:
+                            self._count_relu_batch()
                 else:
                     self._pending.append(_unit_counts(output, stored))
             except Exception as exc:
@@ -748,20 +754,20 @@ class Recorder:
     def _count_relu_batch(self) -> None:
         """Count the queued ReLU outputs with the Triton kernel: one launch per device and
         dtype (``kernels.positive_counts_c_order``). An output changed in place since its
-        ReLU call (which autograd would refuse in backward anyway) is not recorded at this
-        step, with one warning. If the kernel fails, the torch operations count these and
-        every later batch on that device type, with one warning."""
+        ReLU call (in training autograd would refuse it in backward anyway) is not recorded
+        at this step, with one warning, and is counted at its call from then on. If the
+        kernel fails, the torch operations count these and every later batch on that device
+        type, with one warning."""
         batch, self._relu_batch, self._relu_batch_bytes = self._relu_batch, [], 0
         groups: dict[tuple[torch.device, torch.dtype], list[tuple[torch.Tensor, str]]] = {}
         for x, version, name in batch:
-            if x._version != version:
-                if name not in self._changed_warned:
-                    self._changed_warned.add(name)
-                    _report(
-                        f"pytest-modelrules Recorder: {name} was changed in place after its "
-                        f"ReLU call, before the end of the forward pass; not recorded at global "
-                        f"step {self.global_step} (nor at later steps where it happens again)"
-                    )
+            if version is not None and x._version != version:
+                self._count_at_call.add(name)
+                _report(
+                    f"pytest-modelrules Recorder: {name} was changed in place after its ReLU "
+                    f"call, before the end of the forward pass; not recorded at global step "
+                    f"{self.global_step}, counted at its call from now on"
+                )
                 continue
             groups.setdefault((x.device, x.dtype), []).append((x, name))
         with torch.no_grad():

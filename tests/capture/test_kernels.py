@@ -201,9 +201,13 @@ def test_the_queue_is_counted_early_past_its_byte_limit(interpreted, tmp_path, m
         np.testing.assert_array_equal(got_each[key], value, err_msg=str(key))
 
 
-def test_outputs_that_do_not_require_grad_are_counted_at_once(interpreted, tmp_path, monkeypatch):
-    """Under no_grad (evaluation) nothing else keeps a ReLU output alive: it is counted at its
-    call, not held until the end of the forward pass."""
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode"])
+def test_evaluation_outputs_are_counted_by_the_kernel_too(
+    interpreted, tmp_path, monkeypatch, context
+):
+    """Under no_grad (evaluation, a frozen backbone) the outputs are queued like any other
+    (the queue is bounded, not autograd); inference-mode tensors have no version counter to
+    check, so each is counted at its call. The values are the reference's either way."""
     monkeypatch.setattr(kernels, "COUNT_KERNEL_DEVICES", {"cpu"})
     launches = []
     real = kernels.positive_counts_c_order
@@ -217,23 +221,25 @@ def test_outputs_that_do_not_require_grad_are_counted_at_once(interpreted, tmp_p
     ((x, _),) = batches(1)
     with Recorder(tmp_path / "eval", model, save_interval=1) as rec:
         rec.set_mode("EVAL")
-        with torch.no_grad():
+        with getattr(torch, context)():
             model(x)
-    assert launches == [1, 1]
+    assert launches == ([2] if context == "no_grad" else [1, 1])
     run = open_run(tmp_path / "eval")
     with torch.no_grad():
         first = torch.relu(model.conv(x))
-    name = reduction_tensor_name("relu_output_0", "positive_fraction")
-    expected = (first > 0).float().mean(0).reshape(-1).numpy()
-    np.testing.assert_array_equal(run.tensor(name).value(0, mode="EVAL"), expected)
+        second = torch.relu(model.conv2(first))
+    for k, out in enumerate((first, second)):
+        name = reduction_tensor_name(f"relu_output_{k}", "positive_fraction")
+        expected = (out > 0).float().mean(0).reshape(-1).numpy()
+        np.testing.assert_array_equal(run.tensor(name).value(0, mode="EVAL"), expected)
 
 
-def test_an_output_changed_in_place_after_its_relu_is_not_recorded(
+def test_an_output_changed_in_place_after_its_relu_is_counted_at_its_call_from_then_on(
     interpreted, tmp_path, monkeypatch
 ):
     """Counting at the end of the forward pass would read values changed since the ReLU: such
-    an output is left out of the step, with one warning, and the other ReLU calls are
-    recorded."""
+    an output is left out of that step, with one warning, and counted at its call from the
+    next step on; the other ReLU calls are recorded at every step."""
 
     class Changes(torch.nn.Module):
         def __init__(self) -> None:
@@ -244,7 +250,7 @@ def test_an_output_changed_in_place_after_its_relu_is_not_recorded(
 
         def forward(self, x):
             h = self.first(self.lin(x))
-            h.sub_(1.0)  # after the ReLU: autograd would refuse backward through it
+            h.sub_(1.0)  # after the ReLU (in training autograd would refuse backward)
             return self.second(h)
 
     monkeypatch.setattr(kernels, "COUNT_KERNEL_DEVICES", {"cpu"})
@@ -252,15 +258,19 @@ def test_an_output_changed_in_place_after_its_relu_is_not_recorded(
     x = torch.randn(6, 4)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with Recorder(tmp_path / "run", model, save_interval=1):
-            for _ in range(2):
+        with Recorder(tmp_path / "run", model, save_interval=1), torch.no_grad():
+            for _ in range(3):
                 model(x)
     messages = [str(w.message) for w in caught if "changed in place" in str(w.message)]
     assert len(messages) == 1 and "first.relu_output_0" in messages[0]
+    assert "global step 0" in messages[0]
     run = open_run(tmp_path / "run")
-    second = reduction_tensor_name("second.relu_output_0", "positive_fraction")
-    assert run.tensor(second).steps() == [0, 1]
-    assert not run.tensor_names(regex=r"^first\.relu_output")
+    first = run.tensor(reduction_tensor_name("first.relu_output_0", "positive_fraction"))
+    second = run.tensor(reduction_tensor_name("second.relu_output_0", "positive_fraction"))
+    assert second.steps() == [0, 1, 2] and first.steps() == [1, 2]
+    with torch.no_grad():
+        expected = (torch.relu(model.lin(x)) > 0).float().mean(0).numpy()
+    np.testing.assert_array_equal(first.value(1), expected)
 
 
 def test_a_failing_kernel_is_switched_off_and_recording_goes_on(tmp_path, monkeypatch):
