@@ -256,7 +256,7 @@ def _unit_counts(x: torch.Tensor, name: str) -> tuple[torch.Tensor, _Counts]:
     reducing the batch as an (N, units) matrix in memory order: that sum ran faster, but
     putting its counts back in C order, on the device or on the writer thread, cost more. On
     the devices in ``kernels.COUNT_KERNEL_DEVICES`` the Recorder counts with a Triton kernel
-    instead (:meth:`Recorder._count_batches`)."""
+    instead (:meth:`Recorder._count_relu_batch`)."""
     flat = positive_counts(x).reshape(-1)
     return flat, _Counts(((name, x.shape[0], flat.numel()),))
 
