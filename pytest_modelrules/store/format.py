@@ -24,7 +24,8 @@ import numpy as np
 from ..exceptions import CorruptRunError
 
 FORMAT_NAME = "pytest-modelrules"
-FORMAT_VERSION = 1
+#: 2 added rows files (a row of scalars, one per tensor, per record); a reader reads 1 and 2
+FORMAT_VERSION = 2
 
 FILE_MAGIC = b"MRTFILE1"
 RECORD_MAGIC = b"MRR\x01"
@@ -34,6 +35,8 @@ FILE_HEADER = struct.Struct("<8sII")  # magic, json length, crc32(json)
 _CRC = struct.Struct("<I")
 MAX_NDIM = 32
 MAX_FILE_HEADER_JSON = 1 << 20  # 1 MiB: a file header is a name and a few fields
+#: tensors one rows file may name (writers split longer rows; the header stays under 1 MiB)
+MAX_ROW_NAMES = 1 << 16
 #: a complete record larger than this is hostile whatever the file size (1 TiB)
 MAX_RECORD_BYTES = 1 << 40
 #: shortest run of records worth the vectorised path
@@ -155,37 +158,6 @@ def encode_record_fast(
     return RECORD_MAGIC + _CRC.pack(zlib.crc32(payload, zlib.crc32(body))) + body, payload
 
 
-def encode_scalar_records(
-    values: np.ndarray, step: int, mode: int, mode_step: int, wall_time: float
-) -> tuple[memoryview, int]:
-    """Records of 0-d arrays, one per element of the 1-D array ``values`` (a format dtype),
-    encoded together: ``(buffer, record size)``, record ``i`` at ``[i * size, (i + 1) * size)``.
-    The same bytes as :func:`encode_record` of each ``values[i]``; the headers are filled as
-    one structured array and only the CRCs are computed one by one."""
-    values = np.asarray(values)
-    dt = values.dtype.newbyteorder("<")
-    code = dtype_code(dt)
-    rec = np.dtype(
-        [("magic", "S4"), ("crc", "<u4"), ("step", "<i8"), ("mode_step", "<i8"),
-         ("wall", "<f8"), ("nbytes", "<u8"), ("mode", "u1"), ("code", "u1"), ("ndim", "u1"),
-         ("flags", "u1"), ("pad", "V4"), ("value", dt)]
-    )  # fmt: skip
-    out = np.zeros(values.shape[0], dtype=rec)
-    out["magic"] = RECORD_MAGIC
-    out["step"] = step
-    out["mode_step"] = mode_step
-    out["wall"] = wall_time
-    out["nbytes"] = dt.itemsize
-    out["mode"] = mode
-    out["code"] = code
-    out["value"] = values
-    size = rec.itemsize
-    view = memoryview(out.view(np.uint8).reshape(-1))
-    crc32 = zlib.crc32
-    out["crc"] = [crc32(view[i + 8 : i + size]) for i in range(0, len(view), size)]
-    return view, size
-
-
 def encode_record(
     array: np.ndarray, *, step: int, mode: int, mode_step: int, wall_time: float
 ) -> bytes:
@@ -231,6 +203,21 @@ def parse_file_header(buf: bytes | memoryview, path: str) -> FileHeader | None:
     if not isinstance(fields, dict):
         raise CorruptRunError(path, "file header JSON is not an object", FILE_HEADER.size)
     return FileHeader(fields, end)
+
+
+def row_names(fields: dict, path: str) -> list[str]:
+    """The tensor names of a rows file's header: a non-empty list of distinct non-empty
+    strings (at most MAX_ROW_NAMES); CorruptRunError naming the file otherwise."""
+    names = fields.get("names")
+    if not isinstance(names, list) or not names:
+        raise CorruptRunError(path, "rows file header has no list of tensor names")
+    if len(names) > MAX_ROW_NAMES:
+        raise CorruptRunError(path, f"rows file header names {len(names)} tensors")
+    if not all(type(name) is str and name for name in names):
+        raise CorruptRunError(path, "a tensor name in the rows file header is not a string")
+    if len(set(names)) != len(names):
+        raise CorruptRunError(path, "the rows file header names a tensor twice")
+    return names
 
 
 @dataclass

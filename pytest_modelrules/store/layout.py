@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Sequence
 from urllib.parse import quote
 
 RUN_FILE = "run.json"
@@ -10,6 +12,7 @@ WORKERS_DIR = "workers"
 WORKER_FILE = "worker.json"
 STEPS_FILE = "steps.mrt"
 TENSORS_DIR = "tensors"
+ROWS_DIR = "rows"
 END_FILE = "END"
 TENSOR_SUFFIX = ".mrt"
 MAX_FILENAME = 200
@@ -27,6 +30,13 @@ def tensor_filename(name: str) -> str:
         digest = hashlib.sha256(name.encode()).hexdigest()[:32]
         quoted = quoted[:100] + "~" + digest
     return quoted + TENSOR_SUFFIX
+
+
+def rows_filename(names: Sequence[str]) -> str:
+    """The file of a row of scalars, one per tensor of ``names`` (format version 2): named by
+    a digest of the list, so the same list finds the same file at every step."""
+    digest = hashlib.sha256(json.dumps(list(names)).encode()).hexdigest()[:32]
+    return f"r-{digest}{TENSOR_SUFFIX}"
 
 
 def valid_worker_name(worker: str) -> bool:

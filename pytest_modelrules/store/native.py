@@ -22,6 +22,7 @@ from .format import (
     RecordIndex,
     parse_file_header,
     parse_records,
+    row_names,
     strided_view,
 )
 from .fs import Storage
@@ -66,6 +67,7 @@ class _LogFile:
         self.data_offset = 0
         self.index: RecordIndex | None = None
         self.read_to = 0  # file size at the last read
+        self.names: list[str] | None = None  # a rows file's tensor names
 
     def update(self, commit_limit: int | None) -> bool:
         """Read what was appended; True when new records arrived."""
@@ -93,6 +95,8 @@ class _LogFile:
             name = parsed.fields.get("name")
             if not isinstance(name, str):
                 raise CorruptRunError(self.path, "file header has no tensor name")
+            if kind == "rows":
+                self.names = row_names(parsed.fields, self.path)
             self.header = parsed.fields
             self.data_offset = local = parsed.data_offset
         new = parse_records(
@@ -103,6 +107,14 @@ class _LogFile:
             base=start,
             chunk=len(self.chunks),
         )
+        if self.names is not None:
+            width = (len(self.names),)
+            for _dtype, shape in new.layouts:
+                if shape != width:
+                    raise CorruptRunError(
+                        self.path,
+                        f"a row of shape {shape} in a rows file that names {width[0]} tensors",
+                    )
         if len(new):
             self.chunks.append(chunk)
         if self.index is None:
@@ -120,13 +132,16 @@ class _LogFile:
 
 
 class NativeRecords(TensorRecords):
-    """Records of one tensor across workers; values are views of the files' bytes."""
+    """Records of one tensor across workers; values are views of the files' bytes.
 
-    def __init__(self, parts: list[tuple[int, _LogFile]]) -> None:
-        self.parts = [(w, f) for w, f in parts if f.index is not None and len(f.index)]
-        idx = [f.index for _, f in self.parts]
+    ``parts``: (worker index, file, column): a tensor file's records (column None) or one
+    column of a rows file's (each record a row; the tensor's value is its element there)."""
+
+    def __init__(self, parts: list[tuple[int, _LogFile, int | None]]) -> None:
+        self.parts = [(w, f, c) for w, f, c in parts if f.index is not None and len(f.index)]
+        idx = [f.index for _, f, _ in self.parts]
         self.workers = np.concatenate(
-            [np.full(len(i), w, np.int32) for (w, _), i in zip(self.parts, idx)]
+            [np.full(len(i), w, np.int32) for (w, _, _), i in zip(self.parts, idx)]
             or [np.zeros(0, np.int32)]
         )
         self.steps = np.concatenate([i.steps for i in idx] or [np.zeros(0, np.int64)])
@@ -139,22 +154,33 @@ class NativeRecords(TensorRecords):
             [np.arange(len(i), dtype=np.int64) for i in idx] or [np.zeros(0, np.int64)]
         )
 
+    def _layout(self, part: int, kind: int) -> tuple[np.dtype, tuple[int, ...], int]:
+        """(dtype, shape, offset within the payload) of a record kind of a part."""
+        _, log, column = self.parts[part]
+        dtype, shape = log.index.layouts[kind]
+        if column is None:
+            return dtype, shape, 0
+        return dtype, (), column * dtype.itemsize
+
     def value(self, i: int) -> np.ndarray:
-        log = self.parts[int(self._part[i])][1]
+        part = int(self._part[i])
+        log = self.parts[part][1]
         j = int(self._local[i])
         index = log.index
-        dtype, shape = index.layouts[int(index.kinds[j])]
+        dtype, shape, extra = self._layout(part, int(index.kinds[j]))
         count = 1
         for dim in shape:
             count *= dim
         buf = log.chunks[int(index.chunks[j])]
-        return np.frombuffer(buf, dtype, count=count, offset=int(index.offsets[j])).reshape(shape)
+        offset = int(index.offsets[j]) + extra
+        return np.frombuffer(buf, dtype, count=count, offset=offset).reshape(shape)
 
     def shapes(self, indices: np.ndarray) -> list[tuple[int, ...]]:
         out = []
         for i in np.asarray(indices, np.int64).tolist():
-            index = self.parts[int(self._part[i])][1].index
-            out.append(index.layouts[int(index.kinds[int(self._local[i])])][1])
+            part = int(self._part[i])
+            index = self.parts[part][1].index
+            out.append(self._layout(part, int(index.kinds[int(self._local[i])]))[1])
         return out
 
     def stacked(self, indices: np.ndarray) -> np.ndarray | None:
@@ -176,18 +202,20 @@ class NativeRecords(TensorRecords):
         pieces = []
         layout_seen = None
         for seg in np.split(np.arange(len(indices)), cuts):
-            log = self.parts[int(parts[seg[0]])][1]
+            part = int(parts[seg[0]])
+            log = self.parts[part][1]
             index = log.index
             js = local[seg]
             kinds = index.kinds[js]
             if len(kinds) > 1 and not bool(np.all(kinds == kinds[0])):
                 return None
-            lay = index.layouts[int(kinds[0])]
+            dtype, shape, extra = self._layout(part, int(kinds[0]))
+            lay = (dtype, shape)
             if layout_seen is None:
                 layout_seen = lay
             elif lay != layout_seen:
                 return None
-            offs = index.offsets[js]
+            offs = index.offsets[js] + extra
             itemsize = lay[0].itemsize
             size = itemsize * int(np.prod(lay[1], dtype=np.int64)) if lay[1] else itemsize
             stride = int(offs[1] - offs[0]) if len(offs) > 1 else max(size, 1)
@@ -246,6 +274,9 @@ class NativeBackend(Backend):
         self._steps: dict[str, _LogFile] = {}
         self._ended: dict[str, dict[str, Any]] = {}
         self._tensor_files: dict[str, dict[str, str]] = {}  # name -> worker -> path
+        # name -> worker -> [(rows file path, column)]; the rows files whose header was read
+        self._row_columns: dict[str, dict[str, list[tuple[str, int]]]] = {}
+        self._rows_seen: set[str] = set()
         self._logs: dict[str, _LogFile] = {}  # path -> log
         self._records: dict[str, NativeRecords] = {}
         self._table = StepTable.empty()
@@ -297,6 +328,7 @@ class NativeBackend(Backend):
                 else:
                     name = unquote(stem)
                 self._tensor_files.setdefault(name, {})[worker] = path
+            self._find_rows(worker)
         self._workers = sorted(self._worker_info, key=lambda w: (self._worker_info[w]["rank"], w))
         tables = []
         for widx, worker in enumerate(self._workers):
@@ -314,6 +346,27 @@ class NativeBackend(Backend):
             )
         self._table = StepTable.concat(tables)
         self._records.clear()
+
+    def _find_rows(self, worker: str) -> None:
+        """Index the tensor names of the worker's rows files not seen yet (format version 2):
+        each file's header lists them; a file whose header is not complete yet is left for
+        the next refresh."""
+        j = self.storage.join
+        rdir = j(layout.WORKERS_DIR, worker, layout.ROWS_DIR)
+        for fname in self.storage.listdir(rdir):
+            if not fname.endswith(layout.TENSOR_SUFFIX) or fname.startswith("."):
+                continue
+            path = j(rdir, fname)
+            if path in self._rows_seen:
+                continue
+            log = self._logs.get(path) or _LogFile(self.storage, path, "rows")
+            self._logs[path] = log
+            log.update(self._last_committed(worker))
+            if log.names is None:
+                continue
+            self._rows_seen.add(path)
+            for column, name in enumerate(log.names):
+                self._row_columns.setdefault(name, {}).setdefault(worker, []).append((path, column))
 
     @staticmethod
     def _validate_worker(path: str, info: dict[str, Any]) -> None:
@@ -343,29 +396,33 @@ class NativeBackend(Backend):
         return self._table
 
     def tensor_names(self) -> list[str]:
-        return sorted(self._tensor_files)
+        return sorted(self._tensor_files.keys() | self._row_columns.keys())
 
     def tensor_records(self, name: str) -> NativeRecords:
         cached = self._records.get(name)
         if cached is not None:
             return cached
-        files = self._tensor_files.get(name)
-        if files is None:
+        files = self._tensor_files.get(name, {})
+        columns = self._row_columns.get(name, {})
+        if not files and not columns:
             raise KeyError(name)
-        parts = []
+        parts: list[tuple[int, _LogFile, int | None]] = []
         for widx, worker in enumerate(self._workers):
             path = files.get(worker)
-            if path is None:
-                continue
-            log = self._logs.get(path)
-            if log is None:
-                log = self._logs[path] = _LogFile(self.storage, path, "tensor")
-            log.update(self._last_committed(worker))
-            if log.header is not None and log.header.get("name") != name:
-                raise CorruptRunError(
-                    path, f"file holds tensor {log.header.get('name')!r}, expected {name!r}"
-                )
-            parts.append((widx, log))
+            if path is not None:
+                log = self._logs.get(path)
+                if log is None:
+                    log = self._logs[path] = _LogFile(self.storage, path, "tensor")
+                log.update(self._last_committed(worker))
+                if log.header is not None and log.header.get("name") != name:
+                    raise CorruptRunError(
+                        path, f"file holds tensor {log.header.get('name')!r}, expected {name!r}"
+                    )
+                parts.append((widx, log, None))
+            for path, column in columns.get(worker, ()):
+                log = self._logs[path]
+                log.update(self._last_committed(worker))
+                parts.append((widx, log, column))
         records = NativeRecords(parts)
         self._records[name] = records
         return records

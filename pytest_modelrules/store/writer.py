@@ -28,7 +28,6 @@ from .format import (
     encode_record,
     encode_record_fast,
     encode_record_parts,
-    encode_scalar_records,
 )
 from .fs import is_url, local_path
 
@@ -36,6 +35,10 @@ from .fs import is_url, local_path
 MIN_OPEN_FILES = 64
 MAX_OPEN_FILES = 4096
 _EMPTY = np.zeros((0,), dtype=np.uint8)
+#: a row of scalars is split over rows files of at most this many tensors and this many bytes
+#: of names (file headers stay far below the format's 1 MiB)
+ROW_FILE_NAMES = 1024
+ROW_FILE_NAME_BYTES = 256 * 1024
 _WRITEV = getattr(os, "writev", None)
 
 
@@ -196,12 +199,15 @@ class RunWriter:
         self._collections: dict[str, Any] = {}
         self._files: OrderedDict[str, Any] = OrderedDict()
         self._known: dict[str, str] = {}  # tensor name -> file path
+        # a row's names -> its rows files: (first index, end index, path, file header fields)
+        self._rows: dict[tuple[str, ...], list[tuple[int, int, str, dict[str, Any]]]] = {}
         self._current: tuple[int, int, int, float] | None = None  # step, mode, mode_step, wall
         self._last_committed = -1
         self._written_this_step: set[str] = set()
         self._mode_counts: dict[int, int] = {}
         self.worker_dir = os.path.join(self.root, layout.WORKERS_DIR, worker)
         self.tensor_dir = os.path.join(self.worker_dir, layout.TENSORS_DIR)
+        self.rows_dir = os.path.join(self.worker_dir, layout.ROWS_DIR)
         if os.path.exists(os.path.join(self.worker_dir, layout.STEPS_FILE)):
             raise FileExistsError(
                 f"{self.worker_dir} already holds a recorded run for worker {worker!r}; "
@@ -219,10 +225,11 @@ class RunWriter:
 
     # -- files ---------------------------------------------------------------------------------
 
-    def _open(self, path: str, kind: str, name: str):
+    def _open(self, path: str, kind: str, name: str, **fields: Any):
         fh = open(path, "ab", buffering=0)  # noqa: SIM115 (kept open across writes)
         if fh.tell() == 0:
-            fh.write(encode_file_header({"kind": kind, "name": name, "worker": self.worker}))
+            header = {"kind": kind, "name": name, "worker": self.worker, **fields}
+            fh.write(encode_file_header(header))
         return fh
 
     def _tensor_fh(self, name: str):
@@ -230,6 +237,33 @@ class RunWriter:
         if path is None:
             path = os.path.join(self.tensor_dir, layout.tensor_filename(name))
             self._known[name] = path
+        return self._file(path, "tensor", name)
+
+    def _row_files(self, names: list[str]) -> list[tuple[int, int, str, dict[str, Any]]]:
+        """The rows files of a row of scalars named ``names`` (worked out once per list)."""
+        key = tuple(names)
+        found = self._rows.get(key)
+        if found is None:
+            found = []
+            start = 0
+            while start < len(names):
+                end, size = start, 0
+                while end < len(names) and end - start < ROW_FILE_NAMES:
+                    size += len(names[end].encode()) + 4
+                    if end > start and size > ROW_FILE_NAME_BYTES:
+                        break
+                    end += 1
+                part = names[start:end]
+                path = os.path.join(self.rows_dir, layout.rows_filename(part))
+                found.append((start, end, path, {"names": part}))
+                start = end
+            os.makedirs(self.rows_dir, exist_ok=True)
+            self._rows[key] = found
+        return found
+
+    def _file(self, path: str, kind: str, name: str, **fields: Any):
+        """The open file at ``path`` (opened, with its header, on first use; the least
+        recently written closed when max_open_files are open)."""
         files = self._files
         fh = files.get(path)
         if fh is not None:
@@ -242,7 +276,7 @@ class RunWriter:
             if self.fsync:  # the commit's fsync only reaches files still open
                 os.fsync(old.fileno())
             old.close()
-        fh = files[path] = self._open(path, "tensor", name)
+        fh = files[path] = self._open(path, kind, name, **fields)
         return fh
 
     def _write_worker_file(self) -> None:
@@ -304,35 +338,38 @@ class RunWriter:
     ) -> None:
         """Write every tensor of global ``step`` and commit it: :meth:`write` for each, then
         :meth:`end_step`, with the step checked once and less Python per record (the Recorder
-        writes ~200 records a step from a thread that shares the interpreter with the
+        writes a few dozen records a step from a thread that shares the interpreter with the
         training loop). ``arrays``: ``(name, numpy array or scalar)`` pairs; ``scalars``:
-        ``(names, 1-D array)`` pairs, ``names[i]`` a 0-d record of element ``i``, encoded
-        together (the norms of every parameter)."""
+        ``(names, 1-D array)`` pairs, element ``i`` the value of tensor ``names[i]`` (a 0-d
+        array when read), written as one record of a rows file (docs/format.md): the norms
+        of every parameter in one system call instead of one per parameter."""
         self._check_open()
         names = [name for name, _ in arrays]
         for row_names, values in scalars:
-            if len(row_names) != len(values):
-                raise ValueError(f"{len(row_names)} names for {len(values)} scalar values")
+            if np.ndim(values) != 1 or len(row_names) != len(values):
+                raise ValueError(
+                    f"{len(row_names)} names for scalar values of shape {np.shape(values)}"
+                )
             names.extend(row_names)
         if not names:
             return
         # checked before anything is written: a refused call leaves no half-written step
         if any(type(name) is not str or not name for name in names):
             raise ValueError("a tensor name must be a non-empty string")
-        unique = set(names)
-        if len(unique) != len(names) or not unique.isdisjoint(self._written_this_step):
-            twice = next(
-                n for i, n in enumerate(names) if n in names[:i] or n in self._written_this_step
-            )
-            raise ValueError(f"tensor {twice!r} written twice at step {step}")
         step, mode_key, new_step = check_write(
             names[0], step, mode, mode_step, self._current, self._last_committed
         )
+        before = set() if new_step else self._written_this_step  # the open step's
+        unique = set(names)
+        if len(unique) != len(names) or not unique.isdisjoint(before):
+            twice = next(n for i, n in enumerate(names) if n in names[:i] or n in before)
+            raise ValueError(f"tensor {twice!r} written twice at step {step}")
         if new_step:
             self.end_step()
             wall = time.time() if wall_time is None else float(wall_time)
             self._current = open_step(step, mode_key, mode_step, wall, self._mode_counts)
         cur_step, cur_mode, cur_mode_step, cur_wall = self._current  # type: ignore[misc]
+        step_fields = (cur_step, cur_mode, cur_mode_step, cur_wall)
         written = self._written_this_step
         fh_of = self._tensor_fh
         for name, array in arrays:
@@ -344,10 +381,12 @@ class RunWriter:
         for row_names, values in scalars:
             if not row_names:
                 continue
-            buf, size = encode_scalar_records(values, cur_step, cur_mode, cur_mode_step, cur_wall)
-            for i, name in enumerate(row_names):
-                write_parts(fh_of(name), b"", buf[i * size : (i + 1) * size])
-                written.add(name)
+            row = np.asarray(values)
+            for start, end, path, header in self._row_files(row_names):
+                part = row[start:end] if end - start < len(row) else row
+                head, payload = encode_record_fast(part, *step_fields)
+                write_parts(self._file(path, "rows", "", **header), head, payload)
+            written.update(row_names)
         self.end_step()
 
     def end_step(self) -> None:

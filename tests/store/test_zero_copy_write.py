@@ -131,19 +131,6 @@ def test_fast_encoder_equals_encode_record(i: int) -> None:
                                                       wall_time=1234.5)  # fmt: skip
 
 
-@pytest.mark.parametrize("dtype", sorted({dt.str for dt in DTYPE_CODES.values()}))
-def test_scalar_rows_encode_like_single_records(dtype: str) -> None:
-    from pytest_modelrules.store.format import encode_scalar_records
-
-    values = (np.arange(7) * 3.5 - 4).astype(dtype)
-    buf, size = encode_scalar_records(values, 11, 1, 4, 77.0)
-    assert len(buf) == size * 7
-    for i in range(7):
-        expected = encode_record(values[i : i + 1].reshape(()), step=11, mode=1, mode_step=4,
-                                 wall_time=77.0)  # fmt: skip
-        assert bytes(buf[i * size : (i + 1) * size]) == expected
-
-
 def _tree(root) -> dict[str, bytes]:
     out = {}
     for dirpath, _dirs, files in os.walk(root):
@@ -154,7 +141,10 @@ def _tree(root) -> dict[str, bytes]:
     return out
 
 
-def test_write_step_writes_the_same_files_as_write_and_end_step(tmp_path) -> None:
+def test_write_step_stores_what_write_and_end_step_store(tmp_path) -> None:
+    """write_step writes the same tensor files as write() of each array, and each row of
+    scalars as one record of a rows file (format version 2) that reads back as the same 0-d
+    values, steps and mode steps as one write() per scalar."""
     rng = np.random.default_rng(1)
     steps = []
     for s in range(3):
@@ -175,14 +165,26 @@ def test_write_step_writes_the_same_files_as_write_and_end_step(tmp_path) -> Non
         for step, arrays, scalars in steps:
             w.write_step(step, arrays, "EVAL", wall_time=5.0, scalars=scalars)
     one, batched = _tree(tmp_path / "one"), _tree(tmp_path / "batched")
-    assert set(one) == set(batched)
-    for rel, data in one.items():
-        if rel.endswith(".mrt"):
-            assert batched[rel] == data, rel
-    run = open_run(tmp_path / "batched")
-    assert run.steps() == [0, 2, 4]
-    assert run.tensor("w2").value(2) == steps[1][2][0][1][1]  # global step 2
-    assert run.tensor("w2").value(1, mode="EVAL") == steps[1][2][0][1][1]  # its EVAL step 1
+    tensors = os.path.join(layout.WORKERS_DIR, "worker_0", layout.TENSORS_DIR)
+    for name in ("a", "b", "c/d"):
+        rel = os.path.join(tensors, layout.tensor_filename(name))
+        assert batched[rel] == one[rel], rel
+    in_tensors = {os.path.basename(rel) for rel in batched if rel.startswith(tensors)}
+    assert in_tensors == {layout.tensor_filename(name) for name in ("a", "b", "c/d")}
+    rows = sorted(r for r in batched if os.sep + layout.ROWS_DIR + os.sep in r)
+    assert len(rows) == 2  # one file per row of names, one record per step in each
+    a, b = open_run(tmp_path / "one"), open_run(tmp_path / "batched")
+    assert a.tensor_names() == b.tensor_names()
+    assert b.steps() == [0, 2, 4] and b.steps(mode="EVAL") == [0, 1, 2]
+    for name in ("w1", "w2", "w3", "g1", "g2"):
+        for mode in (None, "EVAL"):
+            got, expected = b.tensor(name).values(mode=mode), a.tensor(name).values(mode=mode)
+            assert list(got) == list(expected)
+            for step, value in expected.items():
+                assert got[step].shape == () and got[step].dtype == value.dtype
+                assert got[step] == value
+    assert b.tensor("w2").value(2) == steps[1][2][0][1][1]  # global step 2
+    assert b.tensor("w2").value(1, mode="EVAL") == steps[1][2][0][1][1]  # its EVAL step 1
 
 
 def test_write_step_refuses_what_write_refuses_before_writing_anything(tmp_path) -> None:
@@ -192,8 +194,10 @@ def test_write_step_refuses_what_write_refuses_before_writing_anything(tmp_path)
             w.write_step(3, [("a", np.zeros(2))])
         with pytest.raises(ValueError, match="'a' written twice"):
             w.write_step(4, [("a", np.zeros(2))], scalars=[(["a"], np.zeros(1))])
-        with pytest.raises(ValueError, match="2 names for 1"):
+        with pytest.raises(ValueError, match=r"2 names for scalar values of shape \(1,\)"):
             w.write_step(5, [], scalars=[(["x", "y"], np.zeros(1))])
+        with pytest.raises(ValueError, match=r"2 names for scalar values of shape \(2, 1\)"):
+            w.write_step(5, [], scalars=[(["x", "y"], np.zeros((2, 1)))])
         with pytest.raises(ValueError, match="non-empty string"):
             w.write_step(6, [("", np.zeros(1))])
         w.write_step(7, [])  # nothing to write: nothing happens
