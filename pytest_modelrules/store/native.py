@@ -277,6 +277,7 @@ class NativeBackend(Backend):
         # name -> worker -> [(rows file path, column)]; the rows files whose header was read
         self._row_columns: dict[str, dict[str, list[tuple[str, int]]]] = {}
         self._rows_seen: set[str] = set()
+        self._rows_read: set[str] = set()  # rows files read since the last refresh
         self._logs: dict[str, _LogFile] = {}  # path -> log
         self._records: dict[str, NativeRecords] = {}
         self._table = StepTable.empty()
@@ -287,6 +288,7 @@ class NativeBackend(Backend):
     def refresh(self) -> None:
         """Commits first, then the listing: every tensor file of a committed step is listed."""
         self.storage.invalidate()
+        self._rows_read.clear()
         j = self.storage.join
         found = [
             w for w in self.storage.listdir(j(layout.WORKERS_DIR)) if layout.valid_worker_name(w)
@@ -362,6 +364,7 @@ class NativeBackend(Backend):
             log = self._logs.get(path) or _LogFile(self.storage, path, "rows")
             self._logs[path] = log
             log.update(self._last_committed(worker))
+            self._rows_read.add(path)
             if log.names is None:
                 continue
             self._rows_seen.add(path)
@@ -421,7 +424,9 @@ class NativeBackend(Backend):
                 parts.append((widx, log, None))
             for path, column in columns.get(worker, ()):
                 log = self._logs[path]
-                log.update(self._last_committed(worker))
+                if path not in self._rows_read:  # one read for all the row's tensors
+                    log.update(self._last_committed(worker))
+                    self._rows_read.add(path)
                 parts.append((widx, log, column))
         records = NativeRecords(parts)
         self._records[name] = records

@@ -51,6 +51,37 @@ def test_a_row_reads_back_as_each_tensors_values_in_one_pass(tmp_path):
         assert run.tensor(name).value(1) == row[i] + 1
 
 
+def test_a_rows_file_is_read_once_per_refresh_for_all_its_tensors(tmp_path, monkeypatch):
+    """Its tensors share the file: reading all of them looks at it once per refresh (on an
+    object store each look is a request), and a refresh picks up new rows."""
+    from pytest_modelrules.store.fs import Storage
+
+    names = [f"p{i}" for i in range(6)]
+    root = tmp_path / "run"
+    w = RunWriter(root)
+    w.write_step(0, [], scalars=[(names, np.arange(6.0))])
+    w.end_step()
+    looks = []
+    real_size = Storage.size
+
+    def size(self, path):
+        if f"/{layout.ROWS_DIR}/" in path.replace("\\", "/"):
+            looks.append(path)
+        return real_size(self, path)
+
+    monkeypatch.setattr(Storage, "size", size)
+    run = open_run(root)
+    for name in names:
+        assert run.tensor(name).values() == {0: float(names.index(name))}
+    assert len(looks) == 1
+    w.write_step(1, [], scalars=[(names, np.arange(6.0) + 10)])
+    w.close()
+    run.refresh()
+    assert [run.tensor(name).values()[1] for name in names] == list(np.arange(6.0) + 10)
+    assert len(looks) == 2
+    w.close()
+
+
 def test_long_rows_are_split_over_files_by_count_and_by_name_bytes(tmp_path, monkeypatch):
     monkeypatch.setattr(writer_mod, "ROW_FILE_NAMES", 2)
     names = [f"p{i}" for i in range(5)]
