@@ -40,6 +40,7 @@ from .reductions import (
     STORED_DTYPE,
     compute_batch_rows,
     compute_many,
+    fused_norm_path,
     positive_counts,
 )
 
@@ -217,10 +218,14 @@ class _Red(NamedTuple):
 
 
 class _Scalars(NamedTuple):
-    """One scalar per name (a row of ``compute_batch_rows``), stored as ``dtype``."""
+    """One scalar per name (a row of ``compute_batch_rows``), stored as ``dtype``; with a
+    ``divisor`` (each tensor's numel, float64) the row holds sums and the host divides: an
+    abs_mean from the 1-norms, as the device would (float32 widened, then a float64
+    division)."""
 
     names: list[str]
     dtype: str
+    divisor: np.ndarray | None = None
 
 
 class _Counts(NamedTuple):
@@ -240,11 +245,11 @@ class _Full(NamedTuple):
 
 class _ParamPlan(NamedTuple):
     """What a saving step does with a list of parameters or gradients: groups reduced together
-    by ``compute_batch_rows`` (reductions, indices or None for all in order, the layout of
-    each reduction's row), indices stored in full, indices that take the general path
-    (:meth:`Recorder._capture`)."""
+    by ``compute_batch_rows`` (reductions, indices or None for all in order, whether by
+    multi-tensor norms, the layout of each reduction's row), indices stored in full, indices
+    that take the general path (:meth:`Recorder._capture`)."""
 
-    groups: list[tuple[_Spec, list[int] | None, list[_Scalars]]]
+    groups: list[tuple[_Spec, list[int] | None, bool, list[_Scalars]]]
     full: list[int]
     other: list[int]
 
@@ -295,7 +300,10 @@ def _unpack(
     transferred elements)."""
     kind = type(layout)
     if kind is _Scalars:
-        scalars.append((layout.names, chunk.astype(layout.dtype, copy=False)))
+        if layout.divisor is not None:
+            scalars.append((layout.names, chunk.astype(np.float64) / layout.divisor))
+        else:
+            scalars.append((layout.names, chunk.astype(layout.dtype, copy=False)))
     elif kind is _Counts:
         offset = 0
         for name, n, units in layout.items:
@@ -981,11 +989,16 @@ class Recorder:
         if plan is None:
             plan = self._param_plans[key] = self._plan_params(names, tensors)
         pending = self._pending
-        for reductions, idxs, row_layouts in plan.groups:
+        for reductions, idxs, fused, row_layouts in plan.groups:
             members = tensors if idxs is None else [tensors[i] for i in idxs]
             device = members[0].device  # type: ignore[union-attr]
             with _no_autocast(device.type):
-                rows = compute_batch_rows(members, reductions)  # type: ignore[arg-type]
+                rows = compute_batch_rows(
+                    members,  # type: ignore[arg-type]
+                    reductions,
+                    fused_norms=fused,
+                    sums_for_means=True,
+                )
             for row, layout in zip(rows, row_layouts):
                 pending.append((row, layout))
         for i in plan.full:
@@ -995,6 +1008,7 @@ class Recorder:
 
     def _plan_params(self, names: list[str], tensors: list[torch.Tensor | None]) -> _ParamPlan:
         groups: dict[tuple[Any, ...], tuple[list[int], list[int]]] = {}
+        numel_of: dict[int, int] = {}
         full: list[int] = []
         other: list[int] = []
         for i, (name, tensor) in enumerate(zip(names, tensors)):
@@ -1003,7 +1017,7 @@ class Recorder:
                 continue
             assert tensor is not None
             wants_full, reductions = spec
-            numel = tensor.numel()
+            numel = numel_of[i] = tensor.numel()
             if not reductions or numel == 0 or not _batchable(reductions):
                 other.append(i)
                 continue
@@ -1014,18 +1028,22 @@ class Recorder:
             group = groups.setdefault((reductions, tensor.device), ([], []))
             group[0 if numel <= EXACT_LIMIT else 1].append(i)
         plan_groups = []
-        for (reductions, _device), (small, large) in groups.items():
+        for (reductions, device), (small, large) in groups.items():
             order = small + large
             # None: every tensor, in the given order (no list to build at each step)
             idxs = None if order == list(range(len(names))) else order
+            fused = fused_norm_path(device, reductions)
+            # each tensor's numel: an abs_mean of the multi-tensor norms is divided on the host
+            numels = np.array([numel_of[i] for i in order], dtype=np.float64)
             row_layouts = [
                 _Scalars(
                     [reduction_tensor_name(names[i], red, absolute) for i in order],
                     STORED_DTYPE.get(red, "float64"),
+                    numels if fused and (red, absolute) == ("mean", True) else None,
                 )
                 for red, absolute in reductions
             ]
-            plan_groups.append((reductions, idxs, row_layouts))
+            plan_groups.append((reductions, idxs, fused, row_layouts))
         return _ParamPlan(plan_groups, full, other)
 
     def _mark_seen(self, name: str) -> None:

@@ -290,20 +290,31 @@ def compute_batch(
     return torch.stack([row.double() for row in rows])
 
 
+def fused_norm_path(device: torch.device, wanted: tuple[tuple[str, bool], ...]) -> bool:
+    """Whether :func:`compute_batch_rows` reduces ``wanted`` on ``device`` with multi-tensor
+    norms by default (only l2, l1 and abs_mean, on a device of FUSED_NORM_DEVICES)."""
+    return device.type in FUSED_NORM_DEVICES and all(
+        _batch_key(n, a) in _NORM_KEYS for n, a in wanted
+    )
+
+
 def compute_batch_rows(
     xs: list[torch.Tensor],
     wanted: tuple[tuple[str, bool], ...],
     *,
     fused_norms: bool | None = None,
+    sums_for_means: bool = False,
 ) -> list[torch.Tensor]:
     """:func:`compute_batch` as one 1-D row per wanted reduction, each in the dtype it was
     computed in (the fused norms stay float32: the Recorder widens them on the host, which
-    saves a kernel per row on a GPU)."""
+    saves a kernel per row on a GPU). ``sums_for_means``: on the fused path an abs_mean row
+    is left as the float32 1-norms, for the caller to divide by each tensor's numel in
+    float64 (the Recorder does it on the host: two kernels fewer a step, the same values)."""
     dev = xs[0].device
     if fused_norms is None:
         fused_norms = dev.type in FUSED_NORM_DEVICES
     if fused_norms and all(_batch_key(n, a) in _NORM_KEYS for n, a in wanted):
-        return _batch_norms(xs, wanted, dev)
+        return _batch_norms(xs, wanted, dev, sums_for_means)
     small = [i for i, x in enumerate(xs) if x.numel() <= _EXACT_LIMIT]
     large = [i for i, x in enumerate(xs) if x.numel() > _EXACT_LIMIT]
     parts = []
@@ -323,17 +334,23 @@ def compute_batch_rows(
 
 
 def _batch_norms(
-    xs: list[torch.Tensor], wanted: tuple[tuple[str, bool], ...], dev: torch.device
+    xs: list[torch.Tensor],
+    wanted: tuple[tuple[str, bool], ...],
+    dev: torch.device,
+    sums_for_means: bool = False,
 ) -> list[torch.Tensor]:
     """compute_batch of l2 / l1 / abs_mean only: one multi-tensor norm per statistic (l2 and
-    l1 rows float32, abs_mean float64: l1 / numel divided in float64)."""
+    l1 rows float32, abs_mean float64: l1 / numel divided in float64; with
+    ``sums_for_means`` the l1 row, left for the caller to divide)."""
     floats = xs if all(x.dtype in _FLOATS for x in xs) else [_float(x) for x in xs]
     cache: dict[str, torch.Tensor] = {}
 
     def stat(key: str) -> torch.Tensor:
         t = cache.get(key)
         if t is None:
-            if key == "abs_mean":
+            if key == "abs_mean" and sums_for_means:
+                t = stat("l1")
+            elif key == "abs_mean":
                 numels = tuple(x.numel() for x in floats)
                 t = stat("l1").double() / _counts(numels, dev)
             else:

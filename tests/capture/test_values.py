@@ -529,6 +529,14 @@ def test_parameter_norms_are_stored_under_their_own_names(tmp_path, monkeypatch,
                 np.testing.assert_allclose(run.tensor(tname).value(step), expected, rtol=1e-5,
                                            err_msg=tname)  # fmt: skip
     assert not run.has_tensor(reduction_tensor_name("gradient/frozen.weight", "l2"))
+    if fused:  # the host's division of the 1-norms gives the device's abs_mean bit for bit
+        from pytest_modelrules.capture.reductions import compute_batch
+
+        for step in (0, 1):
+            for name, grad in grads[step].items():
+                tname = reduction_tensor_name(f"gradient/{name}", "mean", True)
+                device = compute_batch([grad], (("mean", True),), fused_norms=True)
+                assert run.tensor(tname).value(step) == device.item(), tname
 
 
 class _ManyDtypes(torch.nn.Module):
