@@ -205,9 +205,12 @@ def test_write_step_refuses_what_write_refuses_before_writing_anything(tmp_path)
         with pytest.raises(ValueError, match="'b' written twice"):
             w.write_step(8, [("b", np.ones(1))])
         w.write_step(8, [("c", np.ones(1))])
+        w.write("d", np.ones(1), 9)  # open: a write_step of the next step may save it again
+        w.write_step(10, [("d", np.zeros(1))], scalars=[(["c"], np.zeros(1))])
     run = open_run(tmp_path / "r")
-    assert run.steps() == [3, 8]  # the refused calls left nothing behind
-    assert run.tensor_names() == ["a", "b", "c"]
+    assert run.steps() == [3, 8, 9, 10]  # the refused calls left nothing behind
+    assert run.tensor_names() == ["a", "b", "c", "d"]
+    assert run.tensor("d").steps() == [9, 10] and run.tensor("c").steps() == [8, 10]
 
 
 @pytest.mark.parametrize("cut", [0, 10, 48, 60])
