@@ -149,22 +149,38 @@ def _record(tmp_path, name, channels_last=True):
     }
 
 
-@pytest.mark.parametrize("channels_last", [True, False])
-def test_recorder_with_the_kernel_stores_what_the_torch_operations_store(
-    interpreted, tmp_path, monkeypatch, channels_last
-):
-    """Bit for bit the torch path's values, from one launch per step for all its ReLU calls
-    (here two calls of one module per step, two steps)."""
-    reference = _record(tmp_path, "torch", channels_last)
-    launches = []
+@pytest.fixture
+def launches(monkeypatch) -> list[list[tuple[int, ...]]]:
+    """The kernel switched on for CPU tensors; its launches, each the shapes it counted."""
+    seen: list[list[tuple[int, ...]]] = []
     real = kernels.positive_counts_c_order
 
     def counted(xs, **kwargs):
-        launches.append([tuple(x.shape) for x in xs])
+        seen.append([tuple(x.shape) for x in xs])
         return real(xs, **kwargs)
 
     monkeypatch.setattr(kernels, "positive_counts_c_order", counted)
     monkeypatch.setattr(kernels, "COUNT_KERNEL_DEVICES", {"cpu"})
+    return seen
+
+
+def _record_with_torch(tmp_path, name, channels_last=True):
+    """:func:`_record` with the torch operations counting (the reference)."""
+    on = set(kernels.COUNT_KERNEL_DEVICES)
+    kernels.COUNT_KERNEL_DEVICES.clear()
+    try:
+        return _record(tmp_path, name, channels_last)
+    finally:
+        kernels.COUNT_KERNEL_DEVICES.update(on)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_recorder_with_the_kernel_stores_what_the_torch_operations_store(
+    interpreted, tmp_path, launches, channels_last
+):
+    """Bit for bit the torch path's values, from one launch per step for all its ReLU calls
+    (here two calls of one module per step, two steps)."""
+    reference = _record_with_torch(tmp_path, "torch", channels_last)
     got = _record(tmp_path, "kernel", channels_last)
     assert launches == [[(8, 4, 8, 8), (8, 4, 8, 8)]] * 2
     for key, value in reference.items():
@@ -172,58 +188,41 @@ def test_recorder_with_the_kernel_stores_what_the_torch_operations_store(
         np.testing.assert_array_equal(got[key], value, err_msg=str(key))
 
 
-def test_the_queue_is_counted_early_past_its_byte_limit(interpreted, tmp_path, monkeypatch):
+def test_the_queue_is_counted_early_past_its_byte_limit(
+    interpreted, tmp_path, monkeypatch, launches
+):
     """Under activation checkpointing nothing else keeps a ReLU output alive: what the Recorder
     holds for the one launch is bounded (RELU_QUEUE_BYTES), past it the queue is counted at
     once, with the same values."""
     from pytest_modelrules.capture import recorder as recorder_module
 
-    reference = _record(tmp_path, "torch")
-    launches = []
-    real = kernels.positive_counts_c_order
-
-    def counted(xs, **kwargs):
-        launches.append(len(xs))
-        return real(xs, **kwargs)
-
-    monkeypatch.setattr(kernels, "positive_counts_c_order", counted)
-    monkeypatch.setattr(kernels, "COUNT_KERNEL_DEVICES", {"cpu"})
+    reference = _record_with_torch(tmp_path, "torch")
     one_output = 8 * 4 * 8 * 8 * 4  # bytes of one TinyNet ReLU output (float32)
     monkeypatch.setattr(recorder_module, "RELU_QUEUE_BYTES", one_output)
     got = _record(tmp_path, "bounded")
-    assert launches == [2, 2]  # the second output passes the limit: counted at its call
+    # the second output passes the limit: counted at its call
+    assert [len(shapes) for shapes in launches] == [2, 2]
     monkeypatch.setattr(recorder_module, "RELU_QUEUE_BYTES", one_output - 1)
     launches.clear()
     got_each = _record(tmp_path, "each")
-    assert launches == [1, 1, 1, 1]
+    assert [len(shapes) for shapes in launches] == [1, 1, 1, 1]
     for key, value in reference.items():
         np.testing.assert_array_equal(got[key], value, err_msg=str(key))
         np.testing.assert_array_equal(got_each[key], value, err_msg=str(key))
 
 
 @pytest.mark.parametrize("context", ["no_grad", "inference_mode"])
-def test_evaluation_outputs_are_counted_by_the_kernel_too(
-    interpreted, tmp_path, monkeypatch, context
-):
+def test_evaluation_outputs_are_counted_by_the_kernel_too(interpreted, tmp_path, launches, context):
     """Under no_grad (evaluation, a frozen backbone) the outputs are queued like any other
     (the queue is bounded, not autograd); inference-mode tensors have no version counter to
     check, so each is counted at its call. The values are the reference's either way."""
-    monkeypatch.setattr(kernels, "COUNT_KERNEL_DEVICES", {"cpu"})
-    launches = []
-    real = kernels.positive_counts_c_order
-
-    def counted(xs, **kwargs):
-        launches.append(len(xs))
-        return real(xs, **kwargs)
-
-    monkeypatch.setattr(kernels, "positive_counts_c_order", counted)
     model = TinyNet()
     ((x, _),) = batches(1)
     with Recorder(tmp_path / "eval", model, save_interval=1) as rec:
         rec.set_mode("EVAL")
         with getattr(torch, context)():
             model(x)
-    assert launches == ([2] if context == "no_grad" else [1, 1])
+    assert [len(shapes) for shapes in launches] == ([2] if context == "no_grad" else [1, 1])
     run = open_run(tmp_path / "eval")
     with torch.no_grad():
         first = torch.relu(model.conv(x))
