@@ -8,8 +8,8 @@
 #    channels_last, each also with the optional Triton kernel for the ReLU counts (checked
 #    against the torch operations on this GPU first, gpu_kernel_check.py), bf16 profiled
 #    (op tables and the device's busy time per step); fp32 again with the full input images
-#    recorded (the reference job's set); bf16 with the writer thread idle; the CPU host-cost
-#    proxy (--host-proxy).
+#    recorded (the reference job's set); bf16 with the writer thread idle (both ways of
+#    counting); the CPU host-cost proxy (--host-proxy).
 # 2. The reference job's GPU check (benchmarks/gpu_check.py): seed recipe, with and without
 #    the Recorder. About 8 minutes on one H100.
 # Under $OUT: capture.txt, kernel_check.txt, gpu_check.txt, the bf16 profile's tables in
@@ -31,7 +31,7 @@ rm -f "$OUT"/profile/*.json  # the traces (megabytes each); the tables stay
 $PY "${bench[@]}" --precision fp32 --full-inputs --rounds 3 --json "$OUT/json/capture_fp32_full_inputs.json" 2>&1 | tee -a "$OUT/capture.txt"
 # the training thread's share (writer idle), and the CPU proxy on this machine's host, which
 # calibrates the proxy that machines without a GPU measure (docs/recording.md)
-$PY "${bench[@]}" --precision bf16 --channels-last --no-write --rounds 3 --json "$OUT/json/capture_bf16_no_write.json" 2>&1 | tee -a "$OUT/capture.txt"
+$PY "${bench[@]}" --precision bf16 --channels-last --no-write --triton-counts --rounds 3 --json "$OUT/json/capture_bf16_no_write.json" 2>&1 | tee -a "$OUT/capture.txt"
 $PY benchmarks/bench_capture.py --host-proxy --precision bf16 --json "$OUT/json/capture_host_proxy.json" 2>&1 | tee -a "$OUT/capture.txt"
 $PY benchmarks/gpu_check.py --out /tmp/modelrules-gpu-check --json "$OUT/json/gpu_check.json" 2>&1 | tail -n 20 | tee "$OUT/gpu_check.txt"
 tar -czf "$OUT/figures.tgz" -C "$OUT" json && rm -rf "$OUT/json"
