@@ -719,7 +719,8 @@ class Recorder:
                 if name in self._captured:
                     return
                 self._captured.add(name)
-                if output.device.type in kernels.COUNT_KERNEL_DEVICES and kernels.readable(output):
+                on = kernels.COUNT_KERNEL_DEVICES  # empty by default: no device looked up
+                if on and output.device.type in on and kernels.readable(output):
                     # counted with the step's other ReLU outputs in one launch at the end of the
                     # forward pass (_count_relu_batch), or at once past RELU_QUEUE_BYTES; an
                     # inference-mode output has no version counter to check: counted now
