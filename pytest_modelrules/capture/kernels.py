@@ -130,15 +130,18 @@ def positive_counts_c_order(xs: Sequence[torch.Tensor], *, checked: bool = False
                 "one launch counts one device and dtype"
             )
     triton, counts_kernel = _kernel()
-    total = sum(x.numel() // x.shape[0] for x in xs)
-    out = torch.empty(total, dtype=count_dtype(max(x.shape[0] for x in xs)), device=first.device)
+    sizes = [(x.shape[0], x.numel() // x.shape[0]) for x in xs]  # (batch, units per sample)
+    total = sum(units for _, units in sizes)
+    out = torch.empty(total, dtype=count_dtype(max(n for n, _ in sizes)), device=first.device)
     tile = max(_MIN_TILE, min(_MAX_TILE, triton.next_power_of_2(total // 512)))
     # Triton launches on the current device: make it the batches' (a model on cuda:1, say)
     with torch.cuda.device(first.device) if first.is_cuda else nullcontext():
+        offset = 0
         for lo in range(0, len(xs), MAX_BATCHES):
             chunk = xs[lo : lo + MAX_BATCHES]
-            offset = sum(x.numel() // x.shape[0] for x in xs[:lo])
-            table, programs, n_batches, aligned = _table(chunk, tile, offset)
+            chunk_sizes = sizes[lo : lo + MAX_BATCHES]
+            table, programs, n_batches, aligned = _table(chunk, chunk_sizes, tile, offset)
+            offset += sum(units for _, units in chunk_sizes)
             if first.is_cuda:  # from pageable memory: staged at once, no synchronisation
                 table = table.to(first.device, non_blocking=True)
             counts_kernel[(programs,)](
@@ -148,7 +151,7 @@ def positive_counts_c_order(xs: Sequence[torch.Tensor], *, checked: bool = False
 
 
 def _table(
-    xs: Sequence[torch.Tensor], tile: int, offset: int
+    xs: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]], tile: int, offset: int
 ) -> tuple[torch.Tensor, int, int, bool]:
     """The launch's table (on the CPU), its number of programs and of batches (a power of
     two, as ``tl.arange`` needs), and whether every batch and every sample in it starts on 16
@@ -157,9 +160,7 @@ def _table(
     rows: list[int] = []
     programs = 0
     aligned = True
-    for x in xs:
-        n = x.shape[0]
-        units = x.numel() // n
+    for x, (n, units) in zip(xs, sizes):
         address = x.data_ptr()
         channels = 1 if x.is_contiguous() else x.shape[1]
         starts.append(programs)

@@ -793,7 +793,10 @@ class Recorder:
                             "operations from now on"
                         )
                     else:
-                        items = [(name, len(x), x.numel() // len(x)) for x, name in entries]
+                        items = []
+                        for x, name in entries:
+                            n = x.shape[0]
+                            items.append((name, n, x.numel() // n))
                         self._pending.append((counts, _Counts(tuple(items))))
                         continue
                 self._pending.extend(_unit_counts(x, name) for x, name in entries)
