@@ -1038,12 +1038,12 @@ class Recorder:
             idxs = None if order == list(range(len(names))) else order
             fused = fused_norm_path(device, reductions)
             # each tensor's numel: an abs_mean of the multi-tensor norms is divided on the host
-            numels = np.array([numel_of[i] for i in order], dtype=np.float64)
+            numels = np.array([numel_of[i] for i in order], dtype=np.float64) if fused else None
             row_layouts = [
                 _Scalars(
                     [reduction_tensor_name(names[i], red, absolute) for i in order],
                     STORED_DTYPE.get(red, "float64"),
-                    numels if fused and (red, absolute) == ("mean", True) else None,
+                    numels if (red, absolute) == ("mean", True) else None,
                 )
                 for red, absolute in reductions
             ]

@@ -293,9 +293,12 @@ def compute_batch(
 def fused_norm_path(device: torch.device, wanted: tuple[tuple[str, bool], ...]) -> bool:
     """Whether :func:`compute_batch_rows` reduces ``wanted`` on ``device`` with multi-tensor
     norms by default (only l2, l1 and abs_mean, on a device of FUSED_NORM_DEVICES)."""
-    return device.type in FUSED_NORM_DEVICES and all(
-        _batch_key(n, a) in _NORM_KEYS for n, a in wanted
-    )
+    return device.type in FUSED_NORM_DEVICES and _norms_only(wanted)
+
+
+def _norms_only(wanted: tuple[tuple[str, bool], ...]) -> bool:
+    """Whether every one of ``wanted`` is a norm ``_batch_norms`` computes."""
+    return all(_batch_key(n, a) in _NORM_KEYS for n, a in wanted)
 
 
 def compute_batch_rows(
@@ -313,7 +316,7 @@ def compute_batch_rows(
     dev = xs[0].device
     if fused_norms is None:
         fused_norms = dev.type in FUSED_NORM_DEVICES
-    if fused_norms and all(_batch_key(n, a) in _NORM_KEYS for n, a in wanted):
+    if fused_norms and _norms_only(wanted):
         return _batch_norms(xs, wanted, dev, sums_for_means)
     small = [i for i, x in enumerate(xs) if x.numel() <= _EXACT_LIMIT]
     large = [i for i, x in enumerate(xs) if x.numel() > _EXACT_LIMIT]
