@@ -10,7 +10,9 @@ whose speed drifts), and each variant's best block ("best": for the host-cost pr
 steps are deterministic CPU work, the least disturbed measurement). ``--full-inputs`` also
 records the full input images (what the reference job adds for the report's gallery);
 ``--triton-counts`` adds a fourth variant, save_interval 1 with the optional Triton kernel
-for the ReLU counts (capture/kernels.py); ``--profile DIR`` writes the profiler's op tables
+for the ReLU counts (capture/kernels.py); ``--deferred`` a variant whose device work the
+Recorder's thread launches (capture/offload.py; with ``--triton-counts`` also both together);
+``--profile DIR`` writes the profiler's op tables
 and traces of a few steps and the device's busy time per step. CPU default: 32 px. On a GPU
 at the seed's scale (all the GPU figures: gpu_figures.sh):
 
@@ -32,6 +34,8 @@ from contextlib import nullcontext
 from pathlib import Path
 
 TRITON_LABEL = "save_interval=1, Triton counts"
+DEFERRED_LABEL = "save_interval=1, deferred"
+BOTH_LABEL = "deferred + Triton counts"
 
 
 def _sync(device: str) -> None:
@@ -197,6 +201,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="add a variant: save_interval=1 with the ReLU positive counts of the Triton kernel "
         "(capture/kernels.py; off by default in the Recorder until measured on a GPU)",
     )
+    parser.add_argument(
+        "--deferred",
+        action="store_true",
+        help="add a variant: save_interval=1 with the step's device work launched by the "
+        "Recorder's thread (capture/offload.py; off by default until measured on a GPU)",
+    )
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument(
         "--profile",
@@ -220,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     import torch
 
     from pytest_modelrules import Recorder
-    from pytest_modelrules.capture import CollectionConfig, kernels, reductions
+    from pytest_modelrules.capture import CollectionConfig, kernels, offload, reductions
 
     if args.host_proxy:
         reductions.FUSED_NORM_DEVICES.add("cpu")
@@ -232,6 +242,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     variants = {"no recorder": None, "save_interval=500": 500, "save_interval=1": 1}
     if args.triton_counts:
         variants[TRITON_LABEL] = 1
+    if args.deferred:
+        variants[DEFERRED_LABEL] = 1
+        if args.triton_counts:
+            variants[BOTH_LABEL] = 1
     recorders = {}
     for label, interval in variants.items():
         if interval is not None:
@@ -257,8 +271,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             if other_label == label:
                 rec._install_static_hooks()
         kernels.COUNT_KERNEL_DEVICES.clear()
-        if label == TRITON_LABEL:
+        offload.DEFER_DEVICES.clear()
+        if label in (TRITON_LABEL, BOTH_LABEL):
             kernels.COUNT_KERNEL_DEVICES.add(torch.device(args.device).type)
+        if label in (DEFERRED_LABEL, BOTH_LABEL):
+            offload.DEFER_DEVICES.add(torch.device(args.device).type)
 
     samples: dict[str, list[float]] = {label: [] for label in variants}
     for label in variants:  # warm-up, each variant
@@ -270,6 +287,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             samples[label].extend(run_steps(args, model, loss_fn, opt, batches, args.steps))
     if args.profile:
         profiled = ["no recorder", "save_interval=1"] + [TRITON_LABEL] * args.triton_counts
+        profiled += [DEFERRED_LABEL] * args.deferred
         for label in profiled:
             activate(label)
             profile_steps(args, model, loss_fn, opt, batches, label, Path(args.profile))

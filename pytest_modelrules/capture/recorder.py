@@ -21,6 +21,7 @@ import re
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -32,7 +33,7 @@ from ..exceptions import RecorderError
 from ..modes import ModeKeys, parse_mode
 from ..store.names import reduction_tensor_name
 from ..store.writer import RunWriter
-from . import kernels
+from . import kernels, offload
 from .config import CollectionConfig, SaveConfig, default_collections, merge_collections
 from .reductions import (
     BATCHABLE,
@@ -438,6 +439,14 @@ class Recorder:
         self._param_plans: dict[Any, _ParamPlan] = {}
         self._plans_done: set[Any] = set()
         self._grad_acc: dict[str, torch.Tensor] = {}
+        # work for the Recorder's thread (capture/offload.py): items and their version checks
+        # gathered since the last hand-off, the devices they are on, the step's hand-offs, and
+        # tensor names seen changed in place after a hand-off (captured at their call since)
+        self._items: list[tuple[Any, ...]] = []
+        self._checks: list[Any] = []
+        self._item_devices: set[torch.device] = set()
+        self._works: list[offload.Work] = []
+        self._at_call: set[str] = set()
         self._relu_calls: dict[int, int] = {}
         self._relu_in_calls: dict[int, int] = {}
         self._dyn_handles: list[Any] = []
@@ -450,6 +459,10 @@ class Recorder:
         self.dead = False
         self.closed = False
         self._async = bool(async_write)
+        # device types whose work the thread does (none without the thread)
+        self._defer: set[str] | frozenset[str] = (
+            offload.DEFER_DEVICES if self._async else frozenset()
+        )
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
@@ -584,6 +597,7 @@ class Recorder:
         self._relu_batch.clear()
         self._relu_batch_bytes = 0
         self._grad_acc.clear()
+        self._items, self._checks, self._item_devices = [], [], set()
         if self.writer is not None:
             with contextlib.suppress(Exception):  # the disk already fails: nothing more to say
                 self.writer.abort()
@@ -634,7 +648,7 @@ class Recorder:
                 with torch.no_grad():
                     for i, value in enumerate(args):
                         if isinstance(value, torch.Tensor):
-                            self._capture(f"{self.root_name}_input_{i}", value)
+                            self._capture(f"{self.root_name}_input_{i}", value, defer=True)
         except Exception as exc:
             self._fail(exc, "recording the model input")
 
@@ -643,7 +657,7 @@ class Recorder:
             return
         try:
             if self._relu_batch:
-                self._count_relu_batch()
+                self._count_relu_batch(handoff=False)
             with torch.no_grad():
                 for i, value in _flatten_tensors(output):
                     name = f"{self.root_name}_output_{i}"
@@ -661,7 +675,8 @@ class Recorder:
                             self._relu_plan.clear()
                             self._param_plans.clear()
                             self._marked.discard(name)
-                    self._capture(name, value)
+                    self._capture(name, value, defer=True)
+            self._handoff()
         except Exception as exc:
             self._fail(exc, "recording the model output")
 
@@ -672,9 +687,10 @@ class Recorder:
             with torch.no_grad():
                 for i, value in enumerate(args):
                     if isinstance(value, torch.Tensor):
-                        self._capture(f"{self.loss_name}_input_{i}", value)
+                        self._capture(f"{self.loss_name}_input_{i}", value, defer=True)
                 for i, value in _flatten_tensors(output):
-                    self._capture(f"{self.loss_name}_output_{i}", value)
+                    self._capture(f"{self.loss_name}_output_{i}", value, defer=True)
+            self._handoff()
         except Exception as exc:
             self._fail(exc, "recording the loss")
 
@@ -719,21 +735,24 @@ class Recorder:
                 if name in self._captured:
                     return
                 self._captured.add(name)
-                on = kernels.COUNT_KERNEL_DEVICES  # empty by default: no device looked up
-                if on and output.device.type in on and kernels.readable(output):
-                    # counted with the step's other ReLU outputs in one launch at the end of the
-                    # forward pass (_count_relu_batch), or at once past RELU_QUEUE_BYTES; an
-                    # inference-mode output has no version counter to check: counted now
-                    if output.is_inference() or stored in self._count_at_call:
-                        self._relu_batch.append((output, None, stored))
-                        self._count_relu_batch()
-                    else:
-                        self._relu_batch.append((output, output._version, stored))
-                        self._relu_batch_bytes += output.numel() * output.element_size()
-                        if self._relu_batch_bytes > RELU_QUEUE_BYTES:
-                            self._count_relu_batch()
-                else:
-                    self._pending.append(_unit_counts(output, stored))
+                # queued for one launch of the Triton kernel at the end of the forward pass
+                # (_count_relu_batch), or for the Recorder's thread (offload.py); both sets are
+                # empty by default: no device looked up
+                on, defer = kernels.COUNT_KERNEL_DEVICES, self._defer
+                if on or defer:
+                    dev = output.device.type
+                    if dev in defer or (dev in on and kernels.readable(output)):
+                        if output.is_inference() or stored in self._count_at_call:
+                            # no version counter to check, or changed in place before: now
+                            now = self._count_group(output.device, [(output, stored)])
+                            self._pending.extend(now)
+                        else:
+                            self._relu_batch.append((output, output._version, stored))
+                            self._relu_batch_bytes += output.numel() * output.element_size()
+                            if self._relu_batch_bytes > RELU_QUEUE_BYTES:
+                                self._count_relu_batch()
+                        return
+                self._pending.append(_unit_counts(output, stored))
             except Exception as exc:
                 self._fail(exc, "recording a ReLU output")
 
@@ -760,17 +779,17 @@ class Recorder:
         self._relu_plan[(key, k)] = plan
         return plan
 
-    def _count_relu_batch(self) -> None:
-        """Count the queued ReLU outputs with the Triton kernel: one launch per device and
-        dtype (``kernels.positive_counts_c_order``). An output changed in place since its
-        ReLU call (in training autograd would refuse it in backward anyway) is not recorded
-        at this step, with one warning, and is counted at its call from then on. If the
-        kernel fails, the torch operations count these and every later batch on that device
-        type, with one warning."""
+    def _count_relu_batch(self, handoff: bool = True) -> None:
+        """Count the queued ReLU outputs: with the Triton kernel, one launch per device and
+        dtype (:meth:`_count_group`), or hand them to the Recorder's thread on the devices in
+        ``offload.DEFER_DEVICES`` (at once with ``handoff``, else with the caller's next
+        :meth:`_handoff`). An output changed in place since its ReLU call (in training
+        autograd would refuse it in backward anyway) is not recorded at this step, with one
+        warning, and is counted at its call from then on."""
         batch, self._relu_batch, self._relu_batch_bytes = self._relu_batch, [], 0
-        groups: dict[tuple[torch.device, torch.dtype], list[tuple[torch.Tensor, str]]] = {}
+        groups: dict[tuple[torch.device, torch.dtype], list[tuple[torch.Tensor, int, str]]] = {}
         for x, version, name in batch:
-            if version is not None and x._version != version:
+            if x._version != version:
                 self._count_at_call.add(name)
                 _report(
                     f"pytest-modelrules Recorder: {name} was changed in place after its ReLU "
@@ -778,28 +797,110 @@ class Recorder:
                     f"{self.global_step}, counted at its call from now on"
                 )
                 continue
-            groups.setdefault((x.device, x.dtype), []).append((x, name))
+            groups.setdefault((x.device, x.dtype), []).append((x, version, name))
+        deferred = False
         with torch.no_grad():
             for (device, _dtype), entries in groups.items():
-                xs = [x for x, _ in entries]
-                if device.type in kernels.COUNT_KERNEL_DEVICES:
-                    try:
-                        counts = kernels.positive_counts_c_order(xs, checked=True)
-                    except Exception as exc:  # Triton missing or failing: torch from now on
-                        kernels.COUNT_KERNEL_DEVICES.discard(device.type)
-                        _report(
-                            f"pytest-modelrules: the Triton positive-count kernel failed on "
-                            f"{device.type} ({type(exc).__name__}: {exc}); counting with torch "
-                            "operations from now on"
-                        )
-                    else:
-                        items = []
-                        for x, name in entries:
-                            n = x.shape[0]
-                            items.append((name, n, x.numel() // n))
-                        self._pending.append((counts, _Counts(tuple(items))))
-                        continue
-                self._pending.extend(_unit_counts(x, name) for x, name in entries)
+                if device.type in self._defer:
+                    self._items.append(("counts", device, [(x, name) for x, _, name in entries]))
+                    self._checks.extend(
+                        (weakref.ref(x), version, (name,), ("count", name))
+                        for x, version, name in entries
+                    )
+                    self._item_devices.add(device)
+                    deferred = True
+                else:  # queued by the hook only where the kernel reads them
+                    pairs = [(x, name) for x, _, name in entries]
+                    self._pending.extend(self._count_group(device, pairs, known_readable=True))
+        if deferred and handoff:
+            self._handoff()
+
+    def _count_group(
+        self,
+        device: torch.device,
+        entries: list[tuple[torch.Tensor, str]],
+        known_readable: bool = False,
+    ) -> list[tuple[torch.Tensor, Any]]:
+        """The pending counts of ReLU outputs of one device and dtype: one Triton launch for
+        those the kernel reads where it is on (``kernels.COUNT_KERNEL_DEVICES``), the torch
+        operations for the rest. If the kernel fails, the torch operations count these and
+        every later batch on that device type, with one warning."""
+        out: list[tuple[torch.Tensor, Any]] = []
+        rest = entries
+        if device.type in kernels.COUNT_KERNEL_DEVICES:
+            if known_readable:
+                ours, rest = entries, []
+            else:
+                ours = [e for e in entries if kernels.readable(e[0])]
+                rest = [e for e in entries if not kernels.readable(e[0])] if ours else entries
+            if ours:
+                try:
+                    counts = kernels.positive_counts_c_order([x for x, _ in ours], checked=True)
+                except Exception as exc:  # Triton missing or failing: torch from now on
+                    kernels.COUNT_KERNEL_DEVICES.discard(device.type)
+                    _report(
+                        f"pytest-modelrules: the Triton positive-count kernel failed on "
+                        f"{device.type} ({type(exc).__name__}: {exc}); counting with torch "
+                        "operations from now on"
+                    )
+                    rest = entries
+                else:
+                    items = []
+                    for x, name in ours:
+                        n = x.shape[0]
+                        items.append((name, n, x.numel() // n))
+                    out.append((counts, _Counts(tuple(items))))
+        out.extend(_unit_counts(x, name) for x, name in rest)
+        return out
+
+    def _handoff(self) -> None:
+        """Hand the items gathered since the last hand-off to the Recorder's thread, with an
+        event per CUDA device marking where the training's queue stands (offload.py)."""
+        if not self._items:
+            return
+        items, checks, devices = self._items, self._checks, self._item_devices
+        self._items, self._checks, self._item_devices = [], [], set()
+        work = offload.Work(items, checks, offload.mark_point(devices))
+        self._works.append(work)
+        self._submit(self._launch, work)
+
+    def _launch(self, work: offload.Work) -> None:
+        """On the Recorder's thread: compute (launch, on a GPU's side stream, after the
+        training stream's hand-off point) the reductions, copies and counts of ``work``."""
+        try:
+            if self.dead:
+                return
+            by_device: dict[torch.device, list[tuple[Any, ...]]] = {}
+            for item in work.items:
+                device = item[1] if item[0] == "counts" else item[2].device
+                by_device.setdefault(device, []).append(item)
+            with torch.no_grad():
+                for device, items in by_device.items():
+                    with offload.on_side_stream(device):
+                        stream = None
+                        if device.type == "cuda":
+                            stream = torch.cuda.current_stream(device)
+                            ready = work.ready.get(device)
+                            if ready is not None:
+                                stream.wait_event(ready)
+                        for item in items:
+                            if item[0] == "counts":
+                                work.out.extend(self._count_group(device, item[2]))
+                                read = [x for x, _ in item[2]]
+                            else:
+                                _, name, x, full, reductions, names = item
+                                self._compute(name, x, full, reductions, names, work.out)
+                                read = [x]
+                            if stream is not None:  # not reused by training before it is read
+                                for x in read:
+                                    x.record_stream(stream)
+                        if stream is not None:
+                            done = torch.cuda.Event()
+                            done.record(stream)
+                            work.done[device] = done
+        finally:
+            work.items = []  # the thread holds no tensor of training's beyond this point
+            work.launched.set()
 
     def _grad_hook(self, name: str):
         def hook(grad: torch.Tensor) -> None:
@@ -904,7 +1005,8 @@ class Recorder:
                         self._capture_params(names, list(names), list(self._grad_acc.values()))
                     self._grad_acc.clear()
                 if self._relu_batch:  # ReLUs called outside the model's forward, or it raised
-                    self._count_relu_batch()
+                    self._count_relu_batch(handoff=False)
+                self._handoff()
                 self._flush()
         finally:
             self._open = False
@@ -936,9 +1038,11 @@ class Recorder:
         self._spec_cache[name] = spec
         return spec
 
-    def _capture(self, name: str, tensor: torch.Tensor) -> None:
+    def _capture(self, name: str, tensor: torch.Tensor, defer: bool = False) -> None:
         """Queue the full value and/or the reductions of a tensor for this step (called under
-        ``torch.no_grad()``: what it computes never joins the autograd graph)."""
+        ``torch.no_grad()``: what it computes never joins the autograd graph). With ``defer``
+        (a tensor training does not change after its hook) on a device in
+        ``offload.DEFER_DEVICES``, the Recorder's thread computes them."""
         if name in self._captured:
             return
         spec = self._spec(name)
@@ -951,21 +1055,45 @@ class Recorder:
             # labels or token ids passed to the model (a model that computes its own loss):
             # channel means mean nothing there, and the class rules need the exact values
             full, reductions = True, ()
+        if name not in self._marked:
+            self._mark_seen(name)
+        names = self._reduction_names(name, reductions) if reductions else []
+        if (
+            defer
+            and self._defer
+            and x.device.type in self._defer
+            and name not in self._at_call
+            and not x.is_inference()
+        ):
+            stored = (*names, name) if full else tuple(names)
+            self._items.append(("capture", name, x, full, reductions, names))
+            self._checks.append((weakref.ref(x), x._version, stored, ("capture", name)))
+            self._item_devices.add(x.device)
+            return
+        self._compute(name, x, full, reductions, names, self._pending)
+
+    @staticmethod
+    def _compute(
+        name: str,
+        x: torch.Tensor,
+        full: bool,
+        reductions: tuple[tuple[str, bool], ...],
+        names: list[str],
+        pending: list[tuple[torch.Tensor, Any]],
+    ) -> None:
+        """Append to ``pending`` the reductions (stored as ``names``) and/or the full copy of
+        ``x`` (on the training thread or the Recorder's)."""
         if reductions:
             if len(reductions) == 1 and reductions[0] in _AUTOCAST_FREE:
                 values = compute_many(x, reductions)
             else:
                 with _no_autocast(x.device.type):
                     values = compute_many(x, reductions)
-            names = self._reduction_names(name, reductions)
-            pending = self._pending
             for (red, _absolute), tname, value in zip(reductions, names, values):
                 # each in its own dtype: the host casts it to the stored one (_host_arrays)
                 pending.append((value.reshape(-1), _Red([(tname, red, tuple(value.shape))])))
         if full:
-            self._pending.append(_full_copy(name, x))
-        if name not in self._marked:
-            self._mark_seen(name)
+            pending.append(_full_copy(name, x))
 
     def _reduction_names(self, name: str, reductions: tuple[tuple[str, bool], ...]) -> list[str]:
         """The stored names of ``name``'s reductions (cached: the same every step)."""
@@ -1067,8 +1195,12 @@ class Recorder:
 
         On a GPU the copy is asynchronous (pinned host memory) and followed by a CUDA event:
         the training thread never waits for the device here, so recording at every step does
-        not stall the kernel queue; the writer thread waits on the event instead.
+        not stall the kernel queue; the writer thread waits on the event instead. A step with
+        work handed to the Recorder's thread (offload.py) is transferred by that thread.
         """
+        if self._works:
+            self._flush_handed_off()
+            return
         writer = self.writer
         pending = self._pending
         if writer is None or not pending:
@@ -1078,43 +1210,121 @@ class Recorder:
         host: list[tuple[list[Any], torch.Tensor]] = []
         events: list[Any] = []
         with torch.no_grad():  # nothing pending requires grad; the concatenations never will
-            self._transfer(host, events)
+            self._transfer(pending, host, events)
         pending.clear()
-        collections = None
-        if self._collections_dirty:
-            collections = self._collections_json()
-            self._collections_dirty = False
         if not self._async:
             for event in events:
                 event.synchronize()
             events = []
-        self._submit(self._write_step, step, mode, mode_step, (events, host), collections)
+        self._submit(
+            self._write_step, step, mode, mode_step, (events, host), self._collections_update()
+        )
 
-    def _transfer(self, host: list[tuple[list[Any], torch.Tensor]], events: list[Any]) -> None:
+    def _collections_update(self) -> dict[str, Any] | None:
+        """The collections' JSON when a collection listed new names since the last step."""
+        if not self._collections_dirty:
+            return None
+        self._collections_dirty = False
+        return self._collections_json()
+
+    def _flush_handed_off(self) -> None:
+        """End a step whose work went to the Recorder's thread: wait until the thread is
+        through with it (on a GPU: has launched it, which it does while backward runs), drop
+        what was changed in place since its hand-off, make training's stream wait for the
+        side stream's reads, and hand over the transfer and the write."""
+        works, self._works = self._works, []
+        for work in works:
+            work.launched.wait()
+        if self.dead or self.writer is None:
+            self._pending.clear()
+            return
+        dropped: set[str] = set()
+        for work in works:
+            for ref, version, stored, (kind, name) in work.checks:
+                x = ref()
+                if x is not None and x._version != version:  # a freed tensor was not changed
+                    dropped.update(stored)
+                    (self._count_at_call if kind == "count" else self._at_call).add(name)
+                    _report(
+                        f"pytest-modelrules Recorder: {name} was changed in place after its "
+                        f"hook, before the end of the step; not recorded at global step "
+                        f"{self.global_step}, recorded at its call from now on"
+                    )
+            for device, done in work.done.items():
+                torch.cuda.current_stream(device).wait_event(done)
+        pending, self._pending = self._pending, []
+        ready = offload.mark_point({flat.device for flat, _ in pending})
+        step, mode = self.global_step, self.mode
+        self._submit(
+            self._write_handed_off, step, mode, self._mode_steps.get(mode, 0),
+            pending, works, ready, dropped, self._collections_update(),
+        )  # fmt: skip
+
+    def _write_handed_off(
+        self,
+        step: int,
+        mode: ModeKeys,
+        mode_step: int,
+        pending: list[tuple[torch.Tensor, Any]],
+        works: list[offload.Work],
+        ready: dict[torch.device, Any],
+        dropped: set[str],
+        collections: dict[str, Any] | None,
+    ) -> None:
+        """On the Recorder's thread: the transfer of a step whose work it did (on a GPU's
+        side stream, after training's position at the end of the step), then the write."""
+        for work in works:
+            pending.extend(work.out)
+        host: list[tuple[list[Any], torch.Tensor]] = []
+        events: list[Any] = []
+        if pending:
+            with torch.no_grad():
+                self._transfer(pending, host, events, ready)
+        pending.clear()
+        self._write_step(step, mode, mode_step, (events, host), collections, dropped)
+
+    def _transfer(
+        self,
+        pending: list[tuple[torch.Tensor, Any]],
+        host: list[tuple[list[Any], torch.Tensor]],
+        events: list[Any],
+        ready: dict[torch.device, Any] | None = None,
+    ) -> None:
         """Per device: concatenate the pending values of each dtype, their bytes into one
-        buffer, and start its copy to the CPU (see :meth:`_flush`)."""
-        pending = self._pending
+        buffer, and start its copy to the CPU (see :meth:`_flush`). With ``ready`` (the
+        Recorder's thread), on the device's side stream once training's stream has passed
+        ``ready``."""
         by_device: dict[torch.device, dict[torch.dtype, list[int]]] = {}
         for idx, (flat, _) in enumerate(pending):
             by_device.setdefault(flat.device, {}).setdefault(flat.dtype, []).append(idx)
         for device, by_dtype in by_device.items():
-            segments = []
-            blobs = []
-            for dtype in sorted(by_dtype, key=_itemsize, reverse=True):
-                idxs = by_dtype[dtype]
-                parts = [pending[i][0] for i in idxs]
-                flat = torch.cat(parts) if len(parts) > 1 else parts[0]
-                blobs.append(flat.view(torch.uint8) if dtype != torch.uint8 else flat)
-                segments.append((dtype, [(pending[i][0].numel(), pending[i][1]) for i in idxs]))
-            blob = torch.cat(blobs) if len(blobs) > 1 else blobs[0]
-            if device.type == "cuda":  # asynchronous, into pinned memory; waited for below
-                blob = blob.to("cpu", non_blocking=True)
-                event = torch.cuda.Event()
-                event.record(torch.cuda.current_stream(device))
-                events.append(event)
-            else:
-                blob = blob.cpu()
-            host.append((segments, blob))
+            side = ready is not None and device.type == "cuda"
+            with offload.on_side_stream(device) if side else contextlib.nullcontext():
+                if side:
+                    stream = torch.cuda.current_stream(device)
+                    event = ready.get(device)  # type: ignore[union-attr]
+                    if event is not None:
+                        stream.wait_event(event)
+                    for flat, _ in pending:
+                        if flat.device == device:  # training's tensors: kept until read
+                            flat.record_stream(stream)
+                segments = []
+                blobs = []
+                for dtype in sorted(by_dtype, key=_itemsize, reverse=True):
+                    idxs = by_dtype[dtype]
+                    parts = [pending[i][0] for i in idxs]
+                    flat = torch.cat(parts) if len(parts) > 1 else parts[0]
+                    blobs.append(flat.view(torch.uint8) if dtype != torch.uint8 else flat)
+                    segments.append((dtype, [(pending[i][0].numel(), pending[i][1]) for i in idxs]))
+                blob = torch.cat(blobs) if len(blobs) > 1 else blobs[0]
+                if device.type == "cuda":  # asynchronous, into pinned memory; waited for later
+                    blob = blob.to("cpu", non_blocking=True)
+                    event = torch.cuda.Event()
+                    event.record(torch.cuda.current_stream(device))
+                    events.append(event)
+                else:
+                    blob = blob.cpu()
+                host.append((segments, blob))
 
     @staticmethod
     def _host_arrays(
@@ -1170,14 +1380,16 @@ class Recorder:
                 self.dead = True
 
     def _run_job(self, fn: Any, args: tuple[Any, ...]) -> None:
-        if self.dead:
+        if self.dead and fn != self._launch:  # _launch tells the training thread it is through
             return
         try:
             fn(*args)
         except Exception as exc:
             what = getattr(fn, "__name__", "job")
-            if what == "_write_step":
+            if what in ("_write_step", "_write_handed_off"):
                 what = f"writing step {args[0]} ({ModeKeys(args[1]).name} step {args[2]})"
+            elif what == "_launch":
+                what = "computing a step's values on the Recorder's thread"
             self._fail(exc, what)
 
     def _drain(self) -> None:
@@ -1194,10 +1406,13 @@ class Recorder:
         mode_step: int,
         copies: tuple[list[Any], list[Any]],
         collections: dict[str, Any] | None,
+        dropped: set[str] | None = None,
     ) -> None:
         writer = self.writer
         assert writer is not None
         arrays, scalars = self._host_arrays(*copies)
+        if dropped:
+            arrays = [(name, value) for name, value in arrays if name not in dropped]
         writer.write_step(step, arrays, mode, mode_step, scalars=scalars)
         if collections is not None:
             writer.set_collections(collections)

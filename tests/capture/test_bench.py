@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import threading
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,52 @@ def test_gpu_kernel_check_quick_compares_the_kernel_with_the_torch_operations(ca
     lines = [line for line in capsys.readouterr().out.splitlines() if "equal=" in line]
     assert len(lines) == 4
     assert all("equal=True" in line and "(17 batches)" in line for line in lines)
+
+
+def test_deferred_adds_variants_and_leaves_the_thread_off(capsys):
+    """``--deferred`` (with ``--triton-counts``): save_interval=1 with the device work on the
+    Recorder's thread, alone and with the kernel; both switches are off again after."""
+    pytest.importorskip("triton")
+    from pytest_modelrules.capture import kernels, offload
+
+    module = _bench()
+    ratios = module.main(["--quick", "--deferred", "--triton-counts"])
+    out = capsys.readouterr().out
+    assert module.DEFERRED_LABEL in out and module.BOTH_LABEL in out
+    assert {module.DEFERRED_LABEL, module.BOTH_LABEL} <= set(ratios)
+    assert not offload.DEFER_DEVICES and not kernels.COUNT_KERNEL_DEVICES
+
+
+def _gpu_offload_check():
+    path = BENCH.with_name("gpu_offload_check.py")
+    spec = importlib.util.spec_from_file_location("gpu_offload_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_offload_check_quick_finds_the_two_recordings_equal(capsys):
+    """The GPU script's ``--quick`` form: two Recorders on one ResNet-18 loop, one handing its
+    work to its thread, every stored value equal; the switches are off again after."""
+    from pytest_modelrules.capture import kernels, offload
+
+    assert _gpu_offload_check().main(["--quick", "--no-triton"]) == 0
+    out = capsys.readouterr().out
+    assert "equal: every value bit for bit" in out and "207 tensors" in out
+    assert not offload.DEFER_DEVICES and not kernels.COUNT_KERNEL_DEVICES
+
+
+def test_gpu_offload_check_reports_a_difference(capsys, monkeypatch):
+    """A thread that stored other values is caught: the script names them and exits 1."""
+    from pytest_modelrules.capture import recorder
+
+    real = recorder._unit_counts
+
+    def off_by_one(x, name):
+        flat, layout = real(x, name)
+        return flat + (threading.current_thread() is not threading.main_thread()), layout
+
+    monkeypatch.setattr(recorder, "_unit_counts", off_by_one)
+    assert _gpu_offload_check().main(["--quick", "--no-triton"]) == 1
+    out = capsys.readouterr().out
+    assert "DIFFERENT" in out and "relu_output" in out

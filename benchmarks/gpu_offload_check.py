@@ -1,0 +1,119 @@
+"""On a CUDA GPU: a run recorded with the step's device work on the Recorder's thread and side
+stream (pytest_modelrules/capture/offload.py) holds the same values, bit for bit, as the same
+steps recorded from the training thread.
+
+    python benchmarks/gpu_offload_check.py
+
+Two Recorders watch one training loop (ResNet-18, 43 classes, SGD, bf16 autocast and
+channels_last; 224 px, batch 32, 6 steps, then 2 EVAL steps): one does its device work on the
+training thread, the other hands it to its thread, with the Triton counts on (``--no-triton``:
+off). Both read the very same tensors, so every stored value must be equal. Prints a summary
+and exits 1 on any difference. Not a test (CI has no GPU); the test suite runs the ``--quick``
+form (CPU tensors, 32 px, batch 4) and tests/capture/test_offload.py covers the CPU path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+
+
+def _values(path: Path) -> dict[tuple[str, int], np.ndarray]:
+    from pytest_modelrules import open_run
+
+    run = open_run(path)
+    return {
+        (name, step): value
+        for name in run.tensor_names()
+        for step, value in run.tensor(name).values().items()
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="CPU tensors, 32 px, batch 4")
+    parser.add_argument("--no-triton", action="store_true", help="torch operations count")
+    args = parser.parse_args(argv)
+    import torch
+    import torchvision
+
+    from pytest_modelrules import Recorder, modes
+    from pytest_modelrules.capture import kernels, offload
+
+    if args.quick:
+        device, size, batch = "cpu", 32, 4
+    elif torch.cuda.is_available():
+        device, size, batch = "cuda", 224, 32
+    else:
+        print("no CUDA device")
+        return 2
+    kind = torch.device(device).type
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=43).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    amp = torch.autocast(device, dtype=torch.bfloat16) if kind == "cuda" else nullcontext()
+    gen = torch.Generator().manual_seed(0)
+
+    def batch_of(n: int):
+        x = torch.randn(n, 3, size, size, generator=gen).to(device)
+        return x.contiguous(memory_format=torch.channels_last), torch.randint(0, 43, (n,)).to(
+            device
+        )
+
+    tmp = Path(tempfile.mkdtemp(prefix="modelrules-offload-check-"))
+    offload.DEFER_DEVICES.add(kind)
+    if not args.no_triton:
+        kernels.COUNT_KERNEL_DEVICES.add(kind)
+    inline = Recorder(tmp / "inline", model, loss=loss_fn, optimizer=opt, save_interval=1)
+    inline._defer = frozenset()  # this one does its work on the training thread
+    deferred = Recorder(tmp / "deferred", model, loss=loss_fn, optimizer=opt, save_interval=1)
+    try:
+        for _ in range(6):
+            x, y = batch_of(batch)
+            opt.zero_grad()
+            with amp:
+                loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+        for rec in (inline, deferred):
+            rec.set_mode(modes.EVAL)
+        with torch.no_grad(), amp:
+            for _ in range(2):
+                model(batch_of(batch)[0])
+    finally:
+        inline.close()
+        deferred.close()
+        offload.DEFER_DEVICES.discard(kind)
+        kernels.COUNT_KERNEL_DEVICES.discard(kind)
+    for rec in (inline, deferred):
+        if rec.error is not None:
+            print(f"recording failed: {rec.error!r}")
+            return 1
+    a, b = _values(tmp / "inline"), _values(tmp / "deferred")
+    name = torch.cuda.get_device_name() if kind == "cuda" else "cpu"
+    counts = "torch operations" if args.no_triton else "Triton kernel"
+    print(f"{name}: {len(a)} values ({len({n for n, _ in a})} tensors x steps), counts by {counts}")
+    differ = sorted(k for k in a.keys() & b.keys() if not np.array_equal(a[k], b[k]))
+    missing = sorted(a.keys() ^ b.keys())
+    for key in differ[:10]:
+        print(f"DIFFERENT {key}")
+    for key in missing[:10]:
+        print(f"ONLY IN ONE {key}")
+    ok = bool(a) and not differ and not missing
+    print(
+        "equal: every value bit for bit"
+        if ok
+        else f"{len(differ)} different, {len(missing)} missing"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

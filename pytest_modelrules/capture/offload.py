@@ -1,0 +1,100 @@
+"""Device work of a saving step done by the Recorder's thread instead of the training thread.
+
+A ResNet-18 step at batch 64 in bfloat16 on a GPU is bound by the host launching kernels: every
+operation the Recorder launches from the training thread lengthens the step. On the devices in
+:data:`DEFER_DEVICES` the ReLU counts, the model input's reductions and the loss's copies are
+launched instead by the Recorder's own thread (the one that writes), on a CUDA stream of its
+own, while the training thread runs backward (whose kernels the autograd engine launches
+without holding Python's interpreter lock). The training thread keeps what it must do itself:
+the hooks' bookkeeping, the weight and gradient norms (the optimizer changes those tensors in
+place), one CUDA event per hand-off and, at the end of the step, a wait of its stream on the
+side stream, so that nothing the step recorded is overwritten before it is read.
+
+The handed-off tensors are ones a training step does not change after their hook: the ReLU
+outputs (backward needs them unchanged), the model's input, outputs and the loss's inputs and
+outputs. Each is handed off with its version counter; one that was changed in place before
+the end of the step is left out of that step, with one warning, and recorded at its call from
+then on. A side-stream read is announced to the caching allocator (``record_stream``), so the
+memory of a tensor that training frees is not reused before the read is done.
+
+Empty by default: see docs/recording.md for what is measured and what is still to measure on
+a GPU. On a CPU (``DEFER_DEVICES.add("cpu")``, what the tests and the host-cost proxy use) the
+thread computes the values itself and the training thread waits at the end of the step until it
+is done.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+#: device types ("cuda", "cpu") whose recording work the Recorder hands to its thread
+DEFER_DEVICES: set[str] = set()
+
+_SIDE_STREAMS: dict[torch.device, Any] = {}
+_LOCK = threading.Lock()
+
+
+def side_stream(device: torch.device) -> Any:
+    """The Recorder's stream on CUDA ``device`` (one per device for the process: streams are
+    few and never freed)."""
+    stream = _SIDE_STREAMS.get(device)
+    if stream is None:
+        with _LOCK:
+            stream = _SIDE_STREAMS.get(device)
+            if stream is None:
+                stream = _SIDE_STREAMS[device] = torch.cuda.Stream(device=device)
+    return stream
+
+
+def on_side_stream(device: torch.device) -> Any:
+    """A context that makes ``device``'s side stream current (nothing to do off CUDA)."""
+    if device.type != "cuda":
+        return nullcontext()
+    return torch.cuda.stream(side_stream(device))
+
+
+def mark_point(devices: set[torch.device]) -> dict[torch.device, Any]:
+    """A CUDA event on each device's current stream, recorded now: where the work handed off
+    so far sits in the training's kernel queue (CPU devices need none)."""
+    events = {}
+    for device in devices:
+        if device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(device))
+            events[device] = event
+    return events
+
+
+class Work:
+    """One hand-off: tensors to reduce or copy on the Recorder's thread, and what came of it.
+
+    ``items``: ("capture", name, tensor, full, reductions, stored names) or
+    ``("counts", device, [(ReLU output, stored name), ...])``; ``checks``: (tensor, version,
+    stored names, name to record at its call from then on) for the end-of-step version check;
+    ``ready``: the training stream's position per CUDA device when it was handed off;
+    ``out``: the pending values (1-D tensor, layout) the thread computed; ``done``: per CUDA
+    device, an event on the side stream after the last read; ``launched``: set once the thread
+    is through with it (launched on a GPU, computed on a CPU), also when it failed.
+    """
+
+    __slots__ = ("checks", "done", "items", "launched", "out", "ready")
+
+    def __init__(
+        self,
+        items: list[tuple[Any, ...]],
+        checks: list[tuple[torch.Tensor, int, tuple[str, ...], tuple[str, str]]],
+        ready: dict[torch.device, Any],
+    ) -> None:
+        self.items = items
+        self.checks = checks
+        self.ready = ready
+        self.out: list[tuple[torch.Tensor, Any]] = []
+        self.done: dict[torch.device, Any] = {}
+        self.launched = threading.Event()
+
+
+__all__ = ["DEFER_DEVICES", "Work", "mark_point", "on_side_stream", "side_stream"]

@@ -1,0 +1,278 @@
+"""The Recorder's thread doing a step's device work (capture/offload.py), tested on the CPU:
+the same run bit for bit, the work really off the training thread, in-place changes after a
+hand-off, failures and the switch."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import numpy as np
+import pytest
+from capture_helpers import SelfLossNet, TinyNet, batches
+
+from pytest_modelrules import Recorder, modes, open_run
+from pytest_modelrules.store.names import reduction_tensor_name
+
+torch = pytest.importorskip("torch")
+
+from pytest_modelrules.capture import kernels, offload, recorder  # noqa: E402
+
+
+@pytest.fixture
+def deferred(monkeypatch):
+    """The Recorder's thread does the device work of CPU tensors."""
+    monkeypatch.setattr(offload, "DEFER_DEVICES", {"cpu"})
+
+
+def _everything(path) -> dict[tuple[str, int], np.ndarray]:
+    run = open_run(path)
+    return {
+        (name, step): value
+        for name in run.tensor_names()
+        for step, value in run.tensor(name).values().items()
+    }
+
+
+def _train(path, channels_last=False, evaluate=True, **recorder_kwargs):
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = TinyNet().to(memory_format=fmt)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Recorder(
+        path, model, loss=loss_fn, optimizer=opt, save_interval=1, **recorder_kwargs
+    ) as rec:
+        for x, y in batches(3):
+            opt.zero_grad()
+            loss_fn(model(x.contiguous(memory_format=fmt)), y).backward()
+            opt.step()
+        if evaluate:
+            rec.set_mode(modes.EVAL)
+            with torch.no_grad():
+                for x, _ in batches(2, seed=1):
+                    model(x.contiguous(memory_format=fmt))
+    return _everything(path)
+
+
+def _assert_same(got, expected):
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key].dtype == value.dtype, key
+        np.testing.assert_array_equal(got[key], value, err_msg=str(key))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_run_is_the_same_bit_for_bit(tmp_path, monkeypatch, channels_last):
+    """Every tensor at every step, TRAIN and EVAL: what the thread computes equals what the
+    training thread computes."""
+    expected = _train(tmp_path / "inline", channels_last)
+    monkeypatch.setattr(offload, "DEFER_DEVICES", {"cpu"})
+    got = _train(tmp_path / "deferred", channels_last)
+    assert any("relu_output" in name for name, _ in got)
+    assert any(name == "CrossEntropyLoss_input_0" for name, _ in got)
+    _assert_same(got, expected)
+
+
+def test_the_same_with_a_queue_bound_that_hands_off_at_every_relu_call(tmp_path, monkeypatch):
+    """Past ``RELU_QUEUE_BYTES`` the queue is handed to the thread in the middle of the forward
+    pass: several hand-offs make one step, with the same values."""
+    expected = _train(tmp_path / "inline")
+    monkeypatch.setattr(offload, "DEFER_DEVICES", {"cpu"})
+    monkeypatch.setattr(recorder, "RELU_QUEUE_BYTES", 0)
+    _assert_same(_train(tmp_path / "deferred"), expected)
+
+
+def test_the_same_for_a_model_that_computes_its_own_loss(tmp_path, monkeypatch):
+    def run(path):
+        torch.manual_seed(0)
+        model = SelfLossNet()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        gen = torch.Generator().manual_seed(0)
+        with Recorder(path, model, optimizer=opt, save_interval=1):
+            for _ in range(3):
+                x, y = torch.randn(5, 6, generator=gen), torch.randint(0, 3, (5,), generator=gen)
+                opt.zero_grad()
+                loss, _ = model(x, y)
+                loss.backward()
+                opt.step()
+        return _everything(path)
+
+    expected = run(tmp_path / "inline")
+    monkeypatch.setattr(offload, "DEFER_DEVICES", {"cpu"})
+    got = run(tmp_path / "deferred")
+    assert ("SelfLossNet_input_1", 0) in got and ("SelfLossNet_output_0", 2) in got
+    _assert_same(got, expected)
+
+
+def test_the_same_with_the_triton_kernel_counting_on_the_thread(tmp_path, monkeypatch):
+    pytest.importorskip("triton")
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("TRITON_INTERPRET=1 was overridden: the kernel runs on the CPU only so")
+    expected = _train(tmp_path / "inline", channels_last=True)
+    launches: list[str] = []
+    real = kernels.positive_counts_c_order
+
+    def counted(xs, **kwargs):
+        launches.append(threading.current_thread().name)
+        return real(xs, **kwargs)
+
+    monkeypatch.setattr(kernels, "positive_counts_c_order", counted)
+    monkeypatch.setattr(kernels, "COUNT_KERNEL_DEVICES", {"cpu"})
+    monkeypatch.setattr(offload, "DEFER_DEVICES", {"cpu"})
+    _assert_same(_train(tmp_path / "deferred", channels_last=True), expected)
+    assert launches == ["modelrules-recorder"] * 5  # one launch per step, on the thread
+
+
+def test_the_work_runs_on_the_recorders_thread(tmp_path, deferred, monkeypatch):
+    """The ReLU counts, the input's channel means and the loss's copies are computed by the
+    Recorder's thread; the weight and gradient norms (which the optimizer changes in place)
+    by the training thread."""
+    seen: dict[str, set[str]] = {}
+
+    def spy(module, name):
+        real = getattr(module, name)
+
+        def wrapped(*args, **kwargs):
+            seen.setdefault(name, set()).add(threading.current_thread().name)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapped)
+
+    spy(recorder, "_unit_counts")
+    spy(recorder, "compute_many")
+    spy(recorder, "_full_copy")
+    spy(recorder, "compute_batch_rows")
+    _train(tmp_path / "run")
+    main = threading.main_thread().name
+    assert seen["_unit_counts"] == {"modelrules-recorder"}
+    assert seen["compute_many"] == {"modelrules-recorder"}
+    assert seen["_full_copy"] == {"modelrules-recorder"}
+    assert seen["compute_batch_rows"] == {main}
+
+
+def test_nothing_moves_to_a_thread_without_the_writer_thread(tmp_path, deferred, monkeypatch):
+    """``async_write=False`` writes each step before the hook returns: no thread, no hand-off."""
+    names: set[str] = set()
+    real = recorder._unit_counts
+
+    def spy(*args):
+        names.add(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(recorder, "_unit_counts", spy)
+    _train(tmp_path / "run", evaluate=False, async_write=False)
+    assert names == {threading.main_thread().name}
+
+
+class _ChangesLogits(torch.nn.Module):
+    """Scales its logits in place after the loss has read them, at step 1 only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 3)
+        self.act = torch.nn.ReLU()
+        self.head = torch.nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.head(self.act(self.lin(x)))
+
+
+def test_a_tensor_changed_in_place_after_its_hand_off_is_left_out_then_recorded_at_its_call(
+    tmp_path, deferred
+):
+    """The thread may read a handed-off tensor after the training thread changed it: such a
+    tensor is left out of that step (one warning) and recorded at its call from then on; the
+    other tensors of the step are kept."""
+    torch.manual_seed(0)
+    model = _ChangesLogits()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(0)
+    data = [(torch.randn(6, 4, generator=gen), torch.randint(0, 3, (6,), generator=gen))
+            for _ in range(4)]  # fmt: skip
+    stored = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1):
+            for step, (x, y) in enumerate(data):
+                opt.zero_grad()
+                logits = model(x)
+                loss_fn(logits, y).backward()
+                stored.append(logits.detach().clone())
+                if step == 1:
+                    with torch.no_grad():
+                        logits.mul_(2.0)  # after the loss: what step 1 stores would change
+                opt.step()
+    messages = [str(w.message) for w in caught if "changed in place" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert "CrossEntropyLoss_input_0" in messages[0] and "global step 1" in messages[0]
+    run = open_run(tmp_path / "run")
+    logits = run.tensor("CrossEntropyLoss_input_0")
+    assert logits.steps() == [0, 2, 3]
+    for step in (0, 2, 3):
+        np.testing.assert_array_equal(logits.value(step), stored[step].numpy())
+    assert run.tensor("CrossEntropyLoss_input_1").steps() == [0, 1, 2, 3]
+    assert run.tensor(reduction_tensor_name("act.relu_output_0", "positive_fraction")).steps() == [
+        0, 1, 2, 3]  # fmt: skip
+
+
+def test_a_relu_output_changed_after_the_forward_pass_is_left_out_of_that_step(tmp_path, deferred):
+    torch.manual_seed(0)
+    model = _ChangesLogits()
+    x = torch.randn(6, 4)
+    outputs = []
+    model.act.register_forward_hook(lambda mod, args, out: outputs.append(out))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Recorder(tmp_path / "run", model, save_interval=1), torch.no_grad():
+            for step in range(3):
+                model(x)
+                if step == 0:
+                    outputs[-1].sub_(10.0)  # between the end of the forward and the step's end
+    messages = [str(w.message) for w in caught if "changed in place" in str(w.message)]
+    assert len(messages) == 1 and "act.relu_output_0" in messages[0]
+    run = open_run(tmp_path / "run")
+    fraction = run.tensor(reduction_tensor_name("act.relu_output_0", "positive_fraction"))
+    assert fraction.steps() == [1, 2]
+    with torch.no_grad():
+        expected = (torch.relu(model.lin(x)) > 0).float().mean(0).numpy()
+    np.testing.assert_array_equal(fraction.value(2), expected)
+
+
+def test_a_failure_on_the_thread_stops_recording_and_training_goes_on(
+    tmp_path, deferred, monkeypatch
+):
+    """An error while the thread computes: one warning naming it, recording stops, training
+    finishes, the steps written before read back."""
+    real = recorder._unit_counts
+    calls = []
+
+    def fails_at_step_2(x, name):
+        calls.append(name)
+        if len(calls) > 4:  # two ReLU calls a step: steps 0 and 1 succeed
+            raise RuntimeError("device lost")
+        return real(x, name)
+
+    monkeypatch.setattr(recorder, "_unit_counts", fails_at_step_2)
+    torch.manual_seed(0)
+    model = TinyNet()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    losses = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1) as rec:
+            for x, y in batches(5):
+                opt.zero_grad()
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+    assert len(losses) == 5 and rec.dead
+    messages = [str(w.message) for w in caught if "recording stopped" in str(w.message)]
+    assert len(messages) == 1
+    assert "Recorder's thread" in messages[0] and "device lost" in messages[0]
+    assert open_run(tmp_path / "run").steps() == [0, 1]
