@@ -457,14 +457,21 @@ class Recorder:
         self._collections_dirty = False
         self._last_sync = time.monotonic()
         self.dead = False
+        self._disk_failed = False  # the writer thread's own error: nothing more is written
         self.closed = False
         self._async = bool(async_write)
         # device types whose work the thread does (none without the thread)
         self._defer: set[str] | frozenset[str] = (
             offload.DEFER_DEVICES if self._async else frozenset()
         )
-        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        # the thread's jobs, in order; at most 2 steps' writes queued (a training loop that
+        # outruns the disk waits rather than holding more steps' values in memory)
+        self._queue: queue.Queue = queue.Queue()
+        self._write_slots = threading.BoundedSemaphore(2)
         self._thread: threading.Thread | None = None
+        # the launcher thread (offload.py): hand-offs and their transfers, never the disk
+        self._launch_queue: queue.Queue = queue.Queue()
+        self._launcher: threading.Thread | None = None
         self.error: BaseException | None = None
 
         # distributed: one shard per rank
@@ -580,12 +587,15 @@ class Recorder:
     # -- failure handling ----------------------------------------------------------------------
 
     def _fail(self, exc: BaseException, where: str) -> None:
-        """Report the first recording error once, stop recording, keep training going."""
+        """Report the first recording error once, stop recording, keep training going. The
+        steps already handed to the writer thread are still written, unless the writer itself
+        failed (the disk): nothing recorded before the error is lost."""
         if self.dead:
             return
         self.dead = True
         self.error = exc
-        if threading.current_thread() is not self._thread:
+        here = threading.current_thread()
+        if here not in (self._thread, self._launcher):
             step = f"global step {self.global_step} ({self.mode.name} step {self.mode_step})"
             where = f"{where} at {step}"
         message = (
@@ -598,8 +608,20 @@ class Recorder:
         self._relu_batch_bytes = 0
         self._grad_acc.clear()
         self._items, self._checks, self._item_devices = [], [], set()
+        if self.writer is None:
+            return
+        if here is self._thread or self._thread is None:
+            self._disk_failed = here is self._thread
+            self._abort_writer()
+        elif self._launcher is not None:  # after the writes it has yet to pass on
+            self._submit_launch(self._submit, self._abort_writer)
+        else:
+            self._submit(self._abort_writer)
+
+    def _abort_writer(self) -> None:
+        """Close the run's files without marking it ended (after an error)."""
         if self.writer is not None:
-            with contextlib.suppress(Exception):  # the disk already fails: nothing more to say
+            with contextlib.suppress(Exception):  # the disk may already fail: nothing to add
                 self.writer.abort()
 
     def _monitor_failed(self, exc: BaseException) -> None:
@@ -862,7 +884,7 @@ class Recorder:
         self._items, self._checks, self._item_devices = [], [], set()
         work = offload.Work(items, checks, offload.mark_point(devices))
         self._works.append(work)
-        self._submit(self._launch, work)
+        self._submit_launch(self._launch, work)
 
     def _launch(self, work: offload.Work) -> None:
         """On the Recorder's thread: compute (launch, on a GPU's side stream, after the
@@ -1216,9 +1238,11 @@ class Recorder:
             for event in events:
                 event.synchronize()
             events = []
-        self._submit(
-            self._write_step, step, mode, mode_step, (events, host), self._collections_update()
-        )
+        job = (self._write_step, step, mode, mode_step, (events, host), self._collections_update())
+        if self._launcher is not None:  # behind the steps it has yet to pass on: in order
+            self._submit_launch(self._submit, *job)
+        else:
+            self._submit(*job)
 
     def _collections_update(self) -> dict[str, Any] | None:
         """The collections' JSON when a collection listed new names since the last step."""
@@ -1255,12 +1279,12 @@ class Recorder:
         pending, self._pending = self._pending, []
         ready = offload.mark_point({flat.device for flat, _ in pending})
         step, mode = self.global_step, self.mode
-        self._submit(
-            self._write_handed_off, step, mode, self._mode_steps.get(mode, 0),
+        self._submit_launch(
+            self._transfer_handed_off, step, mode, self._mode_steps.get(mode, 0),
             pending, works, ready, dropped, self._collections_update(),
         )  # fmt: skip
 
-    def _write_handed_off(
+    def _transfer_handed_off(
         self,
         step: int,
         mode: ModeKeys,
@@ -1271,8 +1295,9 @@ class Recorder:
         dropped: set[str],
         collections: dict[str, Any] | None,
     ) -> None:
-        """On the Recorder's thread: the transfer of a step whose work it did (on a GPU's
-        side stream, after training's position at the end of the step), then the write."""
+        """On the launcher thread: the transfer of a step whose work it did (on a GPU's side
+        stream, after training's position at the end of the step); then the writer thread
+        writes it (this thread waits while 2 steps' writes are queued)."""
         for work in works:
             pending.extend(work.out)
         host: list[tuple[list[Any], torch.Tensor]] = []
@@ -1281,7 +1306,7 @@ class Recorder:
             with torch.no_grad():
                 self._transfer(pending, host, events, ready)
         pending.clear()
-        self._write_step(step, mode, mode_step, (events, host), collections, dropped)
+        self._submit(self._write_step, step, mode, mode_step, (events, host), collections, dropped)
 
     def _transfer(
         self,
@@ -1358,42 +1383,82 @@ class Recorder:
     # -- the writer thread: disk (and upload) work overlaps training ---------------------------
 
     def _submit(self, fn: Any, *args: Any) -> None:
-        """Run ``fn(*args)`` on the writer thread (in order); blocks when 2 steps are queued."""
+        """Run ``fn(*args)`` on the writer thread (in order); blocks while 2 steps' writes
+        are queued."""
         if self._async:
             if self._thread is None:
                 self._thread = threading.Thread(
-                    target=self._writer_loop, name="modelrules-recorder", daemon=True
-                )
+                    target=self._worker_loop, args=(self._queue,), name="modelrules-recorder",
+                    daemon=True,
+                )  # fmt: skip
                 self._thread.start()
-            self._queue.put((fn, args))
+            write = fn == self._write_step
+            if write:
+                self._write_slots.acquire()
+            self._queue.put((fn, args, write))
         else:
             self._run_job(fn, args)
 
-    def _writer_loop(self) -> None:
+    def _submit_launch(self, fn: Any, *args: Any) -> None:
+        """Run ``fn(*args)`` on the launcher thread (in order): a step's device work and its
+        transfer (offload.py). It never waits for the disk, so a slow write does not hold
+        back the next step's work; it waits for a write slot like the training thread would."""
+        if self._launcher is None:
+            self._launcher = threading.Thread(
+                target=self._worker_loop, args=(self._launch_queue,),
+                name="modelrules-recorder-launch", daemon=True,
+            )  # fmt: skip
+            self._launcher.start()
+        self._launch_queue.put((fn, args, False))
+
+    def _worker_loop(self, jobs: queue.Queue) -> None:
         while True:
-            job = self._queue.get()
+            job = jobs.get()
             if job is None:
                 return
+            fn, args, write = job
             try:
-                self._run_job(*job)
+                self._run_job(fn, args)
             except BaseException:  # never let the thread die: the training loop would block
                 self.dead = True
+            finally:
+                if write:
+                    self._write_slots.release()
 
     def _run_job(self, fn: Any, args: tuple[Any, ...]) -> None:
-        if self.dead and fn != self._launch:  # _launch tells the training thread it is through
-            return
+        """Run a job of a Recorder thread. After an error only these still run: the writes of
+        steps completed before it (unless the disk failed), the abort that follows them, and
+        ``_launch``, which tells the training thread it is through."""
+        if self.dead:
+            if fn == self._submit:  # a write passed on by the launcher: the writer decides
+                fn, args = args[0], args[1:]
+                if fn == self._abort_writer or not self._disk_failed:
+                    self._submit(fn, *args)
+                return
+            if fn == self._write_step and self._disk_failed:
+                return
+            if fn not in (self._write_step, self._abort_writer, self._launch):
+                return
         try:
             fn(*args)
         except Exception as exc:
-            what = getattr(fn, "__name__", "job")
-            if what in ("_write_step", "_write_handed_off"):
-                what = f"writing step {args[0]} ({ModeKeys(args[1]).name} step {args[2]})"
-            elif what == "_launch":
-                what = "computing a step's values on the Recorder's thread"
+            name = getattr(fn, "__name__", "job")
+            if name == "_submit":
+                name, args = getattr(args[0], "__name__", "job"), args[1:]
+            what = {"_launch": "computing a step's values on the Recorder's thread",
+                    "_write_step": "writing step {}", "_transfer_handed_off": "moving step {} "
+                    "to the host"}.get(name, name)  # fmt: skip
+            if "{}" in what:
+                what = what.format(f"{args[0]} ({ModeKeys(args[1]).name} step {args[2]})")
             self._fail(exc, what)
 
     def _drain(self) -> None:
-        """Wait until the writer thread has written everything submitted so far."""
+        """Wait until the threads have done everything submitted so far (the launcher first:
+        it hands the writer its last writes)."""
+        if self._launcher is not None:
+            self._launch_queue.put(None)
+            self._launcher.join()
+            self._launcher = None
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()

@@ -5,6 +5,7 @@ hand-off, failures and the switch."""
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -123,7 +124,7 @@ def test_the_same_with_the_triton_kernel_counting_on_the_thread(tmp_path, monkey
     monkeypatch.setattr(kernels, "COUNT_KERNEL_DEVICES", {"cpu"})
     monkeypatch.setattr(offload, "DEFER_DEVICES", {"cpu"})
     _assert_same(_train(tmp_path / "deferred", channels_last=True), expected)
-    assert launches == ["modelrules-recorder"] * 5  # one launch per step, on the thread
+    assert launches == ["modelrules-recorder-launch"] * 5  # one launch per step, on the thread
 
 
 def test_the_work_runs_on_the_recorders_thread(tmp_path, deferred, monkeypatch):
@@ -147,9 +148,9 @@ def test_the_work_runs_on_the_recorders_thread(tmp_path, deferred, monkeypatch):
     spy(recorder, "compute_batch_rows")
     _train(tmp_path / "run")
     main = threading.main_thread().name
-    assert seen["_unit_counts"] == {"modelrules-recorder"}
-    assert seen["compute_many"] == {"modelrules-recorder"}
-    assert seen["_full_copy"] == {"modelrules-recorder"}
+    assert seen["_unit_counts"] == {"modelrules-recorder-launch"}
+    assert seen["compute_many"] == {"modelrules-recorder-launch"}
+    assert seen["_full_copy"] == {"modelrules-recorder-launch"}
     assert seen["compute_batch_rows"] == {main}
 
 
@@ -276,3 +277,80 @@ def test_a_failure_on_the_thread_stops_recording_and_training_goes_on(
     assert len(messages) == 1
     assert "Recorder's thread" in messages[0] and "device lost" in messages[0]
     assert open_run(tmp_path / "run").steps() == [0, 1]
+
+
+@pytest.mark.parametrize("defer", [False, True])
+def test_a_slow_disk_holds_training_back_at_two_steps_queued(tmp_path, monkeypatch, defer):
+    """A write that does not return (a stalled disk or upload): the training thread goes on
+    until 2 steps' writes are queued and then waits, rather than holding every later step's
+    values in memory; hand-offs go to another thread than the writes, so a slow write does
+    not hold back the next step's device work."""
+    from pytest_modelrules.store.writer import RunWriter
+
+    if defer:
+        monkeypatch.setattr(offload, "DEFER_DEVICES", {"cpu"})
+    gate = threading.Event()
+    real = RunWriter.write_step
+
+    def stalled(self, *args, **kwargs):
+        gate.wait(30)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunWriter, "write_step", stalled)
+    torch.manual_seed(0)
+    model = TinyNet()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1)
+    done = []
+
+    def training():
+        for x, y in batches(5):
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+            done.append(1)
+
+    thread = threading.Thread(target=training)
+    thread.start()
+    thread.join(1.5)
+    # step 0 is being written, step 1 queued; the end of step 2 waits for a slot (handed off:
+    # the launcher waits for it with step 2's transfer, the end of step 3 for the launcher)
+    held = 3 if defer else 2
+    assert thread.is_alive() and len(done) == held and rec.global_step == held
+    gate.set()
+    thread.join(30)
+    assert not thread.is_alive() and len(done) == 5
+    rec.close()
+    assert open_run(tmp_path / "run").steps() == [0, 1, 2, 3, 4]
+
+
+def test_switching_the_hand_off_during_a_run_keeps_the_steps_in_order(tmp_path, monkeypatch):
+    """Steps handed off pass through the launcher thread; a step recorded inline after them
+    is written after them, not before."""
+    monkeypatch.setattr(offload, "DEFER_DEVICES", set())
+    real = recorder.Recorder._transfer
+
+    def slow_on_the_launcher(self, *args, **kwargs):
+        if threading.current_thread().name == "modelrules-recorder-launch":
+            time.sleep(0.05)  # an inline step ends meanwhile
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(recorder.Recorder, "_transfer", slow_on_the_launcher)
+    torch.manual_seed(0)
+    model = TinyNet()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1) as rec:
+        for step, (x, y) in enumerate(batches(8)):
+            if step % 2 == 0:
+                offload.DEFER_DEVICES.add("cpu")
+            else:
+                offload.DEFER_DEVICES.discard("cpu")
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+    assert rec.error is None
+    run = open_run(tmp_path / "run")
+    assert run.steps() == list(range(8))
+    assert run.tensor("CrossEntropyLoss_input_0").steps() == list(range(8))

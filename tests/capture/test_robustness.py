@@ -104,6 +104,40 @@ def test_an_error_inside_a_hook_stops_recording_not_training(tmp_path, monkeypat
     assert len(losses) == 3 and rec.dead
 
 
+def test_an_error_on_the_training_thread_keeps_the_steps_already_queued(tmp_path, monkeypatch):
+    """A failure while the writer is behind (steps 0-2 still queued when step 3 fails): the
+    writer still writes those steps before it closes the run's files; nothing recorded before
+    the error is lost."""
+    import time
+
+    model, loss_fn, opt = _fresh()
+    real_rows = recorder_module.compute_batch_rows
+    calls = []
+
+    def fails_at_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 6:  # weights and gradients: 2 calls a step
+            raise RuntimeError("weird parameter")
+        return real_rows(*args, **kwargs)
+
+    real_write = RunWriter.write_step
+
+    def slow_write(self, *args, **kwargs):
+        time.sleep(0.2)  # the writer falls behind the training loop
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(recorder_module, "compute_batch_rows", fails_at_step_3)
+    monkeypatch.setattr(RunWriter, "write_step", slow_write)
+    with (
+        pytest.warns(RuntimeWarning, match="weird parameter"),
+        Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1) as rec,
+    ):
+        losses = train(model, loss_fn, opt, batches(6))
+    assert len(losses) == 6 and rec.dead
+    run = open_run(tmp_path / "run")
+    assert run.steps() == [0, 1, 2] and not run.has_ended
+
+
 def test_configuration_errors_raise_at_construction(tmp_path, tiny):
     model = tiny[0]
     with pytest.raises(RecorderError, match=r"loss must be a torch\.nn\.Module"):
