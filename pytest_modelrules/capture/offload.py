@@ -73,8 +73,9 @@ class Work:
     """One hand-off: tensors to reduce or copy on the Recorder's thread, and what came of it.
 
     ``items``: ("capture", name, tensor, full, reductions, stored names) or
-    ``("counts", device, [(ReLU output, stored name), ...])``; ``checks``: (tensor, version,
-    stored names, name to record at its call from then on) for the end-of-step version check;
+    ``("counts", device, [(ReLU output, stored name), ...])``; ``checks``: (weak reference to
+    the tensor, its version at the hook, stored names, (kind, name to record at its call from
+    then on)) for the end-of-step version check (a tensor freed since was not changed);
     ``ready``: the training stream's position per CUDA device when it was handed off;
     ``out``: the pending values (1-D tensor, layout) the thread computed; ``done``: per CUDA
     device, an event on the side stream after the last read; ``launched``: set once the thread
@@ -86,7 +87,7 @@ class Work:
     def __init__(
         self,
         items: list[tuple[Any, ...]],
-        checks: list[tuple[torch.Tensor, int, tuple[str, ...], tuple[str, str]]],
+        checks: list[tuple[Any, int, tuple[str, ...], tuple[str, str]]],
         ready: dict[torch.device, Any],
     ) -> None:
         self.items = items

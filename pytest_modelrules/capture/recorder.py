@@ -610,13 +610,15 @@ class Recorder:
         self._items, self._checks, self._item_devices = [], [], set()
         if self.writer is None:
             return
-        if here is self._thread or self._thread is None:
-            self._disk_failed = here is self._thread
+        if here is self._thread:  # the writer's own failure (the disk): stop writing now
+            self._disk_failed = True
             self._abort_writer()
         elif self._launcher is not None:  # after the writes it has yet to pass on
             self._submit_launch(self._submit, self._abort_writer)
-        else:
+        elif self._thread is not None:  # after the writes queued
             self._submit(self._abort_writer)
+        else:
+            self._abort_writer()
 
     def _abort_writer(self) -> None:
         """Close the run's files without marking it ended (after an error)."""
