@@ -89,18 +89,23 @@ def test_read_only_run_folder_after_start(tmp_path, monkeypatch):
     assert len(losses) == 4
 
 
-def test_an_error_inside_a_hook_stops_recording_not_training(tmp_path, monkeypatch):
+def _train_through_a_failure(path, match: str, steps: int) -> tuple[list[float], Recorder]:
+    """Train ``steps`` steps recorded at every step, expecting one warning matching ``match``."""
     model, loss_fn, opt = _fresh()
+    with (
+        pytest.warns(RuntimeWarning, match=match),
+        Recorder(path, model, loss=loss_fn, optimizer=opt, save_interval=1) as rec,
+    ):
+        losses = train(model, loss_fn, opt, batches(steps))
+    return losses, rec
 
+
+def test_an_error_inside_a_hook_stops_recording_not_training(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("weird output")
 
     monkeypatch.setattr(recorder_module, "compute_many", broken)
-    with (
-        pytest.warns(RuntimeWarning, match="weird output"),
-        Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1) as rec,
-    ):
-        losses = train(model, loss_fn, opt, batches(3))
+    losses, rec = _train_through_a_failure(tmp_path / "run", "weird output", 3)
     assert len(losses) == 3 and rec.dead
 
 
@@ -110,7 +115,6 @@ def test_an_error_on_the_training_thread_keeps_the_steps_already_queued(tmp_path
     the error is lost."""
     import time
 
-    model, loss_fn, opt = _fresh()
     real_rows = recorder_module.compute_batch_rows
     calls = []
 
@@ -128,11 +132,7 @@ def test_an_error_on_the_training_thread_keeps_the_steps_already_queued(tmp_path
 
     monkeypatch.setattr(recorder_module, "compute_batch_rows", fails_at_step_3)
     monkeypatch.setattr(RunWriter, "write_step", slow_write)
-    with (
-        pytest.warns(RuntimeWarning, match="weird parameter"),
-        Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1) as rec,
-    ):
-        losses = train(model, loss_fn, opt, batches(6))
+    losses, rec = _train_through_a_failure(tmp_path / "run", "weird parameter", 6)
     assert len(losses) == 6 and rec.dead
     run = open_run(tmp_path / "run")
     assert run.steps() == [0, 1, 2] and not run.has_ended
