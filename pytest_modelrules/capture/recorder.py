@@ -428,7 +428,7 @@ class Recorder:
         # it back: a _Red, _Counts or _Full layout); see _flush
         self._pending: list[tuple[torch.Tensor, Any]] = []
         # ReLU outputs waiting for the Triton kernel: (output, its version, stored name)
-        self._relu_batch: list[tuple[torch.Tensor, int | None, str]] = []
+        self._relu_batch: list[tuple[torch.Tensor, int, str]] = []
         self._relu_batch_bytes = 0
         # stored names of ReLU outputs seen changed in place before the queue was counted:
         # counted at their call from then on
@@ -854,9 +854,10 @@ class Recorder:
         if device.type in kernels.COUNT_KERNEL_DEVICES:
             if known_readable:
                 ours, rest = entries, []
-            else:
-                ours = [e for e in entries if kernels.readable(e[0])]
-                rest = [e for e in entries if not kernels.readable(e[0])] if ours else entries
+            else:  # one readability check per output
+                ours, rest = [], []
+                for entry in entries:
+                    (ours if kernels.readable(entry[0]) else rest).append(entry)
             if ours:
                 try:
                     counts = kernels.positive_counts_c_order([x for x, _ in ours], checked=True)
@@ -1332,9 +1333,9 @@ class Recorder:
                     event = ready.get(device)  # type: ignore[union-attr]
                     if event is not None:
                         stream.wait_event(event)
-                    for flat, _ in pending:
-                        if flat.device == device:  # training's tensors: kept until read
-                            flat.record_stream(stream)
+                    for idxs in by_dtype.values():  # training's tensors: kept until read
+                        for i in idxs:
+                            pending[i][0].record_stream(stream)
                 segments = []
                 blobs = []
                 for dtype in sorted(by_dtype, key=_itemsize, reverse=True):
