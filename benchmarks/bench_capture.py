@@ -6,8 +6,10 @@ data) in three variants - no Recorder, Recorder at save_interval 500, Recorder a
 synchronised only at its ends, as in training), and prints the median over rounds of each
 variant's step time, images per second and ratio to the baseline, and the median over rounds
 of the ratio (and difference) to the same round's baseline ("paired": robust to a machine
-whose speed drifts), and each variant's best block ("best": for the host-cost proxy, whose
-steps are deterministic CPU work, the least disturbed measurement). ``--full-inputs`` also
+whose speed drifts), each variant's best block ("best": for the host-cost proxy, whose
+steps are deterministic CPU work, the least disturbed measurement) and the median CPU time
+the training thread itself added a step ("thread CPU added": what remains on the thread that
+launches a GPU's kernels once the Recorder's threads take their share). ``--full-inputs`` also
 records the full input images (what the reference job adds for the report's gallery);
 ``--triton-counts`` adds a fourth variant, save_interval 1 with the optional Triton kernel
 for the ReLU counts (capture/kernels.py); ``--deferred`` a variant whose device work the
@@ -106,10 +108,12 @@ def build(args: argparse.Namespace):
     return model, loss_fn, opt, batches
 
 
-def run_steps(args, model, loss_fn, opt, batches, n: int) -> list[float]:
+def run_steps(args, model, loss_fn, opt, batches, n: int) -> tuple[float, float]:
     """Time ``n`` training steps as a block (the device synchronised before and after only,
-    as a training loop runs: kernel launches of one step overlap the next); the mean step
-    time of the block (seconds), in a one-element list."""
+    as a training loop runs: kernel launches of one step overlap the next): the mean step
+    time of the block and the training thread's mean CPU time per step (seconds). The second
+    is the host cost the training thread itself pays, what bounds a launch-bound GPU step;
+    work the Recorder hands to its threads (capture/offload.py) leaves it."""
     import torch
 
     if args.precision == "bf16":
@@ -117,7 +121,7 @@ def run_steps(args, model, loss_fn, opt, batches, n: int) -> list[float]:
     else:
         amp = nullcontext()
     _sync(args.device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     for i in range(n):
         x, y = batches[i % len(batches)]
         opt.zero_grad(set_to_none=True)
@@ -127,7 +131,7 @@ def run_steps(args, model, loss_fn, opt, batches, n: int) -> list[float]:
         loss.backward()
         opt.step()
     _sync(args.device)
-    return [(time.perf_counter() - t0) / n]
+    return (time.perf_counter() - t0) / n, (time.thread_time() - c0) / n
 
 
 def profile_steps(args, model, loss_fn, opt, batches, label: str, out: Path, n: int = 6) -> None:
@@ -278,13 +282,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             offload.DEFER_DEVICES.add(torch.device(args.device).type)
 
     samples: dict[str, list[float]] = {label: [] for label in variants}
+    cpu: dict[str, list[float]] = {label: [] for label in variants}
     for label in variants:  # warm-up, each variant
         activate(label)
         run_steps(args, model, loss_fn, opt, batches, args.warmup)
     for _ in range(args.rounds):
         for label in variants:
             activate(label)
-            samples[label].extend(run_steps(args, model, loss_fn, opt, batches, args.steps))
+            wall, thread_cpu = run_steps(args, model, loss_fn, opt, batches, args.steps)
+            samples[label].append(wall)
+            cpu[label].append(thread_cpu)
     if args.profile:
         profiled = ["no recorder", "save_interval=1"] + [TRITON_LABEL] * args.triton_counts
         profiled += [DEFERRED_LABEL] * args.deferred
@@ -312,11 +319,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     print(
         f"{'variant':<30} {'median step (ms)':>17} {'img/s':>9} {'ratio':>7} "
-        f"{'paired ratio':>13} {'added (ms)':>11} {'best (ms)':>10} {'best added':>11}"
+        f"{'paired ratio':>13} {'added (ms)':>11} {'best (ms)':>10} {'best added':>11} "
+        f"{'thread CPU added':>17}"
     )
     ratios = {}
     paired = {}
     best = {label: min(samples[label]) for label in variants}
+    cpu_added: dict[str, float] = {}
     for label in variants:
         med = statistics.median(samples[label])
         ratios[label] = med / base
@@ -324,16 +333,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         pairs = list(zip(samples[label], samples["no recorder"]))
         paired[label] = statistics.median(a / b for a, b in pairs)
         added = statistics.median(a - b for a, b in pairs)
+        cpu_added[label] = statistics.median(a - b for a, b in zip(cpu[label], cpu["no recorder"]))
         print(
             f"{label:<30} {med * 1e3:>17.2f} {args.batch / med:>9.0f} {med / base:>7.3f} "
             f"{paired[label]:>13.3f} {added * 1e3:>11.2f} {best[label] * 1e3:>10.2f} "
-            f"{(best[label] - best['no recorder']) * 1e3:>11.2f}"
+            f"{(best[label] - best['no recorder']) * 1e3:>11.2f} "
+            f"{cpu_added[label] * 1e3:>17.2f}"
         )
     if args.json:
         figures = {"args": vars(args), "device": device, "torch": torch.__version__,
                    "median_step_s": {k: statistics.median(v) for k, v in samples.items()},
                    "ratios": ratios, "paired_ratios": paired,
-                   "best_step_s": best}  # fmt: skip
+                   "best_step_s": best,
+                   "thread_cpu_added_s": cpu_added}  # fmt: skip
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return ratios
 

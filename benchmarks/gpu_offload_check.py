@@ -98,7 +98,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     a, b = _values(tmp / "inline"), _values(tmp / "deferred")
     name = torch.cuda.get_device_name() if kind == "cuda" else "cpu"
-    counts = "torch operations" if args.no_triton else "Triton kernel"
+    if args.no_triton:
+        counts = "torch operations"
+    elif kind in kernels.COUNT_KERNEL_DEVICES:
+        counts = "Triton kernel"
+    else:  # it failed at its first launch (a warning says why) and torch counted instead
+        counts = "torch operations (the Triton kernel failed)"
     print(f"{name}: {len(a)} values ({len({n for n, _ in a})} tensors x steps), counts by {counts}")
     differ = sorted(k for k in a.keys() & b.keys() if not np.array_equal(a[k], b[k]))
     missing = sorted(a.keys() ^ b.keys())

@@ -2,20 +2,23 @@
 
 A ResNet-18 step at batch 64 in bfloat16 on a GPU is bound by the host launching kernels: every
 operation the Recorder launches from the training thread lengthens the step. On the devices in
-:data:`DEFER_DEVICES` the ReLU counts, the model input's reductions and the loss's copies are
-launched instead by the Recorder's own thread (the one that writes), on a CUDA stream of its
-own, while the training thread runs backward (whose kernels the autograd engine launches
-without holding Python's interpreter lock). The training thread keeps what it must do itself:
-the hooks' bookkeeping, the weight and gradient norms (the optimizer changes those tensors in
-place), one CUDA event per hand-off and, at the end of the step, a wait of its stream on the
-side stream, so that nothing the step recorded is overwritten before it is read.
+:data:`DEFER_DEVICES` the ReLU counts, the model input's reductions, the loss's copies and, in
+steps that an optimizer step ends, the weight and gradient norms are launched instead by the
+Recorder's launcher thread, on a CUDA stream of its own, while the training thread runs the
+loss, backward and the optimizer (autograd's engine launches backward's kernels without
+holding Python's interpreter lock). The training thread keeps the hooks' bookkeeping, one CUDA
+event per hand-off (three a step), and two waits of its stream on the side stream: before
+the optimizer step, which changes the weights in place, and at the end of the step, so that
+nothing the step recorded is overwritten before it is read.
 
-The handed-off tensors are ones a training step does not change after their hook: the ReLU
-outputs (backward needs them unchanged), the model's input, outputs and the loss's inputs and
-outputs. Each is handed off with its version counter; one that was changed in place before
-the end of the step is left out of that step, with one warning, and recorded at its call from
-then on. A side-stream read is announced to the caching allocator (``record_stream``), so the
-memory of a tensor that training frees is not reused before the read is done.
+The handed-off tensors are ones training does not change until the Recorder has waited for
+their reads: the ReLU outputs (backward needs them unchanged), the model's input, outputs and
+the loss's inputs and outputs (until the end of the step), the weights (until the optimizer's
+pre-hook) and the gradients (the optimizer reads them). Each is handed off with its version
+counter; one changed in place before its wait is left out of that step, with one warning, and
+recorded at its call from then on (for the weights or gradients: all of that kind). A
+side-stream read is announced to the caching allocator (``record_stream``), so the memory of a
+tensor that training frees is not reused before the read is done.
 
 Empty by default: see docs/recording.md for what is measured and what is still to measure on
 a GPU. On a CPU (``DEFER_DEVICES.add("cpu")``, what the tests and the host-cost proxy use) the
@@ -79,10 +82,13 @@ class Work:
     ``ready``: the training stream's position per CUDA device when it was handed off;
     ``out``: the pending values (1-D tensor, layout) the thread computed; ``done``: per CUDA
     device, an event on the side stream after the last read; ``launched``: set once the thread
-    is through with it (launched on a GPU, computed on a CPU), also when it failed.
+    is through with it (launched on a GPU, computed on a CPU), also when it failed;
+    ``param_checks``: per group of parameters or gradients, (kind, the tensors, their versions,
+    the kind's names, the group's indices in them or None, its rows' layouts); parameters are
+    held strongly (alive anyway) and checked at once, before the optimizer changes them.
     """
 
-    __slots__ = ("checks", "done", "items", "launched", "out", "ready")
+    __slots__ = ("checks", "done", "items", "launched", "out", "param_checks", "ready")
 
     def __init__(
         self,
@@ -92,6 +98,7 @@ class Work:
     ) -> None:
         self.items = items
         self.checks = checks
+        self.param_checks: list[tuple[Any, ...]] = []
         self.ready = ready
         self.out: list[tuple[torch.Tensor, Any]] = []
         self.done: dict[torch.device, Any] = {}

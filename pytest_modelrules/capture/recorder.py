@@ -321,6 +321,14 @@ def _unpack(
         arrays.append((layout.name, chunk.reshape(layout.shape)))
 
 
+def _without(names: list[str], row: np.ndarray, dropped: set[str]) -> tuple[list[str], np.ndarray]:
+    """A row of named scalars without the names in ``dropped``."""
+    keep = [i for i, name in enumerate(names) if name not in dropped]
+    if len(keep) == len(names):
+        return names, row
+    return [names[i] for i in keep], row[keep]
+
+
 class Recorder:
     """Record a PyTorch training run in SageMaker Debugger's terms (see docs/recording.md).
 
@@ -444,9 +452,18 @@ class Recorder:
         # tensor names seen changed in place after a hand-off (captured at their call since)
         self._items: list[tuple[Any, ...]] = []
         self._checks: list[Any] = []
+        # per parameter group handed off: (kind, its tensors, their versions, the kind's
+        # names, the group's indices in them or None for all, the layouts of its rows)
+        self._param_checks: list[tuple[Any, ...]] = []
         self._item_devices: set[torch.device] = set()
         self._works: list[offload.Work] = []
         self._at_call: set[str] = set()
+        # hand-offs of this step already waited for (before the optimizer step changes the
+        # weights), the stored names they lost to an in-place change, and the parameter kinds
+        # ("weights", "gradients") seen changed after a hand-off: reduced at their call since
+        self._settled: list[offload.Work] = []
+        self._dropped: set[str] = set()
+        self._params_at_call: set[str] = set()
         self._relu_calls: dict[int, int] = {}
         self._relu_in_calls: dict[int, int] = {}
         self._dyn_handles: list[Any] = []
@@ -608,6 +625,7 @@ class Recorder:
         self._relu_batch_bytes = 0
         self._grad_acc.clear()
         self._items, self._checks, self._item_devices = [], [], set()
+        self._param_checks = []
         if self.writer is None:
             return
         if here is self._thread:  # the writer's own failure (the disk): stop writing now
@@ -886,6 +904,8 @@ class Recorder:
         items, checks, devices = self._items, self._checks, self._item_devices
         self._items, self._checks, self._item_devices = [], [], set()
         work = offload.Work(items, checks, offload.mark_point(devices))
+        if self._param_checks:
+            work.param_checks, self._param_checks = self._param_checks, []
         self._works.append(work)
         self._submit_launch(self._launch, work)
 
@@ -897,7 +917,7 @@ class Recorder:
                 return
             by_device: dict[torch.device, list[tuple[Any, ...]]] = {}
             for item in work.items:
-                device = item[1] if item[0] == "counts" else item[2].device
+                device = item[2].device if item[0] == "capture" else item[1]
                 by_device.setdefault(device, []).append(item)
             with torch.no_grad():
                 for device, items in by_device.items():
@@ -912,6 +932,13 @@ class Recorder:
                             if item[0] == "counts":
                                 work.out.extend(self._count_group(device, item[2]))
                                 read = [x for x, _ in item[2]]
+                            elif item[0] == "params":
+                                _, _, read, reductions, fused, row_layouts = item
+                                with _no_autocast(device.type):
+                                    rows = compute_batch_rows(
+                                        read, reductions, fused_norms=fused, sums_for_means=True
+                                    )
+                                work.out.extend(zip(rows, row_layouts))
                             else:
                                 _, name, x, full, reductions, names = item
                                 self._compute(name, x, full, reductions, names, work.out)
@@ -947,12 +974,19 @@ class Recorder:
             if not self._open:
                 self._open_step()
             if self._saving:
+                # the optimizer is about to change the weights in place: what was handed off
+                # is read first (on a GPU: its stream waits for the side stream's reads)
+                self._handoff()
+                if self._works:
+                    self._settle()
                 with torch.no_grad():
                     self._capture_params(
                         "gradients",
                         self._grad_tensor_names,
                         [p.grad for p in self._param_tensors],
+                        defer=True,
                     )
+                self._handoff()  # the thread reduces them while the optimizer steps
         except Exception as exc:
             self._fail(exc, "recording gradients")
 
@@ -994,7 +1028,12 @@ class Recorder:
             self._install_step_hooks()
             self._dyn_key = key
         with torch.no_grad():
-            self._capture_params("weights", self._param_names, self._param_tensors)
+            # handed off only where an optimizer step ends the step: its pre-hook is the last
+            # moment before they change, and waits for the thread's reads
+            self._capture_params(
+                "weights", self._param_names, self._param_tensors,
+                defer=self._steps_by_optimizer(),
+            )  # fmt: skip
 
     def _install_step_hooks(self) -> None:
         """The hooks of a step that saves something: loss module, ReLUs (a forward-pre hook
@@ -1130,13 +1169,19 @@ class Recorder:
         return names
 
     def _capture_params(
-        self, kind: str, names: list[str], tensors: list[torch.Tensor | None]
+        self,
+        kind: Any,
+        names: list[str],
+        tensors: list[torch.Tensor | None],
+        defer: bool = False,
     ) -> None:
         """Like :meth:`_capture` for a list of parameters (or gradients; None: no gradient):
         tensors that need the same batchable reductions are reduced together by
         ``compute_batch`` (small tensors first, the order it computes them in). What to do
         with each tensor is worked out once (a :class:`_ParamPlan`) while the same collections
-        save and the same tensors are present. Called under ``torch.no_grad()``."""
+        save and the same tensors are present. With ``defer``, on a device in
+        ``offload.DEFER_DEVICES``, the Recorder's thread reduces the groups (the caller waits
+        for it before the tensors change: :meth:`_settle`). Called under ``torch.no_grad()``."""
         missing = any(t is None for t in tensors)
         key = (kind, tuple(t is None for t in tensors)) if missing else kind
         if key in self._plans_done:
@@ -1146,9 +1191,20 @@ class Recorder:
         if plan is None:
             plan = self._param_plans[key] = self._plan_params(names, tensors)
         pending = self._pending
+        defer = defer and bool(self._defer) and kind not in self._params_at_call
         for reductions, idxs, fused, row_layouts in plan.groups:
             members = tensors if idxs is None else [tensors[i] for i in idxs]
             device = members[0].device  # type: ignore[union-attr]
+            if defer and device.type in self._defer:
+                try:  # the parameters' versions, one list (an inference tensor has none)
+                    versions = [t._version for t in members]  # type: ignore[union-attr]
+                except RuntimeError:
+                    pass
+                else:
+                    self._items.append(("params", device, members, reductions, fused, row_layouts))
+                    self._param_checks.append((kind, members, versions, names, idxs, row_layouts))
+                    self._item_devices.add(device)
+                    continue
             with _no_autocast(device.type):
                 rows = compute_batch_rows(
                     members,  # type: ignore[arg-type]
@@ -1223,7 +1279,7 @@ class Recorder:
         not stall the kernel queue; the writer thread waits on the event instead. A step with
         work handed to the Recorder's thread (offload.py) is transferred by that thread.
         """
-        if self._works:
+        if self._works or self._settled:
             self._flush_handed_off()
             return
         writer = self.writer
@@ -1254,31 +1310,63 @@ class Recorder:
         self._collections_dirty = False
         return self._collections_json()
 
-    def _flush_handed_off(self) -> None:
-        """End a step whose work went to the Recorder's thread: wait until the thread is
-        through with it (on a GPU: has launched it, which it does while backward runs), drop
-        what was changed in place since its hand-off, make training's stream wait for the
-        side stream's reads, and hand over the transfer and the write."""
+    def _settle(self) -> None:
+        """Wait until the Recorder's thread is through with the step's hand-offs so far (on a
+        GPU: has launched them, which it does while training computes), drop what was changed
+        in place since its hand-off, and make training's stream wait for the side stream's
+        reads: from here on training may change or free what was handed off. At the optimizer
+        step (before it changes the weights) and at the end of the step."""
         works, self._works = self._works, []
         for work in works:
             work.launched.wait()
-        if self.dead or self.writer is None:
-            self._pending.clear()
+        self._settled.extend(works)
+        if self.dead:
             return
-        dropped: set[str] = set()
+        changed_params: dict[str, list[str]] = {}
         for work in works:
             for ref, version, stored, (kind, name) in work.checks:
                 x = ref()
-                if x is not None and x._version != version:  # a freed tensor was not changed
-                    dropped.update(stored)
-                    (self._count_at_call if kind == "count" else self._at_call).add(name)
-                    _report(
-                        f"pytest-modelrules Recorder: {name} was changed in place after its "
-                        f"hook, before the end of the step; not recorded at global step "
-                        f"{self.global_step}, recorded at its call from now on"
-                    )
+                if x is None or x._version == version:  # a freed tensor was not changed
+                    continue
+                self._dropped.update(stored)
+                (self._count_at_call if kind == "count" else self._at_call).add(name)
+                _report(
+                    f"pytest-modelrules Recorder: {name} was changed in place after its "
+                    f"hook, before the end of the step; not recorded at global step "
+                    f"{self.global_step}, recorded at its call from now on"
+                )
+            for kind, members, versions, names, idxs, row_layouts in work.param_checks:
+                now = [t._version for t in members]
+                if now == versions:
+                    continue
+                for j, (before, after) in enumerate(zip(versions, now)):
+                    if before != after:
+                        self._dropped.update(r.names[j] for r in row_layouts)
+                        changed_params.setdefault(kind, []).append(
+                            names[j if idxs is None else idxs[j]]
+                        )
+            work.param_checks = []  # the step's gradients are not held past it
             for device, done in work.done.items():
                 torch.cuda.current_stream(device).wait_event(done)
+        for kind, names in changed_params.items():
+            self._params_at_call.add(kind)
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            _report(
+                f"pytest-modelrules Recorder: {kind} changed in place after the step handed "
+                f"them to the Recorder's thread ({shown}); their reductions are not recorded "
+                f"at global step {self.global_step}, and the {kind} are reduced on the "
+                "training thread from now on"
+            )
+
+    def _flush_handed_off(self) -> None:
+        """End a step whose work went to the Recorder's thread: settle its hand-offs
+        (:meth:`_settle`) and hand over the transfer and the write."""
+        self._settle()
+        works, self._settled = self._settled, []
+        dropped, self._dropped = self._dropped, set()
+        if self.dead or self.writer is None:
+            self._pending.clear()
+            return
         pending, self._pending = self._pending, []
         ready = offload.mark_point({flat.device for flat, _ in pending})
         step, mode = self.global_step, self.mode
@@ -1481,6 +1569,7 @@ class Recorder:
         arrays, scalars = self._host_arrays(*copies)
         if dropped:
             arrays = [(name, value) for name, value in arrays if name not in dropped]
+            scalars = [_without(names, row, dropped) for names, row in scalars]
         writer.write_step(step, arrays, mode, mode_step, scalars=scalars)
         if collections is not None:
             writer.set_collections(collections)

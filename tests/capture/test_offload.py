@@ -127,31 +127,46 @@ def test_the_same_with_the_triton_kernel_counting_on_the_thread(tmp_path, monkey
     assert launches == ["modelrules-recorder-launch"] * 5  # one launch per step, on the thread
 
 
-def test_the_work_runs_on_the_recorders_thread(tmp_path, deferred, monkeypatch):
-    """The ReLU counts, the input's channel means and the loss's copies are computed by the
-    Recorder's thread; the weight and gradient norms (which the optimizer changes in place)
-    by the training thread."""
+def _spy_threads(monkeypatch, *names: str) -> dict[str, set[str]]:
+    """Which threads call each of the recorder module's functions ``names``."""
     seen: dict[str, set[str]] = {}
+    for name in names:
+        real = getattr(recorder, name)
 
-    def spy(module, name):
-        real = getattr(module, name)
+        def wrapped(*args, _real=real, _name=name, **kwargs):
+            seen.setdefault(_name, set()).add(threading.current_thread().name)
+            return _real(*args, **kwargs)
 
-        def wrapped(*args, **kwargs):
-            seen.setdefault(name, set()).add(threading.current_thread().name)
-            return real(*args, **kwargs)
+        monkeypatch.setattr(recorder, name, wrapped)
+    return seen
 
-        monkeypatch.setattr(module, name, wrapped)
 
-    spy(recorder, "_unit_counts")
-    spy(recorder, "compute_many")
-    spy(recorder, "_full_copy")
-    spy(recorder, "compute_batch_rows")
-    _train(tmp_path / "run")
-    main = threading.main_thread().name
+def test_the_work_runs_on_the_recorders_thread(tmp_path, deferred, monkeypatch):
+    """In TRAIN steps the ReLU counts, the input's channel means, the loss's copies and the
+    weight and gradient norms are all computed by the Recorder's thread."""
+    seen = _spy_threads(
+        monkeypatch, "_unit_counts", "compute_many", "_full_copy", "compute_batch_rows"
+    )
+    _train(tmp_path / "run", evaluate=False)
+    assert len(seen) == 4
+    assert all(threads == {"modelrules-recorder-launch"} for threads in seen.values()), seen
+
+
+def test_weights_stay_on_the_training_thread_where_no_optimizer_step_ends_the_step(
+    tmp_path, deferred, monkeypatch
+):
+    """Without an optimizer step to wait at, nothing tells the Recorder when the weights are
+    about to change: an EVAL step (or a run without an optimizer) reduces them itself."""
+    seen = _spy_threads(monkeypatch, "compute_batch_rows", "_unit_counts")
+    torch.manual_seed(0)
+    model = TinyNet()
+    with Recorder(tmp_path / "run", model, save_interval=1, mode=modes.EVAL), torch.no_grad():
+        for x, _ in batches(2):
+            model(x)
+    assert seen["compute_batch_rows"] == {threading.main_thread().name}
     assert seen["_unit_counts"] == {"modelrules-recorder-launch"}
-    assert seen["compute_many"] == {"modelrules-recorder-launch"}
-    assert seen["_full_copy"] == {"modelrules-recorder-launch"}
-    assert seen["compute_batch_rows"] == {main}
+    norm = open_run(tmp_path / "run").tensor(reduction_tensor_name("fc.weight", "l2"))
+    assert norm.steps(modes.EVAL) == [0, 1]
 
 
 def test_nothing_moves_to_a_thread_without_the_writer_thread(tmp_path, deferred, monkeypatch):
@@ -354,3 +369,71 @@ def test_switching_the_hand_off_during_a_run_keeps_the_steps_in_order(tmp_path, 
     run = open_run(tmp_path / "run")
     assert run.steps() == list(range(8))
     assert run.tensor("CrossEntropyLoss_input_0").steps() == list(range(8))
+
+
+class _HalvesGradients(torch.optim.SGD):
+    """An optimizer that changes the gradients in place: after the Recorder's pre-hook."""
+
+    def step(self, closure=None):
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p.grad.mul_(0.5)
+        return super().step(closure)
+
+
+def _train_changing(path, optimizer_class=torch.optim.SGD, change_weight_at=None):
+    """TinyNet trained 4 steps; with ``change_weight_at``, fc.weight is scaled in place
+    between backward and the optimizer step of that step."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = optimizer_class(model.parameters(), lr=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Recorder(path, model, loss=loss_fn, optimizer=opt, save_interval=1):
+            for step, (x, y) in enumerate(batches(4)):
+                opt.zero_grad()
+                loss_fn(model(x), y).backward()
+                if step == change_weight_at:
+                    with torch.no_grad():
+                        model.fc.weight.mul_(0.9)
+                opt.step()
+    messages = [str(w.message) for w in caught if "changed in place" in str(w.message)]
+    return _everything(path), messages
+
+
+def test_a_weight_changed_before_the_optimizer_step_is_left_out_then_reduced_inline(
+    tmp_path, monkeypatch
+):
+    """The weights are handed off at the start of the forward pass and read before the
+    optimizer step; one changed in between is left out of that step (its l2 only, with one
+    warning) and the weights are reduced on the training thread from then on, with the values
+    the training thread's path stores."""
+    expected, none = _train_changing(tmp_path / "inline", change_weight_at=1)
+    assert not none
+    monkeypatch.setattr(offload, "DEFER_DEVICES", {"cpu"})
+    got, messages = _train_changing(tmp_path / "deferred", change_weight_at=1)
+    assert len(messages) == 1 and "weights" in messages[0] and "global step 1" in messages[0]
+    lost = (reduction_tensor_name("fc.weight", "l2"), 1)
+    assert lost in expected and lost not in got
+    assert (reduction_tensor_name("conv.weight", "l2"), 1) in got
+    del expected[lost]
+    _assert_same(got, expected)
+
+
+def test_gradients_an_optimizer_changes_in_place_are_left_out_once_then_reduced_inline(
+    tmp_path, monkeypatch
+):
+    """The gradients are handed off at the optimizer's pre-hook and read while it steps; an
+    optimizer that changes them in place loses the first step's gradient norms (one warning),
+    and from then on they are reduced before it steps, as on the training thread's path."""
+    expected, _ = _train_changing(tmp_path / "inline", _HalvesGradients)
+    monkeypatch.setattr(offload, "DEFER_DEVICES", {"cpu"})
+    got, messages = _train_changing(tmp_path / "deferred", _HalvesGradients)
+    assert len(messages) == 1 and "gradients" in messages[0] and "global step 0" in messages[0]
+    lost = {key for key in expected if "/gradient/" in key[0] and key[1] == 0}
+    assert len(lost) == 12 and lost.isdisjoint(got)  # 6 parameters: l2 and abs_mean
+    assert (reduction_tensor_name("gradient/fc.weight", "l2"), 1) in got
+    _assert_same(got, {k: v for k, v in expected.items() if k not in lost})
