@@ -782,7 +782,7 @@ class Recorder:
                 # empty by default: no device looked up
                 on, defer = kernels.COUNT_KERNEL_DEVICES, self._defer
                 if on or defer:
-                    dev = output.device.type
+                    dev = "cuda" if output.is_cuda else output.device.type  # no device object
                     if dev in defer or (dev in on and kernels.readable(output)):
                         if output.is_inference() or stored in self._count_at_call:
                             # no version counter to check, or changed in place before: now
