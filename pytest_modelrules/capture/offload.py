@@ -84,8 +84,10 @@ class Work:
     device, an event on the side stream after the last read; ``launched``: set once the thread
     is through with it (launched on a GPU, computed on a CPU), also when it failed;
     ``param_checks``: per group of parameters or gradients, (kind, the tensors, their versions,
-    the kind's names, the group's indices in them or None, its rows' layouts); parameters are
-    held strongly (alive anyway) and checked at once, before the optimizer changes them.
+    the kind's names, the group's indices in them or None, its rows' layouts). These tensors are
+    held until the wait that orders training's stream after the side stream's reads (the
+    Recorder's ``_settle``), so their memory cannot be reused before it: they need no
+    ``record_stream``.
     """
 
     __slots__ = ("checks", "done", "items", "launched", "out", "param_checks", "ready")

@@ -933,12 +933,16 @@ class Recorder:
                                 work.out.extend(self._count_group(device, item[2]))
                                 read = [x for x, _ in item[2]]
                             elif item[0] == "params":
-                                _, _, read, reductions, fused, row_layouts = item
+                                # held by work.param_checks until _settle makes training's
+                                # stream wait for these reads: no record_stream needed
+                                _, _, members, reductions, fused, row_layouts = item
                                 with _no_autocast(device.type):
                                     rows = compute_batch_rows(
-                                        read, reductions, fused_norms=fused, sums_for_means=True
-                                    )
+                                        members, reductions, fused_norms=fused,
+                                        sums_for_means=True,
+                                    )  # fmt: skip
                                 work.out.extend(zip(rows, row_layouts))
+                                continue
                             else:
                                 _, name, x, full, reductions, names = item
                                 self._compute(name, x, full, reductions, names, work.out)
@@ -1319,8 +1323,13 @@ class Recorder:
         works, self._works = self._works, []
         for work in works:
             work.launched.wait()
+            # also after a failure: the parameters are released below, past these reads
+            for device, done in work.done.items():
+                torch.cuda.current_stream(device).wait_event(done)
         self._settled.extend(works)
         if self.dead:
+            for work in works:
+                work.param_checks = []
             return
         changed_params: dict[str, list[str]] = {}
         for work in works:
@@ -1346,8 +1355,6 @@ class Recorder:
                             names[j if idxs is None else idxs[j]]
                         )
             work.param_checks = []  # the step's gradients are not held past it
-            for device, done in work.done.items():
-                torch.cuda.current_stream(device).wait_event(done)
         for kind, names in changed_params.items():
             self._params_at_call.add(kind)
             shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
