@@ -7,7 +7,7 @@ steps that an optimizer step ends, the weight and gradient norms are launched in
 Recorder's launcher thread, on a CUDA stream of its own, while the training thread runs the
 loss, backward and the optimizer (autograd's engine launches backward's kernels without
 holding Python's interpreter lock). The training thread keeps the hooks' bookkeeping, one CUDA
-event per hand-off (three a step), and two waits of its stream on the side stream: before
+event per hand-off (two a training step), and two waits of its stream on the side stream: before
 the optimizer step, which changes the weights in place, and at the end of the step, so that
 nothing the step recorded is overwritten before it is read.
 

@@ -467,6 +467,7 @@ class Recorder:
         self._relu_calls: dict[int, int] = {}
         self._relu_in_calls: dict[int, int] = {}
         self._dyn_handles: list[Any] = []
+        self._loss_hooked = False  # the loss module's hook is installed for this step
         # the (collections saving, steps by optimizer) the dynamic hooks were installed for:
         # steps that save the same things keep them
         self._dyn_key: tuple[frozenset[int], bool] | None = None
@@ -665,6 +666,7 @@ class Recorder:
         for handle in self._dyn_handles:
             handle.remove()
         self._dyn_handles.clear()
+        self._loss_hooked = False
         self._dyn_key = None
         if static:
             for handle in self._handles:
@@ -718,7 +720,10 @@ class Recorder:
                             self._param_plans.clear()
                             self._marked.discard(name)
                     self._capture(name, value, defer=True)
-            self._handoff()
+            if not (self._loss_hooked and self.mode == ModeKeys.TRAIN):
+                self._handoff()
+            # else with the loss's, right after: one wake of the thread less a step (in
+            # training autograd keeps the ReLU outputs alive until backward anyway)
         except Exception as exc:
             self._fail(exc, "recording the model output")
 
@@ -1047,6 +1052,7 @@ class Recorder:
             f"{self.loss_name}_input_0", f"{self.loss_name}_output_0"
         ):
             self._dyn_handles.append(self.loss_module.register_forward_hook(self._loss_hook))
+            self._loss_hooked = True
         for base, module in self._relus:
             want_in = self._spec(f"{base}_input_0") is not None
             want_out = self._spec(f"{base}_output_0") is not None

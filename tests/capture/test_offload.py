@@ -482,3 +482,26 @@ def test_the_same_with_other_optimizers_and_gradient_accumulation(
     assert {step for _, step in got} == {0, 1, 2, 3}
     assert (reduction_tensor_name("gradient/fc.weight", "l2"), 3) in got
     _assert_same(got, expected)
+
+
+def test_a_training_step_wakes_the_thread_twice(tmp_path, deferred, monkeypatch):
+    """Each hand-off wakes the thread: a TRAIN step hands off after the loss (with the
+    forward pass's work) and at the optimizer's pre-hook; an EVAL step without a loss at the
+    end of the forward pass."""
+    launched: list[int] = []
+    real = recorder.Recorder._launch
+
+    def counted(self, work):
+        launched.append(len(work.items))
+        return real(self, work)
+
+    monkeypatch.setattr(recorder.Recorder, "_launch", counted)
+    _train(tmp_path / "run", evaluate=False)
+    assert len(launched) == 2 * 3 and all(launched)
+    launched.clear()
+    torch.manual_seed(0)
+    model = TinyNet()
+    with Recorder(tmp_path / "eval", model, save_interval=1, mode=modes.EVAL), torch.no_grad():
+        for x, _ in batches(2):
+            model(x)
+    assert len(launched) == 2
