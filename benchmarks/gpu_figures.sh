@@ -11,7 +11,8 @@
 #    gpu_offload_check.py) and with both; bf16 profiled
 #    (op tables and the device's busy time per step); fp32 again with the full input images
 #    recorded (the reference job's set); bf16 with the writer thread idle (both ways of
-#    counting); the CPU host-cost proxy (--host-proxy).
+#    counting); the CPU host-cost proxy (--host-proxy, bf16 channels_last,
+#    with the hand-off: the training thread's CPU time against the GPU's).
 # 2. The reference job's GPU check (benchmarks/gpu_check.py): seed recipe, with and without
 #    the Recorder. About 8 minutes on one H100.
 # Under $OUT: capture.txt, kernel_check.txt, gpu_check.txt, the bf16 profile's tables in
@@ -37,6 +38,6 @@ $PY "${bench[@]}" --precision fp32 --full-inputs --rounds 3 --json "$OUT/json/ca
 # the training thread's share (writer idle), and the CPU proxy on this machine's host, which
 # calibrates the proxy that machines without a GPU measure (docs/recording.md)
 $PY "${bench[@]}" --precision bf16 --channels-last --no-write --triton-counts --deferred --rounds 3 --json "$OUT/json/capture_bf16_no_write.json" 2>&1 | tee -a "$OUT/capture.txt"
-$PY benchmarks/bench_capture.py --host-proxy --precision bf16 --json "$OUT/json/capture_host_proxy.json" 2>&1 | tee -a "$OUT/capture.txt"
+$PY benchmarks/bench_capture.py --host-proxy --precision bf16 --channels-last --deferred --json "$OUT/json/capture_host_proxy.json" 2>&1 | tee -a "$OUT/capture.txt"
 $PY benchmarks/gpu_check.py --out /tmp/modelrules-gpu-check --json "$OUT/json/gpu_check.json" 2>&1 | tail -n 20 | tee "$OUT/gpu_check.txt"
 tar -czf "$OUT/figures.tgz" -C "$OUT" json && rm -rf "$OUT/json"
