@@ -130,8 +130,9 @@ def run_steps(args, model, loss_fn, opt, batches, n: int) -> tuple[float, float]
             loss = loss_fn(out, y)
         loss.backward()
         opt.step()
+    c1 = time.thread_time()  # before the wait for the device (CUDA may spin in it)
     _sync(args.device)
-    return (time.perf_counter() - t0) / n, (time.thread_time() - c0) / n
+    return (time.perf_counter() - t0) / n, (c1 - c0) / n
 
 
 def profile_steps(args, model, loss_fn, opt, batches, label: str, out: Path, n: int = 6) -> None:
