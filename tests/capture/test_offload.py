@@ -505,3 +505,40 @@ def test_a_training_step_wakes_the_thread_twice(tmp_path, deferred, monkeypatch)
         for x, _ in batches(2):
             model(x)
     assert len(launched) == 2
+
+
+def test_a_failure_reducing_the_weights_on_the_thread_stops_recording_only(
+    tmp_path, deferred, monkeypatch
+):
+    """The weight and gradient norms fail on the Recorder's thread at step 2: one warning,
+    the optimizer step that waits for them is not held up, training finishes, and the steps
+    before read back whole."""
+    real = recorder.compute_batch_rows
+    calls = []
+
+    def fails_at_step_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 4:  # weights and gradients each step: steps 0 and 1 succeed
+            raise RuntimeError("norms failed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(recorder, "compute_batch_rows", fails_at_step_2)
+    torch.manual_seed(0)
+    model = TinyNet()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1) as rec:
+            done = 0
+            for x, y in batches(5):
+                opt.zero_grad()
+                loss_fn(model(x), y).backward()
+                opt.step()
+                done += 1
+    assert rec.dead and done == 5
+    messages = [str(w.message) for w in caught if "recording stopped" in str(w.message)]
+    assert len(messages) == 1 and "norms failed" in messages[0]
+    run = open_run(tmp_path / "run")
+    assert run.steps() == [0, 1]
+    assert run.tensor(reduction_tensor_name("gradient/fc.weight", "l2")).steps() == [0, 1]
