@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     import torchvision
 
     from pytest_modelrules import Recorder, modes
-    from pytest_modelrules.capture import kernels, offload
+    from pytest_modelrules.capture import kernels
 
     if args.quick:
         device, size, batch = "cpu", 32, 4
@@ -68,12 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     tmp = Path(tempfile.mkdtemp(prefix="modelrules-offload-check-"))
-    offload.DEFER_DEVICES.add(kind)
     if not args.no_triton:
         kernels.COUNT_KERNEL_DEVICES.add(kind)
-    inline = Recorder(tmp / "inline", model, loss=loss_fn, optimizer=opt, save_interval=1)
-    inline._defer = frozenset()  # this one does its work on the training thread
-    deferred = Recorder(tmp / "deferred", model, loss=loss_fn, optimizer=opt, save_interval=1)
+    common = {"loss": loss_fn, "optimizer": opt, "save_interval": 1}
+    inline = Recorder(tmp / "inline", model, offload=False, **common)
+    deferred = Recorder(tmp / "deferred", model, offload=True, **common)
     try:
         for _ in range(6):
             x, y = batch_of(batch)
@@ -90,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         inline.close()
         deferred.close()
-        offload.DEFER_DEVICES.discard(kind)
         kernels.COUNT_KERNEL_DEVICES.discard(kind)
     for rec in (inline, deferred):
         if rec.error is not None:

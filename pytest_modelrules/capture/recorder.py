@@ -321,6 +321,20 @@ def _unpack(
         arrays.append((layout.name, chunk.reshape(layout.shape)))
 
 
+class _AllDevices:
+    """Every device type (``Recorder(offload=True)``): contains any, and is true."""
+
+    def __contains__(self, device_type: object) -> bool:
+        return True
+
+    def __bool__(self) -> bool:
+        return True
+
+
+#: the module, where the Recorder's ``offload`` argument hides its name
+_offload_module = offload
+
+
 def _without(names: list[str], row: np.ndarray, dropped: set[str]) -> tuple[list[str], np.ndarray]:
     """A row of named scalars without the names in ``dropped``."""
     keep = [i for i, name in enumerate(names) if name not in dropped]
@@ -336,6 +350,9 @@ class Recorder:
     call ``rec.set_mode(modes.EVAL)`` around validation. A step is one optimizer step in TRAIN
     mode when an optimizer is given, else one forward pass of ``model``. Recording never makes a
     training step fail: the first error inside recording is reported once and recording stops.
+    ``offload=True`` has the Recorder's thread (and, on a GPU, its own CUDA stream) compute the
+    step's reductions and copies, ``False`` keeps them on the training thread, ``None`` hands
+    off on the device types in ``capture.offload.DEFER_DEVICES`` (none by default).
     """
 
     def __init__(
@@ -355,6 +372,7 @@ class Recorder:
         storage_options: Mapping[str, Any] | None = None,
         mode: ModeKeys | str = ModeKeys.TRAIN,
         async_write: bool = True,
+        offload: bool | None = None,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise RecorderError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -369,6 +387,11 @@ class Recorder:
             )
         if int(save_interval) < 0:
             raise RecorderError(f"save_interval must be >= 0, got {save_interval}")
+        if offload and not async_write:
+            raise RecorderError(
+                "offload=True hands device work to the Recorder's thread, which "
+                "async_write=False turns off; pass one or the other"
+            )
         self.out_dir = os.fspath(out_dir)
         self.root = model
         self.model = unwrap_model(model)
@@ -478,10 +501,13 @@ class Recorder:
         self._disk_failed = False  # the writer thread's own error: nothing more is written
         self.closed = False
         self._async = bool(async_write)
-        # device types whose work the thread does (none without the thread)
-        self._defer: set[str] | frozenset[str] = (
-            offload.DEFER_DEVICES if self._async else frozenset()
-        )
+        # device types whose work the thread does (none without the thread); the module's
+        # set by default, so that switching it on reaches Recorders already made
+        self._defer: set[str] | frozenset[str] | _AllDevices
+        if offload is None:
+            self._defer = _offload_module.DEFER_DEVICES if self._async else frozenset()
+        else:
+            self._defer = _AllDevices() if offload else frozenset()
         # the thread's jobs, in order; at most 2 steps' writes queued (a training loop that
         # outruns the disk waits rather than holding more steps' values in memory)
         self._queue: queue.Queue = queue.Queue()

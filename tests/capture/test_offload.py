@@ -542,3 +542,25 @@ def test_a_failure_reducing_the_weights_on_the_thread_stops_recording_only(
     run = open_run(tmp_path / "run")
     assert run.steps() == [0, 1]
     assert run.tensor(reduction_tensor_name("gradient/fc.weight", "l2")).steps() == [0, 1]
+
+
+def test_the_offload_argument_decides_for_its_recorder(tmp_path, monkeypatch):
+    """``offload=True`` hands off on any device without the module's set, ``offload=False``
+    keeps the work on the training thread with it, ``None`` follows it."""
+    seen = _spy_threads(monkeypatch, "_unit_counts")
+    launcher, main = {"modelrules-recorder-launch"}, {threading.main_thread().name}
+    _train(tmp_path / "on", evaluate=False, offload=True)
+    assert seen.pop("_unit_counts") == launcher
+    monkeypatch.setattr(offload, "DEFER_DEVICES", {"cpu"})
+    _train(tmp_path / "off", evaluate=False, offload=False)
+    assert seen.pop("_unit_counts") == main
+    _train(tmp_path / "default", evaluate=False)
+    assert seen.pop("_unit_counts") == launcher
+
+
+def test_offload_without_the_writer_thread_is_refused(tmp_path):
+    from pytest_modelrules.exceptions import RecorderError
+
+    with pytest.raises(RecorderError, match="async_write=False"):
+        Recorder(tmp_path / "run", TinyNet(), offload=True, async_write=False)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
