@@ -966,13 +966,8 @@ class Recorder:
                             elif item[0] == "params":
                                 # held by work.param_checks until _settle makes training's
                                 # stream wait for these reads: no record_stream needed
-                                _, _, members, reductions, fused, row_layouts = item
-                                with _no_autocast(device.type):
-                                    rows = compute_batch_rows(
-                                        members, reductions, fused_norms=fused,
-                                        sums_for_means=True,
-                                    )  # fmt: skip
-                                work.out.extend(zip(rows, row_layouts))
+                                _, _, members, reductions, fused, layouts = item
+                                self._param_rows(members, reductions, fused, layouts, work.out)
                                 continue
                             else:
                                 _, name, x, full, reductions, names = item
@@ -1241,19 +1236,25 @@ class Recorder:
                     self._param_checks.append((kind, members, versions, names, idxs, row_layouts))
                     self._item_devices.add(device)
                     continue
-            with _no_autocast(device.type):
-                rows = compute_batch_rows(
-                    members,  # type: ignore[arg-type]
-                    reductions,
-                    fused_norms=fused,
-                    sums_for_means=True,
-                )
-            for row, layout in zip(rows, row_layouts):
-                pending.append((row, layout))
+            self._param_rows(members, reductions, fused, row_layouts, pending)  # type: ignore[arg-type]
         for i in plan.full:
             pending.append(_full_copy(names[i], tensors[i]))  # type: ignore[arg-type]
         for i in plan.other:
             self._capture(names[i], tensors[i])  # type: ignore[arg-type]
+
+    @staticmethod
+    def _param_rows(
+        members: list[torch.Tensor],
+        reductions: tuple[tuple[str, bool], ...],
+        fused: bool,
+        row_layouts: list[_Scalars],
+        pending: list[tuple[torch.Tensor, Any]],
+    ) -> None:
+        """Append to ``pending`` the rows of one parameter group (on the training thread or
+        the Recorder's): one per reduction, laid out as ``row_layouts``."""
+        with _no_autocast(members[0].device.type):
+            rows = compute_batch_rows(members, reductions, fused_norms=fused, sums_for_means=True)
+        pending.extend(zip(rows, row_layouts))
 
     def _plan_params(self, names: list[str], tensors: list[torch.Tensor | None]) -> _ParamPlan:
         groups: dict[tuple[Any, ...], tuple[list[int], list[int]]] = {}
