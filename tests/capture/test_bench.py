@@ -12,15 +12,16 @@ pytest.importorskip("torchvision")
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_capture.py"
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_capture", BENCH)
+def _script(name: str = "bench_capture"):
+    """A script of benchmarks/, imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, BENCH.with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_bench_capture_quick(capsys):
-    ratios = _bench().main(["--quick"])
+    ratios = _script().main(["--quick"])
     out = capsys.readouterr().out
     assert "ResNet-18" in out and "median step (ms)" in out
     for label in ("no recorder", "save_interval=500", "save_interval=1"):
@@ -35,7 +36,7 @@ def test_host_proxy_is_resnet18_at_a_narrow_width(capsys, monkeypatch):
 
     from pytest_modelrules.capture import reductions
 
-    module = _bench()
+    module = _script()
     narrow = module.narrow_resnet18(8)
     full = torchvision.models.resnet18(weights=None, num_classes=43)
     assert type(narrow).__name__ == type(full).__name__ == "ResNet"
@@ -58,7 +59,7 @@ def test_profile_writes_op_tables_and_traces_of_both_variants(tmp_path, capsys):
     """``--profile DIR``: the profiler's tables and a trace of the plain loop and of
     save_interval=1; the Recorder's own operations (the ReLU counts' sums) appear only in the
     second (on a CPU the device's busy time is not measured)."""
-    _bench().main(["--quick", "--profile", str(tmp_path)])
+    _script().main(["--quick", "--profile", str(tmp_path)])
     out = capsys.readouterr().out
     assert "no recorder: wall" in out and "save_interval=1: wall" in out
     plain = (tmp_path / "profile_no_recorder.txt").read_text()
@@ -75,7 +76,7 @@ def test_triton_counts_adds_a_variant_and_leaves_the_kernel_off(capsys):
     pytest.importorskip("triton")
     from pytest_modelrules.capture import kernels
 
-    module = _bench()
+    module = _script()
     ratios = module.main(["--quick", "--triton-counts"])
     out = capsys.readouterr().out
     assert module.TRITON_LABEL in out and set(ratios) == {
@@ -92,10 +93,7 @@ def test_gpu_kernel_check_quick_compares_the_kernel_with_the_torch_operations(ca
     pytest.importorskip("triton")
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("TRITON_INTERPRET=1 was overridden: the quick form runs on the CPU")
-    path = BENCH.with_name("gpu_kernel_check.py")
-    spec = importlib.util.spec_from_file_location("gpu_kernel_check", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("gpu_kernel_check")
     assert [s[1:] for s in module.shapes(64, 224)] == (
         [(64, 112, 112)] + [(64, 56, 56)] * 4 + [(128, 28, 28)] * 4 + [(256, 14, 14)] * 4
         + [(512, 7, 7)] * 4
@@ -112,7 +110,7 @@ def test_deferred_adds_variants_and_leaves_the_thread_off(capsys):
     pytest.importorskip("triton")
     from pytest_modelrules.capture import kernels, offload
 
-    module = _bench()
+    module = _script()
     ratios = module.main(["--quick", "--deferred", "--triton-counts"])
     out = capsys.readouterr().out
     assert module.DEFERRED_LABEL in out and module.BOTH_LABEL in out
@@ -120,20 +118,12 @@ def test_deferred_adds_variants_and_leaves_the_thread_off(capsys):
     assert not offload.DEFER_DEVICES and not kernels.COUNT_KERNEL_DEVICES
 
 
-def _gpu_offload_check():
-    path = BENCH.with_name("gpu_offload_check.py")
-    spec = importlib.util.spec_from_file_location("gpu_offload_check", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_gpu_offload_check_quick_finds_the_two_recordings_equal(capsys):
     """The GPU script's ``--quick`` form: two Recorders on one ResNet-18 loop, one handing its
     work to its thread, every stored value equal; the switches are off again after."""
     from pytest_modelrules.capture import kernels, offload
 
-    assert _gpu_offload_check().main(["--quick", "--no-triton"]) == 0
+    assert _script("gpu_offload_check").main(["--quick", "--no-triton"]) == 0
     out = capsys.readouterr().out
     assert "equal: every value bit for bit" in out and "207 tensors" in out
     assert not offload.DEFER_DEVICES and not kernels.COUNT_KERNEL_DEVICES
@@ -150,6 +140,6 @@ def test_gpu_offload_check_reports_a_difference(capsys, monkeypatch):
         return flat + (threading.current_thread() is not threading.main_thread()), layout
 
     monkeypatch.setattr(recorder, "_unit_counts", off_by_one)
-    assert _gpu_offload_check().main(["--quick", "--no-triton"]) == 1
+    assert _script("gpu_offload_check").main(["--quick", "--no-triton"]) == 1
     out = capsys.readouterr().out
     assert "DIFFERENT" in out and "relu_output" in out

@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
-from capture_helpers import SelfLossNet, TinyNet, batches
+from capture_helpers import SelfLossNet, TinyNet, batches, train
 
 from pytest_modelrules import Recorder, modes, open_run
 from pytest_modelrules.store.names import reduction_tensor_name
@@ -258,40 +258,42 @@ def test_a_relu_output_changed_after_the_forward_pass_is_left_out_of_that_step(t
     np.testing.assert_array_equal(fraction.value(2), expected)
 
 
+@pytest.mark.parametrize(
+    "broken", ["_unit_counts", "compute_batch_rows"], ids=["relu-counts", "parameter-norms"]
+)
 def test_a_failure_on_the_thread_stops_recording_and_training_goes_on(
-    tmp_path, deferred, monkeypatch
+    tmp_path, deferred, monkeypatch, broken
 ):
-    """An error while the thread computes: one warning naming it, recording stops, training
-    finishes, the steps written before read back."""
-    real = recorder._unit_counts
+    """An error while the thread computes (the ReLU counts, or the weight and gradient norms
+    that the optimizer step waits for): one warning naming it, recording stops, training
+    finishes, the steps written before read back whole."""
+    real = getattr(recorder, broken)
     calls = []
 
-    def fails_at_step_2(x, name):
-        calls.append(name)
-        if len(calls) > 4:  # two ReLU calls a step: steps 0 and 1 succeed
+    def fails_at_step_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 4:  # twice a step (two ReLU calls; weights and gradients): steps 0, 1
             raise RuntimeError("device lost")
-        return real(x, name)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(recorder, "_unit_counts", fails_at_step_2)
+    monkeypatch.setattr(recorder, broken, fails_at_step_2)
     torch.manual_seed(0)
     model = TinyNet()
     loss_fn = torch.nn.CrossEntropyLoss()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    losses = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1) as rec:
-            for x, y in batches(5):
-                opt.zero_grad()
-                loss = loss_fn(model(x), y)
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
+            losses = train(model, loss_fn, opt, batches(5))
     assert len(losses) == 5 and rec.dead
     messages = [str(w.message) for w in caught if "recording stopped" in str(w.message)]
     assert len(messages) == 1
     assert "Recorder's thread" in messages[0] and "device lost" in messages[0]
-    assert open_run(tmp_path / "run").steps() == [0, 1]
+    run = open_run(tmp_path / "run")
+    assert run.steps() == [0, 1]
+    fraction = reduction_tensor_name("relu_output_0", "positive_fraction")
+    for name in (fraction, reduction_tensor_name("gradient/fc.weight", "l2")):
+        assert run.tensor(name).steps() == [0, 1], name
 
 
 @pytest.mark.parametrize("defer", [False, True])
@@ -505,43 +507,6 @@ def test_a_training_step_wakes_the_thread_twice(tmp_path, deferred, monkeypatch)
         for x, _ in batches(2):
             model(x)
     assert len(launched) == 2
-
-
-def test_a_failure_reducing_the_weights_on_the_thread_stops_recording_only(
-    tmp_path, deferred, monkeypatch
-):
-    """The weight and gradient norms fail on the Recorder's thread at step 2: one warning,
-    the optimizer step that waits for them is not held up, training finishes, and the steps
-    before read back whole."""
-    real = recorder.compute_batch_rows
-    calls = []
-
-    def fails_at_step_2(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > 4:  # weights and gradients each step: steps 0 and 1 succeed
-            raise RuntimeError("norms failed")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(recorder, "compute_batch_rows", fails_at_step_2)
-    torch.manual_seed(0)
-    model = TinyNet()
-    loss_fn = torch.nn.CrossEntropyLoss()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1) as rec:
-            done = 0
-            for x, y in batches(5):
-                opt.zero_grad()
-                loss_fn(model(x), y).backward()
-                opt.step()
-                done += 1
-    assert rec.dead and done == 5
-    messages = [str(w.message) for w in caught if "recording stopped" in str(w.message)]
-    assert len(messages) == 1 and "norms failed" in messages[0]
-    run = open_run(tmp_path / "run")
-    assert run.steps() == [0, 1]
-    assert run.tensor(reduction_tensor_name("gradient/fc.weight", "l2")).steps() == [0, 1]
 
 
 def test_the_offload_argument_decides_for_its_recorder(tmp_path, monkeypatch):
