@@ -9,7 +9,9 @@ of the ratio (and difference) to the same round's baseline ("paired": robust to 
 whose speed drifts), each variant's best block ("best": for the host-cost proxy, whose
 steps are deterministic CPU work, the least disturbed measurement) and the median CPU time
 the training thread itself added a step ("thread CPU added": what remains on the thread that
-launches a GPU's kernels once the Recorder's threads take their share). ``--full-inputs`` also
+launches a GPU's kernels once the Recorder's threads take their share) and the CPU time of
+the Recorder's own threads a step ("Recorder threads CPU": the launcher's and the writer's, what
+they can take from the training thread through the interpreter lock). ``--full-inputs`` also
 records the full input images (what the reference job adds for the report's gallery);
 ``--triton-counts`` adds a fourth variant, save_interval 1 with the optional Triton kernel
 for the ReLU counts (capture/kernels.py); ``--deferred`` a variant whose device work the
@@ -34,6 +36,7 @@ import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 TRITON_LABEL = "save_interval=1, Triton counts"
 DEFERRED_LABEL = "save_interval=1, deferred"
@@ -135,6 +138,24 @@ def run_steps(args, model, loss_fn, opt, batches, n: int) -> tuple[float, float]
     return (time.perf_counter() - t0) / n, (c1 - c0) / n
 
 
+def recorder_threads_cpu(rec: Any) -> float | None:
+    """CPU seconds the Recorder's launcher and writer threads have used so far (None where
+    the platform has no per-thread clock). On a launch-bound GPU step they compete with the
+    training thread for the interpreter lock: what they use bounds what they can take."""
+    getclock = getattr(time, "pthread_getcpuclockid", None)
+    if getclock is None:
+        return None
+    total = 0.0
+    for thread in (rec._launcher, rec._thread):  # started on first use, alive until close
+        if thread is not None and thread.is_alive() and thread.ident is not None:
+            total += time.clock_gettime(getclock(thread.ident))
+    return total
+
+
+def _ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1e3:.2f}"
+
+
 def profile_steps(args, model, loss_fn, opt, batches, label: str, out: Path, n: int = 6) -> None:
     """Profile ``n`` steps of one variant: op tables by host and by device time, and per step
     the wall time and the device's busy time (the sum of its kernels and copies: a step whose
@@ -222,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--quick", action="store_true", help="tiny run (for the test suite)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.size, args.batch, args.steps, args.rounds, args.warmup = 16, 8, 2, 1, 1
+        args.size, args.batch, args.steps, args.rounds, args.warmup = 16, 8, 2, 2, 1
 
     if args.host_proxy:
         args.width, args.size, args.batch, args.threads = 8, 32, 4, 1
@@ -284,15 +305,25 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     samples: dict[str, list[float]] = {label: [] for label in variants}
     cpu: dict[str, list[float]] = {label: [] for label in variants}
+    # the Recorder's own threads' CPU time, read as each round starts a variant's block: from
+    # the first round to the last, every block and what its threads did after it
+    clocks: dict[str, list[float | None]] = {label: [] for label in recorders}
     for label in variants:  # warm-up, each variant
         activate(label)
         run_steps(args, model, loss_fn, opt, batches, args.warmup)
     for _ in range(args.rounds):
         for label in variants:
             activate(label)
+            if label in recorders:
+                clocks[label].append(recorder_threads_cpu(recorders[label]))
             wall, thread_cpu = run_steps(args, model, loss_fn, opt, batches, args.steps)
             samples[label].append(wall)
             cpu[label].append(thread_cpu)
+    threads_cpu: dict[str, float | None] = {"no recorder": 0.0}
+    for label, readings in clocks.items():
+        first, last = readings[0], readings[-1]
+        ok = len(readings) > 1 and first is not None and last is not None
+        threads_cpu[label] = (last - first) / ((len(readings) - 1) * args.steps) if ok else None
     if args.profile:
         profiled = ["no recorder", "save_interval=1"] + [TRITON_LABEL] * args.triton_counts
         profiled += [DEFERRED_LABEL] * args.deferred
@@ -321,7 +352,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(
         f"{'variant':<30} {'median step (ms)':>17} {'img/s':>9} {'ratio':>7} "
         f"{'paired ratio':>13} {'added (ms)':>11} {'best (ms)':>10} {'best added':>11} "
-        f"{'thread CPU added':>17}"
+        f"{'thread CPU added':>17} {'Recorder threads CPU':>21}"
     )
     ratios = {}
     paired = {}
@@ -339,14 +370,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             f"{label:<30} {med * 1e3:>17.2f} {args.batch / med:>9.0f} {med / base:>7.3f} "
             f"{paired[label]:>13.3f} {added * 1e3:>11.2f} {best[label] * 1e3:>10.2f} "
             f"{(best[label] - best['no recorder']) * 1e3:>11.2f} "
-            f"{cpu_added[label] * 1e3:>17.2f}"
+            f"{cpu_added[label] * 1e3:>17.2f} {_ms(threads_cpu.get(label)):>21}"
         )
     if args.json:
         figures = {"args": vars(args), "device": device, "torch": torch.__version__,
                    "median_step_s": {k: statistics.median(v) for k, v in samples.items()},
                    "ratios": ratios, "paired_ratios": paired,
                    "best_step_s": best,
-                   "thread_cpu_added_s": cpu_added}  # fmt: skip
+                   "thread_cpu_added_s": cpu_added,
+                   "recorder_threads_cpu_s": threads_cpu}  # fmt: skip
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return ratios
 

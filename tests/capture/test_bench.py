@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import threading
 from pathlib import Path
 
@@ -20,13 +21,38 @@ def _script(name: str = "bench_capture"):
     return module
 
 
-def test_bench_capture_quick(capsys):
-    ratios = _script().main(["--quick"])
+def test_bench_capture_quick(capsys, tmp_path):
+    ratios = _script().main(["--quick", "--json", str(tmp_path / "figures.json")])
     out = capsys.readouterr().out
-    assert "ResNet-18" in out and "median step (ms)" in out
+    assert "ResNet-18" in out and "median step (ms)" in out and "Recorder threads CPU" in out
     for label in ("no recorder", "save_interval=500", "save_interval=1"):
         assert label in out and ratios[label] > 0
     assert ratios["no recorder"] == 1.0
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    assert set(figures["recorder_threads_cpu_s"]) == set(ratios)
+    # a step saved at every step keeps the writer thread busy; the plain loop has none
+    assert figures["recorder_threads_cpu_s"]["save_interval=1"] > 0
+    assert figures["recorder_threads_cpu_s"]["no recorder"] == 0
+
+
+def test_recorder_threads_cpu_counts_the_writer_threads_work(tmp_path):
+    """The benchmark's per-thread clock: zero before the Recorder starts a thread, then growing
+    with the steps its writer thread writes."""
+    import torch
+
+    from pytest_modelrules import Recorder
+
+    module = _script()
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    with Recorder(tmp_path / "run", model, save_interval=1) as rec:
+        assert module.recorder_threads_cpu(rec) == 0.0  # no step yet: no thread
+        model(torch.randn(2, 4))
+        model(torch.randn(2, 4))
+        first = module.recorder_threads_cpu(rec)
+        for _ in range(200):
+            model(torch.randn(2, 4))
+        # at most 2 steps' writes wait in its queue: it has written the most of these
+        assert module.recorder_threads_cpu(rec) > first >= 0
 
 
 def test_host_proxy_is_resnet18_at_a_narrow_width(capsys, monkeypatch):
