@@ -15,10 +15,11 @@ addresses and shapes travels to the device with the launch; the counts come back
 narrowest integer dtype that holds the batch size (uint8 up to 255 samples: a quarter of
 float32's bytes to move to the host).
 
-It is used only on the devices in :data:`COUNT_KERNEL_DEVICES` (empty by default: see
-docs/recording.md for what was measured and what is still to measure), reads contiguous and
-channels_last batches (others are counted by the torch operations), and the Recorder switches
-it off for the process, with one warning, if it fails to compile or launch: recording goes on.
+It is used only where a Recorder is made with ``count_kernel=True`` or on the devices in
+:data:`COUNT_KERNEL_DEVICES` (empty by default: see docs/recording.md for what was measured and
+what is still to measure), reads contiguous and channels_last batches (others are counted by
+the torch operations), and the Recorder switches it off (for itself, or in that set), with one
+warning, if it fails to compile or launch: recording goes on.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import torch
 
 from .reductions import _MASK_DTYPES
 
-#: device types ("cuda") on which the Recorder counts ReLU outputs with the Triton kernel
+#: device types ("cuda") on which Recorders made with ``count_kernel=None`` (the default) count
+#: ReLU outputs with the Triton kernel
 COUNT_KERNEL_DEVICES: set[str] = set()
 
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}

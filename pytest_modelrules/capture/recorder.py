@@ -14,6 +14,7 @@ device, which the writer thread splits.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import queue
@@ -261,7 +262,7 @@ def _unit_counts(x: torch.Tensor, name: str) -> tuple[torch.Tensor, _Counts]:
     on the device), and its layout. Measured on an H100 (bfloat16, channels_last), this beat
     reducing the batch as an (N, units) matrix in memory order: that sum ran faster, but
     putting its counts back in C order, on the device or on the writer thread, cost more. On
-    the devices in ``kernels.COUNT_KERNEL_DEVICES`` the Recorder counts with a Triton kernel
+    the devices where its ``count_kernel`` is on the Recorder counts with a Triton kernel
     instead (:meth:`Recorder._count_relu_batch`)."""
     flat = positive_counts(x).reshape(-1)
     return flat, _Counts(((name, x.shape[0], flat.numel()),))
@@ -353,6 +354,9 @@ class Recorder:
     ``offload=True`` has the Recorder's thread (and, on a GPU, its own CUDA stream) compute the
     step's reductions and copies, ``False`` keeps them on the training thread, ``None`` hands
     off on the device types in ``capture.offload.DEFER_DEVICES`` (none by default).
+    ``count_kernel=True`` counts the ReLU outputs' positives with one Triton launch a step on
+    CUDA devices (capture/kernels.py), ``False`` with torch operations, ``None`` with the
+    kernel on the device types in ``capture.kernels.COUNT_KERNEL_DEVICES`` (none by default).
     """
 
     def __init__(
@@ -373,6 +377,7 @@ class Recorder:
         mode: ModeKeys | str = ModeKeys.TRAIN,
         async_write: bool = True,
         offload: bool | None = None,
+        count_kernel: bool | None = None,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise RecorderError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -392,6 +397,23 @@ class Recorder:
                 "offload=True hands device work to the Recorder's thread, which "
                 "async_write=False turns off; pass one or the other"
             )
+        # device types whose ReLU counts the Triton kernel makes: the module's set by default
+        # (switching it on reaches Recorders already made); a failing kernel is taken out of
+        # the set it was found in, with one warning
+        self._kernel_devices: set[str] | frozenset[str]
+        if count_kernel is None:
+            self._kernel_devices = kernels.COUNT_KERNEL_DEVICES
+        elif count_kernel:
+            if importlib.util.find_spec("triton") is None:
+                raise RecorderError(
+                    "count_kernel=True counts ReLU outputs with a Triton kernel, and Triton is "
+                    "not installed (pip install triton; it comes with CUDA builds of PyTorch)"
+                )
+            # on the CPU only under Triton's interpreter (set before Triton is imported)
+            interpret = os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
+            self._kernel_devices = {"cuda", "cpu"} if interpret else {"cuda"}
+        else:
+            self._kernel_devices = frozenset()
         self.out_dir = os.fspath(out_dir)
         self.root = model
         self.model = unwrap_model(model)
@@ -813,7 +835,7 @@ class Recorder:
                 # queued for one launch of the Triton kernel at the end of the forward pass
                 # (_count_relu_batch), or for the Recorder's thread (offload.py); both sets are
                 # empty by default: no device looked up
-                on, defer = kernels.COUNT_KERNEL_DEVICES, self._defer
+                on, defer = self._kernel_devices, self._defer
                 if on or defer:
                     dev = "cuda" if output.is_cuda else output.device.type  # no device object
                     if dev in defer or (dev in on and kernels.readable(output)):
@@ -897,12 +919,12 @@ class Recorder:
         known_readable: bool = False,
     ) -> list[tuple[torch.Tensor, Any]]:
         """The pending counts of ReLU outputs of one device and dtype: one Triton launch for
-        those the kernel reads where it is on (``kernels.COUNT_KERNEL_DEVICES``), the torch
+        those the kernel reads where it is on (``count_kernel``), the torch
         operations for the rest. If the kernel fails, the torch operations count these and
         every later batch on that device type, with one warning."""
         out: list[tuple[torch.Tensor, Any]] = []
         rest = entries
-        if device.type in kernels.COUNT_KERNEL_DEVICES:
+        if device.type in self._kernel_devices:
             if known_readable:
                 ours, rest = entries, []
             else:  # one readability check per output
@@ -913,7 +935,7 @@ class Recorder:
                 try:
                     counts = kernels.positive_counts_c_order([x for x, _ in ours], checked=True)
                 except Exception as exc:  # Triton missing or failing: torch from now on
-                    kernels.COUNT_KERNEL_DEVICES.discard(device.type)
+                    self._kernel_devices.discard(device.type)  # type: ignore[union-attr]
                     _report(
                         f"pytest-modelrules: the Triton positive-count kernel failed on "
                         f"{device.type} ({type(exc).__name__}: {exc}); counting with torch "

@@ -127,14 +127,17 @@ def test_one_launch_takes_one_dtype_and_device(interpreted):
         kernels.positive_counts_c_order([])
 
 
-def _record(tmp_path, name, channels_last=True):
+def _record(tmp_path, name, channels_last=True, **recorder_kwargs):
     torch.manual_seed(0)
     model = TinyNet()
     loss_fn = torch.nn.CrossEntropyLoss()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    with Recorder(tmp_path / name, model, loss=loss_fn, optimizer=opt, save_interval=1):
+    rec = Recorder(
+        tmp_path / name, model, loss=loss_fn, optimizer=opt, save_interval=1, **recorder_kwargs
+    )
+    with rec:
         for x, y in batches(2):
             opt.zero_grad()
             loss_fn(model(x.contiguous(memory_format=fmt)), y).backward()
@@ -185,6 +188,80 @@ def test_recorder_with_the_kernel_stores_what_the_torch_operations_store(
     assert launches == [[(8, 4, 8, 8), (8, 4, 8, 8)]] * 2
     for key, value in reference.items():
         assert got[key].dtype == value.dtype == np.float32
+        np.testing.assert_array_equal(got[key], value, err_msg=str(key))
+
+
+def test_count_kernel_argument_overrides_the_module_set_for_one_recorder(
+    interpreted, tmp_path, monkeypatch
+):
+    """``Recorder(count_kernel=True)`` launches the kernel with the module's set empty,
+    ``count_kernel=False`` never does with it on; both store the torch path's values, and
+    neither touches the module's set."""
+    seen: list[int] = []
+    real = kernels.positive_counts_c_order
+
+    def counted(xs, **kwargs):
+        seen.append(len(xs))
+        return real(xs, **kwargs)
+
+    monkeypatch.setattr(kernels, "positive_counts_c_order", counted)
+    monkeypatch.setattr(kernels, "COUNT_KERNEL_DEVICES", set())
+    reference = _record(tmp_path, "torch")
+    assert seen == []
+    got = _record(tmp_path, "on", count_kernel=True)
+    assert seen == [2, 2]  # one launch a step for both ReLU calls
+    assert not kernels.COUNT_KERNEL_DEVICES
+    monkeypatch.setattr(kernels, "COUNT_KERNEL_DEVICES", {"cpu"})
+    off = _record(tmp_path, "off", count_kernel=False)
+    assert seen == [2, 2] and set(kernels.COUNT_KERNEL_DEVICES) == {"cpu"}
+    for key, value in reference.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=str(key))
+        np.testing.assert_array_equal(off[key], value, err_msg=str(key))
+
+
+def test_count_kernel_true_on_a_cuda_only_setup_leaves_cpu_tensors_to_torch(tmp_path, monkeypatch):
+    """Without Triton's interpreter the kernel runs on CUDA devices only: a CPU model with
+    ``count_kernel=True`` is counted by the torch operations, with no failed launch and no
+    warning."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(kernels, "positive_counts_c_order", lambda xs, **kw: 1 / 0)
+    reference = _record_with_torch(tmp_path, "torch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = _record(tmp_path, "cuda-only", count_kernel=True)
+    for key, value in reference.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=str(key))
+
+
+def test_count_kernel_true_without_triton_is_refused(tmp_path, monkeypatch):
+    import importlib.util
+
+    from pytest_modelrules.exceptions import RecorderError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real(name, *a)
+    )
+    with pytest.raises(RecorderError, match=r"count_kernel=True .* Triton is not installed"):
+        Recorder(tmp_path / "run", TinyNet(), count_kernel=True)
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_a_failing_kernel_of_one_recorder_is_switched_off_for_that_recorder(
+    interpreted, tmp_path, monkeypatch
+):
+    """With ``count_kernel=True`` a kernel that fails is switched off for that Recorder (one
+    warning, the torch operations' values), not in the module's set."""
+    reference = _record_with_torch(tmp_path, "torch")
+    monkeypatch.setattr(kernels, "positive_counts_c_order", lambda xs, **kw: 1 / 0)
+    monkeypatch.setattr(kernels, "COUNT_KERNEL_DEVICES", {"cpu"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = _record(tmp_path, "fallback", count_kernel=True)
+    messages = [str(w.message) for w in caught if "Triton positive-count kernel" in str(w.message)]
+    assert len(messages) == 1 and "ZeroDivisionError" in messages[0]
+    assert set(kernels.COUNT_KERNEL_DEVICES) == {"cpu"}
+    for key, value in reference.items():
         np.testing.assert_array_equal(got[key], value, err_msg=str(key))
 
 
