@@ -15,6 +15,7 @@
 #    with the hand-off: the training thread's CPU time against the GPU's).
 # 2. The reference job's GPU check (benchmarks/gpu_check.py): seed recipe, with and without
 #    the Recorder. About 8 minutes on one H100.
+# 3. Each capture run against the issue's goals (capture_goals.py), printed last.
 # Under $OUT: capture.txt, kernel_check.txt, gpu_check.txt, the bf16 profile's tables in
 # profile/ and every JSON in figures.tgz (seven files: a lent GPU machine hands back eight).
 set -u -o pipefail
@@ -40,4 +41,6 @@ $PY "${bench[@]}" --precision fp32 --full-inputs --rounds 3 --json "$OUT/json/ca
 $PY "${bench[@]}" --precision bf16 --channels-last --no-write --triton-counts --deferred --rounds 3 --json "$OUT/json/capture_bf16_no_write.json" 2>&1 | tee -a "$OUT/capture.txt"
 $PY benchmarks/bench_capture.py --host-proxy --precision bf16 --channels-last --deferred --json "$OUT/json/capture_host_proxy.json" 2>&1 | tee -a "$OUT/capture.txt"
 $PY benchmarks/gpu_check.py --out /tmp/modelrules-gpu-check --json "$OUT/json/gpu_check.json" 2>&1 | tail -n 20 | tee "$OUT/gpu_check.txt"
+# last, so that the output ends with it: each capture run against the issue's goals
+$PY benchmarks/capture_goals.py "$OUT"/json/capture_*.json 2>&1 | tee -a "$OUT/capture.txt"
 tar -czf "$OUT/figures.tgz" -C "$OUT" json && rm -rf "$OUT/json"

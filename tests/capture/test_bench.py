@@ -169,3 +169,66 @@ def test_gpu_offload_check_reports_a_difference(capsys, monkeypatch):
     assert _script("gpu_offload_check").main(["--quick", "--no-triton"]) == 1
     out = capsys.readouterr().out
     assert "DIFFERENT" in out and "relu_output" in out
+
+
+def _figures(device: str, ratios: dict[str, float], paired=None, **args) -> dict:
+    base = {"device": device, "precision": "bf16", "size": 224, "batch": 64}
+    if device == "cpu":
+        base.update(size=32, precision="fp32")
+    return {
+        "args": {**base, **args},
+        "device": device,
+        "ratios": {"no recorder": 1.0, **ratios},
+        "paired_ratios": {"no recorder": 1.0, **(paired or ratios)},
+    }
+
+
+def test_capture_goals_judges_each_run_against_the_goal_of_its_device(tmp_path, capsys):
+    """GPU runs at the seed's scale against 1.02 / 1.10, CPU runs at 32 px against 1.05 /
+    1.25; a save_interval 1 goal is met by its best variant, where both ratios are within
+    it; diagnostics (the proxy, full inputs, writer idle) are listed, not judged."""
+    goals = _script("capture_goals")
+    gpu = _figures(
+        "cuda",
+        {"save_interval=500": 1.015, "save_interval=1": 1.40, "save_interval=1, deferred": 1.09},
+        paired={"save_interval=500": 1.01, "save_interval=1": 1.38,
+                "save_interval=1, deferred": 1.095},
+    )  # fmt: skip
+    lines, ok = goals.judge(gpu)
+    text = "\n".join(lines)
+    assert ok is True and "best variant 'save_interval=1, deferred' at 1.095" in text
+    assert "goal 1.10 met" in text and "goal 1.02 met" in text
+    # the paired ratio over the goal is enough to miss it
+    over = _figures(
+        "cuda",
+        {"save_interval=500": 1.0, "save_interval=1": 1.09},
+        paired={"save_interval=500": 1.0, "save_interval=1": 1.11},
+    )
+    lines, ok = goals.judge(over)
+    assert ok is False and "goal 1.10 not met" in "\n".join(lines)
+    # the same ratios on a CPU run are within the CPU's goals
+    cpu = _figures("cpu", {"save_interval=500": 1.04, "save_interval=1": 1.24})
+    assert goals.judge(cpu)[1] is True
+    assert (
+        goals.judge(_figures("cpu", {"save_interval=500": 1.06, "save_interval=1": 1.0}))[1]
+        is False
+    )
+    for diagnostic in ({"host_proxy": True}, {"full_inputs": True}, {"no_write": True},
+                       {"size": 64}):  # fmt: skip
+        lines, ok = goals.judge(_figures("cuda", {"save_interval=1": 3.0}, **diagnostic))
+        assert ok is None and "no goal" in lines[0]
+    paths = []
+    for name, figures in (
+        ("gpu", gpu),
+        ("cpu", cpu),
+        ("proxy", _figures("cpu", {}, host_proxy=True)),
+    ):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(figures))
+    assert goals.main([str(p) for p in paths]) == 0
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    assert goals.main([str(paths[0]), str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "bad.json: not a bench_capture.py --json file" in out
+    assert goals.main([str(paths[2])]) == 1  # nothing judged
