@@ -297,9 +297,12 @@ def _unpack(
     chunk: np.ndarray,
     arrays: list[tuple[str, np.ndarray]],
     scalars: list[tuple[list[str], np.ndarray]],
+    counts: dict[str, tuple[np.ndarray, int]] | None = None,
 ) -> None:
     """Append the named arrays (or scalar rows) of one pending value (``chunk``: its
-    transferred elements)."""
+    transferred elements). With ``counts``, positive counts are gathered there instead, those
+    of one name added up (DataParallel's replicas: one batch each), for :func:`_fractions`
+    once the step's values are all unpacked."""
     kind = type(layout)
     if kind is _Scalars:
         if layout.divisor is not None:
@@ -309,8 +312,21 @@ def _unpack(
     elif kind is _Counts:
         offset = 0
         for name, n, units in layout.items:
-            arrays.append((name, _fractions(chunk[offset : offset + units], n)))
+            part = chunk[offset : offset + units]
             offset += units
+            if counts is None:
+                arrays.append((name, _fractions(part, n)))
+                continue
+            before = counts.get(name)
+            if before is None:
+                counts[name] = (part, n)
+            elif before[0].shape == part.shape:  # exact sums: integers far below 2**53
+                counts[name] = (np.add(before[0], part, dtype=np.float64), before[1] + n)
+            else:
+                raise ValueError(
+                    f"{name}: {before[0].size} units in one call and {part.size} in another "
+                    "of the same step (DataParallel replicas of different shapes)"
+                )
     elif kind is _Red:
         offset = 0
         for tname, red, shape in layout.items:
@@ -540,6 +556,8 @@ class Recorder:
         # the launcher thread (offload.py): hand-offs and their transfers, never the disk
         self._launch_queue: queue.SimpleQueue = queue.SimpleQueue()
         self._launcher: threading.Thread | None = None
+        # DataParallel's replicas call the ReLU hooks from their threads: the queue's lock
+        self._replica_lock = threading.Lock()
         self.error: BaseException | None = None
 
         # distributed: one shard per rank
@@ -798,8 +816,9 @@ class Recorder:
             if self.dead or self._forward_index or not self._saving:
                 return
             try:
-                k = self._relu_in_calls.get(key, 0)
-                self._relu_in_calls[key] = k + 1
+                calls_key = key if mod is module else (key, id(mod))  # a replica: see hook
+                k = self._relu_in_calls.get(calls_key, 0)
+                self._relu_in_calls[calls_key] = k + 1
                 if args and isinstance(args[0], torch.Tensor):
                     with torch.no_grad():
                         self._capture(f"{base}_input_{k}", args[0])
@@ -817,8 +836,14 @@ class Recorder:
             if self.dead or self._forward_index or not self._saving:
                 return
             try:
-                k = calls.get(key, 0)
-                calls[key] = k + 1
+                # DataParallel's replicas (copies of the module, one a GPU, run in threads)
+                # share its hooks: each counts its own calls, and the positive counts of the
+                # replicas' call k add up on the host (_host_arrays) into one tensor over the
+                # whole batch; the general path (_capture) keeps the first replica's
+                replica = mod is not module
+                calls_key = (key, id(mod)) if replica else key
+                k = calls.get(calls_key, 0)
+                calls[calls_key] = k + 1
                 plan = plans.get((key, k))
                 if plan is None:
                     plan = self._relu_output_plan(base, key, k)
@@ -829,9 +854,10 @@ class Recorder:
                         self._capture(f"{base}_output_{k}", output)
                     return
                 name, stored = plan
-                if name in self._captured:
+                seen = (name, id(mod)) if replica else name
+                if seen in self._captured:
                     return
-                self._captured.add(name)
+                self._captured.add(seen)
                 # queued for one launch of the Triton kernel at the end of the forward pass
                 # (_count_relu_batch), or for the Recorder's thread (offload.py); both sets are
                 # empty by default: no device looked up
@@ -843,11 +869,11 @@ class Recorder:
                             # no version counter to check, or changed in place before: now
                             now = self._count_group(output.device, [(output, stored)])
                             self._pending.extend(now)
+                        elif replica:  # the replicas' threads queue one at a time
+                            with self._replica_lock:
+                                self._queue_relu(output, stored)
                         else:
-                            self._relu_batch.append((output, output._version, stored))
-                            self._relu_batch_bytes += output.numel() * output.element_size()
-                            if self._relu_batch_bytes > RELU_QUEUE_BYTES:
-                                self._count_relu_batch()
+                            self._queue_relu(output, stored)
                         return
                 self._pending.append(_unit_counts(output, stored))
             except Exception as exc:
@@ -857,6 +883,14 @@ class Recorder:
             self._dyn_handles.append(module.register_forward_pre_hook(pre_hook))
         if outputs:
             self._dyn_handles.append(module.register_forward_hook(hook))
+
+    def _queue_relu(self, output: torch.Tensor, stored: str) -> None:
+        """Queue a ReLU output for the end of the forward pass (:meth:`_count_relu_batch`),
+        or count the queue now past RELU_QUEUE_BYTES."""
+        self._relu_batch.append((output, output._version, stored))
+        self._relu_batch_bytes += output.numel() * output.element_size()
+        if self._relu_batch_bytes > RELU_QUEUE_BYTES:
+            self._count_relu_batch()
 
     def _relu_output_plan(self, base: str, key: int, k: int) -> Any:
         """What call ``k`` of a ReLU module saves while the current collections save: False
@@ -1517,6 +1551,7 @@ class Recorder:
             event.synchronize()
         arrays: list[tuple[str, np.ndarray]] = []
         scalars: list[tuple[list[str], np.ndarray]] = []
+        counts: dict[str, tuple[np.ndarray, int]] = {}
         for segments, blob in host:
             data = blob.numpy()
             offset = 0
@@ -1532,7 +1567,8 @@ class Recorder:
                 for n, layout in entries:
                     chunk = values[pos : pos + n]
                     pos += n
-                    _unpack(layout, chunk, arrays, scalars)
+                    _unpack(layout, chunk, arrays, scalars, counts)
+        arrays.extend((name, _fractions(part, n)) for name, (part, n) in counts.items())
         return arrays, scalars
 
     # -- the writer thread: disk (and upload) work overlaps training ---------------------------

@@ -60,3 +60,47 @@ def train(model, loss_fn, opt, data, rec=None, accumulate: int = 1) -> list[floa
         if (i + 1) % accumulate == 0:
             opt.step()
     return losses
+
+
+class ThreadedDataParallel(nn.DataParallel):
+    """What ``DataParallel`` does on several GPUs, on the CPU: at each forward pass, replicas
+    of the module as ``torch.nn.parallel.replicate`` makes them (``_replicate_for_data_parallel``:
+    new module objects sharing the module's hooks; here also its parameters), one chunk of the
+    batch each, run in threads; the outputs concatenated."""
+
+    def __init__(self, module: nn.Module, replicas: int = 2) -> None:
+        super().__init__(module)  # no GPU: DataParallel keeps the module and no device ids
+        self.replicas = replicas
+
+    def forward(self, x):
+        import threading
+
+        chunks = x.chunk(self.replicas)
+        outs: list = [None] * len(chunks)
+        errors: list[BaseException] = []
+
+        def run(i: int, replica: nn.Module) -> None:
+            try:
+                outs[i] = replica(chunks[i])
+            except BaseException as exc:  # re-raised on the calling thread
+                errors.append(exc)
+
+        threads = [
+            threading.Thread(target=run, args=(i, _replica(self.module)))
+            for i in range(len(chunks))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return torch.cat(outs)
+
+
+def _replica(net: nn.Module) -> nn.Module:
+    copies = {m: m._replicate_for_data_parallel() for m in net.modules()}
+    for module, copy in copies.items():
+        copy._modules = {k: None if c is None else copies[c] for k, c in module._modules.items()}
+        copy._parameters = dict(module._parameters)
+    return copies[net]

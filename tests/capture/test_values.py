@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from capture_helpers import SelfLossNet, TinyNet, batches, train
+from capture_helpers import SelfLossNet, ThreadedDataParallel, TinyNet, batches, train
 
 from pytest_modelrules import Recorder, modes, open_run
 from pytest_modelrules.capture import CollectionConfig
@@ -174,6 +174,75 @@ def test_dataparallel_on_cpu_names_without_module_prefix(tmp_path):
     assert run.has_tensor(reduction_tensor_name("gradient/fc.weight", "l2"))
     assert run.has_tensor(reduction_tensor_name("relu_output_1", "positive_fraction"))
     assert run.steps() == [0, 1]
+
+
+@pytest.mark.parametrize("path", ["inline", "offload", "offload, counted early", "kernel"])
+def test_dataparallel_replicas_count_as_one_batch(tmp_path, monkeypatch, path):
+    """DataParallel on several GPUs runs replicas of the model in threads, sharing its hooks:
+    each ReLU call's positive fraction is still one tensor, over the whole batch, as without
+    DataParallel (here replicas in threads on the CPU, ThreadedDataParallel), on the training
+    thread, handed off (also with the queue counted at every ReLU call from the replicas'
+    threads, past a 1-byte bound), and with the Triton kernel."""
+    kwargs: dict = {}
+    if path.startswith("offload"):
+        kwargs["offload"] = True
+        if "early" in path:
+            from pytest_modelrules.capture import recorder as recorder_module
+
+            monkeypatch.setattr(recorder_module, "RELU_QUEUE_BYTES", 1)
+    elif path == "kernel":
+        pytest.importorskip("triton")
+        import os
+
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("the kernel runs on CPU tensors under Triton's interpreter only")
+        kwargs["count_kernel"] = True
+    data = batches(3, batch=7)  # chunks of 4 and 3
+    runs = {}
+    for name, wrap in (("plain", lambda m: m), ("replicas", ThreadedDataParallel)):
+        torch.manual_seed(0)
+        model = wrap(TinyNet())
+        loss_fn = torch.nn.CrossEntropyLoss()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        rec = Recorder(
+            tmp_path / name, model, loss=loss_fn, optimizer=opt, save_interval=1, **kwargs
+        )
+        with rec:
+            train(model, loss_fn, opt, data)
+        assert not rec.dead, rec.error
+        runs[name] = open_run(tmp_path / name)
+    plain, replicas = runs["plain"], runs["replicas"]
+    relu = [n for n in replicas.tensor_names() if "relu_output" in n]
+    assert relu == [n for n in plain.tensor_names() if "relu_output" in n]
+    assert relu == [reduction_tensor_name(f"relu_output_{k}", "positive_fraction") for k in (0, 1)]
+    for name in relu:
+        assert replicas.tensor(name).steps() == [0, 1, 2]
+        # step 0: the same weights; later steps' weights may differ in the last bits (the
+        # replicas' gradients are summed in another order)
+        np.testing.assert_array_equal(replicas.tensor(name).value(0), plain.tensor(name).value(0))
+        for step in (1, 2):
+            np.testing.assert_allclose(
+                replicas.tensor(name).value(step), plain.tensor(name).value(step), atol=1 / 7
+            )
+
+
+def test_dataparallel_replicas_other_reductions_come_from_one_replica(tmp_path):
+    """Reductions other than the positive fraction (here relu_input's variance) cannot be
+    added up over replicas: each ReLU call keeps one tensor, from the first replica to make
+    it, never a further call's name."""
+    torch.manual_seed(0)
+    model = ThreadedDataParallel(TinyNet())
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    collections = [CollectionConfig("relu_input")]
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1,
+                  collections=collections) as rec:  # fmt: skip
+        train(model, loss_fn, opt, batches(2, batch=6))
+    assert not rec.dead, rec.error
+    run = open_run(tmp_path / "run")
+    inputs = [n for n in run.tensor_names() if "relu_input" in n]
+    assert inputs == [reduction_tensor_name(f"relu_input_{k}", "variance") for k in (0, 1)]
+    assert all(run.tensor(n).steps() == [0, 1] for n in inputs)
 
 
 def test_model_that_returns_its_own_loss(tmp_path):
