@@ -816,7 +816,8 @@ class Recorder:
             if self.dead or self._forward_index or not self._saving:
                 return
             try:
-                calls_key = key if mod is module else (key, id(mod))  # a replica: see hook
+                replica = mod is not module and getattr(mod, "_is_replica", False)  # see hook
+                calls_key = (key, id(mod)) if replica else key
                 k = self._relu_in_calls.get(calls_key, 0)
                 self._relu_in_calls[calls_key] = k + 1
                 if args and isinstance(args[0], torch.Tensor):
@@ -839,8 +840,10 @@ class Recorder:
                 # DataParallel's replicas (copies of the module, one a GPU, run in threads)
                 # share its hooks: each counts its own calls, and the positive counts of the
                 # replicas' call k add up on the host (_host_arrays) into one tensor over the
-                # whole batch; the general path (_capture) keeps the first replica's
-                replica = mod is not module
+                # whole batch; the general path (_capture) keeps the first replica's. (A copy
+                # of the model made otherwise, copy.deepcopy, shares them too: its calls are
+                # further calls, as they always were.)
+                replica = mod is not module and getattr(mod, "_is_replica", False)
                 calls_key = (key, id(mod)) if replica else key
                 k = calls.get(calls_key, 0)
                 calls[calls_key] = k + 1
