@@ -30,15 +30,25 @@ from ..modes import ModeKeys, parse_mode
 from .base import Backend
 
 
-def _regex_union(regex: str | Iterable[str] | None) -> re.Pattern[str] | None:
+def _regex_union(regex: str | Iterable[str] | None, what: str = "regex") -> re.Pattern[str] | None:
+    """One pattern matching any of ``regex`` (None: no filter); an invalid one is a
+    ValueError naming it and ``what`` it came from."""
     if regex is None:
         return None
-    if isinstance(regex, str):
-        return re.compile(regex)
-    parts = [r for r in regex]
+    try:
+        parts = [regex] if isinstance(regex, str) else list(regex)
+    except TypeError:
+        raise ValueError(
+            f"{what}: {regex!r} is neither a regular expression nor a list of them"
+        ) from None
     if not parts:
         return None
-    return re.compile("|".join(f"(?:{p})" for p in parts))
+    for part in parts:
+        try:
+            re.compile(part)
+        except (re.error, TypeError) as exc:
+            raise ValueError(f"{what}: {part!r} is not a regular expression ({exc})") from None
+    return re.compile(parts[0] if len(parts) == 1 else "|".join(f"(?:{p})" for p in parts))
 
 
 class Series:
@@ -679,7 +689,10 @@ class Run:
                 if info is None:
                     continue
                 wanted.update(info.get("tensor_names", []))
-                patt = _regex_union(info.get("include_regex") or None)
+                patt = _regex_union(
+                    info.get("include_regex") or None,
+                    f"collection {cname!r} of run {self.path} (its include_regex)",
+                )
                 if patt is not None:
                     wanted.update(n for n in names if patt.search(n))
             names = [n for n in names if n in wanted]

@@ -229,3 +229,22 @@ def test_negative_step(tmp_path):
     f = tensor_file(root)
     patch_record(f, 0, "<q", 8, -5)
     expect_corrupt(root, "negative step -5", f)
+
+
+def test_an_invalid_regex_is_one_value_error_naming_it_and_where_it_came_from(tmp_path):
+    """A bad pattern given to tensor_names, or stored in a run's collections (a run comes from
+    a pull request), is a ValueError naming the pattern and its source, not re.error."""
+    path = tmp_path / "run"
+    with RunWriter(path) as w:
+        w.write("loss", np.float32(1), step=0)
+        w.set_collections({"bad": {"include_regex": ["("]}, "odd": {"include_regex": 5}})
+    run = open_run(path)
+    with pytest.raises(ValueError, match=r"regex: '\(' is not a regular expression"):
+        run.tensor_names(regex="(")
+    with pytest.raises(ValueError, match=r"regex: 3 is not a regular expression"):
+        run.tensor_names(regex=["ok", 3])
+    with pytest.raises(ValueError, match=r"collection 'bad' of run .*run \(its include_regex\)"):
+        run.tensor_names(collection="bad")
+    with pytest.raises(ValueError, match=r"collection 'odd' .* 5 is neither"):
+        run.tensor_names(collection="odd")
+    assert run.tensor_names(regex=["^lo", "nothing"]) == ["loss"]
