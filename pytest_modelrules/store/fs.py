@@ -8,8 +8,11 @@ concurrently (fsspec's ``cat`` / ``cat_ranges``, which s3fs runs as parallel req
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
+
+from ..exceptions import CorruptRunError
 
 
 def is_url(path: str | os.PathLike) -> bool:
@@ -29,6 +32,24 @@ def local_path(path: str | os.PathLike) -> str:
 
 #: reads up to this size go without a size check (the allocation is harmless)
 _SMALL_READ = 1 << 20
+# non-blocking: opening a FIFO for reading waits for a writer, forever; a regular file ignores it
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
+_NOT_REGULAR = "not a regular file (a folder, a FIFO or a device): a run holds only files"
+
+
+def open_regular(path: str) -> tuple[int, int]:
+    """Open a local file of a run for reading: (descriptor, size). Anything but a regular
+    file (a folder, a FIFO, a device; also behind a symbolic link) is refused, at once: a run
+    comes from a pull request, and reading ``/dev/stdin`` or a FIFO would hang CI."""
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise CorruptRunError(path, _NOT_REGULAR)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info.st_size
 
 
 class Storage:
@@ -79,13 +100,19 @@ class Storage:
             return []
 
     def size(self, path: str) -> int:
-        return int(self.fs.size(path)) if self.remote else os.path.getsize(path)
+        if self.remote:
+            return int(self.fs.size(path))
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):  # see open_regular
+            raise CorruptRunError(path, _NOT_REGULAR)
+        return info.st_size
 
     def read(self, path: str, start: int = 0) -> bytes:
         """The file's bytes from ``start`` to its current end (one read)."""
         if self.remote:
             return self.fs.cat_file(path, start=start or None)
-        with open(path, "rb") as fh:
+        fd, _size = open_regular(path)
+        with os.fdopen(fd, "rb") as fh:
             if start:
                 fh.seek(start)
             return fh.read()
@@ -106,9 +133,8 @@ class Storage:
             return [got[p] if p in got else got[self.fs._strip_protocol(p)] for p in paths]
         out: list[bytes | None] = []
         for p in paths:
-            fd = os.open(p, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            fd, size = open_regular(p)
             try:
-                size = os.fstat(fd).st_size
                 if max_size is not None and size > max_size:
                     out.append(None)
                     continue
@@ -136,12 +162,11 @@ class Storage:
             got = self.fs.cat_ranges(list(paths), list(starts), ends)
             return [bytearray(b) for b in got] if writable else list(got)
         out = []
-        flags = os.O_RDONLY | getattr(os, "O_BINARY", 0)
         for p, s, n in zip(paths, starts, lengths):
-            fd = os.open(p, flags)
+            fd, size = open_regular(p)
             try:
                 if n > _SMALL_READ:  # never allocate past the file's end
-                    n = max(0, min(n, os.fstat(fd).st_size - s))
+                    n = max(0, min(n, size - s))
                 if writable:
                     buf = bytearray(n)
                     got = os.preadv(fd, [buf], s) if n else 0

@@ -261,10 +261,14 @@ class NativeBackend(Backend):
                 run_file, f"format is {info.get('format')!r}, not {FORMAT_NAME!r}"
             )
         version = info.get("version")
-        if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise CorruptRunError(
+                run_file, f"format version must be a positive integer, found {version!r}"
+            )
+        if version > FORMAT_VERSION:
             raise CorruptRunError(
                 run_file,
-                f"format version {version!r} is newer than this reader ({FORMAT_VERSION}); "
+                f"format version {version} is newer than this reader ({FORMAT_VERSION}); "
                 "upgrade pytest-modelrules",
             )
         self.info = info

@@ -169,6 +169,10 @@ def test_file_header_with_bad_json_or_wrong_kind(tmp_path):
         ("run.json", '{"format": "pytest-modelrules", "version": ', "invalid JSON"),
         ("run.json", "[1, 2]", "expected a JSON object"),
         ("run.json", '{"format": "pytest-modelrules", "version": 99}', "newer than this reader"),
+        ("run.json", '{"format": "pytest-modelrules", "version": "2"}',
+         "version must be a positive integer, found '2'"),
+        ("run.json", '{"format": "pytest-modelrules", "version": 0}',
+         "version must be a positive integer, found 0"),
         ("run.json", '{"format": "safetensors", "version": 1}', "format is 'safetensors'"),
         ("workers/worker_0/worker.json", "{'rank': 0}", "invalid JSON"),
         ("workers/worker_0/worker.json", '{"rank": 3, "num_workers": 2}', "invalid rank 3"),
@@ -248,3 +252,58 @@ def test_an_invalid_regex_is_one_value_error_naming_it_and_where_it_came_from(tm
     with pytest.raises(ValueError, match=r"collection 'odd' .* 5 is neither"):
         run.tensor_names(collection="odd")
     assert run.tensor_names(regex=["^lo", "nothing"]) == ["loss"]
+
+
+def test_a_folder_where_a_file_belongs_is_named(tmp_path):
+    root = make_run(tmp_path / "r")
+    f = tensor_file(root)
+    f.unlink()
+    f.mkdir()
+    expect_corrupt(root, "not a regular file", f)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="FIFOs are POSIX")
+def test_a_fifo_in_a_run_is_refused_at_once_not_waited_on(tmp_path):
+    """Opening a FIFO for reading waits for a writer, forever: a run from a pull request with
+    one where a tensor file belongs must be refused at once (in a subprocess with a timeout,
+    so that a regression fails instead of hanging the suite)."""
+    import os
+    import subprocess
+    import sys
+
+    root = make_run(tmp_path / "r")
+    f = tensor_file(root)
+    f.unlink()
+    os.mkfifo(f)
+    code = (
+        "import sys\n"
+        "from pytest_modelrules import open_run\n"
+        "try:\n"
+        "    open_run(sys.argv[1]).tensor('x').values()\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("CorruptRunError") and "not a regular file" in proc.stdout
+    assert str(f) in proc.stdout
+
+
+def test_a_link_to_a_host_file_is_refused_without_showing_its_bytes(tmp_path):
+    """A run may hold a symbolic link to any file of the machine that reads it; the error
+    names the run's file and shows none of the target's bytes."""
+    import os
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOPSECRET and more")
+    root = make_run(tmp_path / "r")
+    f = tensor_file(root)
+    f.unlink()
+    try:
+        os.symlink(secret, f)
+    except (OSError, NotImplementedError):
+        pytest.skip("no symbolic links here")
+    err = expect_corrupt(root, "not a pytest-modelrules file", f)
+    assert "TOPSECR" not in str(err)
