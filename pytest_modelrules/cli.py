@@ -1,6 +1,7 @@
 """``modelrules``: generate synthetic GTSRB, train the reference recipes, check and report runs.
 
-Subcommands: ``generate``, ``train``, ``check``, ``report``, ``demo`` (``modelrules CMD -h``).
+Subcommands: ``generate``, ``train``, ``info``, ``check``, ``report``, ``demo``
+(``modelrules CMD -h``).
 Heavy libraries (torch, rich) load only inside the subcommand that needs them.
 """
 
@@ -127,6 +128,18 @@ def _print_result(r: Any) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     r = _train(args.recipe, Path(args.out), _overrides(args))
     _print_result(r)
+    return 0
+
+
+# -- info ------------------------------------------------------------------------------------
+def cmd_info(args: argparse.Namespace) -> int:
+    from .store.run import open_run
+    from .store.summary import format_summary, summarize
+
+    summary = summarize(open_run(args.run), regex=args.regex)
+    print(format_summary(summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1, default=str))
     return 0
 
 
@@ -307,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run folder to write")
     _add_train_flags(t)
     t.set_defaults(func=cmd_train)
+
+    i = sub.add_parser("info", help="what a run holds: workers, steps, metadata, tensors")
+    i.add_argument("run", help="run folder or fsspec URL (either layout)")
+    i.add_argument("--regex", default=None, help="only the tensors this regex finds")
+    i.add_argument("--json", default=None, help="also write the summary as JSON here")
+    i.set_defaults(func=cmd_info)
 
     c = sub.add_parser("check", help="evaluate rules on a run (exit 1 when one triggers)")
     c.add_argument("run")

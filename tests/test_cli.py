@@ -1,4 +1,4 @@
-"""The ``modelrules`` command line: generate, train, check, report, demo."""
+"""The ``modelrules`` command line: generate, train, info, check, report, demo."""
 
 from __future__ import annotations
 
@@ -39,6 +39,42 @@ def test_train_prints_accuracies_and_records(tiny_run: Path, capsys):
     run = open_run(tiny_run)
     assert run.metadata["recipe"] == "fixed" and run.metadata["config"]["sampler"] == "weighted"
     assert run.metadata["config"]["steps"] == 4
+
+
+def test_info_says_what_the_run_holds(tiny_run: Path, tmp_path: Path, capsys):
+    import json
+
+    from pytest_modelrules import open_run
+
+    out_json = tmp_path / "info.json"
+    assert cli.main(["info", str(tiny_run), "--regex", "^CrossEntropyLoss",
+                     "--json", str(out_json)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    run = open_run(tiny_run)
+    train, evals = run.steps(mode="TRAIN"), run.steps(mode="EVAL")
+    assert f"run: {tiny_run} (native layout), 1 worker (worker_0), ended" in out
+    assert f"TRAIN {len(train)} ({train[0]}-{train[-1]})" in out
+    assert f"EVAL {len(evals)} ({evals[0]}-{evals[-1]})" in out
+    assert "(43 class names)" in out and "tensors: 3" in out
+    summary = json.loads(out_json.read_text())
+    names = ["CrossEntropyLoss_input_0", "CrossEntropyLoss_input_1", "CrossEntropyLoss_output_0"]
+    assert [t["name"] for t in summary["tensors"]] == names
+    for entry in summary["tensors"]:
+        tensor = run.tensor(entry["name"])
+        last = tensor.value(tensor.steps()[-1])
+        assert entry["steps"] == len(tensor.steps())
+        assert (entry["dtype"], entry["shape"]) == (str(last.dtype), list(last.shape))
+        assert f"{entry['name']}" in out and f"{last.dtype} {tuple(last.shape)}" in out
+    # collections count their members, reductions with the tensor they reduce
+    assert summary["collections"]["weights"] == len(run.tensor_names(collection="weights"))
+    assert not any("gradient" in n for n in run.tensor_names(collection="weights"))
+
+
+def test_info_errors_exit_2_with_one_line(tiny_run: Path, tmp_path: Path, capsys):
+    assert cli.main(["info", str(tmp_path / "nothing")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert cli.main(["info", str(tiny_run), "--regex", "("]) == 2
+    assert "regex: '(' is not a regular expression" in capsys.readouterr().err
 
 
 def test_check_exit_codes(tiny_run: Path, capsys):

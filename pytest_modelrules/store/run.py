@@ -28,6 +28,7 @@ from ..exceptions import (
 )
 from ..modes import ModeKeys, parse_mode
 from .base import Backend
+from .names import parse_reduction_name
 
 
 def _regex_union(regex: str | Iterable[str] | None, what: str = "regex") -> re.Pattern[str] | None:
@@ -49,6 +50,13 @@ def _regex_union(regex: str | Iterable[str] | None, what: str = "regex") -> re.P
         except (re.error, TypeError) as exc:
             raise ValueError(f"{what}: {part!r} is not a regular expression ({exc})") from None
     return re.compile(parts[0] if len(parts) == 1 else "|".join(f"(?:{p})" for p in parts))
+
+
+def _reduced_tensor(name: str) -> str:
+    """The tensor a stored reduction was computed from (``smdebug/reductions/l2/fc.weight``:
+    ``fc.weight``), else ``name``."""
+    parsed = parse_reduction_name(name)
+    return name if parsed is None else parsed[0]
 
 
 class Series:
@@ -334,8 +342,6 @@ class ReducedTensor(Tensor):
     TensorUnavailableForStep naming the stored reductions."""
 
     def __init__(self, run: Run, name: str, stored: list[str]) -> None:
-        from .names import parse_reduction_name
-
         super().__init__(run, name)
         self._made_at = run._generation
         self.stored = sorted(stored)
@@ -523,8 +529,6 @@ class Run:
         """{base name: its stored reduction tensors} for the tensors stored only as
         reductions (no full value at any step); computed once per refresh."""
         if self._reduced_cache is None:
-            from .names import parse_reduction_name
-
             names = self._backend.tensor_names()
             out: dict[str, list[str]] = {}
             parsed = [(n, parse_reduction_name(n)) for n in names]
@@ -693,8 +697,8 @@ class Run:
                     info.get("include_regex") or None,
                     f"collection {cname!r} of run {self.path} (its include_regex)",
                 )
-                if patt is not None:
-                    wanted.update(n for n in names if patt.search(n))
+                if patt is not None:  # a stored reduction belongs where its tensor does
+                    wanted.update(n for n in names if patt.search(_reduced_tensor(n)))
             names = [n for n in names if n in wanted]
         patt = _regex_union(regex)
         if patt is not None:

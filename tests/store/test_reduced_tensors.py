@@ -118,3 +118,22 @@ def test_an_smdebug_style_custom_rule_reads_a_gradient_norm(run) -> None:
     result = invoke_rule(GradientNormAbove(run))
     assert [t.step for t in result.triggers] == [2, 3]
     assert result.evidence["skipped_steps"] == [4]  # step 4 saved no reduction of GRAD
+
+
+def test_a_collection_regex_places_a_reduction_with_the_tensor_it_reduces(tmp_path: Path) -> None:
+    """``tensor_names(collection=...)`` matches a collection's include_regex against the
+    tensor a stored reduction was computed from: the gradient norms
+    (``smdebug/reductions/l2/gradient/fc.weight``) are not in ``weights``, whose regex
+    ``^(?!gradient).*weight`` their stored names would otherwise match."""
+    path = tmp_path / "run"
+    with RunWriter(path) as w:
+        _write(w, range(2))
+        w.write(red("fc.weight", "l2"), np.float64(1), 5)
+        w.set_collections({
+            "weights": {"include_regex": [r"^(?!gradient).*weight"]},
+            "gradients": {"include_regex": [r"^gradient/"]},
+        })  # fmt: skip
+    run = open_run(path)
+    assert run.tensor_names(collection="weights") == ["fc.weight", red("fc.weight", "l2")]
+    gradients = [red(GRAD, r) for r in ("l2", "mean", "std")]
+    assert run.tensor_names(collection="gradients") == sorted(gradients)
