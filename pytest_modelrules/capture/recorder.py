@@ -666,6 +666,12 @@ class Recorder:
             reason = f"error: {exc_type.__name__}: {exc}"
         self.close(reason=reason)
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Recorder:
+        """Itself: ``copy.deepcopy`` of a hooked model (an EMA or teacher copy) copies the
+        hooks, bound to this Recorder, which has threads and locks no copy can have. The
+        hooks ignore the copy's calls: only the model is recorded."""
+        return self
+
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("stopped" if self.dead else "recording")
         return f"Recorder({self.out_dir!r}, {self.root_name}, step={self.global_step}, {state})"
@@ -745,6 +751,8 @@ class Recorder:
         return self.optimizer is not None and self.mode == ModeKeys.TRAIN
 
     def _root_pre_hook(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        if module is not self.root:  # a copy of the model (copy.deepcopy) shares its hooks
+            return
         if self.dead:
             if self._handles:  # safe here: not inside the optimizer's hook loop
                 self._remove_hooks(static=True)
@@ -765,7 +773,7 @@ class Recorder:
             self._fail(exc, "recording the model input")
 
     def _root_hook(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        if self.dead or not self._saving or self._forward_index:
+        if self.dead or not self._saving or self._forward_index or module is not self.root:
             return
         try:
             if self._relu_batch:
@@ -796,7 +804,7 @@ class Recorder:
             self._fail(exc, "recording the model output")
 
     def _loss_hook(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if self.dead or self._forward_index or not self._saving:
+        if self.dead or self._forward_index or not self._saving or module is not self.loss_module:
             return
         try:
             with torch.no_grad():
@@ -816,7 +824,11 @@ class Recorder:
             if self.dead or self._forward_index or not self._saving:
                 return
             try:
-                replica = mod is not module and getattr(mod, "_is_replica", False)  # see hook
+                replica = False
+                if mod is not module:  # see hook
+                    if not getattr(mod, "_is_replica", False):
+                        return
+                    replica = True
                 calls_key = (key, id(mod)) if replica else key
                 k = self._relu_in_calls.get(calls_key, 0)
                 self._relu_in_calls[calls_key] = k + 1
@@ -840,10 +852,14 @@ class Recorder:
                 # DataParallel's replicas (copies of the module, one a GPU, run in threads)
                 # share its hooks: each counts its own calls, and the positive counts of the
                 # replicas' call k add up on the host (_host_arrays) into one tensor over the
-                # whole batch; the general path (_capture) keeps the first replica's. (A copy
-                # of the model made otherwise, copy.deepcopy, shares them too: its calls are
-                # further calls, as they always were.)
-                replica = mod is not module and getattr(mod, "_is_replica", False)
+                # whole batch; the general path (_capture) keeps the first replica's. A copy
+                # made otherwise (copy.deepcopy: an EMA or teacher model) shares them too, and
+                # is not the model: ignored
+                replica = False
+                if mod is not module:
+                    if not getattr(mod, "_is_replica", False):
+                        return
+                    replica = True
                 calls_key = (key, id(mod)) if replica else key
                 k = calls.get(calls_key, 0)
                 calls[calls_key] = k + 1

@@ -245,6 +245,41 @@ def test_dataparallel_replicas_other_reductions_come_from_one_replica(tmp_path):
     assert all(run.tensor(n).steps() == [0, 1] for n in inputs)
 
 
+def test_a_copy_of_the_model_made_while_recording_is_not_recorded(tmp_path):
+    """``copy.deepcopy`` of a hooked model (an EMA or teacher copy) copies the Recorder's
+    hooks with it; its forward passes, before a step's or after it, are not the model's: the
+    run is the one recorded without the copy, bit for bit."""
+    import copy
+
+    runs = {}
+    for name, use_copy in (("plain", False), ("with copy", True)):
+        torch.manual_seed(0)
+        model = TinyNet()
+        loss_fn = torch.nn.CrossEntropyLoss()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with Recorder(tmp_path / name, model, loss=loss_fn, optimizer=opt, save_interval=1):
+            teacher = copy.deepcopy(model) if use_copy else None
+            for x, y in batches(3):
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher(x)  # before the step's forward pass: it would open the step
+                opt.zero_grad()
+                loss_fn(model(x), y).backward()
+                opt.step()
+                if teacher is not None:
+                    with torch.no_grad():
+                        loss_fn(teacher(x), y)
+        runs[name] = open_run(tmp_path / name)
+    plain, copied = runs["plain"], runs["with copy"]
+    assert copied.tensor_names() == plain.tensor_names()
+    assert copied.steps() == plain.steps() == [0, 1, 2]
+    for name in plain.tensor_names():
+        for step in plain.tensor(name).steps():
+            np.testing.assert_array_equal(
+                copied.tensor(name).value(step), plain.tensor(name).value(step), err_msg=name
+            )
+
+
 def test_model_that_returns_its_own_loss(tmp_path):
     torch.manual_seed(0)
     model = SelfLossNet()
