@@ -280,6 +280,37 @@ def test_a_copy_of_the_model_made_while_recording_is_not_recorded(tmp_path):
             )
 
 
+@pytest.mark.parametrize("wrapped", [False, True], ids=["compile after", "record compiled"])
+def test_a_compiled_model_records_what_the_eager_model_does(tmp_path, wrapped):
+    """``torch.compile`` (the aot_eager backend: no C compiler needed), whether the Recorder
+    gets the model and training calls the compiled one, or the Recorder gets the compiled
+    wrapper: the same tensors at the same steps as without compiling, the same values to
+    float32 rounding."""
+    runs = {}
+    for name in ("eager", "compiled"):
+        torch.manual_seed(0)
+        model = TinyNet()
+        loss_fn = torch.nn.CrossEntropyLoss()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        net = torch.compile(model, backend="aot_eager") if name == "compiled" else model
+        recorded = net if wrapped else model
+        with Recorder(
+            tmp_path / name, recorded, loss=loss_fn, optimizer=opt, save_interval=1
+        ) as rec:
+            train(net, loss_fn, opt, batches(3))
+        assert not rec.dead, rec.error
+        runs[name] = open_run(tmp_path / name)
+    eager, compiled = runs["eager"], runs["compiled"]
+    assert compiled.tensor_names() == eager.tensor_names()
+    assert compiled.steps() == eager.steps() == [0, 1, 2]
+    for name in eager.tensor_names():
+        for step in eager.tensor(name).steps():
+            np.testing.assert_allclose(
+                compiled.tensor(name).value(step), eager.tensor(name).value(step),
+                rtol=1e-5, atol=1e-6, err_msg=name,
+            )  # fmt: skip
+
+
 def test_model_that_returns_its_own_loss(tmp_path):
     torch.manual_seed(0)
     model = SelfLossNet()
