@@ -14,6 +14,7 @@ device, which the writer thread splits.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import logging
 import os
@@ -336,6 +337,22 @@ def _unpack(
             arrays.append((tname, value.astype(STORED_DTYPE.get(red, "float64"), copy=False)))
     else:
         arrays.append((layout.name, chunk.reshape(layout.shape)))
+
+
+class _Hook(functools.partial):
+    """A module hook of the Recorder: called as the function it wraps (a C-level call). A
+    deepcopy of the model (an EMA or teacher copy) keeps it as it is, bound to this Recorder,
+    whose hooks ignore modules other than the model's own; pickling the model while it is
+    recorded (``torch.save(model)``) is refused with what to do instead."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Hook:
+        return self
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "this model has a pytest-modelrules Recorder's hooks attached: save "
+            "model.state_dict() (what PyTorch recommends), or close the Recorder first"
+        )
 
 
 class _AllDevices:
@@ -730,8 +747,8 @@ class Recorder:
     # -- hooks ---------------------------------------------------------------------------------
 
     def _install_static_hooks(self) -> None:
-        self._handles.append(self.root.register_forward_pre_hook(self._root_pre_hook))
-        self._handles.append(self.root.register_forward_hook(self._root_hook))
+        self._handles.append(self.root.register_forward_pre_hook(_Hook(self._root_pre_hook)))
+        self._handles.append(self.root.register_forward_hook(_Hook(self._root_hook)))
         if self.optimizer is not None:
             self._handles.append(self.optimizer.register_step_pre_hook(self._opt_pre_hook))
             self._handles.append(self.optimizer.register_step_post_hook(self._opt_post_hook))
@@ -899,9 +916,9 @@ class Recorder:
                 self._fail(exc, "recording a ReLU output")
 
         if inputs:
-            self._dyn_handles.append(module.register_forward_pre_hook(pre_hook))
+            self._dyn_handles.append(module.register_forward_pre_hook(_Hook(pre_hook)))
         if outputs:
-            self._dyn_handles.append(module.register_forward_hook(hook))
+            self._dyn_handles.append(module.register_forward_hook(_Hook(hook)))
 
     def _queue_relu(self, output: torch.Tensor, stored: str) -> None:
         """Queue a ReLU output for the end of the forward pass (:meth:`_count_relu_batch`),
@@ -1149,7 +1166,7 @@ class Recorder:
         if self.loss_module is not None and self._could_save(
             f"{self.loss_name}_input_0", f"{self.loss_name}_output_0"
         ):
-            self._dyn_handles.append(self.loss_module.register_forward_hook(self._loss_hook))
+            self._dyn_handles.append(self.loss_module.register_forward_hook(_Hook(self._loss_hook)))
             self._loss_hooked = True
         for base, module in self._relus:
             want_in = self._spec(f"{base}_input_0") is not None

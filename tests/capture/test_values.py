@@ -311,6 +311,25 @@ def test_a_compiled_model_records_what_the_eager_model_does(tmp_path, wrapped):
             )  # fmt: skip
 
 
+def test_saving_the_whole_model_while_recording_says_what_to_do(tmp_path):
+    """``torch.save(model)`` pickles the model's hooks: while a Recorder's are attached it is
+    one TypeError saying to save the state_dict (or close first), not "Can't pickle local
+    object"; the state_dict saves, and after close the whole model does."""
+    import io
+
+    model = TinyNet()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1)
+    train(model, loss_fn, opt, batches(1))  # the step's hooks are installed too
+    with pytest.raises(TypeError, match=r"Recorder's hooks attached: save model.state_dict\(\)"):
+        torch.save(model, io.BytesIO())
+    torch.save(model.state_dict(), io.BytesIO())
+    rec.close()
+    torch.save(model, io.BytesIO())
+    assert not rec.dead
+
+
 def test_model_that_returns_its_own_loss(tmp_path):
     torch.manual_seed(0)
     model = SelfLossNet()
