@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from pytest_modelrules import open_run
+
 nn = torch.nn
+
+
+def run_values(path) -> dict[tuple[str, int], np.ndarray]:
+    """Every value of a run, by (tensor name, global step)."""
+    run = open_run(path)
+    return {
+        (name, step): value
+        for name in run.tensor_names()
+        for step, value in run.tensor(name).values().items()
+    }
+
+
+def assert_same_values(got, expected, rtol: float = 0.0, atol: float = 0.0) -> None:
+    """The same tensors at the same steps (:func:`run_values`), each value of the same dtype
+    and equal: bit for bit, or within the tolerances given."""
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key].dtype == value.dtype, key
+        if rtol or atol:
+            np.testing.assert_allclose(got[key], value, rtol=rtol, atol=atol, err_msg=str(key))
+        else:
+            np.testing.assert_array_equal(got[key], value, err_msg=str(key))
 
 
 class TinyNet(nn.Module):

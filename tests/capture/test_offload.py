@@ -10,7 +10,14 @@ import warnings
 
 import numpy as np
 import pytest
-from capture_helpers import SelfLossNet, TinyNet, batches, train
+from capture_helpers import (
+    SelfLossNet,
+    TinyNet,
+    assert_same_values,
+    batches,
+    run_values,
+    train,
+)
 
 from pytest_modelrules import Recorder, modes, open_run
 from pytest_modelrules.store.names import reduction_tensor_name
@@ -24,15 +31,6 @@ from pytest_modelrules.capture import kernels, offload, recorder  # noqa: E402
 def deferred(monkeypatch):
     """The Recorder's thread does the device work of CPU tensors."""
     monkeypatch.setattr(offload, "DEFER_DEVICES", {"cpu"})
-
-
-def _everything(path) -> dict[tuple[str, int], np.ndarray]:
-    run = open_run(path)
-    return {
-        (name, step): value
-        for name in run.tensor_names()
-        for step, value in run.tensor(name).values().items()
-    }
 
 
 def _train(path, channels_last=False, evaluate=True, **recorder_kwargs):
@@ -53,14 +51,7 @@ def _train(path, channels_last=False, evaluate=True, **recorder_kwargs):
             with torch.no_grad():
                 for x, _ in batches(2, seed=1):
                     model(x.contiguous(memory_format=fmt))
-    return _everything(path)
-
-
-def _assert_same(got, expected):
-    assert got.keys() == expected.keys()
-    for key, value in expected.items():
-        assert got[key].dtype == value.dtype, key
-        np.testing.assert_array_equal(got[key], value, err_msg=str(key))
+    return run_values(path)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -72,7 +63,7 @@ def test_the_run_is_the_same_bit_for_bit(tmp_path, monkeypatch, channels_last):
     got = _train(tmp_path / "deferred", channels_last)
     assert any("relu_output" in name for name, _ in got)
     assert any(name == "CrossEntropyLoss_input_0" for name, _ in got)
-    _assert_same(got, expected)
+    assert_same_values(got, expected)
 
 
 def test_the_same_with_a_queue_bound_that_hands_off_at_every_relu_call(tmp_path, monkeypatch):
@@ -81,7 +72,7 @@ def test_the_same_with_a_queue_bound_that_hands_off_at_every_relu_call(tmp_path,
     expected = _train(tmp_path / "inline")
     monkeypatch.setattr(offload, "DEFER_DEVICES", {"cpu"})
     monkeypatch.setattr(recorder, "RELU_QUEUE_BYTES", 0)
-    _assert_same(_train(tmp_path / "deferred"), expected)
+    assert_same_values(_train(tmp_path / "deferred"), expected)
 
 
 def test_the_same_for_a_model_that_computes_its_own_loss(tmp_path, monkeypatch):
@@ -97,13 +88,13 @@ def test_the_same_for_a_model_that_computes_its_own_loss(tmp_path, monkeypatch):
                 loss, _ = model(x, y)
                 loss.backward()
                 opt.step()
-        return _everything(path)
+        return run_values(path)
 
     expected = run(tmp_path / "inline")
     monkeypatch.setattr(offload, "DEFER_DEVICES", {"cpu"})
     got = run(tmp_path / "deferred")
     assert ("SelfLossNet_input_1", 0) in got and ("SelfLossNet_output_0", 2) in got
-    _assert_same(got, expected)
+    assert_same_values(got, expected)
 
 
 def test_the_same_with_the_triton_kernel_counting_on_the_thread(tmp_path, monkeypatch):
@@ -123,7 +114,7 @@ def test_the_same_with_the_triton_kernel_counting_on_the_thread(tmp_path, monkey
     monkeypatch.setattr(kernels, "positive_counts_c_order", counted)
     monkeypatch.setattr(kernels, "COUNT_KERNEL_DEVICES", {"cpu"})
     monkeypatch.setattr(offload, "DEFER_DEVICES", {"cpu"})
-    _assert_same(_train(tmp_path / "deferred", channels_last=True), expected)
+    assert_same_values(_train(tmp_path / "deferred", channels_last=True), expected)
     assert launches == ["modelrules-recorder-launch"] * 5  # one launch per step, on the thread
 
 
@@ -403,7 +394,7 @@ def _train_changing(path, optimizer_class=torch.optim.SGD, change_weight_at=None
                         model.fc.weight.mul_(0.9)
                 opt.step()
     messages = [str(w.message) for w in caught if "changed in place" in str(w.message)]
-    return _everything(path), messages
+    return run_values(path), messages
 
 
 def test_a_weight_changed_before_the_optimizer_step_is_left_out_then_reduced_inline(
@@ -422,7 +413,7 @@ def test_a_weight_changed_before_the_optimizer_step_is_left_out_then_reduced_inl
     assert lost in expected and lost not in got
     assert (reduction_tensor_name("conv.weight", "l2"), 1) in got
     del expected[lost]
-    _assert_same(got, expected)
+    assert_same_values(got, expected)
 
 
 def test_gradients_an_optimizer_changes_in_place_are_left_out_once_then_reduced_inline(
@@ -438,7 +429,7 @@ def test_gradients_an_optimizer_changes_in_place_are_left_out_once_then_reduced_
     lost = {key for key in expected if "/gradient/" in key[0] and key[1] == 0}
     assert len(lost) == 12 and lost.isdisjoint(got)  # 6 parameters: l2 and abs_mean
     assert (reduction_tensor_name("gradient/fc.weight", "l2"), 1) in got
-    _assert_same(got, {k: v for k, v in expected.items() if k not in lost})
+    assert_same_values(got, {k: v for k, v in expected.items() if k not in lost})
 
 
 @pytest.mark.parametrize(
@@ -476,14 +467,14 @@ def test_the_same_with_other_optimizers_and_gradient_accumulation(
                         opt.zero_grad(set_to_none=False)  # zeroed in place, after the step
         assert rec.error is None
         assert not [w for w in caught if "changed in place" in str(w.message)]
-        return _everything(path)
+        return run_values(path)
 
     expected = run(tmp_path / "inline")
     monkeypatch.setattr(offload, "DEFER_DEVICES", {"cpu"})
     got = run(tmp_path / "deferred")
     assert {step for _, step in got} == {0, 1, 2, 3}
     assert (reduction_tensor_name("gradient/fc.weight", "l2"), 3) in got
-    _assert_same(got, expected)
+    assert_same_values(got, expected)
 
 
 def test_a_training_step_wakes_the_thread_twice(tmp_path, deferred, monkeypatch):

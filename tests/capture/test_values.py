@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from capture_helpers import SelfLossNet, ThreadedDataParallel, TinyNet, batches, train
+from capture_helpers import (
+    SelfLossNet,
+    ThreadedDataParallel,
+    TinyNet,
+    assert_same_values,
+    batches,
+    run_values,
+    train,
+)
 
 from pytest_modelrules import Recorder, modes, open_run
 from pytest_modelrules.capture import CollectionConfig
@@ -269,15 +277,9 @@ def test_a_copy_of_the_model_made_while_recording_is_not_recorded(tmp_path):
                 if teacher is not None:
                     with torch.no_grad():
                         loss_fn(teacher(x), y)
-        runs[name] = open_run(tmp_path / name)
-    plain, copied = runs["plain"], runs["with copy"]
-    assert copied.tensor_names() == plain.tensor_names()
-    assert copied.steps() == plain.steps() == [0, 1, 2]
-    for name in plain.tensor_names():
-        for step in plain.tensor(name).steps():
-            np.testing.assert_array_equal(
-                copied.tensor(name).value(step), plain.tensor(name).value(step), err_msg=name
-            )
+        runs[name] = run_values(tmp_path / name)
+    assert {step for _, step in runs["plain"]} == {0, 1, 2}
+    assert_same_values(runs["with copy"], runs["plain"])
 
 
 @pytest.mark.parametrize("wrapped", [False, True], ids=["compile after", "record compiled"])
@@ -299,16 +301,9 @@ def test_a_compiled_model_records_what_the_eager_model_does(tmp_path, wrapped):
         ) as rec:
             train(net, loss_fn, opt, batches(3))
         assert not rec.dead, rec.error
-        runs[name] = open_run(tmp_path / name)
-    eager, compiled = runs["eager"], runs["compiled"]
-    assert compiled.tensor_names() == eager.tensor_names()
-    assert compiled.steps() == eager.steps() == [0, 1, 2]
-    for name in eager.tensor_names():
-        for step in eager.tensor(name).steps():
-            np.testing.assert_allclose(
-                compiled.tensor(name).value(step), eager.tensor(name).value(step),
-                rtol=1e-5, atol=1e-6, err_msg=name,
-            )  # fmt: skip
+        runs[name] = run_values(tmp_path / name)
+    assert {step for _, step in runs["eager"]} == {0, 1, 2}
+    assert_same_values(runs["compiled"], runs["eager"], rtol=1e-5, atol=1e-6)
 
 
 def test_saving_the_whole_model_while_recording_says_what_to_do(tmp_path):
