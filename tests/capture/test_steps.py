@@ -39,6 +39,34 @@ def test_a_step_is_an_optimizer_step_with_gradient_accumulation(tmp_path, tiny):
         np.testing.assert_allclose(l2[s], float(grads[s].norm()), rtol=1e-5)
 
 
+def test_an_optimizer_step_a_grad_scaler_skips_is_no_step(tmp_path, tiny):
+    """A GradScaler skips ``optimizer.step()`` when the gradients are not finite: no step
+    ended, so the next iteration is another micro-batch of the same step (its forward-pass
+    tensors stay the first iteration's) and the gradients recorded are the ones the
+    optimizer used when it did step."""
+    model, loss_fn, opt = tiny
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    data = batches(4)
+    losses, grads = [], []
+    opt.register_step_pre_hook(lambda o, a, k: grads.append(model.fc.weight.grad.norm().item()))
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1) as rec:
+        for i, (x, y) in enumerate(data):
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            losses.append(loss.item())
+            scaler.scale(loss * (float("inf") if i == 1 else 1.0)).backward()
+            scaler.step(opt)  # skipped at i == 1
+            scaler.update()
+        assert rec.global_step == 3 and not rec.dead
+    run = open_run(tmp_path / "run")
+    assert run.steps() == [0, 1, 2]
+    loss = run.tensor("CrossEntropyLoss_output_0").values()
+    np.testing.assert_allclose([loss[s] for s in range(3)], [losses[0], losses[1], losses[3]])
+    l2 = run.tensor(reduction_tensor_name("gradient/fc.weight", "l2")).values()
+    assert len(grads) == 3  # the optimizer stepped three times
+    np.testing.assert_allclose([l2[s] for s in range(3)], grads, rtol=1e-5)
+
+
 def test_without_optimizer_a_step_is_a_forward_pass(tmp_path, tiny):
     model, loss_fn, opt = tiny
     data = batches(5)
