@@ -683,12 +683,6 @@ class Recorder:
             reason = f"error: {exc_type.__name__}: {exc}"
         self.close(reason=reason)
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> Recorder:
-        """Itself: ``copy.deepcopy`` of a hooked model (an EMA or teacher copy) copies the
-        hooks, bound to this Recorder, which has threads and locks no copy can have. The
-        hooks ignore the copy's calls: only the model is recorded."""
-        return self
-
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("stopped" if self.dead else "recording")
         return f"Recorder({self.out_dir!r}, {self.root_name}, step={self.global_step}, {state})"
