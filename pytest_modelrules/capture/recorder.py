@@ -298,12 +298,12 @@ def _unpack(
     chunk: np.ndarray,
     arrays: list[tuple[str, np.ndarray]],
     scalars: list[tuple[list[str], np.ndarray]],
-    counts: dict[str, tuple[np.ndarray, int]] | None = None,
+    counts: dict[str, tuple[np.ndarray, int]],
 ) -> None:
     """Append the named arrays (or scalar rows) of one pending value (``chunk``: its
-    transferred elements). With ``counts``, positive counts are gathered there instead, those
-    of one name added up (DataParallel's replicas: one batch each), for :func:`_fractions`
-    once the step's values are all unpacked."""
+    transferred elements). Positive counts are gathered in ``counts`` instead, those of one
+    name added up (DataParallel's replicas: one batch each), for :func:`_add_fractions` once
+    the step's values are all unpacked."""
     kind = type(layout)
     if kind is _Scalars:
         if layout.divisor is not None:
@@ -315,9 +315,6 @@ def _unpack(
         for name, n, units in layout.items:
             part = chunk[offset : offset + units]
             offset += units
-            if counts is None:
-                arrays.append((name, _fractions(part, n)))
-                continue
             before = counts.get(name)
             if before is None:
                 counts[name] = (part, n)
@@ -337,6 +334,13 @@ def _unpack(
             arrays.append((tname, value.astype(STORED_DTYPE.get(red, "float64"), copy=False)))
     else:
         arrays.append((layout.name, chunk.reshape(layout.shape)))
+
+
+def _add_fractions(
+    arrays: list[tuple[str, np.ndarray]], counts: dict[str, tuple[np.ndarray, int]]
+) -> None:
+    """Append the positive fractions of the counts :func:`_unpack` gathered."""
+    arrays.extend((name, _fractions(part, n)) for name, (part, n) in counts.items())
 
 
 class _Hook(functools.partial):
@@ -1598,7 +1602,7 @@ class Recorder:
                     chunk = values[pos : pos + n]
                     pos += n
                     _unpack(layout, chunk, arrays, scalars, counts)
-        arrays.extend((name, _fractions(part, n)) for name, (part, n) in counts.items())
+        _add_fractions(arrays, counts)
         return arrays, scalars
 
     # -- the writer thread: disk (and upload) work overlaps training ---------------------------

@@ -578,7 +578,7 @@ def test_unit_counts_come_back_in_c_order_from_any_layout():
     """Whatever the batch's memory layout (contiguous, channels_last, another dense order,
     batch not outermost, strided, empty), the counts travel flat in C order and the stored
     value is counts / n: numpy's (x > 0).mean(0), NaN for an empty batch."""
-    from pytest_modelrules.capture.recorder import _unit_counts, _unpack
+    from pytest_modelrules.capture.recorder import _add_fractions, _unit_counts, _unpack
 
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(9, 6, 4, 5, generator=gen)
@@ -597,7 +597,9 @@ def test_unit_counts_come_back_in_c_order_from_any_layout():
         flat, layout = _unit_counts(batch, "t")
         assert flat.ndim == 1 and flat.dtype == torch.float32 and flat.is_contiguous()
         arrays: list = []
-        _unpack(layout, flat.numpy(), arrays, [])
+        counts: dict = {}
+        _unpack(layout, flat.numpy(), arrays, [], counts)
+        _add_fractions(arrays, counts)
         ((name, got),) = arrays
         n = np.float32(batch.shape[0])
         k = (batch.numpy() > 0).sum(axis=0).reshape(-1).astype(np.float32)
