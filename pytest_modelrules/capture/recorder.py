@@ -835,16 +835,22 @@ class Recorder:
     def _make_relu_hooks(self, base: str, module: torch.nn.Module, inputs: bool, outputs: bool):
         key = id(module)
 
+        def copy_key(mod: torch.nn.Module) -> Any:
+            """The call counter's key of a copy of ``module`` that calls its hooks, or None.
+            DataParallel's replicas (copies of the module, one a GPU, run in threads) share its
+            hooks: each counts its own calls, and the positive counts of the replicas' call k
+            add up on the host (_host_arrays) into one tensor over the whole batch; the general
+            path (_capture) keeps the first replica's. A copy made otherwise (copy.deepcopy:
+            an EMA or teacher model) shares them too, and is not the model: None, ignored."""
+            return (key, id(mod)) if getattr(mod, "_is_replica", False) else None
+
         def pre_hook(mod: torch.nn.Module, args: tuple[Any, ...]) -> None:
             if self.dead or self._forward_index or not self._saving:
                 return
             try:
-                replica = False
-                if mod is not module:  # see hook
-                    if not getattr(mod, "_is_replica", False):
-                        return
-                    replica = True
-                calls_key = (key, id(mod)) if replica else key
+                calls_key = key if mod is module else copy_key(mod)
+                if calls_key is None:
+                    return
                 k = self._relu_in_calls.get(calls_key, 0)
                 self._relu_in_calls[calls_key] = k + 1
                 if args and isinstance(args[0], torch.Tensor):
@@ -864,18 +870,10 @@ class Recorder:
             if self.dead or self._forward_index or not self._saving:
                 return
             try:
-                # DataParallel's replicas (copies of the module, one a GPU, run in threads)
-                # share its hooks: each counts its own calls, and the positive counts of the
-                # replicas' call k add up on the host (_host_arrays) into one tensor over the
-                # whole batch; the general path (_capture) keeps the first replica's. A copy
-                # made otherwise (copy.deepcopy: an EMA or teacher model) shares them too, and
-                # is not the model: ignored
-                replica = False
-                if mod is not module:
-                    if not getattr(mod, "_is_replica", False):
-                        return
-                    replica = True
-                calls_key = (key, id(mod)) if replica else key
+                calls_key = key if mod is module else copy_key(mod)
+                if calls_key is None:
+                    return
+                replica = calls_key is not key
                 k = calls.get(calls_key, 0)
                 calls[calls_key] = k + 1
                 plan = plans.get((key, k))
