@@ -327,6 +327,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.profile:
         profiled = ["no recorder", "save_interval=1"] + [TRITON_LABEL] * args.triton_counts
         profiled += [DEFERRED_LABEL] * args.deferred
+        profiled += [BOTH_LABEL] * (args.deferred and args.triton_counts)
         for label in profiled:
             activate(label)
             profile_steps(args, model, loss_fn, opt, batches, label, Path(args.profile))
