@@ -16,6 +16,8 @@ records the full input images (what the reference job adds for the report's gall
 ``--triton-counts`` adds a fourth variant, save_interval 1 with the optional Triton kernel
 for the ReLU counts (capture/kernels.py); ``--deferred`` a variant whose device work the
 Recorder's thread launches (capture/offload.py; with ``--triton-counts`` also both together);
+``--spin-wait`` a diagnostic variant whose writer thread spins while it waits for a step's
+copy to the host (CUDA's default wait; the Recorder's is asleep, ``recorder.BLOCKING_WAIT``);
 ``--profile DIR`` writes the profiler's op tables
 and traces of a few steps and the device's busy time per step. CPU default: 32 px. On a GPU
 at the seed's scale (all the GPU figures: gpu_figures.sh):
@@ -41,6 +43,7 @@ from typing import Any
 TRITON_LABEL = "save_interval=1, Triton counts"
 DEFERRED_LABEL = "save_interval=1, deferred"
 BOTH_LABEL = "deferred + Triton counts"
+SPIN_LABEL = "save_interval=1, spinning wait"
 
 
 def _sync(device: str) -> None:
@@ -233,6 +236,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="add a variant: save_interval=1 with the step's device work launched by the "
         "Recorder's thread (capture/offload.py; off by default until measured on a GPU)",
     )
+    parser.add_argument(
+        "--spin-wait",
+        action="store_true",
+        help="diagnostic: add a variant, save_interval=1 with the writer thread spinning while "
+        "it waits for a step's copy (CUDA's default wait) instead of asleep",
+    )
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument(
         "--profile",
@@ -257,6 +266,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     from pytest_modelrules import Recorder
     from pytest_modelrules.capture import CollectionConfig, kernels, offload, reductions
+    from pytest_modelrules.capture import recorder as recorder_module
 
     if args.host_proxy:
         reductions.FUSED_NORM_DEVICES.add("cpu")
@@ -272,6 +282,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         variants[DEFERRED_LABEL] = 1
         if args.triton_counts:
             variants[BOTH_LABEL] = 1
+    if args.spin_wait:
+        variants[SPIN_LABEL] = 1
     recorders = {}
     for label, interval in variants.items():
         if interval is not None:
@@ -302,6 +314,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             kernels.COUNT_KERNEL_DEVICES.add(torch.device(args.device).type)
         if label in (DEFERRED_LABEL, BOTH_LABEL):
             offload.DEFER_DEVICES.add(torch.device(args.device).type)
+        recorder_module.BLOCKING_WAIT = label != SPIN_LABEL
 
     samples: dict[str, list[float]] = {label: [] for label in variants}
     cpu: dict[str, list[float]] = {label: [] for label in variants}

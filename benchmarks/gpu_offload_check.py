@@ -43,7 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     import torchvision
 
     from pytest_modelrules import Recorder, modes
-    from pytest_modelrules.capture import kernels
 
     if args.quick:
         device, size, batch = "cpu", 32, 4
@@ -68,9 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     tmp = Path(tempfile.mkdtemp(prefix="modelrules-offload-check-"))
-    if not args.no_triton:
-        kernels.COUNT_KERNEL_DEVICES.add(kind)
     common = {"loss": loss_fn, "optimizer": opt, "save_interval": 1}
+    common["count_kernel"] = not args.no_triton
     inline = Recorder(tmp / "inline", model, offload=False, **common)
     deferred = Recorder(tmp / "deferred", model, offload=True, **common)
     try:
@@ -89,7 +87,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         inline.close()
         deferred.close()
-        kernels.COUNT_KERNEL_DEVICES.discard(kind)
     for rec in (inline, deferred):
         if rec.error is not None:
             print(f"recording failed: {rec.error!r}")
@@ -98,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name() if kind == "cuda" else "cpu"
     if args.no_triton:
         counts = "torch operations"
-    elif kind in kernels.COUNT_KERNEL_DEVICES:
+    elif all(kind in rec._kernel_devices for rec in (inline, deferred)):
         counts = "Triton kernel"
     else:  # it failed at its first launch (a warning says why) and torch counted instead
         counts = "torch operations (the Triton kernel failed)"

@@ -177,6 +177,11 @@ def _no_autocast(device_type: str) -> Any:
 #: would: this bounds what recording holds.
 RELU_QUEUE_BYTES = 512 * 2**20
 
+#: the writer thread waits for a step's copy to the host asleep (a blocking CUDA event), not
+#: spinning on a core as CUDA's default wait does for most of each step beside the thread that
+#: launches training's kernels; False spins (``bench_capture.py --spin-wait`` compares the two)
+BLOCKING_WAIT = True
+
 #: reductions whose result autocast cannot change (a comparison, then sums with an explicit
 #: dtype): computed without touching the autocast state
 _AUTOCAST_FREE = frozenset({("positive_fraction", False)})
@@ -1565,7 +1570,8 @@ class Recorder:
                 blob = torch.cat(blobs) if len(blobs) > 1 else blobs[0]
                 if device.type == "cuda":  # asynchronous, into pinned memory; waited for later
                     blob = blob.to("cpu", non_blocking=True)
-                    event = torch.cuda.Event()
+                    # the writer thread waits on it (BLOCKING_WAIT)
+                    event = torch.cuda.Event(blocking=self._async and BLOCKING_WAIT)
                     event.record(torch.cuda.current_stream(device))
                     events.append(event)
                 else:

@@ -144,6 +144,17 @@ def test_deferred_adds_variants_and_leaves_the_thread_off(capsys):
     assert not offload.DEFER_DEVICES and not kernels.COUNT_KERNEL_DEVICES
 
 
+def test_spin_wait_adds_a_variant_and_restores_the_blocking_wait(capsys):
+    """``--spin-wait``: save_interval=1 with the writer spinning while it waits (CUDA's
+    default), to compare with the blocking wait in one process; the default is back after."""
+    from pytest_modelrules.capture import recorder
+
+    module = _script()
+    ratios = module.main(["--quick", "--spin-wait"])
+    assert module.SPIN_LABEL in capsys.readouterr().out and module.SPIN_LABEL in ratios
+    assert recorder.BLOCKING_WAIT is True
+
+
 def test_gpu_offload_check_quick_finds_the_two_recordings_equal(capsys):
     """The GPU script's ``--quick`` form: two Recorders on one ResNet-18 loop, one handing its
     work to its thread, every stored value equal; the switches are off again after."""
@@ -153,6 +164,27 @@ def test_gpu_offload_check_quick_finds_the_two_recordings_equal(capsys):
     out = capsys.readouterr().out
     assert "equal: every value bit for bit" in out and "207 tensors" in out
     assert not offload.DEFER_DEVICES and not kernels.COUNT_KERNEL_DEVICES
+
+
+def test_gpu_offload_check_names_what_counted(capsys, monkeypatch):
+    """With the kernel (Triton's interpreter here) the script says the kernel counted; when
+    the kernel fails it says torch counted instead, and the values are still equal."""
+    from pytest_modelrules.capture import kernels
+
+    check = _script("gpu_offload_check")
+    assert check.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "counts by Triton kernel" in out and "equal: every value bit for bit" in out
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no launch")
+
+    monkeypatch.setattr(kernels, "positive_counts_c_order", broken)
+    with pytest.warns(RuntimeWarning, match="positive-count kernel failed"):
+        assert check.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "counts by torch operations (the Triton kernel failed)" in out
+    assert "equal: every value bit for bit" in out
 
 
 def test_gpu_offload_check_reports_a_difference(capsys, monkeypatch):
@@ -213,6 +245,15 @@ def test_capture_goals_judges_each_run_against_the_goal_of_its_device(tmp_path, 
         goals.judge(_figures("cpu", {"save_interval=500": 1.06, "save_interval=1": 1.0}))[1]
         is False
     )
+    # a diagnostic variant is listed, never the best one
+    spin = _figures(
+        "cuda",
+        {"save_interval=500": 1.0, "save_interval=1": 1.3, "save_interval=1, spinning wait": 1.0},
+    )
+    lines, ok = goals.judge(spin)
+    text = "\n".join(lines)
+    assert ok is False and "best variant 'save_interval=1' at 1.300" in text
+    assert any("spinning wait" in line and "diagnostic" in line for line in lines)
     for diagnostic in ({"host_proxy": True}, {"full_inputs": True}, {"no_write": True},
                        {"size": 64}):  # fmt: skip
         lines, ok = goals.judge(_figures("cuda", {"save_interval=1": 3.0}, **diagnostic))
