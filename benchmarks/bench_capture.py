@@ -303,6 +303,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if args.no_write:
             rec._write_step = lambda *a: None
 
+    # every variant sets both switches (save_interval=1: torch counts, inline); put back after
+    defaults = set(kernels.COUNT_KERNEL_DEVICES), set(offload.DEFER_DEVICES)
+
     def activate(label: str):
         for other_label, rec in recorders.items():
             rec._remove_hooks(static=True)
@@ -347,6 +350,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     activate("")
     for rec in recorders.values():
         rec.close()
+    kernels.COUNT_KERNEL_DEVICES.update(defaults[0])
+    offload.DEFER_DEVICES.update(defaults[1])
     shutil.rmtree(tmp, ignore_errors=True)
 
     base = statistics.median(samples["no recorder"])

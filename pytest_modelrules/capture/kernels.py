@@ -2,7 +2,8 @@
 all the ReLU calls of a step.
 
 The torch operations (:func:`~pytest_modelrules.capture.reductions.positive_counts`: a
-comparison and a sum over the batch) stay the reference and the default. At a saving step they
+comparison and a sum over the batch) stay the reference, and the default on CPUs and where
+Triton is missing. At a saving step they
 cost ResNet-18 68 operations on the training thread (17 ReLU calls, four each), most of the
 Recorder's launches in a step that is bound by the host launching kernels; and on a GPU the sum
 over the batch of a channels_last tensor writes C order while it reads memory order, at about a
@@ -15,15 +16,16 @@ addresses and shapes travels to the device with the launch; the counts come back
 narrowest integer dtype that holds the batch size (uint8 up to 255 samples: a quarter of
 float32's bytes to move to the host).
 
-It is used only where a Recorder is made with ``count_kernel=True`` or on the devices in
-:data:`COUNT_KERNEL_DEVICES` (empty by default: see docs/recording.md for what was measured and
-what is still to measure), reads contiguous and channels_last batches (others are counted by
+It is used where a Recorder is made with ``count_kernel=True`` or on the devices in
+:data:`COUNT_KERNEL_DEVICES` (CUDA by default where Triton is installed: docs/recording.md says
+what was measured), reads contiguous and channels_last batches (others are counted by
 the torch operations), and the Recorder switches it off (for itself, or in that set), with one
 warning, if it fails to compile or launch: recording goes on.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from contextlib import nullcontext
 from functools import lru_cache
@@ -33,9 +35,10 @@ import torch
 
 from .reductions import _MASK_DTYPES
 
-#: device types ("cuda") on which Recorders made with ``count_kernel=None`` (the default) count
-#: ReLU outputs with the Triton kernel
-COUNT_KERNEL_DEVICES: set[str] = set()
+#: device types on which Recorders made with ``count_kernel=None`` (the default) count ReLU
+#: outputs with the Triton kernel: CUDA where Triton is installed (on an H100 it cut the saving
+#: step's added time about in half in fp32 and lowered it in bf16; docs/recording.md)
+COUNT_KERNEL_DEVICES: set[str] = {"cuda"} if importlib.util.find_spec("triton") else set()
 
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 _INT32 = 2**31

@@ -398,7 +398,8 @@ class Recorder:
     off on the device types in ``capture.offload.DEFER_DEVICES`` (none by default).
     ``count_kernel=True`` counts the ReLU outputs' positives with one Triton launch a step on
     CUDA devices (capture/kernels.py), ``False`` with torch operations, ``None`` with the
-    kernel on the device types in ``capture.kernels.COUNT_KERNEL_DEVICES`` (none by default).
+    kernel on the device types in ``capture.kernels.COUNT_KERNEL_DEVICES`` (CUDA where Triton is
+    installed).
     """
 
     def __init__(

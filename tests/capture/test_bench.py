@@ -96,19 +96,20 @@ def test_profile_writes_op_tables_and_traces_of_both_variants(tmp_path, capsys):
         assert (tmp_path / name).stat().st_size > 0
 
 
-def test_triton_counts_adds_a_variant_and_leaves_the_kernel_off(capsys):
+def test_triton_counts_adds_a_variant_and_restores_the_switch(capsys, monkeypatch):
     """``--triton-counts``: a fourth variant, save_interval=1 with the Triton kernel (here run
-    by Triton's interpreter, tests/conftest.py); the kernel is switched off again after."""
+    by Triton's interpreter, tests/conftest.py); the module's switch is as it was after."""
     pytest.importorskip("triton")
     from pytest_modelrules.capture import kernels
 
+    monkeypatch.setattr(kernels, "COUNT_KERNEL_DEVICES", {"cuda"})
     module = _script()
     ratios = module.main(["--quick", "--triton-counts"])
     out = capsys.readouterr().out
     assert module.TRITON_LABEL in out and set(ratios) == {
         "no recorder", "save_interval=500", "save_interval=1", module.TRITON_LABEL
     }  # fmt: skip
-    assert not kernels.COUNT_KERNEL_DEVICES
+    assert set(kernels.COUNT_KERNEL_DEVICES) == {"cuda"}
 
 
 def test_gpu_kernel_check_quick_compares_the_kernel_with_the_torch_operations(capsys):
@@ -136,12 +137,13 @@ def test_deferred_adds_variants_and_leaves_the_thread_off(capsys):
     pytest.importorskip("triton")
     from pytest_modelrules.capture import kernels, offload
 
+    before = set(kernels.COUNT_KERNEL_DEVICES)
     module = _script()
     ratios = module.main(["--quick", "--deferred", "--triton-counts"])
     out = capsys.readouterr().out
     assert module.DEFERRED_LABEL in out and module.BOTH_LABEL in out
     assert {module.DEFERRED_LABEL, module.BOTH_LABEL} <= set(ratios)
-    assert not offload.DEFER_DEVICES and not kernels.COUNT_KERNEL_DEVICES
+    assert not offload.DEFER_DEVICES and set(kernels.COUNT_KERNEL_DEVICES) == before
 
 
 def test_spin_wait_adds_a_variant_and_restores_the_blocking_wait(capsys):
@@ -160,10 +162,11 @@ def test_gpu_offload_check_quick_finds_the_two_recordings_equal(capsys):
     work to its thread, every stored value equal; the switches are off again after."""
     from pytest_modelrules.capture import kernels, offload
 
+    before = set(kernels.COUNT_KERNEL_DEVICES)
     assert _script("gpu_offload_check").main(["--quick", "--no-triton"]) == 0
     out = capsys.readouterr().out
     assert "equal: every value bit for bit" in out and "207 tensors" in out
-    assert not offload.DEFER_DEVICES and not kernels.COUNT_KERNEL_DEVICES
+    assert not offload.DEFER_DEVICES and set(kernels.COUNT_KERNEL_DEVICES) == before
 
 
 def test_gpu_offload_check_names_what_counted(capsys, monkeypatch):

@@ -462,3 +462,15 @@ def test_the_kernel_compiles_for_nvidia_gpus_with_16_byte_loads():
             assert op == wide, variant
         else:
             assert op.startswith("ld.global.b"), variant
+
+
+def test_the_kernel_is_the_cuda_default_where_triton_is_installed():
+    """Recorders made with count_kernel=None use the kernel on CUDA devices when Triton can be
+    imported (it was measured faster there), never on the CPU by default."""
+    import importlib.util
+
+    from pytest_modelrules.capture import kernels
+
+    expected = {"cuda"} if importlib.util.find_spec("triton") else set()
+    assert set(kernels.COUNT_KERNEL_DEVICES) == expected
+    assert "cpu" not in kernels.COUNT_KERNEL_DEVICES
