@@ -33,6 +33,7 @@ import torch
 from .. import modes as _modes
 from ..exceptions import RecorderError
 from ..modes import ModeKeys, parse_mode
+from ..store.format import Fraction
 from ..store.names import reduction_tensor_name
 from ..store.writer import RunWriter
 from . import kernels, offload
@@ -341,11 +342,29 @@ def _unpack(
         arrays.append((layout.name, chunk.reshape(layout.shape)))
 
 
+def _count_dtype(n: int) -> np.dtype | None:
+    """The narrowest unsigned dtype that holds counts of up to ``n`` (None past 2**24: float32,
+    the readers' division, is no longer exact there)."""
+    for dtype in (np.uint8, np.uint16):
+        if n <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.uint32) if n < 2**24 else None
+
+
 def _add_fractions(
-    arrays: list[tuple[str, np.ndarray]], counts: dict[str, tuple[np.ndarray, int]]
+    arrays: list[tuple[str, np.ndarray | Fraction]], counts: dict[str, tuple[np.ndarray, int]]
 ) -> None:
-    """Append the positive fractions of the counts :func:`_unpack` gathered."""
-    arrays.extend((name, _fractions(part, n)) for name, (part, n) in counts.items())
+    """Append the positive fractions of the counts :func:`_unpack` gathered, as fraction
+    records (docs/format.md): the counts in the narrowest unsigned dtype over the batch size,
+    which read back as the float32 ``counts / n`` they stood for: at the seed's scale 2.3 MB
+    a step to write instead of 9.2 MB of float32 (the Triton kernel's uint8 counts are
+    written as they came)."""
+    for name, (part, n) in counts.items():
+        dtype = _count_dtype(n)
+        if dtype is None:
+            arrays.append((name, _fractions(part, n)))
+        else:
+            arrays.append((name, Fraction(part.astype(dtype, copy=False), n)))
 
 
 class _Hook(functools.partial):

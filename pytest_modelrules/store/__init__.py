@@ -1,6 +1,16 @@
 """Reading and writing runs: the native format, SageMaker Debugger's layout, the Run API."""
 
+from .format import Fraction
 from .run import Collection, Run, Series, Tensor, create_trial, open_run
 from .writer import RunWriter
 
-__all__ = ["Collection", "Run", "RunWriter", "Series", "Tensor", "create_trial", "open_run"]
+__all__ = [
+    "Collection",
+    "Fraction",
+    "Run",
+    "RunWriter",
+    "Series",
+    "Tensor",
+    "create_trial",
+    "open_run",
+]

@@ -7,6 +7,10 @@ CRC32 (zlib's) covers everything in a record after its CRC field. Nothing here u
 evaluates: dtypes come from a fixed table, lengths are checked against the file before any
 array is made, and arrays are numpy views of the bytes read.
 
+A record flagged as a fraction holds unsigned integer counts and a denominator in its header;
+readers give its value as float32 ``counts / denominator`` (the Recorder's per-unit positive
+fractions of ReLU outputs: a quarter of float32's bytes for batches of up to 255 samples).
+
 Reading is vectorised where the file allows it: a run of records with one dtype, one shape
 and one payload size (every step of a training loop) is validated through one structured
 numpy view of all its headers, and its payloads can be handed out as one strided view.
@@ -18,19 +22,21 @@ import json
 import struct
 import zlib
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 from ..exceptions import CorruptRunError
 
 FORMAT_NAME = "pytest-modelrules"
-#: 2 added rows files (a row of scalars, one per tensor, per record); a reader reads 1 and 2
-FORMAT_VERSION = 2
+#: 2 added rows files (a row of scalars, one per tensor, per record), 3 fraction records
+#: (integer counts over a denominator); a reader reads every version up to its own
+FORMAT_VERSION = 3
 
 FILE_MAGIC = b"MRTFILE1"
 RECORD_MAGIC = b"MRR\x01"
-# magic, crc, step, mode_step, wall_time, nbytes, mode, dtype, ndim, flags, 4 pad bytes
-RECORD_HEADER = struct.Struct("<4sIqqdQBBBB4x")
+# magic, crc, step, mode_step, wall_time, nbytes, mode, dtype, ndim, flags, denominator
+RECORD_HEADER = struct.Struct("<4sIqqdQBBBBI")
 FILE_HEADER = struct.Struct("<8sII")  # magic, json length, crc32(json)
 _CRC = struct.Struct("<I")
 MAX_NDIM = 32
@@ -41,6 +47,41 @@ MAX_ROW_NAMES = 1 << 16
 MAX_RECORD_BYTES = 1 << 40
 #: shortest run of records worth the vectorised path
 _MIN_UNIFORM_RUN = 4
+#: record flag (version 3): the payload is unsigned integer counts, the header's last field
+#: their denominator; the value is float32 counts / denominator
+FLAG_FRACTION = 0x01
+MAX_DENOMINATOR = 2**32 - 1
+
+
+class Fraction(NamedTuple):
+    """A value to store as counts over one denominator (a fraction record): unsigned integer
+    ``counts`` (exact in float32: below 2**24) and ``denominator`` (0 to 2**32 - 1). Readers
+    give ``float32(counts) / float32(denominator)``, NaN where both are 0 (an empty batch)."""
+
+    counts: np.ndarray
+    denominator: int
+
+
+def fraction_values(counts: np.ndarray, denominator: int | np.ndarray) -> np.ndarray:
+    """float32 ``counts / denominator`` as a reader gives a fraction record (``denominator``
+    may hold one per leading row of ``counts``): the same float32 division the Recorder's
+    positive fractions always were, NaN for 0 / 0."""
+    den = np.asarray(denominator, dtype=np.float32)
+    if den.ndim:
+        den = den.reshape(den.shape + (1,) * (counts.ndim - den.ndim))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return counts.astype(np.float32) / den
+
+
+def _check_fraction(value: Fraction) -> tuple[np.ndarray, int]:
+    counts = np.asarray(value.counts)
+    if counts.dtype.kind != "u":
+        raise TypeError(f"a Fraction's counts must be unsigned integers, not {counts.dtype}")
+    den = int(value.denominator)
+    if not 0 <= den <= MAX_DENOMINATOR:
+        raise ValueError(f"a Fraction's denominator must be in [0, 2**32), got {den}")
+    return counts, den
+
 
 # dtype codes: a closed table, so a file can never name an arbitrary (object) dtype
 DTYPE_CODES: dict[int, np.dtype] = {
@@ -63,6 +104,7 @@ CODE_OF_DTYPE: dict[np.dtype, int] = {
     dt.newbyteorder("<"): code for code, dt in DTYPE_CODES.items()
 }
 _MAGIC_U32 = int.from_bytes(RECORD_MAGIC, "little")
+_F32 = np.dtype("<f4")
 
 
 def dtype_code(dtype: np.dtype) -> int:
@@ -88,15 +130,19 @@ def encode_file_header(fields: dict) -> bytes:
 
 
 def encode_record_parts(
-    array: np.ndarray, *, step: int, mode: int, mode_step: int, wall_time: float
+    array: np.ndarray | Fraction, *, step: int, mode: int, mode_step: int, wall_time: float
 ) -> tuple[bytes, memoryview]:
     """One record as (header and shape bytes, payload) without copying the payload.
 
     The payload is a byte memoryview of the array itself when it is already C-contiguous and
     little-endian (else of a converted copy); the CRC is computed over those same bytes, so
     ``header + bytes(payload)`` is exactly :func:`encode_record`'s result. The caller must not
-    change the array until the payload is written.
+    change the array until the payload is written. A :class:`Fraction` is a fraction record.
     """
+    flags = den = 0
+    if isinstance(array, Fraction):
+        array, den = _check_fraction(array)
+        flags = FLAG_FRACTION
     arr = np.asarray(array)
     code = dtype_code(arr.dtype)
     if arr.ndim > MAX_NDIM:
@@ -109,7 +155,7 @@ def encode_record_parts(
     ndim = len(shape)
     # bytes 8.. of the header, then the shape: what the CRC covers before the payload
     body = RECORD_HEADER.pack(
-        RECORD_MAGIC, 0, step, mode_step, wall_time, payload.nbytes, mode, code, ndim, 0
+        RECORD_MAGIC, 0, step, mode_step, wall_time, payload.nbytes, mode, code, ndim, flags, den
     )[8:]
     if ndim:
         body += struct.pack(f"<{ndim}Q", *shape)
@@ -125,17 +171,23 @@ _SHAPES: dict[tuple[int, ...], bytes] = {}
 
 
 def encode_record_fast(
-    array: np.ndarray | np.generic, step: int, mode: int, mode_step: int, wall_time: float
+    array: np.ndarray | np.generic | Fraction,
+    step: int,
+    mode: int,
+    mode_step: int,
+    wall_time: float,
 ) -> tuple[bytes, bytes | memoryview]:
     """:func:`encode_record_parts` with less Python per record, for writers of many small
     records a step (the Recorder's ~200): a numpy array or scalar of a format dtype in native
     order, C-contiguous, is encoded directly (payloads of up to 64 bytes as bytes, larger
-    ones as a view of the array); anything else goes through encode_record_parts. Same
-    bytes."""
-    code = _FAST_CODES.get(array.dtype)
-    if code is None or not array.flags.c_contiguous:
+    ones as a view of the array); anything else (a :class:`Fraction` too) goes through
+    encode_record_parts. Same bytes."""
+    code = _FAST_CODES.get(getattr(array, "dtype", None))
+    if code is None or not array.flags.c_contiguous:  # type: ignore[union-attr]
+        if not isinstance(array, Fraction):
+            array = np.asarray(array)
         return encode_record_parts(
-            np.asarray(array), step=step, mode=mode, mode_step=mode_step, wall_time=wall_time
+            array, step=step, mode=mode, mode_step=mode_step, wall_time=wall_time
         )
     shape = array.shape
     nbytes = array.nbytes
@@ -151,7 +203,7 @@ def encode_record_fast(
             _SHAPES.clear()
     body = (
         RECORD_HEADER.pack(
-            RECORD_MAGIC, 0, step, mode_step, wall_time, nbytes, mode, code, len(shape), 0
+            RECORD_MAGIC, 0, step, mode_step, wall_time, nbytes, mode, code, len(shape), 0, 0
         )[8:]
         + dims
     )
@@ -159,7 +211,7 @@ def encode_record_fast(
 
 
 def encode_record(
-    array: np.ndarray, *, step: int, mode: int, mode_step: int, wall_time: float
+    array: np.ndarray | Fraction, *, step: int, mode: int, mode_step: int, wall_time: float
 ) -> bytes:
     """One record: header, shape and the array's little-endian C-order bytes."""
     head, payload = encode_record_parts(
@@ -225,8 +277,9 @@ def row_names(fields: dict, path: str) -> list[str]:
 class RecordIndex:
     """Where the records of one file lie, as parallel numpy arrays (one entry per record).
 
-    ``layouts`` holds each distinct (dtype, shape) once; ``kinds[i]`` points into it, so a
-    file of a million same-shaped records costs no per-record Python objects. ``chunks[i]``
+    ``layouts`` holds each distinct (dtype, shape, denominator) once (the denominator of a
+    fraction record, None for the others); ``kinds[i]`` points into it, so a file of a
+    million same-shaped records costs no per-record Python objects. ``chunks[i]``
     names the buffer (of the reader's list of buffers) that holds record ``i``, ``offsets[i]``
     its payload's offset in that buffer.
     """
@@ -238,7 +291,7 @@ class RecordIndex:
     offsets: np.ndarray  # int64 payload offsets into the chunk
     kinds: np.ndarray  # int32 index into layouts
     chunks: np.ndarray  # int32 chunk number
-    layouts: list[tuple[np.dtype, tuple[int, ...]]] = field(default_factory=list)
+    layouts: list[tuple[np.dtype, tuple[int, ...], int | None]] = field(default_factory=list)
     end: int = 0  # file offset just past the last complete record
 
     def __len__(self) -> int:
@@ -246,7 +299,10 @@ class RecordIndex:
 
     @property
     def dtypes(self) -> list[np.dtype]:
-        return [self.layouts[k][0] for k in self.kinds.tolist()]
+        """Each record's value dtype (float32 for a fraction record, whatever its counts')."""
+        return [
+            self.layouts[k][0] if self.layouts[k][2] is None else _F32 for k in self.kinds.tolist()
+        ]
 
     @property
     def shapes(self) -> list[tuple[int, ...]]:
@@ -291,9 +347,9 @@ def _header_dtype(ndim: int, stride: int) -> np.dtype:
     names = ["magic", "crc", "step", "mode_step", "wall", "nbytes", "mode", "code", "ndim"]
     formats: list = ["<u4", "<u4", "<i8", "<i8", "<f8", "<u8", "u1", "u1", "u1"]
     offsets = [0, 4, 8, 16, 24, 32, 40, 41, 42]
-    names += ["flags"]
-    formats += ["u1"]
-    offsets += [43]
+    names += ["flags", "denominator"]
+    formats += ["u1", "<u4"]
+    offsets += [43, 44]
     if ndim:
         names.append("shape")
         formats.append(("<u8", (ndim,)))
@@ -308,11 +364,11 @@ class _Builder:
         self.chunk = chunk
         self.parts: list[tuple[np.ndarray, ...]] = []
         self.single: list[tuple[int, int, int, float, int, int]] = []
-        self.layouts: list[tuple[np.dtype, tuple[int, ...]]] = []
-        self._kind_of: dict[tuple[np.dtype, tuple[int, ...]], int] = {}
+        self.layouts: list[tuple[np.dtype, tuple[int, ...], int | None]] = []
+        self._kind_of: dict[tuple[np.dtype, tuple[int, ...], int | None], int] = {}
 
-    def kind(self, dtype: np.dtype, shape: tuple[int, ...]) -> int:
-        key = (dtype, shape)
+    def kind(self, dtype: np.dtype, shape: tuple[int, ...], denominator: int | None) -> int:
+        key = (dtype, shape, denominator)
         k = self._kind_of.get(key)
         if k is None:
             k = self._kind_of[key] = len(self.layouts)
@@ -387,7 +443,7 @@ def parse_records(
         if size - pos < hsize:
             _incomplete(mv, path, pos, base, commit_limit)
             break
-        magic, crc, step, mode_step, wall, nbytes, mode, code, ndim, flags = unpack(mv, pos)
+        magic, crc, step, mode_step, wall, nbytes, mode, code, ndim, flags, den = unpack(mv, pos)
         where = base + pos
         if magic != RECORD_MAGIC:
             raise CorruptRunError(path, f"bad record magic {bytes(magic)!r}", where)
@@ -398,8 +454,15 @@ def parse_records(
             raise CorruptRunError(path, f"unknown dtype code {code}", where)
         if mode not in (1, 2, 3, 4):
             raise CorruptRunError(path, f"unknown mode {mode}", where)
-        if flags:
+        if flags & ~FLAG_FRACTION:
             raise CorruptRunError(path, f"unknown record flags {flags:#x}", where)
+        if not flags and den:
+            raise CorruptRunError(path, "header bytes 44-47 of a plain record are not 0", where)
+        if flags and dtype.kind != "u":
+            raise CorruptRunError(
+                path, f"fraction record of dtype {dtype}: its counts must be unsigned", where
+            )
+        denominator = den if flags else None
         if step < 0 or mode_step < 0:
             raise CorruptRunError(path, f"negative step {step} / mode step {mode_step}", where)
         if size - pos - hsize < 8 * ndim:
@@ -426,20 +489,22 @@ def parse_records(
         n_fit = (size - pos) // stride
         if n_fit >= _MIN_UNIFORM_RUN:
             k = _uniform_run(
-                mv, path, pos, n_fit, stride, ndim, shape, code, nbytes, base, verify_crc
-            )
+                mv, path, pos, n_fit, stride, ndim, shape, (code, flags, den), nbytes, base,
+                verify_crc,
+            )  # fmt: skip
             if k >= 2:
                 view = np.frombuffer(mv, _header_dtype(ndim, stride), count=k, offset=pos)
                 offsets = np.arange(k, dtype=np.int64) * stride + data
                 out.add_run(
                     view["step"], view["mode"], view["mode_step"], view["wall"],
-                    offsets, out.kind(dtype, tuple(shape)),
+                    offsets, out.kind(dtype, tuple(shape), denominator),
                 )  # fmt: skip
                 pos += k * stride
                 continue
         if verify_crc and crc32(mv[pos + 8 : data + nbytes]) != crc:
             raise CorruptRunError(path, f"checksum mismatch in the record of step {step}", where)
-        out.single.append((step, mode, mode_step, wall, data, out.kind(dtype, tuple(shape))))
+        kind = out.kind(dtype, tuple(shape), denominator)
+        out.single.append((step, mode, mode_step, wall, data, kind))
         pos = data + nbytes
     index = out.build(base + pos)
     if len(index) > 1 and not bool(np.all(np.diff(index.steps) > 0)):
@@ -461,19 +526,22 @@ def _uniform_run(
     stride: int,
     ndim: int,
     shape: tuple[int, ...],
-    code: int,
+    kind: tuple[int, int, int],
     nbytes: int,
     base: int,
     verify_crc: bool,
 ) -> int:
-    """How many records from ``pos`` share the first one's layout (checksums verified)."""
+    """How many records from ``pos`` share the first one's layout (``kind``: its dtype code,
+    flags and denominator), checksums verified."""
+    code, flags, den = kind
     view = np.frombuffer(mv, _header_dtype(ndim, stride), count=n_fit, offset=pos)
     ok = (
         (view["magic"] == _MAGIC_U32)
         & (view["nbytes"] == nbytes)
         & (view["code"] == code)
         & (view["ndim"] == ndim)
-        & (view["flags"] == 0)
+        & (view["flags"] == flags)
+        & (view["denominator"] == den)
         & (view["mode"] >= 1)
         & (view["mode"] <= 4)
         & (view["step"] >= 0)

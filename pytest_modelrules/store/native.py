@@ -20,6 +20,7 @@ from .format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     RecordIndex,
+    fraction_values,
     parse_file_header,
     parse_records,
     row_names,
@@ -109,12 +110,14 @@ class _LogFile:
         )
         if self.names is not None:
             width = (len(self.names),)
-            for _dtype, shape in new.layouts:
+            for _dtype, shape, denominator in new.layouts:
                 if shape != width:
                     raise CorruptRunError(
                         self.path,
                         f"a row of shape {shape} in a rows file that names {width[0]} tensors",
                     )
+                if denominator is not None:
+                    raise CorruptRunError(self.path, "a fraction record in a rows file")
         if len(new):
             self.chunks.append(chunk)
         if self.index is None:
@@ -154,26 +157,31 @@ class NativeRecords(TensorRecords):
             [np.arange(len(i), dtype=np.int64) for i in idx] or [np.zeros(0, np.int64)]
         )
 
-    def _layout(self, part: int, kind: int) -> tuple[np.dtype, tuple[int, ...], int]:
-        """(dtype, shape, offset within the payload) of a record kind of a part."""
+    def _layout(self, part: int, kind: int) -> tuple[np.dtype, tuple[int, ...], int, int | None]:
+        """(dtype, shape, offset within the payload, denominator of a fraction record or None)
+        of a record kind of a part."""
         _, log, column = self.parts[part]
-        dtype, shape = log.index.layouts[kind]
+        dtype, shape, denominator = log.index.layouts[kind]
         if column is None:
-            return dtype, shape, 0
-        return dtype, (), column * dtype.itemsize
+            return dtype, shape, 0, denominator
+        return dtype, (), column * dtype.itemsize, None
 
     def value(self, i: int) -> np.ndarray:
         part = int(self._part[i])
         log = self.parts[part][1]
         j = int(self._local[i])
         index = log.index
-        dtype, shape, extra = self._layout(part, int(index.kinds[j]))
+        dtype, shape, extra, denominator = self._layout(part, int(index.kinds[j]))
         count = 1
         for dim in shape:
             count *= dim
         buf = log.chunks[int(index.chunks[j])]
         offset = int(index.offsets[j]) + extra
-        return np.frombuffer(buf, dtype, count=count, offset=offset).reshape(shape)
+        value = np.frombuffer(buf, dtype, count=count, offset=offset).reshape(shape)
+        if denominator is not None:
+            value = fraction_values(value, denominator)
+            value.flags.writeable = False  # like every other value read
+        return value
 
     def shapes(self, indices: np.ndarray) -> list[tuple[int, ...]]:
         out = []
@@ -186,7 +194,8 @@ class NativeRecords(TensorRecords):
     def stacked(self, indices: np.ndarray) -> np.ndarray | None:
         """The values at ``indices`` as one (n, *shape) array when they share dtype and shape:
         a strided view of the file's bytes (no copy) when they lie equally spaced in one
-        buffer, else a concatenation of such views. None when layouts differ."""
+        buffer, else a concatenation of such views; fraction records (one denominator each)
+        divided into a new float32 array. None when layouts differ."""
         indices = np.asarray(indices, np.int64)
         if not len(indices):
             return None
@@ -200,6 +209,7 @@ class NativeRecords(TensorRecords):
         key = parts.astype(np.int64) * (1 << 32) + chunk_ids
         cuts = np.flatnonzero(np.diff(key)) + 1
         pieces = []
+        denominators: list[np.ndarray] = []
         layout_seen = None
         for seg in np.split(np.arange(len(indices)), cuts):
             part = int(parts[seg[0]])
@@ -207,14 +217,22 @@ class NativeRecords(TensorRecords):
             index = log.index
             js = local[seg]
             kinds = index.kinds[js]
+            dtype, shape, extra, den = self._layout(part, int(kinds[0]))
             if len(kinds) > 1 and not bool(np.all(kinds == kinds[0])):
-                return None
-            dtype, shape, extra = self._layout(part, int(kinds[0]))
-            lay = (dtype, shape)
+                # fraction records of one dtype and shape may differ in their denominators
+                others = [index.layouts[k] for k in np.unique(kinds).tolist()]
+                if den is None or any(
+                    o[0] != dtype or o[1] != shape or o[2] is None for o in others
+                ):
+                    return None
+            lay = (dtype, shape, den is not None)
             if layout_seen is None:
                 layout_seen = lay
             elif lay != layout_seen:
                 return None
+            if den is not None:
+                table = np.array([d if d is not None else 0 for *_, d in index.layouts], np.int64)
+                denominators.append(table[kinds])
             offs = index.offsets[js] + extra
             itemsize = lay[0].itemsize
             size = itemsize * int(np.prod(lay[1], dtype=np.int64)) if lay[1] else itemsize
@@ -225,7 +243,11 @@ class NativeRecords(TensorRecords):
                 return None
             buf = log.chunks[int(index.chunks[js[0]])]
             pieces.append(strided_view(buf, lay[0], lay[1], int(offs[0]), stride, len(offs)))
-        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        stacked = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        if denominators:
+            stacked = fraction_values(stacked, np.concatenate(denominators))
+            stacked.flags.writeable = False
+        return stacked
 
     def values(self, indices: np.ndarray) -> list[np.ndarray]:
         st = self.stacked(indices)

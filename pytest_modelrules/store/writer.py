@@ -24,6 +24,7 @@ from . import layout
 from .format import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    Fraction,
     encode_file_header,
     encode_record,
     encode_record_fast,
@@ -89,6 +90,13 @@ def to_numpy(value: Any) -> np.ndarray:
     if arr.dtype == object:
         raise TypeError(f"cannot record a value of type {type(value).__name__}")
     return arr
+
+
+def _value(value: Any) -> np.ndarray | Fraction:
+    """What a write stores: a Fraction with numpy counts, or :func:`to_numpy` of ``value``."""
+    if isinstance(value, Fraction):
+        return Fraction(to_numpy(value.counts), value.denominator)
+    return to_numpy(value)
 
 
 def check_write(
@@ -306,7 +314,9 @@ class RunWriter:
 
         ``mode_step`` defaults to a per-mode counter of the global steps written in that mode
         (0, 1, 2, ...), which is what SageMaker Debugger counts when every step is saved.
-        Writing a newer step commits the previous one.
+        Writing a newer step commits the previous one. A :class:`~.format.Fraction` (unsigned
+        counts over a denominator) is stored as a fraction record and reads back as float32
+        ``counts / denominator``: fractions of a batch in a quarter of float32's bytes.
         """
         self._check_open()
         step, mode_key, new_step = check_write(
@@ -319,7 +329,7 @@ class RunWriter:
         cur = self._current
         if name in self._written_this_step:
             raise ValueError(f"tensor {name!r} written twice at step {step}")
-        arr = to_numpy(array)
+        arr = _value(array)
         head, payload = encode_record_parts(
             arr, step=cur[0], mode=cur[1], mode_step=cur[2], wall_time=cur[3]
         )
@@ -329,7 +339,7 @@ class RunWriter:
     def write_step(
         self,
         step: int,
-        arrays: list[tuple[str, np.ndarray | np.generic]],
+        arrays: list[tuple[str, np.ndarray | np.generic | Fraction]],
         mode: ModeKeys | str | int = ModeKeys.TRAIN,
         mode_step: int | None = None,
         wall_time: float | None = None,
@@ -374,7 +384,7 @@ class RunWriter:
         fh_of = self._tensor_fh
         for name, array in arrays:
             if not isinstance(array, (np.ndarray, np.generic)):
-                array = to_numpy(array)
+                array = _value(array)
             head, payload = encode_record_fast(array, cur_step, cur_mode, cur_mode_step, cur_wall)
             write_parts(fh_of(name), head, payload)
             written.add(name)

@@ -83,6 +83,42 @@ def test_default_reductions_match_too(tmp_path, tiny):
     assert not run.has_tensor(reduction_tensor_name("relu_output_0", "zero_fraction"))
 
 
+def test_positive_fractions_are_stored_as_uint8_counts_over_the_batch(tmp_path, tiny):
+    """On disk a ReLU's positive fractions are fraction records: uint8 counts (a quarter of
+    float32's bytes) with the batch size as their denominator, also for the smaller last
+    batch; they read back as the float32 fractions of the full tensor, which a second
+    recording of the same training saves."""
+    import copy
+
+    from pytest_modelrules.store import layout
+    from pytest_modelrules.store.format import parse_file_header, parse_records
+
+    model, loss_fn, _ = tiny
+    twin = copy.deepcopy(model)
+    data = [*batches(2), *batches(1, batch=3, seed=1)]
+    raw = CollectionConfig("raw", include_regex=[r"relu_output"])
+    for net, out, extra in ((model, "run", []), (twin, "full", [raw])):
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        with Recorder(tmp_path / out, net, loss=loss_fn, optimizer=opt, save_interval=1,
+                      collections=extra or None):  # fmt: skip
+            train(net, loss_fn, opt, data)
+    run, full = open_run(tmp_path / "run"), open_run(tmp_path / "full")
+    name = reduction_tensor_name("relu_output_0", "positive_fraction")
+    assert not run.has_tensor("relu_output_0")
+    for step in range(3):
+        got = run.tensor(name).value(step)
+        expected = compute_reduction(full.tensor("relu_output_0").value(step), "positive_fraction")
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, expected)
+    path = next((tmp_path / "run" / layout.WORKERS_DIR / "worker_0" / "tensors").glob(
+        "*positive_fraction*relu_output_0*"
+    ))  # fmt: skip
+    data = path.read_bytes()
+    index = parse_records(data, str(path), parse_file_header(data, str(path)).data_offset)
+    assert sorted(den for _, _, den in index.layouts) == [3, 8]
+    assert {dtype for dtype, _, _ in index.layouts} == {np.dtype(np.uint8)}
+
+
 def test_default_recording_saves_only_what_the_default_rules_read(tmp_path, tiny):
     """relu_output: positive_fraction only; relu_input: nothing, and no hook runs for it;
     the documented CollectionConfigs bring zero_fraction and relu_input variance back."""
@@ -577,8 +613,10 @@ def test_a_reductions_only_step_makes_one_transfer_per_device(tmp_path, tiny, mo
 def test_unit_counts_come_back_in_c_order_from_any_layout():
     """Whatever the batch's memory layout (contiguous, channels_last, another dense order,
     batch not outermost, strided, empty), the counts travel flat in C order and the stored
-    value is counts / n: numpy's (x > 0).mean(0), NaN for an empty batch."""
+    value is counts / n: numpy's (x > 0).mean(0), NaN for an empty batch. They are stored as
+    uint8 counts over n (a fraction record), which a reader divides."""
     from pytest_modelrules.capture.recorder import _add_fractions, _unit_counts, _unpack
+    from pytest_modelrules.store.format import Fraction, fraction_values
 
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(9, 6, 4, 5, generator=gen)
@@ -600,7 +638,10 @@ def test_unit_counts_come_back_in_c_order_from_any_layout():
         counts: dict = {}
         _unpack(layout, flat.numpy(), arrays, [], counts)
         _add_fractions(arrays, counts)
-        ((name, got),) = arrays
+        ((name, stored),) = arrays
+        assert isinstance(stored, Fraction) and stored.counts.dtype == np.uint8
+        assert stored.denominator == batch.shape[0]
+        got = fraction_values(stored.counts, stored.denominator)
         n = np.float32(batch.shape[0])
         k = (batch.numpy() > 0).sum(axis=0).reshape(-1).astype(np.float32)
         with np.errstate(invalid="ignore"):

@@ -35,7 +35,7 @@ def record_offsets(path: Path) -> list[int]:
     out = []
     while pos < len(data):
         out.append(pos)
-        (*_, nbytes, _m, _c, ndim, _f) = RECORD_HEADER.unpack_from(data, pos)
+        (*_, nbytes, _m, _c, ndim, _f, _d) = RECORD_HEADER.unpack_from(data, pos)
         pos += RECORD_HEADER.size + 8 * ndim + nbytes
     return out
 
@@ -128,11 +128,18 @@ def test_flipped_payload_byte_fails_the_checksum(tmp_path):
 
 
 def test_too_many_dimensions_unknown_mode_and_flags(tmp_path):
-    for at, value, match in ((42, 200, "200 dimensions"), (40, 9, "unknown mode 9"),
-                             (43, 1, "unknown record flags")):  # fmt: skip
-        root = make_run(tmp_path / f"r{at}")
+    for i, (fmt, at, value, match) in enumerate((
+        ("<B", 42, 200, "200 dimensions"),
+        ("<B", 40, 9, "unknown mode 9"),
+        ("<B", 43, 2, "unknown record flags 0x2"),
+        # the fraction flag on float32 values: a fraction's counts are unsigned integers
+        ("<B", 43, 1, "fraction record of dtype float32: its counts must be unsigned"),
+        # the denominator field of a plain record: zero, as versions 1 and 2 wrote it
+        ("<I", 44, 7, "header bytes 44-47 of a plain record are not 0"),
+    )):  # fmt: skip
+        root = make_run(tmp_path / f"r{i}")
         f = tensor_file(root)
-        patch_record(f, 0, "<B", at, value)
+        patch_record(f, 0, fmt, at, value)
         expect_corrupt(root, match, f)
 
 

@@ -15,7 +15,12 @@ from pytest_modelrules.exceptions import CorruptRunError
 from pytest_modelrules.store import RunWriter, layout, open_run
 from pytest_modelrules.store import format as format_mod
 from pytest_modelrules.store import writer as writer_mod
-from pytest_modelrules.store.format import FILE_HEADER, FILE_MAGIC, encode_record
+from pytest_modelrules.store.format import (
+    FILE_HEADER,
+    FILE_MAGIC,
+    FORMAT_VERSION,
+    encode_record,
+)
 
 
 def _rows_dir(root: Path, worker: str = "worker_0") -> Path:
@@ -37,7 +42,7 @@ def test_a_row_reads_back_as_each_tensors_values_in_one_pass(tmp_path):
     (only,) = _rows_dir(tmp_path / "run").iterdir()
     assert only.name == layout.rows_filename(names)
     run = open_run(tmp_path / "run")
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["version"] == 2
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["version"] == FORMAT_VERSION
     assert run.tensor_names() == sorted([*names, "loss"])
     for i, name in enumerate(names):
         values = run.tensor(name).values()
@@ -222,3 +227,16 @@ def test_a_torn_row_at_the_end_is_ignored(tmp_path):
     with open(path, "ab") as fh:
         fh.write(_record(np.array([9.0, 9.0]), 2)[:30])
     assert open_run(root).tensor("b").values() == {0: 2.0, 1: 3.0}
+
+
+def test_a_fraction_record_in_a_rows_file_is_refused_naming_the_file(tmp_path):
+    """Rows hold one scalar per tensor; a fraction record (counts over a denominator) has no
+    place there and is refused rather than read as counts."""
+    from pytest_modelrules.store.format import Fraction
+
+    header = {"kind": "rows", "name": "", "worker": "worker_0", "names": ["a", "b"]}
+    bad = _record(Fraction(np.array([1, 2], np.uint8), 4), 0)
+    path = _run_with_rows_file(tmp_path / "run", _file(header, [bad]))
+    with pytest.raises(CorruptRunError, match="a fraction record in a rows file") as caught:
+        open_run(tmp_path / "run").tensor("a").values()
+    assert str(path) in str(caught.value)
