@@ -24,7 +24,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -365,6 +365,22 @@ def _add_fractions(
             arrays.append((name, _fractions(part, n)))
         else:
             arrays.append((name, Fraction(part.astype(dtype, copy=False), n)))
+
+
+def _closure_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[..., Any] | None:
+    """The closure of an ``optimizer.step(closure)`` call, passed by name or positionally, as
+    a step pre-hook sees the call's arguments (``args[0]`` is the optimizer itself)."""
+    closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+    return closure if callable(closure) else None
+
+
+def _with_closure(
+    args: tuple[Any, ...], kwargs: dict[str, Any], closure: Callable[..., Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A step pre-hook's ``args`` and ``kwargs`` with the call's closure replaced."""
+    if "closure" in kwargs:
+        return args, {**kwargs, "closure": closure}
+    return (args[0], closure, *args[2:]), kwargs
 
 
 class _Hook(functools.partial):
@@ -799,11 +815,14 @@ class Recorder:
             return
         try:
             if self._steps_by_optimizer() and self._open:
-                self._forward_index += 1  # another micro-batch of the same optimizer step
-                return
-            if self._open:
-                self._finalize_step()
-            self._open_step()
+                self._forward_index += 1
+                if self._forward_index:  # another micro-batch (or closure call) of the step
+                    return
+                # else the first forward pass of a step its optimizer opened (a closure's)
+            else:
+                if self._open:
+                    self._finalize_step()
+                self._open_step()
             if self._saving:
                 with torch.no_grad():
                     for i, value in enumerate(args):
@@ -1112,28 +1131,59 @@ class Recorder:
 
         return hook
 
-    def _opt_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+    def _opt_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
+        """Before ``optimizer.step()``: the step's gradients. A step called with a closure and
+        no forward pass before it (LBFGS; the optimizer evaluates the model itself) gets its
+        closure wrapped: the first evaluation is the step's forward pass, recorded as any,
+        and its gradients are the step's; later evaluations (a line search) are not recorded.
+        Returns the new (args, kwargs) then, as optimizer step pre-hooks may."""
         if self.dead or self.mode != ModeKeys.TRAIN:
-            return
+            return None
         try:
             if not self._open:
                 self._open_step()
+                closure = _closure_of(args, kwargs)
+                if closure is not None:
+                    self._forward_index = -1  # the closure's first forward pass makes it 0
+                    return _with_closure(args, kwargs, self._first_evaluation(closure))
             if self._saving:
-                # the optimizer is about to change the weights in place: what was handed off
-                # is read first (on a GPU: its stream waits for the side stream's reads)
-                self._handoff()
-                if self._works:
-                    self._settle()
-                with torch.no_grad():
-                    self._capture_params(
-                        "gradients",
-                        self._grad_tensor_names,
-                        [p.grad for p in self._param_tensors],
-                        defer=True,
-                    )
-                self._handoff()  # the thread reduces them while the optimizer steps
+                self._capture_gradients()
         except Exception as exc:
             self._fail(exc, "recording gradients")
+        return None
+
+    def _capture_gradients(self) -> None:
+        # the optimizer is about to change the weights in place: what was handed off is read
+        # first (on a GPU: its stream waits for the side stream's reads)
+        self._handoff()
+        if self._works:
+            self._settle()
+        with torch.no_grad():
+            self._capture_params(
+                "gradients",
+                self._grad_tensor_names,
+                [p.grad for p in self._param_tensors],
+                defer=True,
+            )
+        self._handoff()  # the thread reduces them while the optimizer steps
+
+    def _first_evaluation(self, closure: Callable[..., Any]) -> Callable[..., Any]:
+        """``closure``, recording the gradients once its first call has computed them."""
+        first = True
+
+        def evaluate(*args: Any, **kwargs: Any) -> Any:
+            nonlocal first
+            result = closure(*args, **kwargs)
+            if first:
+                first = False
+                if not self.dead and self._saving and self.mode == ModeKeys.TRAIN:
+                    try:
+                        self._capture_gradients()
+                    except Exception as exc:
+                        self._fail(exc, "recording gradients")
+            return result
+
+        return evaluate
 
     def _opt_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self.dead or self.mode != ModeKeys.TRAIN:

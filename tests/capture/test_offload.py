@@ -477,6 +477,41 @@ def test_the_same_with_other_optimizers_and_gradient_accumulation(
     assert_same_values(got, expected)
 
 
+def test_the_same_for_lbfgs_closure_steps(tmp_path, monkeypatch):
+    """LBFGS evaluates the model through a closure and changes the weights between
+    evaluations: the weights handed off at the step's start are read before the first
+    change, and the run equals the inline one bit for bit, with nothing left out."""
+
+    def run(path):
+        torch.manual_seed(0)
+        model = TinyNet()
+        loss_fn = torch.nn.CrossEntropyLoss()
+        opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=3)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with Recorder(path, model, loss=loss_fn, optimizer=opt, save_interval=1) as rec:
+                for x, y in batches(3):
+
+                    def closure(x=x, y=y):
+                        opt.zero_grad()
+                        loss = loss_fn(model(x), y)
+                        loss.backward()
+                        return loss
+
+                    opt.step(closure)
+        assert rec.error is None
+        assert not [w for w in caught if "changed in place" in str(w.message)]
+        return run_values(path)
+
+    expected = run(tmp_path / "inline")
+    monkeypatch.setattr(offload, "DEFER_DEVICES", {"cpu"})
+    got = run(tmp_path / "deferred")
+    assert {step for _, step in got} == {0, 1, 2}
+    assert (reduction_tensor_name("gradient/fc.weight", "l2"), 2) in got
+    assert ("CrossEntropyLoss_output_0", 2) in got
+    assert_same_values(got, expected)
+
+
 def test_a_training_step_wakes_the_thread_twice(tmp_path, deferred, monkeypatch):
     """Each hand-off wakes the thread: a TRAIN step hands off after the loss (with the
     forward pass's work) and at the optimizer's pre-hook; an EVAL step without a loss at the

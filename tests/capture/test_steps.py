@@ -67,6 +67,77 @@ def test_an_optimizer_step_a_grad_scaler_skips_is_no_step(tmp_path, tiny):
     np.testing.assert_allclose([l2[s] for s in range(3)], grads, rtol=1e-5)
 
 
+@pytest.mark.parametrize("by_name", [False, True], ids=["step(closure)", "step(closure=...)"])
+def test_a_closure_step_records_its_first_evaluation(tmp_path, tiny, by_name):
+    """LBFGS evaluates the model itself, several times a step, through a closure. Each step
+    is recorded as a step whose forward pass and gradients are the closure's first
+    evaluation (at the step's starting weights, as a plain step's are); the line search's
+    later evaluations are not recorded. Before, such a run held no loss, no input and no
+    ReLU output at all, and each step's gradients were the previous step's."""
+    model, loss_fn, _ = tiny
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4)
+    data = batches(3)
+    first_losses, first_grads, calls = [], [], []
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1) as rec:
+        for x, y in data:
+            evaluations = 0
+
+            def closure(x=x, y=y):
+                nonlocal evaluations
+                opt.zero_grad()
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                if evaluations == 0:
+                    first_losses.append(loss.item())
+                    first_grads.append(model.fc.weight.grad.norm().item())
+                evaluations += 1
+                return loss
+
+            if by_name:
+                opt.step(closure=closure)
+            else:
+                opt.step(closure)
+            calls.append(evaluations)
+        assert rec.global_step == 3 and not rec.dead
+    assert min(calls) > 1  # the line search evaluated the model again
+    run = open_run(tmp_path / "run")
+    assert run.steps() == [0, 1, 2]
+    loss = run.tensor("CrossEntropyLoss_output_0").values()
+    np.testing.assert_allclose([loss[s] for s in range(3)], first_losses, rtol=1e-6)
+    for s, (_, y) in enumerate(data):
+        np.testing.assert_array_equal(run.tensor("CrossEntropyLoss_input_1").value(s), y.numpy())
+    relu = reduction_tensor_name("relu_output_0", "positive_fraction")
+    assert run.tensor(relu).steps() == [0, 1, 2]
+    l2 = run.tensor(reduction_tensor_name("gradient/fc.weight", "l2")).values()
+    np.testing.assert_allclose([l2[s] for s in range(3)], first_grads, rtol=1e-5)
+
+
+def test_a_closure_after_a_forward_pass_is_another_micro_batch(tmp_path, tiny):
+    """A step that ran the model before ``optimizer.step(closure)`` (sharpness-aware
+    minimisation's pattern: the closure re-evaluates at perturbed weights) keeps the first
+    pass's tensors and the gradients present when the optimizer steps, as any step."""
+    model, loss_fn, opt = tiny
+    data = batches(2)
+    losses, grads = [], []
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1):
+        for x, y in data:
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            losses.append(loss.item())
+
+            def closure(x=x, y=y):
+                return loss_fn(model(x * 0.5), y)
+
+            grads.append(model.fc.weight.grad.norm().item())
+            opt.step(closure)
+    run = open_run(tmp_path / "run")
+    loss = run.tensor("CrossEntropyLoss_output_0").values()
+    np.testing.assert_allclose([loss[0], loss[1]], losses, rtol=1e-6)
+    l2 = run.tensor(reduction_tensor_name("gradient/fc.weight", "l2")).values()
+    np.testing.assert_allclose([l2[0], l2[1]], grads, rtol=1e-5)
+
+
 def test_without_optimizer_a_step_is_a_forward_pass(tmp_path, tiny):
     model, loss_fn, opt = tiny
     data = batches(5)
