@@ -13,13 +13,15 @@ launches a GPU's kernels once the Recorder's threads take their share) and the C
 the Recorder's own threads a step ("Recorder threads CPU": the launcher's and the writer's, what
 they can take from the training thread through the interpreter lock). ``--full-inputs`` also
 records the full input images (what the reference job adds for the report's gallery);
-``--triton-counts`` adds a fourth variant, save_interval 1 with the optional Triton kernel
-for the ReLU counts (capture/kernels.py); ``--deferred`` a variant whose device work the
-Recorder's thread launches (capture/offload.py; with ``--triton-counts`` also both together);
-``--spin-wait`` a diagnostic variant whose writer thread spins while it waits for a step's
-copy to the host (CUDA's default wait; the Recorder's is asleep, ``recorder.BLOCKING_WAIT``);
-``--profile DIR`` writes the profiler's op tables
-and traces of a few steps and the device's busy time per step. CPU default: 32 px. On a GPU
+``--triton-counts`` adds a variant, save_interval 1 with the Triton kernel for the ReLU
+counts (capture/kernels.py; the default on CUDA, where "save_interval=1" then counts with
+torch operations); ``--deferred`` a variant whose device work the Recorder's thread launches
+(capture/offload.py; with ``--triton-counts`` also both together). Diagnostic variants:
+``--ablate`` save_interval 1 without one group of the default collections each (the ReLU
+outputs; the parameters; the inputs and losses); ``--spin-wait`` the writer thread spinning
+while it waits for a step's copy to the host (CUDA's default wait; the Recorder's is asleep,
+``recorder.BLOCKING_WAIT``). ``--profile DIR`` writes the profiler's op tables and traces of
+a few steps and the device's busy time per step. CPU default: 32 px. On a GPU
 at the seed's scale (all the GPU figures: gpu_figures.sh):
 
     python benchmarks/bench_capture.py --device cuda --size 224 --precision bf16 --channels-last
@@ -44,6 +46,13 @@ TRITON_LABEL = "save_interval=1, Triton counts"
 DEFERRED_LABEL = "save_interval=1, deferred"
 BOTH_LABEL = "deferred + Triton counts"
 SPIN_LABEL = "save_interval=1, spinning wait"
+#: --ablate: save_interval=1 with default collections switched off, a group at a time (the
+#: default counting path): what each group of tensors costs a saving step
+ABLATIONS = {
+    "save_interval=1 without ReLU outputs": ("relu_output",),
+    "save_interval=1 without parameters": ("weights", "biases", "gradients"),
+    "save_interval=1 without inputs, losses": ("inputs", "losses", "loss_inputs"),
+}
 
 
 def _sync(device: str) -> None:
@@ -237,6 +246,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "Recorder's thread (capture/offload.py; off by default until measured on a GPU)",
     )
     parser.add_argument(
+        "--ablate",
+        action="store_true",
+        help="diagnostic: add variants, save_interval=1 without the ReLU outputs, without the "
+        "parameters (weights, biases, gradients), without the inputs and losses",
+    )
+    parser.add_argument(
         "--spin-wait",
         action="store_true",
         help="diagnostic: add a variant, save_interval=1 with the writer thread spinning while "
@@ -284,18 +299,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             variants[BOTH_LABEL] = 1
     if args.spin_wait:
         variants[SPIN_LABEL] = 1
+    if args.ablate:
+        variants.update(dict.fromkeys(ABLATIONS, 1))
     recorders = {}
     for label, interval in variants.items():
         if interval is not None:
+            collections = [CollectionConfig(n, end_step=0) for n in ABLATIONS.get(label, ())]
+            if args.full_inputs:
+                collections.append(CollectionConfig("inputs", save_raw_tensor=True))
             recorders[label] = Recorder(
                 tmp / f"run{len(recorders)}",
                 model,
                 loss=loss_fn,
                 optimizer=opt,
                 save_interval=interval,
-                collections=[CollectionConfig("inputs", save_raw_tensor=True)]
-                if args.full_inputs
-                else None,
+                collections=collections or None,
             )
     # Recorders hook the same model: keep only the active one's hooks live.
     for rec in recorders.values():
@@ -315,6 +333,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         offload.DEFER_DEVICES.clear()
         if label in (TRITON_LABEL, BOTH_LABEL):
             kernels.COUNT_KERNEL_DEVICES.add(torch.device(args.device).type)
+        if label in ABLATIONS:  # the default counting path
+            kernels.COUNT_KERNEL_DEVICES.update(defaults[0])
         if label in (DEFERRED_LABEL, BOTH_LABEL):
             offload.DEFER_DEVICES.add(torch.device(args.device).type)
         recorder_module.BLOCKING_WAIT = label != SPIN_LABEL
@@ -369,7 +389,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"{'; host-cost proxy (GPU code path)' if args.host_proxy else ''}"
     )
     print(
-        f"{'variant':<30} {'median step (ms)':>17} {'img/s':>9} {'ratio':>7} "
+        f"{'variant':<40} {'median step (ms)':>17} {'img/s':>9} {'ratio':>7} "
         f"{'paired ratio':>13} {'added (ms)':>11} {'best (ms)':>10} {'best added':>11} "
         f"{'thread CPU added':>17} {'Recorder threads CPU':>21}"
     )
@@ -386,7 +406,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         added = statistics.median(a - b for a, b in pairs)
         cpu_added[label] = statistics.median(a - b for a, b in zip(cpu[label], cpu["no recorder"]))
         print(
-            f"{label:<30} {med * 1e3:>17.2f} {args.batch / med:>9.0f} {med / base:>7.3f} "
+            f"{label:<40} {med * 1e3:>17.2f} {args.batch / med:>9.0f} {med / base:>7.3f} "
             f"{paired[label]:>13.3f} {added * 1e3:>11.2f} {best[label] * 1e3:>10.2f} "
             f"{(best[label] - best['no recorder']) * 1e3:>11.2f} "
             f"{cpu_added[label] * 1e3:>17.2f} {_ms(threads_cpu.get(label)):>21}"

@@ -12,7 +12,8 @@
 # 2. Recorder overhead at the seed's scale (224 px, batch 64), each run with the kernel, the
 #    hand-off and both as further variants: bf16 autocast with channels_last twice (two
 #    processes: the spread between them), the first profiled (op tables, traces and the
-#    device's busy time per step); fp32; then diagnostics: bf16 with the writer thread idle,
+#    device's busy time per step), the second also without each group of the default
+#    collections in turn (--ablate); fp32; then diagnostics: bf16 with the writer thread idle,
 #    the CPU host-cost proxy on this machine's host (which calibrates the proxy that machines
 #    without a GPU measure, docs/recording.md) and fp32 with the full input images recorded
 #    (the reference job's set).
@@ -43,8 +44,8 @@ variants=(--triton-counts --deferred)
 step "bf16 + channels_last, run 1 (profiled)"
 $PY "${bench[@]}" --rounds 8 --precision bf16 --channels-last "${variants[@]}" --profile "$OUT/profile" --json "$OUT/json/capture_bf16.json" 2>&1 | quiet | tee "$OUT/capture.txt"
 gzip -f "$OUT"/profile/*.json  # the traces, a few hundred kilobytes each once compressed
-step "bf16 + channels_last, run 2"
-$PY "${bench[@]}" --rounds 8 --precision bf16 --channels-last "${variants[@]}" --json "$OUT/json/capture_bf16_run2.json" 2>&1 | tee -a "$OUT/capture.txt"
+step "bf16 + channels_last, run 2, with the collections' ablations"
+$PY "${bench[@]}" --rounds 8 --precision bf16 --channels-last "${variants[@]}" --ablate --json "$OUT/json/capture_bf16_run2.json" 2>&1 | tee -a "$OUT/capture.txt"
 step "fp32"
 $PY "${bench[@]}" --rounds 6 --precision fp32 "${variants[@]}" --json "$OUT/json/capture_fp32.json" 2>&1 | tee -a "$OUT/capture.txt"
 step "diagnostics: bf16 with the writer idle, the host-cost proxy, fp32 with full inputs"

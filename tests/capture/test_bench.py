@@ -146,6 +146,30 @@ def test_deferred_adds_variants_and_leaves_the_thread_off(capsys):
     assert not offload.DEFER_DEVICES and set(kernels.COUNT_KERNEL_DEVICES) == before
 
 
+def test_ablate_adds_a_variant_without_each_group_of_collections(capsys, tmp_path, monkeypatch):
+    """``--ablate``: save_interval=1 without the ReLU outputs, without the parameters,
+    without the inputs and losses; each of those Recorders saves nothing of its group."""
+    from pytest_modelrules.capture import recorder
+
+    module = _script()
+    made = []
+    real_init = recorder.Recorder.__init__
+
+    def spy(self, out_dir, *args, **kwargs):
+        made.append((out_dir, kwargs.get("collections")))
+        real_init(self, out_dir, *args, **kwargs)
+
+    monkeypatch.setattr(recorder.Recorder, "__init__", spy)
+    ratios = module.main(["--quick", "--ablate"])
+    out = capsys.readouterr().out
+    assert set(module.ABLATIONS) <= set(ratios)
+    assert all(label in out for label in module.ABLATIONS)
+    off = [sorted(c.name for c in cols) for _, cols in made if cols]
+    assert off == [["relu_output"], ["biases", "gradients", "weights"],
+                   ["inputs", "loss_inputs", "losses"]]  # fmt: skip
+    assert all(c.end_step == 0 for _, cols in made for c in cols or ())  # saves no step
+
+
 def test_spin_wait_adds_a_variant_and_restores_the_blocking_wait(capsys):
     """``--spin-wait``: save_interval=1 with the writer spinning while it waits (CUDA's
     default), to compare with the blocking wait in one process; the default is back after."""
@@ -253,10 +277,13 @@ def test_capture_goals_judges_each_run_against_the_goal_of_its_device(tmp_path, 
         "cuda",
         {"save_interval=500": 1.0, "save_interval=1": 1.3, "save_interval=1, spinning wait": 1.0},
     )
+    spin["ratios"]["save_interval=1 without ReLU outputs"] = 1.01
+    spin["paired_ratios"]["save_interval=1 without ReLU outputs"] = 1.01
     lines, ok = goals.judge(spin)
     text = "\n".join(lines)
     assert ok is False and "best variant 'save_interval=1' at 1.300" in text
     assert any("spinning wait" in line and "diagnostic" in line for line in lines)
+    assert any("without ReLU outputs" in line and "diagnostic" in line for line in lines)
     for diagnostic in ({"host_proxy": True}, {"full_inputs": True}, {"no_write": True},
                        {"size": 64}):  # fmt: skip
         lines, ok = goals.judge(_figures("cuda", {"save_interval=1": 3.0}, **diagnostic))
