@@ -96,3 +96,19 @@ def test_fraction_values_divides_each_row_by_its_own_denominator():
     counts = np.array([[1, 2], [3, 4]], np.uint8)
     got = fraction_values(counts, np.array([2, 8]))
     np.testing.assert_array_equal(got, np.array([[0.5, 1.0], [0.375, 0.5]], np.float32))
+
+
+def test_a_version_2_run_reads_as_before(tmp_path):
+    """A run written before fraction records (float32 fractions, run.json version 2) opens
+    and reads unchanged."""
+    import json
+
+    root = tmp_path / "run"
+    with RunWriter(root) as w:
+        for step in range(5):
+            w.write("frac", np.full(4, step / 8, np.float32), step)
+    info = json.loads((root / "run.json").read_text())
+    (root / "run.json").write_text(json.dumps({**info, "version": 2}))
+    values = open_run(root).tensor("frac").values()
+    assert [float(v[0]) for v in values.values()] == [s / 8 for s in range(5)]
+    assert all(v.dtype == np.float32 for v in values.values())
