@@ -432,6 +432,28 @@ def test_gradients_an_optimizer_changes_in_place_are_left_out_once_then_reduced_
     assert_same_values(got, {k: v for k, v in expected.items() if k not in lost})
 
 
+def _recorded_twice(tmp_path, monkeypatch, make_optimizer, loop):
+    """``loop(model, loss_fn, optimizer)`` recorded inline, then handed off: (handed-off
+    values, inline values), once neither recording failed nor left a tensor out."""
+
+    def run(path):
+        torch.manual_seed(0)
+        model = TinyNet()
+        loss_fn = torch.nn.CrossEntropyLoss()
+        opt = make_optimizer(model.parameters())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with Recorder(path, model, loss=loss_fn, optimizer=opt, save_interval=1) as rec:
+                loop(model, loss_fn, opt)
+        assert rec.error is None
+        assert not [w for w in caught if "changed in place" in str(w.message)]
+        return run_values(path)
+
+    expected = run(tmp_path / "inline")
+    monkeypatch.setattr(offload, "DEFER_DEVICES", {"cpu"})
+    return run(tmp_path / "deferred"), expected
+
+
 @pytest.mark.parametrize(
     "make_optimizer",
     [
@@ -452,26 +474,14 @@ def test_the_same_with_other_optimizers_and_gradient_accumulation(
     copies), so nothing is left out; with gradient accumulation the weights handed off at the
     first micro-batch wait for the one optimizer step."""
 
-    def run(path):
-        torch.manual_seed(0)
-        model = TinyNet()
-        loss_fn = torch.nn.CrossEntropyLoss()
-        opt = make_optimizer(model.parameters())
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            with Recorder(path, model, loss=loss_fn, optimizer=opt, save_interval=1) as rec:
-                for i, (x, y) in enumerate(batches(4 * accumulate)):
-                    loss_fn(model(x), y).backward()
-                    if (i + 1) % accumulate == 0:
-                        opt.step()
-                        opt.zero_grad(set_to_none=False)  # zeroed in place, after the step
-        assert rec.error is None
-        assert not [w for w in caught if "changed in place" in str(w.message)]
-        return run_values(path)
+    def loop(model, loss_fn, opt):
+        for i, (x, y) in enumerate(batches(4 * accumulate)):
+            loss_fn(model(x), y).backward()
+            if (i + 1) % accumulate == 0:
+                opt.step()
+                opt.zero_grad(set_to_none=False)  # zeroed in place, after the step
 
-    expected = run(tmp_path / "inline")
-    monkeypatch.setattr(offload, "DEFER_DEVICES", {"cpu"})
-    got = run(tmp_path / "deferred")
+    got, expected = _recorded_twice(tmp_path, monkeypatch, make_optimizer, loop)
     assert {step for _, step in got} == {0, 1, 2, 3}
     assert (reduction_tensor_name("gradient/fc.weight", "l2"), 3) in got
     assert_same_values(got, expected)
@@ -482,30 +492,21 @@ def test_the_same_for_lbfgs_closure_steps(tmp_path, monkeypatch):
     evaluations: the weights handed off at the step's start are read before the first
     change, and the run equals the inline one bit for bit, with nothing left out."""
 
-    def run(path):
-        torch.manual_seed(0)
-        model = TinyNet()
-        loss_fn = torch.nn.CrossEntropyLoss()
-        opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=3)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            with Recorder(path, model, loss=loss_fn, optimizer=opt, save_interval=1) as rec:
-                for x, y in batches(3):
+    def loop(model, loss_fn, opt):
+        for x, y in batches(3):
 
-                    def closure(x=x, y=y):
-                        opt.zero_grad()
-                        loss = loss_fn(model(x), y)
-                        loss.backward()
-                        return loss
+            def closure(x=x, y=y):
+                opt.zero_grad()
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                return loss
 
-                    opt.step(closure)
-        assert rec.error is None
-        assert not [w for w in caught if "changed in place" in str(w.message)]
-        return run_values(path)
+            opt.step(closure)
 
-    expected = run(tmp_path / "inline")
-    monkeypatch.setattr(offload, "DEFER_DEVICES", {"cpu"})
-    got = run(tmp_path / "deferred")
+    def lbfgs(params):
+        return torch.optim.LBFGS(params, lr=0.5, max_iter=3)
+
+    got, expected = _recorded_twice(tmp_path, monkeypatch, lbfgs, loop)
     assert {step for _, step in got} == {0, 1, 2}
     assert (reduction_tensor_name("gradient/fc.weight", "l2"), 2) in got
     assert ("CrossEntropyLoss_output_0", 2) in got
