@@ -112,3 +112,52 @@ def test_a_version_2_run_reads_as_before(tmp_path):
     values = open_run(root).tensor("frac").values()
     assert [float(v[0]) for v in values.values()] == [s / 8 for s in range(5)]
     assert all(v.dtype == np.float32 for v in values.values())
+
+
+def test_fractions_of_two_workers_read_per_worker(tmp_path):
+    """Two ranks each store their own batch's fractions (different batch sizes): each
+    worker's values divide by that worker's denominators, and the default (lowest rank)
+    reads rank 0's, stacked across steps."""
+    root = tmp_path / "run"
+    rng = np.random.default_rng(1)
+    w0 = RunWriter(root, "worker_0", rank=0, num_workers=2)
+    w1 = RunWriter(root, "worker_1", rank=1, num_workers=2)
+    expected: dict[str, dict[int, np.ndarray]] = {"worker_0": {}, "worker_1": {}}
+    for step in range(6):
+        for w, name, n in ((w0, "worker_0", 32), (w1, "worker_1", 30 + step)):
+            counts = _counts(rng, n, shape=(5,))
+            expected[name][step] = _expected(counts, n)
+            w.write("frac", Fraction(counts, n), step)
+    w0.close()
+    w1.close()
+    tensor = open_run(root).tensor("frac")
+    for worker, values in expected.items():
+        for step, want in values.items():
+            np.testing.assert_array_equal(tensor.value(step, worker=worker), want)
+    np.testing.assert_array_equal(
+        tensor.series().stack(), np.stack([expected["worker_0"][s] for s in range(6)])
+    )
+
+
+def test_fractions_read_while_written_stack_across_refreshes(tmp_path):
+    """A run read while training writes it holds a tensor's records in several buffers (one
+    per refresh); the stacked read divides each piece by its own records' denominators."""
+    rng = np.random.default_rng(2)
+    expected = []
+    with RunWriter(tmp_path / "run") as w:
+        run = None
+        for step in range(12):
+            n = 16 if step % 5 else 9
+            counts = _counts(rng, n, shape=(2, 3))
+            expected.append(_expected(counts, n))
+            w.write("frac", Fraction(counts, n), step)
+            if step in (4, 8):
+                w.end_step()
+                if run is None:
+                    run = open_run(tmp_path / "run")
+                else:
+                    run.refresh()
+                assert len(run.tensor("frac").values()) == step + 1  # reads what is there
+    run.refresh()
+    stacked = run.tensor("frac").series().stack()
+    np.testing.assert_array_equal(stacked, np.stack(expected))
