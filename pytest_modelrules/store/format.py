@@ -61,6 +61,17 @@ class Fraction(NamedTuple):
     counts: np.ndarray
     denominator: int
 
+    def checked(self) -> tuple[np.ndarray, int]:
+        """(counts as a numpy array, denominator as an int), or TypeError / ValueError saying
+        what is wrong: counts that are not unsigned integers, a denominator out of range."""
+        counts = np.asarray(self.counts)
+        if counts.dtype.kind != "u":
+            raise TypeError(f"a Fraction's counts must be unsigned integers, not {counts.dtype}")
+        den = int(self.denominator)
+        if not 0 <= den <= MAX_DENOMINATOR:
+            raise ValueError(f"a Fraction's denominator must be in [0, 2**32), got {den}")
+        return counts, den
+
 
 def fraction_values(counts: np.ndarray, denominator: int | np.ndarray) -> np.ndarray:
     """float32 ``counts / denominator`` as a reader gives a fraction record (``denominator``
@@ -71,16 +82,6 @@ def fraction_values(counts: np.ndarray, denominator: int | np.ndarray) -> np.nda
         den = den.reshape(den.shape + (1,) * (counts.ndim - den.ndim))
     with np.errstate(invalid="ignore", divide="ignore"):
         return counts.astype(np.float32) / den
-
-
-def _check_fraction(value: Fraction) -> tuple[np.ndarray, int]:
-    counts = np.asarray(value.counts)
-    if counts.dtype.kind != "u":
-        raise TypeError(f"a Fraction's counts must be unsigned integers, not {counts.dtype}")
-    den = int(value.denominator)
-    if not 0 <= den <= MAX_DENOMINATOR:
-        raise ValueError(f"a Fraction's denominator must be in [0, 2**32), got {den}")
-    return counts, den
 
 
 # dtype codes: a closed table, so a file can never name an arbitrary (object) dtype
@@ -141,7 +142,7 @@ def encode_record_parts(
     """
     flags = den = 0
     if isinstance(array, Fraction):
-        array, den = _check_fraction(array)
+        array, den = array.checked()
         flags = FLAG_FRACTION
     arr = np.asarray(array)
     code = dtype_code(arr.dtype)

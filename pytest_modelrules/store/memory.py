@@ -21,6 +21,7 @@ import numpy as np
 from ..modes import ModeKeys
 from . import layout
 from .base import ArrayRecords, Backend, StepTable, merge_worker_collections
+from .format import Fraction, fraction_values
 from .run import Run
 from .writer import check_write, open_step, to_numpy
 
@@ -74,7 +75,8 @@ class MemoryWorkerWriter:
         mode_step: int | None = None,
         wall_time: float | None = None,
     ) -> None:
-        """Add ``array`` as tensor ``name`` at global ``step`` in ``mode`` (as RunWriter.write).
+        """Add ``array`` as tensor ``name`` at global ``step`` in ``mode`` (as RunWriter.write;
+        a :class:`~.format.Fraction` is held as the float32 values a reader gives).
 
         ``wall_time`` defaults to ``BASE_WALL_TIME + step`` so that built runs are deterministic.
         """
@@ -88,7 +90,11 @@ class MemoryWorkerWriter:
             self._current = open_step(step, mode_key, mode_step, wall, self._mode_counts)
         if name in self._pending:
             raise ValueError(f"tensor {name!r} written twice at step {step}")
-        arr = np.array(to_numpy(array), copy=True)
+        if isinstance(array, Fraction):  # held as what a reader of the record would give
+            counts, den = Fraction(to_numpy(array.counts), array.denominator).checked()
+            arr = fraction_values(counts, den)
+        else:
+            arr = np.array(to_numpy(array), copy=True)
         arr.setflags(write=False)
         self._pending[name] = arr
 

@@ -161,3 +161,20 @@ def test_fractions_read_while_written_stack_across_refreshes(tmp_path):
     run.refresh()
     stacked = run.tensor("frac").series().stack()
     np.testing.assert_array_equal(stacked, np.stack(expected))
+
+
+def test_an_in_memory_run_holds_a_fraction_as_the_values_a_reader_gives(tmp_path):
+    """MemoryRunBuilder takes what RunWriter takes: a Fraction reads back as float32
+    counts / n, in memory and once saved to disk; a malformed one is refused the same way."""
+    from pytest_modelrules.store.memory import MemoryRunBuilder
+
+    counts = np.array([0, 3, 8], np.uint8)
+    builder = MemoryRunBuilder()
+    builder.write("frac", Fraction(counts, 8), 0)
+    with pytest.raises(TypeError, match="must be unsigned integers"):
+        builder.write("bad", Fraction(np.array([1.0]), 2), 0)
+    builder.end_step()
+    run = builder.run()
+    np.testing.assert_array_equal(run.tensor("frac").value(0), _expected(counts, 8))
+    saved = run.save(tmp_path / "saved")
+    np.testing.assert_array_equal(saved.tensor("frac").value(0), _expected(counts, 8))
