@@ -21,8 +21,8 @@ torch operations); ``--deferred`` a variant whose device work the Recorder's thr
 outputs; the parameters; the inputs and losses); ``--spin-wait`` the writer thread spinning
 while it waits for a step's copy to the host (CUDA's default wait; the Recorder's is asleep,
 ``recorder.BLOCKING_WAIT``). ``--profile DIR`` writes the profiler's op tables and traces of
-a few steps and the device's busy time per step. CPU default: 32 px. On a GPU
-at the seed's scale (all the GPU figures: gpu_figures.sh):
+a few steps, the device's busy time per step and the training thread's Python by function.
+CPU default: 32 px. On a GPU at the seed's scale (all the GPU figures: gpu_figures.sh):
 
     python benchmarks/bench_capture.py --device cuda --size 224 --precision bf16 --channels-last
 
@@ -168,10 +168,32 @@ def _ms(seconds: float | None) -> str:
     return "n/a" if seconds is None else f"{seconds * 1e3:.2f}"
 
 
+def python_profile(args, model, loss_fn, opt, batches, label: str, path: Path, n: int = 20):
+    """The training thread's Python over ``n`` steps of one variant (cProfile: the thread that
+    calls it only), the package's functions by cumulative time, then every function by its
+    own: where the host time of a launch-bound step goes, which the op tables do not show.
+    cProfile's own cost inflates each call alike, so the tables rank; they do not time."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    run_steps(args, model, loss_fn, opt, batches, n)
+    prof.disable()
+    text = io.StringIO()
+    stats = pstats.Stats(prof, stream=text)
+    text.write(f"{label}: {n} steps, the training thread's Python (cProfile)\n")
+    stats.sort_stats("cumulative").print_stats("pytest_modelrules", 40)
+    stats.sort_stats("tottime").print_stats(30)
+    path.write_text(text.getvalue().replace(str(Path.cwd()) + "/", ""))  # shorter paths
+
+
 def profile_steps(args, model, loss_fn, opt, batches, label: str, out: Path, n: int = 6) -> None:
     """Profile ``n`` steps of one variant: op tables by host and by device time, and per step
     the wall time and the device's busy time (the sum of its kernels and copies: a step whose
-    device is busy for less than its wall time is bound by the host launching work)."""
+    device is busy for less than its wall time is bound by the host launching work); then
+    :func:`python_profile`."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -193,6 +215,7 @@ def profile_steps(args, model, loss_fn, opt, batches, label: str, out: Path, n: 
     if cuda:
         lines.append(events.table(sort_by="self_device_time_total", row_limit=30))
     (out / f"profile_{name}.txt").write_text("\n".join(lines))
+    python_profile(args, model, loss_fn, opt, batches, label, out / f"python_{name}.txt")
     prof.export_chrome_trace(str(out / f"trace_{name}.json"))
     print(lines[0])
 

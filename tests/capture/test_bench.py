@@ -94,6 +94,10 @@ def test_profile_writes_op_tables_and_traces_of_both_variants(tmp_path, capsys):
     assert "aten::gt" not in plain and "aten::gt" in recorded
     for name in ("trace_no_recorder.json", "trace_save_interval_1.json"):
         assert (tmp_path / name).stat().st_size > 0
+    # the training thread's Python by function: the Recorder's hooks only where it records
+    python = (tmp_path / "python_save_interval_1.txt").read_text()
+    assert "recorder.py" in python and "_opt_pre_hook" in python
+    assert "recorder.py" not in (tmp_path / "python_no_recorder.txt").read_text()
 
 
 def test_triton_counts_adds_a_variant_and_restores_the_switch(capsys, monkeypatch):
