@@ -178,6 +178,17 @@ def _no_autocast(device_type: str) -> Any:
 #: would: this bounds what recording holds.
 RELU_QUEUE_BYTES = 512 * 2**20
 
+#: the autograd engine's current graph task (-1 outside a backward pass)
+_GRAPH_TASK_ID = getattr(torch._C, "_current_graph_task_id", lambda: -1)
+
+
+def _recomputing() -> bool:
+    """Whether a forward call runs inside a backward pass: activation checkpointing
+    recomputing a segment (reentrant checkpointing runs the segment's module hooks again),
+    which is no forward pass of the step and must not count as one."""
+    return _GRAPH_TASK_ID() != -1
+
+
 #: the writer thread waits for a step's copy to the host asleep (a blocking CUDA event), not
 #: spinning on a core as CUDA's default wait does for most of each step beside the thread that
 #: launches training's kernels; False spins (``bench_capture.py --spin-wait`` compares the two)
@@ -807,7 +818,7 @@ class Recorder:
         return self.optimizer is not None and self.mode == ModeKeys.TRAIN
 
     def _root_pre_hook(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-        if module is not self.root:  # a copy of the model (copy.deepcopy) shares its hooks
+        if module is not self.root or _recomputing():  # a copy (copy.deepcopy) shares its hooks
             return
         if self.dead:
             if self._handles:  # safe here: not inside the optimizer's hook loop
@@ -833,6 +844,8 @@ class Recorder:
 
     def _root_hook(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if self.dead or not self._saving or self._forward_index or module is not self.root:
+            return
+        if _recomputing():
             return
         try:
             if self._relu_batch:
@@ -865,6 +878,8 @@ class Recorder:
     def _loss_hook(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if self.dead or self._forward_index or not self._saving or module is not self.loss_module:
             return
+        if _recomputing():
+            return
         try:
             with torch.no_grad():
                 for i, value in enumerate(args):
@@ -889,7 +904,7 @@ class Recorder:
             return (key, id(mod)) if getattr(mod, "_is_replica", False) else None
 
         def pre_hook(mod: torch.nn.Module, args: tuple[Any, ...]) -> None:
-            if self.dead or self._forward_index or not self._saving:
+            if self.dead or self._forward_index or not self._saving or _recomputing():
                 return
             try:
                 calls_key = key if mod is module else copy_key(mod)
@@ -910,8 +925,8 @@ class Recorder:
             # every ReLU call of a saving step runs this: it is kept to a dictionary lookup and,
             # for the default positive_fraction, two kernels or a place in the step's Triton
             # launch (no autograd, autocast or no_grad state to touch: a comparison's result
-            # never requires grad)
-            if self.dead or self._forward_index or not self._saving:
+            # never requires grad); a segment recomputed in backward (checkpointing) is skipped
+            if self.dead or self._forward_index or not self._saving or _GRAPH_TASK_ID() != -1:
                 return
             try:
                 calls_key = key if mod is module else copy_key(mod)
@@ -935,8 +950,8 @@ class Recorder:
                     return
                 self._captured.add(seen)
                 # queued for one launch of the Triton kernel at the end of the forward pass
-                # (_count_relu_batch), or for the Recorder's thread (offload.py); both sets are
-                # empty by default: no device looked up
+                # (_count_relu_batch), or for the Recorder's thread (offload.py); where both
+                # sets are empty (a CPU machine without Triton) no device is looked up
                 on, defer = self._kernel_devices, self._defer
                 if on or defer:
                     dev = "cuda" if output.is_cuda else output.device.type  # no device object

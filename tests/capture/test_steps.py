@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from capture_helpers import batches, train
+from capture_helpers import assert_same_values, batches, run_values, train
 
 from pytest_modelrules import Recorder, modes, open_run
 from pytest_modelrules.capture import CollectionConfig, SaveConfig, SaveConfigMode
@@ -136,6 +136,87 @@ def test_a_closure_after_a_forward_pass_is_another_micro_batch(tmp_path, tiny):
     np.testing.assert_allclose([loss[0], loss[1]], losses, rtol=1e-6)
     l2 = run.tensor(reduction_tensor_name("gradient/fc.weight", "l2")).values()
     np.testing.assert_allclose([l2[0], l2[1]], grads, rtol=1e-5)
+
+
+class _Checkpointed(torch.nn.Module):
+    """TinyNet's layers with the ReLU blocks under activation checkpointing (``reentrant``:
+    the older implementation, which runs a block's module hooks again in backward), or
+    without checkpointing (``None``)."""
+
+    def __init__(self, reentrant: bool | None) -> None:
+        super().__init__()
+        from capture_helpers import TinyNet
+
+        torch.manual_seed(0)
+        self.net = TinyNet()
+        self.reentrant = reentrant
+
+    def _block(self, x):
+        net = self.net
+        return net.relu(net.conv2(net.relu(net.conv(x))))
+
+    def forward(self, x):
+        if self.reentrant is None:
+            x = self._block(x)
+        else:
+            from torch.utils.checkpoint import checkpoint
+
+            x = checkpoint(self._block, x, use_reentrant=self.reentrant)
+        return self.net.fc(self.net.pool(x).flatten(1))
+
+
+@pytest.mark.parametrize("reentrant", [True, False], ids=["reentrant", "non-reentrant"])
+@pytest.mark.parametrize("optimizer", [True, False], ids=["optimizer", "no optimizer"])
+def test_activation_checkpointing_records_the_run_of_the_plain_model(
+    tmp_path, reentrant, optimizer
+):
+    """A checkpointed segment recomputed in backward is no forward pass: the run equals the
+    same training's without checkpointing, bit for bit. Before, reentrant checkpointing
+    recorded each ReLU call twice (``relu_output_2`` and ``_3`` beside ``_0`` and ``_1``)."""
+
+    def record(path, reentrant):
+        model = _Checkpointed(reentrant)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with Recorder(path, model, loss=loss_fn, optimizer=opt if optimizer else None,
+                      save_interval=1):  # fmt: skip
+            for x, y in batches(3):
+                opt.zero_grad()
+                loss_fn(model(x.requires_grad_(bool(reentrant))), y).backward()
+                opt.step()
+        return run_values(path)
+
+    expected = record(tmp_path / "plain", None)
+    got = record(tmp_path / "checkpointed", reentrant)
+    assert {name for name, _ in got if "relu_output" in name} == {
+        reduction_tensor_name(f"net.relu_output_{k}", "positive_fraction") for k in (0, 1)
+    }
+    assert_same_values(got, expected)
+
+
+def test_a_whole_model_recomputed_in_backward_is_no_step(tmp_path):
+    """Without an optimizer a step is a forward pass of the model; checkpointing the whole
+    model (reentrant) runs it again in backward, which before opened a step of its own."""
+    from torch.utils.checkpoint import checkpoint
+
+    def record(path, checkpointed):
+        torch.manual_seed(0)
+        from capture_helpers import TinyNet
+
+        model = TinyNet()
+        loss_fn = torch.nn.CrossEntropyLoss()
+        with Recorder(path, model, loss=loss_fn, save_interval=1) as rec:
+            for x, y in batches(3):
+                x = x.requires_grad_()
+                out = checkpoint(model, x, use_reentrant=True) if checkpointed else model(x)
+                loss_fn(out, y).backward()
+        assert rec.global_step == 3
+        return run_values(path)
+
+    expected = record(tmp_path / "plain", False)
+    got = record(tmp_path / "checkpointed", True)
+    assert {step for _, step in got} == {0, 1, 2}
+    assert_same_values(got, expected)
 
 
 def test_without_optimizer_a_step_is_a_forward_pass(tmp_path, tiny):
