@@ -346,6 +346,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     # every variant sets both switches (save_interval=1: torch counts, inline); put back after
     defaults = set(kernels.COUNT_KERNEL_DEVICES), set(offload.DEFER_DEVICES)
+    kind = torch.device(args.device).type
 
     def activate(label: str):
         for other_label, rec in recorders.items():
@@ -355,11 +356,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         kernels.COUNT_KERNEL_DEVICES.clear()
         offload.DEFER_DEVICES.clear()
         if label in (TRITON_LABEL, BOTH_LABEL):
-            kernels.COUNT_KERNEL_DEVICES.add(torch.device(args.device).type)
+            kernels.COUNT_KERNEL_DEVICES.add(kind)
         if label in ABLATIONS:  # the default counting path
             kernels.COUNT_KERNEL_DEVICES.update(defaults[0])
         if label in (DEFERRED_LABEL, BOTH_LABEL):
-            offload.DEFER_DEVICES.add(torch.device(args.device).type)
+            offload.DEFER_DEVICES.add(kind)
         recorder_module.BLOCKING_WAIT = label != SPIN_LABEL
 
     samples: dict[str, list[float]] = {label: [] for label in variants}

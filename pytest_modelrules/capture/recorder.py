@@ -926,7 +926,7 @@ class Recorder:
             # for the default positive_fraction, two kernels or a place in the step's Triton
             # launch (no autograd, autocast or no_grad state to touch: a comparison's result
             # never requires grad); a segment recomputed in backward (checkpointing) is skipped
-            if self.dead or self._forward_index or not self._saving or _GRAPH_TASK_ID() != -1:
+            if self.dead or self._forward_index or not self._saving or _recomputing():
                 return
             try:
                 calls_key = key if mod is module else copy_key(mod)

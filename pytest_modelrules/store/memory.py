@@ -23,7 +23,7 @@ from . import layout
 from .base import ArrayRecords, Backend, StepTable, merge_worker_collections
 from .format import Fraction, fraction_values
 from .run import Run
-from .writer import check_write, open_step, to_numpy
+from .writer import check_write, open_step, stored_value
 
 #: wall time of global step 0 when none is given: a fixed epoch keeps built runs deterministic
 BASE_WALL_TIME = 1_700_000_000.0
@@ -90,11 +90,11 @@ class MemoryWorkerWriter:
             self._current = open_step(step, mode_key, mode_step, wall, self._mode_counts)
         if name in self._pending:
             raise ValueError(f"tensor {name!r} written twice at step {step}")
-        if isinstance(array, Fraction):  # held as what a reader of the record would give
-            counts, den = Fraction(to_numpy(array.counts), array.denominator).checked()
-            arr = fraction_values(counts, den)
+        value = stored_value(array)
+        if isinstance(value, Fraction):  # held as what a reader of the record would give
+            arr = fraction_values(*value.checked())
         else:
-            arr = np.array(to_numpy(array), copy=True)
+            arr = np.array(value, copy=True)
         arr.setflags(write=False)
         self._pending[name] = arr
 

@@ -92,7 +92,7 @@ def to_numpy(value: Any) -> np.ndarray:
     return arr
 
 
-def _value(value: Any) -> np.ndarray | Fraction:
+def stored_value(value: Any) -> np.ndarray | Fraction:
     """What a write stores: a Fraction with numpy counts, or :func:`to_numpy` of ``value``."""
     if isinstance(value, Fraction):
         return Fraction(to_numpy(value.counts), value.denominator)
@@ -329,7 +329,7 @@ class RunWriter:
         cur = self._current
         if name in self._written_this_step:
             raise ValueError(f"tensor {name!r} written twice at step {step}")
-        arr = _value(array)
+        arr = stored_value(array)
         head, payload = encode_record_parts(
             arr, step=cur[0], mode=cur[1], mode_step=cur[2], wall_time=cur[3]
         )
@@ -384,7 +384,7 @@ class RunWriter:
         fh_of = self._tensor_fh
         for name, array in arrays:
             if not isinstance(array, (np.ndarray, np.generic)):
-                array = _value(array)
+                array = stored_value(array)
             head, payload = encode_record_fast(array, cur_step, cur_mode, cur_mode_step, cur_wall)
             write_parts(fh_of(name), head, payload)
             written.add(name)

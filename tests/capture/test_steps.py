@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from capture_helpers import assert_same_values, batches, run_values, train
+from capture_helpers import TinyNet, assert_same_values, batches, run_values, train
 
 from pytest_modelrules import Recorder, modes, open_run
 from pytest_modelrules.capture import CollectionConfig, SaveConfig, SaveConfigMode
@@ -145,8 +145,6 @@ class _Checkpointed(torch.nn.Module):
 
     def __init__(self, reentrant: bool | None) -> None:
         super().__init__()
-        from capture_helpers import TinyNet
-
         torch.manual_seed(0)
         self.net = TinyNet()
         self.reentrant = reentrant
@@ -201,8 +199,6 @@ def test_a_whole_model_recomputed_in_backward_is_no_step(tmp_path):
 
     def record(path, checkpointed):
         torch.manual_seed(0)
-        from capture_helpers import TinyNet
-
         model = TinyNet()
         loss_fn = torch.nn.CrossEntropyLoss()
         with Recorder(path, model, loss=loss_fn, save_interval=1) as rec:
