@@ -13,12 +13,13 @@ launches a GPU's kernels once the Recorder's threads take their share) and the C
 the Recorder's own threads a step ("Recorder threads CPU": the launcher's and the writer's, what
 they can take from the training thread through the interpreter lock). ``--full-inputs`` also
 records the full input images (what the reference job adds for the report's gallery);
-``--triton-counts`` adds a variant, save_interval 1 with the Triton kernel for the ReLU
-counts (capture/kernels.py; the default on CUDA, where "save_interval=1" then counts with
-torch operations); ``--deferred`` a variant whose device work the Recorder's thread launches
-(capture/offload.py; with ``--triton-counts`` also both together). Diagnostic variants:
-``--ablate`` save_interval 1 without one group of the default collections each (the ReLU
-outputs; the parameters; the inputs and losses); ``--spin-wait`` the writer thread spinning
+``--triton`` adds a variant, save_interval 1 with the Triton kernels for the ReLU counts and
+the parameter norms (capture/kernels.py; the default on CUDA, where "save_interval=1" then
+uses torch operations for both); ``--deferred`` a variant whose device work the Recorder's
+thread launches (capture/offload.py; with ``--triton`` also both together). Diagnostic
+variants: ``--ablate`` save_interval 1 without one group of the default collections each (the
+ReLU outputs; the parameters; the inputs and losses), and with ``--triton`` without the norms
+kernel (the default kernels otherwise); ``--spin-wait`` the writer thread spinning
 while it waits for a step's copy to the host (CUDA's default wait; the Recorder's is asleep,
 ``recorder.BLOCKING_WAIT``). ``--profile DIR`` writes the profiler's op tables and traces of
 a few steps, the device's busy time per step and the training thread's Python by function.
@@ -42,9 +43,9 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-TRITON_LABEL = "save_interval=1, Triton counts"
+TRITON_LABEL = "save_interval=1, Triton kernels"
 DEFERRED_LABEL = "save_interval=1, deferred"
-BOTH_LABEL = "deferred + Triton counts"
+BOTH_LABEL = "deferred + Triton kernels"
 SPIN_LABEL = "save_interval=1, spinning wait"
 #: --ablate: save_interval=1 with default collections switched off, a group at a time (the
 #: default counting path): what each group of tensors costs a saving step
@@ -53,6 +54,8 @@ ABLATIONS = {
     "save_interval=1 without parameters": ("weights", "biases", "gradients"),
     "save_interval=1 without inputs, losses": ("inputs", "losses", "loss_inputs"),
 }
+#: --ablate with --triton: the default kernels but the parameter norms by torch operations
+NORMS_ABLATION = "save_interval=1 without Triton norms"
 
 
 def _sync(device: str) -> None:
@@ -257,10 +260,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--batch 4 --threads 1 and the GPU's code path for weight and gradient norms",
     )
     parser.add_argument(
-        "--triton-counts",
+        "--triton",
         action="store_true",
-        help="add a variant: save_interval=1 with the ReLU positive counts of the Triton kernel "
-        "(capture/kernels.py; off by default in the Recorder until measured on a GPU)",
+        help="add a variant: save_interval=1 with the Triton kernels for the ReLU positive counts "
+        "and the parameter norms (capture/kernels.py; the Recorder's default on CUDA)",
     )
     parser.add_argument(
         "--deferred",
@@ -314,16 +317,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model, loss_fn, opt, batches = build(args)
     tmp = Path(tempfile.mkdtemp(prefix="bench-capture-"))
     variants = {"no recorder": None, "save_interval=500": 500, "save_interval=1": 1}
-    if args.triton_counts:
+    if args.triton:
         variants[TRITON_LABEL] = 1
     if args.deferred:
         variants[DEFERRED_LABEL] = 1
-        if args.triton_counts:
+        if args.triton:
             variants[BOTH_LABEL] = 1
     if args.spin_wait:
         variants[SPIN_LABEL] = 1
     if args.ablate:
         variants.update(dict.fromkeys(ABLATIONS, 1))
+        if args.triton:
+            variants[NORMS_ABLATION] = 1
     recorders = {}
     for label, interval in variants.items():
         if interval is not None:
@@ -344,8 +349,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if args.no_write:
             rec._write_step = lambda *a: None
 
-    # every variant sets both switches (save_interval=1: torch counts, inline); put back after
-    defaults = set(kernels.COUNT_KERNEL_DEVICES), set(offload.DEFER_DEVICES)
+    # every variant sets the three switches (save_interval=1: torch operations, inline); put
+    # back after
+    switches = kernels.COUNT_KERNEL_DEVICES, kernels.NORM_KERNEL_DEVICES, offload.DEFER_DEVICES
+    defaults = [set(switch) for switch in switches]
     kind = torch.device(args.device).type
 
     def activate(label: str):
@@ -353,12 +360,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             rec._remove_hooks(static=True)
             if other_label == label:
                 rec._install_static_hooks()
-        kernels.COUNT_KERNEL_DEVICES.clear()
-        offload.DEFER_DEVICES.clear()
+        for switch in switches:
+            switch.clear()
         if label in (TRITON_LABEL, BOTH_LABEL):
             kernels.COUNT_KERNEL_DEVICES.add(kind)
-        if label in ABLATIONS:  # the default counting path
+            kernels.NORM_KERNEL_DEVICES.add(kind)
+        if label in ABLATIONS or label == NORMS_ABLATION:  # the default kernels
             kernels.COUNT_KERNEL_DEVICES.update(defaults[0])
+            if label != NORMS_ABLATION:
+                kernels.NORM_KERNEL_DEVICES.update(defaults[1])
         if label in (DEFERRED_LABEL, BOTH_LABEL):
             offload.DEFER_DEVICES.add(kind)
         recorder_module.BLOCKING_WAIT = label != SPIN_LABEL
@@ -385,17 +395,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         ok = len(readings) > 1 and first is not None and last is not None
         threads_cpu[label] = (last - first) / ((len(readings) - 1) * args.steps) if ok else None
     if args.profile:
-        profiled = ["no recorder", "save_interval=1"] + [TRITON_LABEL] * args.triton_counts
+        profiled = ["no recorder", "save_interval=1"] + [TRITON_LABEL] * args.triton
         profiled += [DEFERRED_LABEL] * args.deferred
-        profiled += [BOTH_LABEL] * (args.deferred and args.triton_counts)
+        profiled += [BOTH_LABEL] * (args.deferred and args.triton)
         for label in profiled:
             activate(label)
             profile_steps(args, model, loss_fn, opt, batches, label, Path(args.profile))
     activate("")
     for rec in recorders.values():
         rec.close()
-    kernels.COUNT_KERNEL_DEVICES.update(defaults[0])
-    offload.DEFER_DEVICES.update(defaults[1])
+    for switch, default in zip(switches, defaults):
+        switch.update(default)
     shutil.rmtree(tmp, ignore_errors=True)
 
     base = statistics.median(samples["no recorder"])

@@ -40,7 +40,7 @@ $PY benchmarks/gpu_kernel_check.py 2>&1 | tee "$OUT/kernel_check.txt"
 $PY benchmarks/gpu_offload_check.py 2>&1 | tee -a "$OUT/kernel_check.txt"
 $PY benchmarks/gpu_offload_check.py --no-triton 2>&1 | tee -a "$OUT/kernel_check.txt"
 bench=(benchmarks/bench_capture.py --device cuda --size 224 --batch 64 --steps 50)
-variants=(--triton-counts --deferred)
+variants=(--triton --deferred)
 step "bf16 + channels_last, run 1 (profiled)"
 $PY "${bench[@]}" --rounds 8 --precision bf16 --channels-last "${variants[@]}" --profile "$OUT/profile" --json "$OUT/json/capture_bf16.json" 2>&1 | quiet | tee "$OUT/capture.txt"
 gzip -f "$OUT"/profile/*.json  # the traces, a few hundred kilobytes each once compressed

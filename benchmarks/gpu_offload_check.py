@@ -6,7 +6,7 @@ steps recorded from the training thread.
 
 Two Recorders watch one training loop (ResNet-18, 43 classes, SGD, bf16 autocast and
 channels_last; 224 px, batch 32, 6 steps, then 2 EVAL steps): one does its device work on the
-training thread, the other hands it to its thread, with the Triton counts on (``--no-triton``:
+training thread, the other hands it to its thread, with the Triton kernels on (``--no-triton``:
 off). Both read the very same tensors, so every stored value must be equal. Prints a summary
 and exits 1 on any difference. Not a test (CI has no GPU); the test suite runs the ``--quick``
 form (CPU tensors, 32 px, batch 4) and tests/capture/test_offload.py covers the CPU path.
@@ -37,20 +37,34 @@ def _values(path: Path) -> dict[tuple[str, int], np.ndarray]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CPU tensors, 32 px, batch 4")
-    parser.add_argument("--no-triton", action="store_true", help="torch operations count")
+    parser.add_argument("--no-triton", action="store_true", help="torch operations only")
     args = parser.parse_args(argv)
+    import torch
+
+    from pytest_modelrules.capture import reductions
+
+    if not args.quick and not torch.cuda.is_available():
+        print("no CUDA device")
+        return 2
+    if not args.quick:
+        return _check(args, "cuda", 224, 32)
+    # CPU tensors on the GPU's code path for the parameter norms (put back after)
+    fused_before = set(reductions.FUSED_NORM_DEVICES)
+    reductions.FUSED_NORM_DEVICES.add("cpu")
+    try:
+        return _check(args, "cpu", 32, 4)
+    finally:
+        reductions.FUSED_NORM_DEVICES.clear()
+        reductions.FUSED_NORM_DEVICES.update(fused_before)
+
+
+def _check(args: argparse.Namespace, device: str, size: int, batch: int) -> int:
+    """Record the loop with both Recorders, compare, print; the exit status."""
     import torch
     import torchvision
 
     from pytest_modelrules import Recorder, modes
 
-    if args.quick:
-        device, size, batch = "cpu", 32, 4
-    elif torch.cuda.is_available():
-        device, size, batch = "cuda", 224, 32
-    else:
-        print("no CUDA device")
-        return 2
     kind = torch.device(device).type
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None, num_classes=43).to(device)
@@ -68,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="modelrules-offload-check-"))
     common = {"loss": loss_fn, "optimizer": opt, "save_interval": 1}
-    common["count_kernel"] = not args.no_triton
+    common["triton"] = not args.no_triton
     inline = Recorder(tmp / "inline", model, offload=False, **common)
     deferred = Recorder(tmp / "deferred", model, offload=True, **common)
     try:
@@ -93,13 +107,16 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     a, b = _values(tmp / "inline"), _values(tmp / "deferred")
     name = torch.cuda.get_device_name() if kind == "cuda" else "cpu"
-    if args.no_triton:
-        counts = "torch operations"
-    elif all(kind in rec._kernel_devices for rec in (inline, deferred)):
-        counts = "Triton kernel"
-    else:  # it failed at its first launch (a warning says why) and torch counted instead
-        counts = "torch operations (the Triton kernel failed)"
-    print(f"{name}: {len(a)} values ({len({n for n, _ in a})} tensors x steps), counts by {counts}")
+    made_by = []
+    for what, attr in (("counts", "_kernel_devices"), ("norms", "_norm_kernel_devices")):
+        if args.no_triton:
+            made_by.append(f"{what} by torch operations")
+        elif all(kind in getattr(rec, attr) for rec in (inline, deferred)):
+            made_by.append(f"{what} by Triton kernel")
+        else:  # it failed at its first launch (a warning says why) and torch took over
+            made_by.append(f"{what} by torch operations (the Triton kernel failed)")
+    tensors = len({n for n, _ in a})
+    print(f"{name}: {len(a)} values ({tensors} tensors x steps), {', '.join(made_by)}")
     differ = sorted(k for k in a.keys() & b.keys() if not np.array_equal(a[k], b[k]))
     missing = sorted(a.keys() ^ b.keys())
     for key in differ[:10]:

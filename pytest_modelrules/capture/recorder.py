@@ -280,7 +280,7 @@ def _unit_counts(x: torch.Tensor, name: str) -> tuple[torch.Tensor, _Counts]:
     on the device), and its layout. Measured on an H100 (bfloat16, channels_last), this beat
     reducing the batch as an (N, units) matrix in memory order: that sum ran faster, but
     putting its counts back in C order, on the device or on the writer thread, cost more. On
-    the devices where its ``count_kernel`` is on the Recorder counts with a Triton kernel
+    the devices where its ``triton`` kernels are on the Recorder counts with a Triton kernel
     instead (:meth:`Recorder._count_relu_batch`)."""
     flat = positive_counts(x).reshape(-1)
     return flat, _Counts(((name, x.shape[0], flat.numel()),))
@@ -442,10 +442,11 @@ class Recorder:
     ``offload=True`` has the Recorder's thread (and, on a GPU, its own CUDA stream) compute the
     step's reductions and copies, ``False`` keeps them on the training thread, ``None`` hands
     off on the device types in ``capture.offload.DEFER_DEVICES`` (none by default).
-    ``count_kernel=True`` counts the ReLU outputs' positives with one Triton launch a step on
-    CUDA devices (capture/kernels.py), ``False`` with torch operations, ``None`` with the
-    kernel on the device types in ``capture.kernels.COUNT_KERNEL_DEVICES`` (CUDA where Triton is
-    installed).
+    ``triton=True`` runs the Triton kernels of capture/kernels.py on CUDA devices: the ReLU
+    outputs' positive counts in one launch a step, and the weight and gradient norms in two
+    launches per group; ``False`` uses torch operations; ``None`` each kernel on the device
+    types in ``capture.kernels.COUNT_KERNEL_DEVICES`` and ``NORM_KERNEL_DEVICES`` (CUDA where
+    Triton is installed).
     """
 
     def __init__(
@@ -466,7 +467,7 @@ class Recorder:
         mode: ModeKeys | str = ModeKeys.TRAIN,
         async_write: bool = True,
         offload: bool | None = None,
-        count_kernel: bool | None = None,
+        triton: bool | None = None,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise RecorderError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -486,23 +487,26 @@ class Recorder:
                 "offload=True hands device work to the Recorder's thread, which "
                 "async_write=False turns off; pass one or the other"
             )
-        # device types whose ReLU counts the Triton kernel makes: the module's set by default
-        # (switching it on reaches Recorders already made); a failing kernel is taken out of
-        # the set it was found in, with one warning
+        # device types whose ReLU counts and parameter norms the Triton kernels make: the
+        # module's sets by default (switching one on reaches Recorders already made); a
+        # failing kernel is taken out of the set it was found in, with one warning
         self._kernel_devices: set[str] | frozenset[str]
-        if count_kernel is None:
+        self._norm_kernel_devices: set[str] | frozenset[str]
+        if triton is None:
             self._kernel_devices = kernels.COUNT_KERNEL_DEVICES
-        elif count_kernel:
+            self._norm_kernel_devices = kernels.NORM_KERNEL_DEVICES
+        elif triton:
             if importlib.util.find_spec("triton") is None:
                 raise RecorderError(
-                    "count_kernel=True counts ReLU outputs with a Triton kernel, and Triton is "
-                    "not installed (pip install triton; it comes with CUDA builds of PyTorch)"
+                    "triton=True runs Triton kernels (ReLU counts, parameter norms), and Triton "
+                    "is not installed (pip install triton; it comes with CUDA builds of PyTorch)"
                 )
             # on the CPU only under Triton's interpreter (set before Triton is imported)
             interpret = os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
             self._kernel_devices = {"cuda", "cpu"} if interpret else {"cuda"}
+            self._norm_kernel_devices = set(self._kernel_devices)
         else:
-            self._kernel_devices = frozenset()
+            self._kernel_devices = self._norm_kernel_devices = frozenset()
         self.out_dir = os.fspath(out_dir)
         self.root = model
         self.model = unwrap_model(model)
@@ -1044,7 +1048,7 @@ class Recorder:
         known_readable: bool = False,
     ) -> list[tuple[torch.Tensor, Any]]:
         """The pending counts of ReLU outputs of one device and dtype: one Triton launch for
-        those the kernel reads where it is on (``count_kernel``), the torch
+        those the kernel reads where it is on (``triton``), the torch
         operations for the rest. If the kernel fails, the torch operations count these and
         every later batch on that device type, with one warning."""
         out: list[tuple[torch.Tensor, Any]] = []
@@ -1422,8 +1426,8 @@ class Recorder:
         for i in plan.other:
             self._capture(names[i], tensors[i])  # type: ignore[arg-type]
 
-    @staticmethod
     def _param_rows(
+        self,
         members: list[torch.Tensor],
         reductions: tuple[tuple[str, bool], ...],
         fused: bool,
@@ -1431,9 +1435,26 @@ class Recorder:
         pending: list[tuple[torch.Tensor, Any]],
     ) -> None:
         """Append to ``pending`` the rows of one parameter group (on the training thread or
-        the Recorder's): one per reduction, laid out as ``row_layouts``."""
-        with _no_autocast(members[0].device.type):
-            rows = compute_batch_rows(members, reductions, fused_norms=fused, sums_for_means=True)
+        the Recorder's): one per reduction, laid out as ``row_layouts``. Norms only (the
+        default weights and gradients) come from the Triton norms kernel where it is on and
+        reads the group; if it fails, from torch operations, on that device type from then
+        on, with one warning."""
+        device = members[0].device
+        norms = None
+        if fused and device.type in self._norm_kernel_devices and kernels.norms_readable(members):
+            try:
+                norms = kernels.multi_norms(members, checked=True)
+            except Exception as exc:  # Triton missing or failing: torch from now on
+                self._norm_kernel_devices.discard(device.type)  # type: ignore[union-attr]
+                _report(
+                    f"pytest-modelrules: the Triton norms kernel failed on {device.type} "
+                    f"({type(exc).__name__}: {exc}); computing norms with torch operations "
+                    "from now on"
+                )
+        with _no_autocast(device.type):
+            rows = compute_batch_rows(
+                members, reductions, fused_norms=fused, sums_for_means=True, norms=norms
+            )
         pending.extend(zip(rows, row_layouts))
 
     def _plan_params(self, names: list[str], tensors: list[torch.Tensor | None]) -> _ParamPlan:

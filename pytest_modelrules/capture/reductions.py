@@ -307,17 +307,20 @@ def compute_batch_rows(
     *,
     fused_norms: bool | None = None,
     sums_for_means: bool = False,
+    norms: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """:func:`compute_batch` as one 1-D row per wanted reduction, each in the dtype it was
     computed in (the fused norms stay float32: the Recorder widens them on the host, which
     saves a kernel per row on a GPU). ``sums_for_means``: on the fused path an abs_mean row
     is left as the float32 1-norms, for the caller to divide by each tensor's numel in
-    float64 (the Recorder does it on the host: two kernels fewer a step, the same values)."""
+    float64 (the Recorder does it on the host: two kernels fewer a step, the same values).
+    ``norms``: on the fused path, the 2-norms and 1-norms of ``xs`` already computed, as
+    rows of a (2, len(xs)) tensor (:func:`~pytest_modelrules.capture.kernels.multi_norms`)."""
     dev = xs[0].device
     if fused_norms is None:
         fused_norms = dev.type in FUSED_NORM_DEVICES
     if fused_norms and _norms_only(wanted):
-        return _batch_norms(xs, wanted, dev, sums_for_means)
+        return _batch_norms(xs, wanted, dev, sums_for_means, norms)
     small = [i for i, x in enumerate(xs) if x.numel() <= _EXACT_LIMIT]
     large = [i for i, x in enumerate(xs) if x.numel() > _EXACT_LIMIT]
     parts = []
@@ -341,12 +344,14 @@ def _batch_norms(
     wanted: tuple[tuple[str, bool], ...],
     dev: torch.device,
     sums_for_means: bool = False,
+    norms: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """compute_batch of l2 / l1 / abs_mean only: one multi-tensor norm per statistic (l2 and
     l1 rows float32, abs_mean float64: l1 / numel divided in float64; with
-    ``sums_for_means`` the l1 row, left for the caller to divide)."""
+    ``sums_for_means`` the l1 row, left for the caller to divide), or the rows of ``norms``
+    (2-norms, 1-norms) where given."""
     floats = xs if all(x.dtype in _FLOATS for x in xs) else [_float(x) for x in xs]
-    cache: dict[str, torch.Tensor] = {}
+    cache: dict[str, torch.Tensor] = {} if norms is None else {"l2": norms[0], "l1": norms[1]}
 
     def stat(key: str) -> torch.Tensor:
         t = cache.get(key)

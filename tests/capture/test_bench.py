@@ -100,20 +100,35 @@ def test_profile_writes_op_tables_and_traces_of_both_variants(tmp_path, capsys):
     assert "recorder.py" not in (tmp_path / "python_no_recorder.txt").read_text()
 
 
-def test_triton_counts_adds_a_variant_and_restores_the_switch(capsys, monkeypatch):
-    """``--triton-counts``: a fourth variant, save_interval=1 with the Triton kernel (here run
-    by Triton's interpreter, tests/conftest.py); the module's switch is as it was after."""
+def test_triton_adds_a_variant_and_restores_the_switches(capsys, monkeypatch):
+    """``--triton``: a fourth variant, save_interval=1 with both Triton kernels (here run by
+    Triton's interpreter, tests/conftest.py, on the GPU's code path for the norms), and with
+    ``--ablate`` one without the norms kernel; the modules' switches are as they were after."""
     pytest.importorskip("triton")
-    from pytest_modelrules.capture import kernels
+    from pytest_modelrules.capture import kernels, reductions
 
     monkeypatch.setattr(kernels, "COUNT_KERNEL_DEVICES", {"cuda"})
+    monkeypatch.setattr(kernels, "NORM_KERNEL_DEVICES", {"cuda"})
+    monkeypatch.setattr(reductions, "FUSED_NORM_DEVICES", set(reductions.FUSED_NORM_DEVICES))
+    calls = {"counts": 0, "norms": 0}
+    for what, name in (("counts", "positive_counts_c_order"), ("norms", "multi_norms")):
+        real = getattr(kernels, name)
+
+        def spy(*args, _real=real, _what=what, **kwargs):
+            calls[_what] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(kernels, name, spy)
     module = _script()
-    ratios = module.main(["--quick", "--triton-counts"])
+    ratios = module.main(["--quick", "--host-proxy", "--triton", "--ablate"])
     out = capsys.readouterr().out
-    assert module.TRITON_LABEL in out and set(ratios) == {
-        "no recorder", "save_interval=500", "save_interval=1", module.TRITON_LABEL
+    assert module.TRITON_LABEL in out and module.NORMS_ABLATION in out
+    assert set(ratios) == {
+        "no recorder", "save_interval=500", "save_interval=1", module.TRITON_LABEL,
+        module.NORMS_ABLATION, *module.ABLATIONS,
     }  # fmt: skip
-    assert set(kernels.COUNT_KERNEL_DEVICES) == {"cuda"}
+    assert calls["counts"] > 0 and calls["norms"] > 0  # the kernels' variant ran them
+    assert kernels.COUNT_KERNEL_DEVICES == kernels.NORM_KERNEL_DEVICES == {"cuda"}
 
 
 def test_gpu_kernel_check_quick_compares_the_kernel_with_the_torch_operations(capsys):
@@ -136,14 +151,14 @@ def test_gpu_kernel_check_quick_compares_the_kernel_with_the_torch_operations(ca
 
 
 def test_deferred_adds_variants_and_leaves_the_thread_off(capsys):
-    """``--deferred`` (with ``--triton-counts``): save_interval=1 with the device work on the
+    """``--deferred`` (with ``--triton``): save_interval=1 with the device work on the
     Recorder's thread, alone and with the kernel; both switches are off again after."""
     pytest.importorskip("triton")
     from pytest_modelrules.capture import kernels, offload
 
     before = set(kernels.COUNT_KERNEL_DEVICES)
     module = _script()
-    ratios = module.main(["--quick", "--deferred", "--triton-counts"])
+    ratios = module.main(["--quick", "--deferred", "--triton"])
     out = capsys.readouterr().out
     assert module.DEFERRED_LABEL in out and module.BOTH_LABEL in out
     assert {module.DEFERRED_LABEL, module.BOTH_LABEL} <= set(ratios)
@@ -198,24 +213,31 @@ def test_gpu_offload_check_quick_finds_the_two_recordings_equal(capsys):
 
 
 def test_gpu_offload_check_names_what_counted(capsys, monkeypatch):
-    """With the kernel (Triton's interpreter here) the script says the kernel counted; when
-    the kernel fails it says torch counted instead, and the values are still equal."""
+    """With the kernels (Triton's interpreter here) the script says the kernels counted and
+    reduced the norms; when one fails it says torch took its place, and the values are still
+    equal."""
     from pytest_modelrules.capture import kernels
 
     check = _script("gpu_offload_check")
     assert check.main(["--quick"]) == 0
     out = capsys.readouterr().out
-    assert "counts by Triton kernel" in out and "equal: every value bit for bit" in out
+    assert "counts by Triton kernel, norms by Triton kernel" in out
+    assert "equal: every value bit for bit" in out
 
     def broken(*args, **kwargs):
         raise RuntimeError("no launch")
 
-    monkeypatch.setattr(kernels, "positive_counts_c_order", broken)
-    with pytest.warns(RuntimeWarning, match="positive-count kernel failed"):
-        assert check.main(["--quick"]) == 0
-    out = capsys.readouterr().out
-    assert "counts by torch operations (the Triton kernel failed)" in out
-    assert "equal: every value bit for bit" in out
+    for name, message, failed in (
+        ("positive_counts_c_order", "positive-count kernel failed", "counts"),
+        ("multi_norms", "norms kernel failed", "norms"),
+    ):
+        with monkeypatch.context() as patch:
+            patch.setattr(kernels, name, broken)
+            with pytest.warns(RuntimeWarning, match=message):
+                assert check.main(["--quick"]) == 0
+        out = capsys.readouterr().out
+        assert f"{failed} by torch operations (the Triton kernel failed)" in out
+        assert "equal: every value bit for bit" in out
 
 
 def test_gpu_offload_check_reports_a_difference(capsys, monkeypatch):

@@ -1,6 +1,7 @@
-"""The optional Triton kernel for ReLU positive counts (capture/kernels.py), run by Triton's
-interpreter on the CPU: it must count exactly what the torch operations count, in C order,
-for the layouts it reads, decline the others, and never stop a recording when it fails."""
+"""The optional Triton kernels (capture/kernels.py), run by Triton's interpreter on the CPU:
+the ReLU positive counts must be exactly what the torch operations count, in C order, the
+parameter norms the multi-tensor norms within float32 rounding, for the layouts they read;
+they must decline the others, and never stop a recording when they fail."""
 
 from __future__ import annotations
 
@@ -127,6 +128,109 @@ def test_one_launch_takes_one_dtype_and_device(interpreted):
         kernels.positive_counts_c_order([])
 
 
+# -- multi-tensor norms ------------------------------------------------------------------------
+
+
+def _norms64(xs: list[torch.Tensor]) -> np.ndarray:
+    """The 2-norms and 1-norms of ``xs`` in float64 (the reference)."""
+    return np.array(
+        [[x.double().norm(p).item() for x in xs] for p in (2, 1)], dtype=np.float64
+    ).reshape(2, len(xs))
+
+
+def _norm_shapes() -> list[tuple[int, ...]]:
+    chunk = kernels._NORM_CHUNK  # elements a program reduces
+    return [
+        (3,),  # less than one tile
+        (chunk,),  # exactly one chunk (its loads unmasked)
+        (chunk + 1,),  # a chunk and one element
+        (64, 3, 7, 7),
+        (3, chunk - 5),  # several chunks and a partial one
+        (0,),  # empty: both norms 0
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_norms_equal_float64_norms(interpreted, dtype):
+    """One call gives both norms of every tensor, in order, in float32, within float32's
+    rounding of the exact (float64) norms, whatever the sizes: under a tile, exactly a
+    chunk, a chunk and an element, several chunks, empty, and a channels_last tensor."""
+    gen = torch.Generator().manual_seed(3)
+    shapes = _norm_shapes()
+    xs = [torch.randn(shape, generator=gen).to(dtype) for shape in shapes]
+    image = torch.randn(5, 6, 7, 8, generator=gen).to(dtype)
+    xs.append(image.to(memory_format=torch.channels_last))
+    assert kernels.norms_readable(xs)
+    got = kernels.multi_norms(xs)
+    assert got.dtype == torch.float32 and got.shape == (2, len(xs))
+    np.testing.assert_allclose(got.double().numpy(), _norms64(xs), rtol=2e-6, atol=0)
+    assert got[:, shapes.index((0,))].tolist() == [0.0, 0.0]
+
+
+def test_norms_agree_with_the_multi_tensor_norms_they_replace(interpreted):
+    """Within float32 rounding of ``torch.stack(torch._foreach_norm(xs, p))``, the rows the
+    Recorder stored before, for a ResNet-like list of parameters, and no further from the
+    exact norms than they are (the chunks' sums are added in float64); exact where the
+    float32 sums are."""
+    gen = torch.Generator().manual_seed(4)
+    xs = [torch.randn(s, generator=gen) for s in [(64, 3, 7, 7), (64,), (64,), (128, 64, 3, 3)]]
+    xs.append(torch.tensor([3.0, 4.0]))
+    got = kernels.multi_norms(xs).double().numpy()
+    exact = _norms64(xs)
+    for row, p in enumerate((2, 1)):
+        before = torch.stack(torch._foreach_norm(xs, p)).double().numpy()
+        np.testing.assert_allclose(got[row], before, rtol=1e-5, atol=0)
+        assert (abs(got[row] - exact[row]) <= abs(before - exact[row]) + 1e-7 * exact[row]).all()
+    assert got[:, -1].tolist() == [5.0, 7.0]
+
+
+def test_norms_of_more_tensors_than_one_launch_takes(interpreted, monkeypatch):
+    """Past MAX_NORM_TENSORS the tensors go in several launches; each lands in its column."""
+    monkeypatch.setattr(kernels, "MAX_NORM_TENSORS", 3)
+    gen = torch.Generator().manual_seed(5)
+    xs = [torch.randn(10 * (i + 1), generator=gen) for i in range(8)]
+    got = kernels.multi_norms(xs)
+    np.testing.assert_allclose(got.double().numpy(), _norms64(xs), rtol=2e-6)
+
+
+def test_norms_launch_table_is_kept_while_the_tensors_stay_in_place(interpreted):
+    """The launch table (addresses and sizes) is built once for tensors that stay where they
+    are, as parameters do, and the norms follow their values changed in place; tensors
+    elsewhere get a table of their own."""
+    gen = torch.Generator().manual_seed(6)
+    xs = [torch.randn(100, generator=gen), torch.randn(2 * kernels._NORM_CHUNK, generator=gen)]
+    kernels._NORM_TABLES.clear()
+    first = kernels.multi_norms(xs)
+    table = next(iter(kernels._NORM_TABLES.values()))[0]
+    with torch.no_grad():
+        xs[1].mul_(2)
+    second = kernels.multi_norms(xs)
+    assert len(kernels._NORM_TABLES) == 1
+    assert next(iter(kernels._NORM_TABLES.values()))[0] is table
+    torch.testing.assert_close(second[:, 1], 2 * first[:, 1], rtol=1e-6, atol=0)
+    moved = [x.clone() for x in xs]
+    np.testing.assert_allclose(kernels.multi_norms(moved).numpy(), second.numpy(), rtol=1e-6)
+    assert len(kernels._NORM_TABLES) == 2
+
+
+def test_norms_decline_what_they_do_not_read(interpreted):
+    """Strided tensors, float64 and integer dtypes, mixed dtypes and an empty list are not
+    read (the Recorder uses torch operations for them); asked anyway, one ValueError."""
+    x = torch.randn(4, 6)
+    for declined in (
+        [x[:, ::2]],
+        [x.double()],
+        [torch.ones(3, dtype=torch.int32)],
+        [x, x.half()],
+        [],
+    ):
+        assert not kernels.norms_readable(declined)
+        with pytest.raises(ValueError, match="dense float32, float16 or bfloat16"):
+            kernels.multi_norms(declined)
+    image = torch.randn(2, 3, 4, 5)
+    assert kernels.norms_readable([image, image.to(memory_format=torch.channels_last)])
+
+
 def _record(tmp_path, name, channels_last=True, **recorder_kwargs):
     torch.manual_seed(0)
     model = TinyNet()
@@ -191,11 +295,11 @@ def test_recorder_with_the_kernel_stores_what_the_torch_operations_store(
         np.testing.assert_array_equal(got[key], value, err_msg=str(key))
 
 
-def test_count_kernel_argument_overrides_the_module_set_for_one_recorder(
+def test_triton_argument_overrides_the_module_sets_for_one_recorder(
     interpreted, tmp_path, monkeypatch
 ):
-    """``Recorder(count_kernel=True)`` launches the kernel with the module's set empty,
-    ``count_kernel=False`` never does with it on; both store the torch path's values, and
+    """``Recorder(triton=True)`` launches the kernel with the module's set empty,
+    ``triton=False`` never does with it on; both store the torch path's values, and
     neither touches the module's set."""
     seen: list[int] = []
     real = kernels.positive_counts_c_order
@@ -208,32 +312,32 @@ def test_count_kernel_argument_overrides_the_module_set_for_one_recorder(
     monkeypatch.setattr(kernels, "COUNT_KERNEL_DEVICES", set())
     reference = _record(tmp_path, "torch")
     assert seen == []
-    got = _record(tmp_path, "on", count_kernel=True)
+    got = _record(tmp_path, "on", triton=True)
     assert seen == [2, 2]  # one launch a step for both ReLU calls
     assert not kernels.COUNT_KERNEL_DEVICES
     monkeypatch.setattr(kernels, "COUNT_KERNEL_DEVICES", {"cpu"})
-    off = _record(tmp_path, "off", count_kernel=False)
+    off = _record(tmp_path, "off", triton=False)
     assert seen == [2, 2] and set(kernels.COUNT_KERNEL_DEVICES) == {"cpu"}
     for key, value in reference.items():
         np.testing.assert_array_equal(got[key], value, err_msg=str(key))
         np.testing.assert_array_equal(off[key], value, err_msg=str(key))
 
 
-def test_count_kernel_true_on_a_cuda_only_setup_leaves_cpu_tensors_to_torch(tmp_path, monkeypatch):
+def test_triton_true_on_a_cuda_only_setup_leaves_cpu_tensors_to_torch(tmp_path, monkeypatch):
     """Without Triton's interpreter the kernel runs on CUDA devices only: a CPU model with
-    ``count_kernel=True`` is counted by the torch operations, with no failed launch and no
+    ``triton=True`` is counted by the torch operations, with no failed launch and no
     warning."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setattr(kernels, "positive_counts_c_order", lambda xs, **kw: 1 / 0)
     reference = _record_with_torch(tmp_path, "torch")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        got = _record(tmp_path, "cuda-only", count_kernel=True)
+        got = _record(tmp_path, "cuda-only", triton=True)
     for key, value in reference.items():
         np.testing.assert_array_equal(got[key], value, err_msg=str(key))
 
 
-def test_count_kernel_true_without_triton_is_refused(tmp_path, monkeypatch):
+def test_triton_true_without_triton_is_refused(tmp_path, monkeypatch):
     import importlib.util
 
     from pytest_modelrules.exceptions import RecorderError
@@ -242,22 +346,22 @@ def test_count_kernel_true_without_triton_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real(name, *a)
     )
-    with pytest.raises(RecorderError, match=r"count_kernel=True .* Triton is not installed"):
-        Recorder(tmp_path / "run", TinyNet(), count_kernel=True)
+    with pytest.raises(RecorderError, match=r"triton=True .* Triton is not installed"):
+        Recorder(tmp_path / "run", TinyNet(), triton=True)
     assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
 def test_a_failing_kernel_of_one_recorder_is_switched_off_for_that_recorder(
     interpreted, tmp_path, monkeypatch
 ):
-    """With ``count_kernel=True`` a kernel that fails is switched off for that Recorder (one
+    """With ``triton=True`` a kernel that fails is switched off for that Recorder (one
     warning, the torch operations' values), not in the module's set."""
     reference = _record_with_torch(tmp_path, "torch")
     monkeypatch.setattr(kernels, "positive_counts_c_order", lambda xs, **kw: 1 / 0)
     monkeypatch.setattr(kernels, "COUNT_KERNEL_DEVICES", {"cpu"})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        got = _record(tmp_path, "fallback", count_kernel=True)
+        got = _record(tmp_path, "fallback", triton=True)
     messages = [str(w.message) for w in caught if "Triton positive-count kernel" in str(w.message)]
     assert len(messages) == 1 and "ZeroDivisionError" in messages[0]
     assert set(kernels.COUNT_KERNEL_DEVICES) == {"cpu"}
@@ -382,6 +486,90 @@ def test_a_failing_kernel_under_warnings_as_errors_still_records(tmp_path, monke
         np.testing.assert_array_equal(got[key], value, err_msg=str(key))
 
 
+def _record_norms(tmp_path, name, monkeypatch, **recorder_kwargs):
+    """Two steps of TinyNet (channels_last) on the GPU's code path for parameter norms (the
+    multi-tensor norms): every stored weight and gradient reduction, by (name, step)."""
+    from pytest_modelrules.capture import reductions
+
+    monkeypatch.setattr(reductions, "FUSED_NORM_DEVICES", {"cuda", "cpu"})
+    torch.manual_seed(0)
+    model = TinyNet().to(memory_format=torch.channels_last)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Recorder(
+        tmp_path / name, model, loss=loss_fn, optimizer=opt, save_interval=1, **recorder_kwargs
+    ):
+        for x, y in batches(2):
+            opt.zero_grad()
+            loss_fn(model(x.contiguous(memory_format=torch.channels_last)), y).backward()
+            opt.step()
+    run = open_run(tmp_path / name)
+    names = run.tensor_names(regex=r"^smdebug/reductions/(l2|abs_mean)/")
+    assert len(names) == 18  # 6 weights' and biases' l2, 6 gradients' l2 and abs_mean
+    return {(n, step): run.tensor(n).value(step) for n in names for step in (0, 1)}
+
+
+@pytest.fixture
+def norm_calls(monkeypatch) -> list[int]:
+    """The norms kernel's calls (the number of tensors of each), switched on for the CPU."""
+    seen: list[int] = []
+    real = kernels.multi_norms
+
+    def counted(xs, **kwargs):
+        seen.append(len(xs))
+        return real(xs, **kwargs)
+
+    monkeypatch.setattr(kernels, "multi_norms", counted)
+    monkeypatch.setattr(kernels, "NORM_KERNEL_DEVICES", {"cpu"})
+    return seen
+
+
+def test_recorder_with_the_norms_kernel_stores_the_multi_tensor_norms(
+    interpreted, tmp_path, monkeypatch, norm_calls
+):
+    """By default (the module's set) each step's weights and gradients are reduced by one
+    call each, and the stored norms are the torch path's within float32 rounding."""
+    monkeypatch.setattr(kernels, "NORM_KERNEL_DEVICES", set())
+    reference = _record_norms(tmp_path, "torch", monkeypatch)
+    assert norm_calls == []
+    monkeypatch.setattr(kernels, "NORM_KERNEL_DEVICES", {"cpu"})
+    got = _record_norms(tmp_path, "kernel", monkeypatch)
+    assert norm_calls == [6, 6] * 2  # weights and biases, then gradients, per step
+    assert got.keys() == reference.keys()
+    for key, value in reference.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-6, atol=0, err_msg=str(key))
+    off = _record_norms(tmp_path, "off", monkeypatch, triton=False)
+    assert len(norm_calls) == 4  # triton=False: never, with the module's set on
+    for key, value in reference.items():
+        np.testing.assert_array_equal(off[key], value, err_msg=str(key))
+
+
+def test_a_failing_norms_kernel_is_switched_off_and_recording_goes_on(
+    interpreted, tmp_path, monkeypatch
+):
+    """A norms kernel that fails gives one warning and the torch operations' norms, bit for
+    bit, from that step on: on the module's set by default, on the Recorder's own with
+    ``triton=True``."""
+    monkeypatch.setattr(kernels, "NORM_KERNEL_DEVICES", set())
+    reference = _record_norms(tmp_path, "torch", monkeypatch)
+
+    def failing(xs, **kw):
+        raise RuntimeError("no launch")
+
+    monkeypatch.setattr(kernels, "multi_norms", failing)
+    for name, kwargs in (("default", {}), ("own", {"triton": True})):
+        monkeypatch.setattr(kernels, "NORM_KERNEL_DEVICES", {"cpu"})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = _record_norms(tmp_path, name, monkeypatch, **kwargs)
+        messages = [str(w.message) for w in caught if "Triton norms kernel" in str(w.message)]
+        assert len(messages) == 1 and "RuntimeError: no launch" in messages[0], name
+        left_on = set() if name == "default" else {"cpu"}  # the module's set, emptied or not
+        assert left_on == kernels.NORM_KERNEL_DEVICES
+        for key, value in reference.items():
+            np.testing.assert_array_equal(got[key], value, err_msg=f"{name} {key}")
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     n=st.integers(1, 5),
@@ -429,15 +617,38 @@ for arch in (80, 90):
             # the loads of the batch: the last global loads of the kernel (after the table's)
             ops = [w for w in ptx.split() if w.startswith("ld.global")]
             loads[f"sm_{arch} {dtype} aligned={aligned}"] = ops[-1]
-print(json.dumps(loads))
+partial, finish = kernels._norm_kernels()
+norm_loads = {}
+for arch in (80, 90):
+    for dtype in ("bf16", "fp16", "fp32"):
+        for aligned in (True, False):
+            source = ASTSource(
+                fn=partial,
+                signature={"table_ptr": "*i64", "x0_ptr": "*" + dtype, "partial_ptr": "*fp32",
+                           "N_TENSORS": "constexpr", "TILE": "constexpr",
+                           "TILES": "constexpr", "ALIGNED": "constexpr"},
+                constexprs={"N_TENSORS": 64, "TILE": 1024, "TILES": 8, "ALIGNED": aligned},
+            )
+            ptx = compile(source, target=GPUTarget("cuda", arch, 32)).asm["ptx"]
+            # the whole chunks' loads (the first after the table's; the last chunk's after)
+            ops = [w for w in ptx.split() if w.startswith("ld.global")]
+            norm_loads[f"sm_{arch} {dtype} aligned={aligned}"] = sorted(set(ops))
+    source = ASTSource(
+        fn=finish,
+        signature={"table_ptr": "*i64", "partial_ptr": "*fp32", "out_ptr": "*fp32",
+                   "n_tensors": "i32", "TILE": "constexpr"},
+        constexprs={"TILE": 128},
+    )
+    norm_loads[f"sm_{arch} finish"] = bool(compile(source, target=GPUTarget("cuda", arch, 32)))
+print(json.dumps({"counts": loads, "norms": norm_loads}))
 """
 
 
-def test_the_kernel_compiles_for_nvidia_gpus_with_16_byte_loads():
+def test_the_kernels_compile_for_nvidia_gpus_with_16_byte_loads():
     """Compiled (not interpreted) for Ampere and Hopper, without a GPU (Triton's own ptxas):
-    every dtype compiles, and where the host found every sample on 16 bytes the batch is read
-    with 16-byte vector loads (a scalar load per element issues eight times the instructions
-    for bfloat16)."""
+    every dtype compiles, and where the host found every sample (every tensor) on 16 bytes
+    the batch (a whole chunk of a tensor) is read with 16-byte vector loads (a scalar load
+    per element issues eight times the instructions for bfloat16)."""
     import json
     import os
     import subprocess
@@ -454,7 +665,8 @@ def test_the_kernel_compiles_for_nvidia_gpus_with_16_byte_loads():
     if done.returncode and "ptxas" in done.stderr and "not found" in done.stderr.lower():
         pytest.skip("Triton's ptxas is not installed here")
     assert done.returncode == 0, done.stderr[-3000:]
-    loads = json.loads(done.stdout.strip().splitlines()[-1])
+    compiled = json.loads(done.stdout.strip().splitlines()[-1])
+    loads, norm_loads = compiled["counts"], compiled["norms"]
     assert len(loads) == 16
     for variant, op in loads.items():
         if "aligned=True" in variant:
@@ -462,15 +674,24 @@ def test_the_kernel_compiles_for_nvidia_gpus_with_16_byte_loads():
             assert op == wide, variant
         else:
             assert op.startswith("ld.global.b"), variant
+    assert len(norm_loads) == 14 and norm_loads["sm_80 finish"] and norm_loads["sm_90 finish"]
+    for variant, ops in norm_loads.items():
+        if "finish" in variant:
+            continue
+        element = "ld.global.b32" if "fp32" in variant else "ld.global.b16"
+        if "aligned=True" in variant:  # whole chunks in vectors, the last chunk by element
+            assert "ld.global.v4.b32" in ops and element in ops, variant
+        else:
+            assert "ld.global.v4.b32" not in ops and element in ops, variant
 
 
-def test_the_kernel_is_the_cuda_default_where_triton_is_installed():
-    """Recorders made with count_kernel=None use the kernel on CUDA devices when Triton can be
-    imported (it was measured faster there), never on the CPU by default."""
+def test_the_kernels_are_the_cuda_default_where_triton_is_installed():
+    """Recorders made with triton=None use both kernels on CUDA devices when Triton can be
+    imported, never on the CPU by default."""
     import importlib.util
 
     from pytest_modelrules.capture import kernels
 
     expected = {"cuda"} if importlib.util.find_spec("triton") else set()
-    assert set(kernels.COUNT_KERNEL_DEVICES) == expected
-    assert "cpu" not in kernels.COUNT_KERNEL_DEVICES
+    assert set(kernels.COUNT_KERNEL_DEVICES) == set(kernels.NORM_KERNEL_DEVICES) == expected
+    assert kernels.NORM_KERNEL_DEVICES is not kernels.COUNT_KERNEL_DEVICES  # switched apart

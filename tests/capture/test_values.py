@@ -240,7 +240,7 @@ def test_dataparallel_replicas_count_as_one_batch(tmp_path, monkeypatch, path):
 
         if os.environ.get("TRITON_INTERPRET") != "1":
             pytest.skip("the kernel runs on CPU tensors under Triton's interpreter only")
-        kwargs["count_kernel"] = True
+        kwargs["triton"] = True
     data = batches(3, batch=7)  # chunks of 4 and 3
     runs = {}
     for name, wrap in (("plain", lambda m: m), ("replicas", ThreadedDataParallel)):
@@ -686,12 +686,28 @@ class _BigFirst(torch.nn.Module):
         return self.head(torch.relu(self.frozen(torch.relu(self.big(x)))))
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["cpu-path", "gpu-path"])
-def test_parameter_norms_are_stored_under_their_own_names(tmp_path, monkeypatch, fused):
+@pytest.mark.parametrize(
+    "fused,kernel", [(False, False), (True, False), (True, True)],
+    ids=["cpu-path", "gpu-path", "gpu-path-triton-norms"],
+)  # fmt: skip
+def test_parameter_norms_are_stored_under_their_own_names(tmp_path, monkeypatch, fused, kernel):
     from pytest_modelrules.capture import reductions
 
     if fused:
         monkeypatch.setattr(reductions, "FUSED_NORM_DEVICES", {"cuda", "cpu"})
+    launched = []
+    if kernel:  # the Triton norms kernel, interpreted on the CPU (tests/conftest.py)
+        pytest.importorskip("triton")
+        from pytest_modelrules.capture import kernels
+
+        real = kernels.multi_norms
+
+        def counted(xs, **kw):
+            launched.append(len(xs))
+            return real(xs, **kw)
+
+        monkeypatch.setattr(kernels, "multi_norms", counted)
+        monkeypatch.setattr(kernels, "NORM_KERNEL_DEVICES", {"cpu"})
     torch.manual_seed(0)
     model = _BigFirst()
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -721,7 +737,10 @@ def test_parameter_norms_are_stored_under_their_own_names(tmp_path, monkeypatch,
                 np.testing.assert_allclose(run.tensor(tname).value(step), expected, rtol=1e-5,
                                            err_msg=tname)  # fmt: skip
     assert not run.has_tensor(reduction_tensor_name("gradient/frozen.weight", "l2"))
-    if fused:  # the host's division of the 1-norms gives the device's abs_mean bit for bit
+    # one call per step for the 6 weights and biases (the frozen layer's too), one for the 4
+    # gradients: every norm of a group from one call
+    assert launched == ([6, 4] * 2 if kernel else [])
+    if fused and not kernel:  # the host's division of the 1-norms: the device's abs_mean
         from pytest_modelrules.capture.reductions import compute_batch
 
         for step in (0, 1):
