@@ -9,16 +9,19 @@ channels_last; 224 px, batch 32, 6 steps, then 2 EVAL steps): one does its devic
 training thread, the other hands it to its thread, with the Triton kernels on (``--no-triton``:
 off). Both read the very same tensors, so every stored value must be equal. Prints a summary
 and exits 1 on any difference. Not a test (CI has no GPU); the test suite runs the ``--quick``
-form (CPU tensors, 32 px, batch 4) and tests/capture/test_offload.py covers the CPU path.
+form (CPU tensors, ResNet-18 at width 8, 32 px, batch 4; Triton kernels interpreted) and
+tests/capture/test_offload.py covers the CPU path.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import tempfile
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +39,9 @@ def _values(path: Path) -> dict[tuple[str, int], np.ndarray]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="CPU tensors, 32 px, batch 4")
+    parser.add_argument(
+        "--quick", action="store_true", help="CPU tensors, ResNet-18 at width 8, 32 px, batch 4"
+    )
     parser.add_argument("--no-triton", action="store_true", help="torch operations only")
     args = parser.parse_args(argv)
     import torch
@@ -58,6 +63,16 @@ def main(argv: list[str] | None = None) -> int:
         reductions.FUSED_NORM_DEVICES.update(fused_before)
 
 
+def _bench_capture() -> Any:
+    """benchmarks/bench_capture.py, imported from beside this script."""
+    path = Path(__file__).with_name("bench_capture.py")
+    spec = importlib.util.spec_from_file_location("bench_capture", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _check(args: argparse.Namespace, device: str, size: int, batch: int) -> int:
     """Record the loop with both Recorders, compare, print; the exit status."""
     import torch
@@ -67,7 +82,10 @@ def _check(args: argparse.Namespace, device: str, size: int, batch: int) -> int:
 
     kind = torch.device(device).type
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None, num_classes=43).to(device)
+    if kind == "cuda":
+        model = torchvision.models.resnet18(weights=None, num_classes=43).to(device)
+    else:  # the same modules and names at width 8: Triton's interpreter reads every weight
+        model = _bench_capture().narrow_resnet18(8)
     model = model.to(memory_format=torch.channels_last)
     loss_fn = torch.nn.CrossEntropyLoss()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
