@@ -5,7 +5,7 @@
 #   OUT=gpu-figures bash benchmarks/gpu_figures.sh                 # about 7 minutes on one H100
 #   OUT=gpu-figures REFERENCE_JOB=0 bash benchmarks/gpu_figures.sh # the Recorder's figures only
 #
-# 1. Correctness on this GPU first: the optional Triton kernel for the ReLU counts against the
+# 1. Correctness on this GPU first: the Triton kernels (ReLU counts, parameter norms) against the
 #    torch operations (gpu_kernel_check.py), and the hand-off of the device work to the
 #    Recorder's thread against the inline recording, with and without the kernel
 #    (gpu_offload_check.py).

@@ -131,9 +131,10 @@ def test_triton_adds_a_variant_and_restores_the_switches(capsys, monkeypatch):
     assert kernels.COUNT_KERNEL_DEVICES == kernels.NORM_KERNEL_DEVICES == {"cuda"}
 
 
-def test_gpu_kernel_check_quick_compares_the_kernel_with_the_torch_operations(capsys):
+def test_gpu_kernel_check_quick_compares_the_kernels_with_the_torch_operations(capsys):
     """The GPU script's ``--quick`` form (Triton's interpreter on CPU tensors): ResNet-18's 17
-    ReLU shapes at 32 px, each layout, equal counts, exit 0."""
+    ReLU shapes at 32 px, each layout, equal counts; five parameters' norms in float32 and
+    bfloat16, within 1e-5 of float64's; exit 0."""
     import os
 
     pytest.importorskip("triton")
@@ -145,9 +146,13 @@ def test_gpu_kernel_check_quick_compares_the_kernel_with_the_torch_operations(ca
         + [(512, 7, 7)] * 4
     )  # fmt: skip
     assert module.main(["--quick"]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if "equal=" in line]
+    out = capsys.readouterr().out.splitlines()
+    lines = [line for line in out if "equal=" in line]
     assert len(lines) == 4
     assert all("equal=True" in line and "(17 batches)" in line for line in lines)
+    norms = [line for line in out if line.startswith("norms ")]
+    assert len(norms) == 2
+    assert all("within=True" in line and "(5 tensors)" in line for line in norms)
 
 
 def test_deferred_adds_variants_and_leaves_the_thread_off(capsys):
