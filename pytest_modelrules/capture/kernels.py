@@ -236,9 +236,9 @@ def norms_readable(xs: Sequence[torch.Tensor]) -> bool:
     if not xs:
         return False
     first = xs[0]
-    dtype, device = first.dtype, first.device
+    dtype, device = first.dtype, first.get_device()  # an index: no device object per tensor
     return dtype in _NORM_DTYPES and all(
-        x.dtype == dtype and x.device == device and _dense(x) for x in xs
+        x.dtype is dtype and x.get_device() == device and _dense(x) for x in xs
     )
 
 
@@ -346,8 +346,9 @@ def _norm_table(xs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, int, int, boo
     above the number of tensors, as ``tl.arange`` needs), and whether every tensor starts on
     16 bytes."""
     first = xs[0]
-    shape = [v for x in xs for v in (x.data_ptr(), x.numel())]
-    key = (first.device, first.dtype, *shape)
+    addresses = tuple(map(torch.Tensor.data_ptr, xs))
+    numels = tuple(map(torch.Tensor.numel, xs))
+    key = (first.device, first.dtype, addresses, numels)
     with _NORM_TABLES_LOCK:
         entry = _NORM_TABLES.get(key)
         if entry is not None:
@@ -355,13 +356,14 @@ def _norm_table(xs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, int, int, boo
             return entry
     starts: list[int] = []
     programs = 0
-    for numel in shape[1::2]:
+    for numel in numels:
         starts.append(programs)
         programs += -(-numel // _NORM_CHUNK)
     n_tensors = max(2, 1 << len(xs).bit_length())  # > len(xs): room for the end
     starts += [programs] + [_NO_BATCH] * (n_tensors - len(xs) - 1)
-    aligned = all(address % 16 == 0 for address in shape[::2])
-    table = torch.tensor(starts + shape, dtype=torch.int64)
+    aligned = all(address % 16 == 0 for address in addresses)
+    rows = [v for pair in zip(addresses, numels) for v in pair]
+    table = torch.tensor(starts + rows, dtype=torch.int64)
     if first.is_cuda:  # from pageable memory: staged at once, no synchronisation
         table = table.to(first.device, non_blocking=True)
     entry = (table, programs, n_tensors, aligned)
