@@ -211,6 +211,7 @@ def _table(
 #: tensors one launch of the norms kernel reduces at most (more: several launches)
 MAX_NORM_TENSORS = 256
 _NORM_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 _NORM_TILE = 1024  # elements a program loads at a time
 _NORM_TILES = 8  # tiles a program reduces into one partial sum: 8,192 elements
 _NORM_CHUNK = _NORM_TILE * _NORM_TILES
@@ -232,13 +233,16 @@ def _dense(x: torch.Tensor) -> bool:
 
 def norms_readable(xs: Sequence[torch.Tensor]) -> bool:
     """Whether :func:`multi_norms` reduces ``xs``: at least one tensor, all of one device and
-    one dtype (float32, float16 or bfloat16), each dense (contiguous or channels_last)."""
+    one dtype (float32, float16 or bfloat16), each a plain tensor or parameter (not a
+    subclass such as a sharded DTensor, whose memory is not its values) and dense (contiguous
+    or channels_last; a sparse tensor is neither)."""
     if not xs:
         return False
     first = xs[0]
     dtype, device = first.dtype, first.get_device()  # an index: no device object per tensor
     return dtype in _NORM_DTYPES and all(
-        x.dtype is dtype and x.get_device() == device and _dense(x) for x in xs
+        type(x) in _PLAIN and x.dtype is dtype and x.get_device() == device and _dense(x)
+        for x in xs
     )
 
 

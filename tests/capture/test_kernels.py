@@ -214,11 +214,18 @@ def test_norms_launch_table_is_kept_while_the_tensors_stay_in_place(interpreted)
 
 
 def test_norms_decline_what_they_do_not_read(interpreted):
-    """Strided tensors, float64 and integer dtypes, mixed dtypes and an empty list are not
-    read (the Recorder uses torch operations for them); asked anyway, one ValueError."""
+    """Strided and sparse tensors, tensor subclasses, float64 and integer dtypes, mixed
+    dtypes and an empty list are not read (the Recorder uses torch operations for them);
+    asked anyway, one ValueError. Parameters are read."""
     x = torch.randn(4, 6)
+
+    class Sub(torch.Tensor):  # a subclass (a DTensor's memory is one shard, say)
+        pass
+
     for declined in (
         [x[:, ::2]],
+        [x.to_sparse()],
+        [x.as_subclass(Sub)],
         [x.double()],
         [torch.ones(3, dtype=torch.int32)],
         [x, x.half()],
@@ -229,6 +236,7 @@ def test_norms_decline_what_they_do_not_read(interpreted):
             kernels.multi_norms(declined)
     image = torch.randn(2, 3, 4, 5)
     assert kernels.norms_readable([image, image.to(memory_format=torch.channels_last)])
+    assert kernels.norms_readable([torch.nn.Parameter(x), x])
 
 
 def _record(tmp_path, name, channels_last=True, **recorder_kwargs):
