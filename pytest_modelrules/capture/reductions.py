@@ -350,8 +350,12 @@ def _batch_norms(
     l1 rows float32, abs_mean float64: l1 / numel divided in float64; with
     ``sums_for_means`` the l1 row, left for the caller to divide), or the rows of ``norms``
     (2-norms, 1-norms) where given."""
-    floats = xs if all(x.dtype in _FLOATS for x in xs) else [_float(x) for x in xs]
-    cache: dict[str, torch.Tensor] = {} if norms is None else {"l2": norms[0], "l1": norms[1]}
+    cache: dict[str, torch.Tensor] = {}
+    if norms is not None:
+        cache["l2"], cache["l1"] = norms[0], norms[1]
+        floats = xs  # only counted (abs_mean); the norms are there
+    else:
+        floats = xs if all(x.dtype in _FLOATS for x in xs) else [_float(x) for x in xs]
 
     def stat(key: str) -> torch.Tensor:
         t = cache.get(key)
@@ -362,8 +366,8 @@ def _batch_norms(
                 numels = tuple(x.numel() for x in floats)
                 t = stat("l1").double() / _counts(numels, dev)
             else:
-                norms = torch._foreach_norm(floats, 2 if key == "l2" else 1)
-                t = torch.stack(norms)  # separate 0-d tensors (CPU; CUDA, torch 2.11)
+                each = torch._foreach_norm(floats, 2 if key == "l2" else 1)
+                t = torch.stack(each)  # separate 0-d tensors (CPU; CUDA, torch 2.11)
             cache[key] = t
         return t
 

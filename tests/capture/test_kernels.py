@@ -184,6 +184,27 @@ def test_norms_agree_with_the_multi_tensor_norms_they_replace(interpreted):
     assert got[:, -1].tolist() == [5.0, 7.0]
 
 
+def test_batch_rows_take_the_kernels_norms(interpreted):
+    """``compute_batch_rows(..., norms=multi_norms(xs))`` on the fused path: the l2 row is
+    the kernel's, abs_mean its 1-norms over each tensor's size (in float64, or left as the
+    1-norms with ``sums_for_means``), all within float32 rounding of the torch path."""
+    from pytest_modelrules.capture.reductions import compute_batch_rows
+
+    gen = torch.Generator().manual_seed(7)
+    xs = [torch.randn(s, generator=gen) for s in [(64, 3, 7, 7), (64,), (300, 300)]]
+    wanted = (("l2", False), ("mean", True))
+    norms = kernels.multi_norms(xs)
+    l2, abs_mean = compute_batch_rows(xs, wanted, fused_norms=True, norms=norms)
+    assert torch.equal(l2, norms[0])
+    numels = torch.tensor([x.numel() for x in xs], dtype=torch.float64)
+    assert abs_mean.dtype == torch.float64
+    torch.testing.assert_close(abs_mean, norms[1].double() / numels, rtol=0, atol=0)
+    sums = compute_batch_rows(xs, wanted, fused_norms=True, sums_for_means=True, norms=norms)[1]
+    assert torch.equal(sums, norms[1])
+    for got, before in zip((l2, abs_mean), compute_batch_rows(xs, wanted, fused_norms=True)):
+        torch.testing.assert_close(got.double(), before.double(), rtol=1e-5, atol=0)
+
+
 def test_norms_of_more_tensors_than_one_launch_takes(interpreted, monkeypatch):
     """Past MAX_NORM_TENSORS the tensors go in several launches; each lands in its column."""
     monkeypatch.setattr(kernels, "MAX_NORM_TENSORS", 3)
