@@ -11,7 +11,9 @@ steps are deterministic CPU work, the least disturbed measurement) and the media
 the training thread itself added a step ("thread CPU added": what remains on the thread that
 launches a GPU's kernels once the Recorder's threads take their share) and the CPU time of
 the Recorder's own threads a step ("Recorder threads CPU": the launcher's and the writer's, what
-they can take from the training thread through the interpreter lock). ``--full-inputs`` also
+they can take from the training thread through the interpreter lock), then the training
+thread's added CPU by phase of the step (forward pass and loss, backward call, zero_grad and
+optimizer step): which of the Recorder's hooks the host time goes to. ``--full-inputs`` also
 records the full input images (what the reference job adds for the report's gallery);
 ``--triton`` adds a variant, save_interval 1 with the Triton kernels for the ReLU counts and
 the parameter norms (capture/kernels.py; the default on CUDA, where "save_interval=1" then
@@ -126,31 +128,47 @@ def build(args: argparse.Namespace):
     return model, loss_fn, opt, batches
 
 
-def run_steps(args, model, loss_fn, opt, batches, n: int) -> tuple[float, float]:
+#: the phases of a step whose training-thread CPU run_steps reports apart
+PHASES = ("forward", "backward", "optimizer")
+
+
+def run_steps(args, model, loss_fn, opt, batches, n: int) -> tuple[float, float, tuple[float, ...]]:
     """Time ``n`` training steps as a block (the device synchronised before and after only,
     as a training loop runs: kernel launches of one step overlap the next): the mean step
-    time of the block and the training thread's mean CPU time per step (seconds). The second
-    is the host cost the training thread itself pays, what bounds a launch-bound GPU step;
-    work the Recorder hands to its threads (capture/offload.py) leaves it."""
+    time of the block, the training thread's mean CPU time per step (seconds), and that CPU
+    time by phase (:data:`PHASES`: the forward pass and the loss with their hooks, the
+    backward call, zero_grad and the optimizer step with its hooks). The CPU time is the
+    host cost the training thread itself pays, what bounds a launch-bound GPU step; work the
+    Recorder hands to its threads (capture/offload.py) leaves it."""
     import torch
 
     if args.precision == "bf16":
         amp = torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16)
     else:
         amp = nullcontext()
+    clock = time.thread_time
+    phases = [0.0, 0.0, 0.0]
     _sync(args.device)
-    t0, c0 = time.perf_counter(), time.thread_time()
+    t0, c0 = time.perf_counter(), clock()
     for i in range(n):
         x, y = batches[i % len(batches)]
+        a = clock()
         opt.zero_grad(set_to_none=True)
+        b = clock()
         with amp:
             out = model(x)
             loss = loss_fn(out, y)
+        c = clock()
         loss.backward()
+        d = clock()
         opt.step()
-    c1 = time.thread_time()  # before the wait for the device (CUDA may spin in it)
+        e = clock()
+        phases[0] += c - b
+        phases[1] += d - c
+        phases[2] += (b - a) + (e - d)
+    c1 = clock()  # before the wait for the device (CUDA may spin in it)
     _sync(args.device)
-    return (time.perf_counter() - t0) / n, (c1 - c0) / n
+    return (time.perf_counter() - t0) / n, (c1 - c0) / n, tuple(p / n for p in phases)
 
 
 def recorder_threads_cpu(rec: Any) -> float | None:
@@ -375,6 +393,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     samples: dict[str, list[float]] = {label: [] for label in variants}
     cpu: dict[str, list[float]] = {label: [] for label in variants}
+    by_phase: dict[str, list[tuple[float, ...]]] = {label: [] for label in variants}
     # the Recorder's own threads' CPU time, read as each round starts a variant's block: from
     # the first round to the last, every block and what its threads did after it
     clocks: dict[str, list[float | None]] = {label: [] for label in recorders}
@@ -386,9 +405,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             activate(label)
             if label in recorders:
                 clocks[label].append(recorder_threads_cpu(recorders[label]))
-            wall, thread_cpu = run_steps(args, model, loss_fn, opt, batches, args.steps)
+            wall, thread_cpu, phases = run_steps(args, model, loss_fn, opt, batches, args.steps)
             samples[label].append(wall)
             cpu[label].append(thread_cpu)
+            by_phase[label].append(phases)
     threads_cpu: dict[str, float | None] = {"no recorder": 0.0}
     for label, readings in clocks.items():
         first, last = readings[0], readings[-1]
@@ -445,12 +465,26 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             f"{(best[label] - best['no recorder']) * 1e3:>11.2f} "
             f"{cpu_added[label] * 1e3:>17.2f} {_ms(threads_cpu.get(label)):>21}"
         )
+    # where on the training thread the CPU was added: per phase, paired with the baseline
+    phase_added: dict[str, dict[str, float]] = {}
+    print(f"thread CPU added by phase (ms, median over rounds): {' / '.join(PHASES)}")
+    for label in variants:
+        if label == "no recorder":
+            continue
+        rounds = list(zip(by_phase[label], by_phase["no recorder"]))
+        phase_added[label] = {
+            phase: statistics.median(a[k] - b[k] for a, b in rounds)
+            for k, phase in enumerate(PHASES)
+        }
+        shown = " / ".join(f"{v * 1e3:.2f}" for v in phase_added[label].values())
+        print(f"  {label:<40} {shown}")
     if args.json:
         figures = {"args": vars(args), "device": device, "torch": torch.__version__,
                    "median_step_s": {k: statistics.median(v) for k, v in samples.items()},
                    "ratios": ratios, "paired_ratios": paired,
                    "best_step_s": best,
                    "thread_cpu_added_s": cpu_added,
+                   "thread_cpu_added_by_phase_s": phase_added,
                    "recorder_threads_cpu_s": threads_cpu}  # fmt: skip
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return ratios

@@ -33,6 +33,27 @@ def test_bench_capture_quick(capsys, tmp_path):
     # a step saved at every step keeps the writer thread busy; the plain loop has none
     assert figures["recorder_threads_cpu_s"]["save_interval=1"] > 0
     assert figures["recorder_threads_cpu_s"]["no recorder"] == 0
+    # the training thread's added CPU by phase, for each recording variant
+    assert "thread CPU added by phase" in out
+    by_phase = figures["thread_cpu_added_by_phase_s"]
+    assert set(by_phase) == set(ratios) - {"no recorder"}
+    assert all(list(v) == ["forward", "backward", "optimizer"] for v in by_phase.values())
+
+
+def test_run_steps_splits_the_training_threads_cpu_by_phase():
+    """run_steps' phases (forward, backward, optimizer) add up to its per-step CPU time, less
+    what the loop itself takes between them."""
+    import argparse
+
+    module = _script()
+    args = argparse.Namespace(
+        width=8, device="cpu", channels_last=False, batch=2, size=16, precision="fp32",
+        host_proxy=False,
+    )  # fmt: skip
+    model, loss_fn, opt, batches = module.build(args)
+    _, cpu, phases = module.run_steps(args, model, loss_fn, opt, batches, 3)
+    assert len(phases) == len(module.PHASES) == 3 and all(p > 0 for p in phases)
+    assert sum(phases) <= cpu * 1.000001 and sum(phases) > 0.8 * cpu
 
 
 def test_recorder_threads_cpu_counts_the_writer_threads_work(tmp_path):
