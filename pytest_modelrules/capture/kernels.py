@@ -216,8 +216,9 @@ _NORM_TILE = 1024  # elements a program loads at a time
 _NORM_TILES = 8  # tiles a program reduces into one partial sum: 8,192 elements
 _NORM_CHUNK = _NORM_TILE * _NORM_TILES
 _FINISH_TILE = 128  # partial sums the second kernel loads at a time
-#: launch tables by (device, dtype, addresses and sizes): the parameters' are the same at
-#: every step, so their table goes to the device once (a handful kept: weights, gradients)
+#: launch tables by (device, stream, dtype, addresses and sizes): the parameters' are the
+#: same at every step, so their table goes to the device once (a handful kept: weights,
+#: gradients)
 _NORM_TABLES: OrderedDict[tuple[Any, ...], tuple[torch.Tensor, int, int, bool]] = OrderedDict()
 _NORM_TABLES_KEPT = 8
 _NORM_TABLES_LOCK = threading.Lock()  # the training thread's and a Recorder's thread's
@@ -346,13 +347,16 @@ def multi_norms(xs: Sequence[torch.Tensor], *, checked: bool = False) -> torch.T
 
 def _norm_table(xs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, int, int, bool]:
     """The norms launch's table on ``xs``' device (kept, by addresses and sizes, for the next
-    launch on the same tensors), its number of programs and of table starts (a power of two
-    above the number of tensors, as ``tl.arange`` needs), and whether every tensor starts on
-    16 bytes."""
+    launch on the same tensors from the same stream), its number of programs and of table
+    starts (a power of two above the number of tensors, as ``tl.arange`` needs), and whether
+    every tensor starts on 16 bytes."""
     first = xs[0]
     addresses = tuple(map(torch.Tensor.data_ptr, xs))
     numels = tuple(map(torch.Tensor.numel, xs))
-    key = (first.device, first.dtype, addresses, numels)
+    # per CUDA stream: a table copied, read and (once dropped) freed in one stream's order,
+    # never read by another stream's kernel (the training thread's and a Recorder's thread's)
+    stream = torch.cuda.current_stream(first.device).cuda_stream if first.is_cuda else 0
+    key = (first.device, stream, first.dtype, addresses, numels)
     with _NORM_TABLES_LOCK:
         entry = _NORM_TABLES.get(key)
         if entry is not None:
