@@ -286,6 +286,18 @@ def _unit_counts(x: torch.Tensor, name: str) -> tuple[torch.Tensor, _Counts]:
     return flat, _Counts(((name, x.shape[0], flat.numel()),))
 
 
+def _kernel_failed(
+    devices: set[str] | frozenset[str], device: torch.device, kernel: str, exc: Exception
+) -> None:
+    """A Triton kernel failed on ``device``: torch operations do its work on that device
+    type from now on (it leaves ``devices``, the Recorder's or the module's set), said once."""
+    devices.discard(device.type)  # type: ignore[union-attr]
+    _report(
+        f"pytest-modelrules: the Triton {kernel} kernel failed on {device.type} "
+        f"({type(exc).__name__}: {exc}); torch operations do its work from now on"
+    )
+
+
 def _fractions(counts: np.ndarray, n: int) -> np.ndarray:
     """Counts of positive values over a batch of ``n`` -> float32 fractions."""
     if not n:  # an empty batch: 0 / 0, as the device would give it, without numpy's warning
@@ -1064,12 +1076,7 @@ class Recorder:
                 try:
                     counts = kernels.positive_counts_c_order([x for x, _ in ours], checked=True)
                 except Exception as exc:  # Triton missing or failing: torch from now on
-                    self._kernel_devices.discard(device.type)  # type: ignore[union-attr]
-                    _report(
-                        f"pytest-modelrules: the Triton positive-count kernel failed on "
-                        f"{device.type} ({type(exc).__name__}: {exc}); counting with torch "
-                        "operations from now on"
-                    )
+                    _kernel_failed(self._kernel_devices, device, "positive-count", exc)
                     rest = entries
                 else:
                     items = []
@@ -1445,12 +1452,7 @@ class Recorder:
             try:
                 norms = kernels.multi_norms(members, checked=True)
             except Exception as exc:  # Triton missing or failing: torch from now on
-                self._norm_kernel_devices.discard(device.type)  # type: ignore[union-attr]
-                _report(
-                    f"pytest-modelrules: the Triton norms kernel failed on {device.type} "
-                    f"({type(exc).__name__}: {exc}); computing norms with torch operations "
-                    "from now on"
-                )
+                _kernel_failed(self._norm_kernel_devices, device, "norms", exc)
         with _no_autocast(device.type):
             rows = compute_batch_rows(
                 members, reductions, fused_norms=fused, sums_for_means=True, norms=norms

@@ -24,3 +24,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def norm_calls(monkeypatch) -> list[int]:
+    """The Triton norms kernel switched on for CPU tensors (Triton's interpreter: the suite's
+    TRITON_INTERPRET=1) and spied on: the number of tensors of each of its calls."""
+    from pytest_modelrules.capture import kernels
+
+    seen: list[int] = []
+    real = kernels.multi_norms
+
+    def counted(xs, **kwargs):
+        seen.append(len(xs))
+        return real(xs, **kwargs)
+
+    monkeypatch.setattr(kernels, "multi_norms", counted)
+    monkeypatch.setattr(kernels, "NORM_KERNEL_DEVICES", {"cpu"})
+    return seen

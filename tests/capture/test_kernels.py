@@ -538,21 +538,6 @@ def _record_norms(tmp_path, name, monkeypatch, **recorder_kwargs):
     return {(n, step): run.tensor(n).value(step) for n in names for step in (0, 1)}
 
 
-@pytest.fixture
-def norm_calls(monkeypatch) -> list[int]:
-    """The norms kernel's calls (the number of tensors of each), switched on for the CPU."""
-    seen: list[int] = []
-    real = kernels.multi_norms
-
-    def counted(xs, **kwargs):
-        seen.append(len(xs))
-        return real(xs, **kwargs)
-
-    monkeypatch.setattr(kernels, "multi_norms", counted)
-    monkeypatch.setattr(kernels, "NORM_KERNEL_DEVICES", {"cpu"})
-    return seen
-
-
 def test_recorder_with_the_norms_kernel_stores_the_multi_tensor_norms(
     interpreted, tmp_path, monkeypatch, norm_calls
 ):

@@ -690,7 +690,9 @@ class _BigFirst(torch.nn.Module):
     "fused,kernel", [(False, False), (True, False), (True, True)],
     ids=["cpu-path", "gpu-path", "gpu-path-triton-norms"],
 )  # fmt: skip
-def test_parameter_norms_are_stored_under_their_own_names(tmp_path, monkeypatch, fused, kernel):
+def test_parameter_norms_are_stored_under_their_own_names(
+    tmp_path, monkeypatch, request, fused, kernel
+):
     from pytest_modelrules.capture import reductions
 
     if fused:
@@ -698,16 +700,7 @@ def test_parameter_norms_are_stored_under_their_own_names(tmp_path, monkeypatch,
     launched = []
     if kernel:  # the Triton norms kernel, interpreted on the CPU (tests/conftest.py)
         pytest.importorskip("triton")
-        from pytest_modelrules.capture import kernels
-
-        real = kernels.multi_norms
-
-        def counted(xs, **kw):
-            launched.append(len(xs))
-            return real(xs, **kw)
-
-        monkeypatch.setattr(kernels, "multi_norms", counted)
-        monkeypatch.setattr(kernels, "NORM_KERNEL_DEVICES", {"cpu"})
+        launched = request.getfixturevalue("norm_calls")
     torch.manual_seed(0)
     model = _BigFirst()
     loss_fn = torch.nn.CrossEntropyLoss()
