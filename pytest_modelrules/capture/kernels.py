@@ -18,8 +18,8 @@ up to 255 samples: a quarter of float32's bytes to move to the host).
 
 **Norms.** A multi-tensor ``torch._foreach_norm`` is one or two kernels, but it returns one
 0-d tensor per parameter and ``torch.stack`` makes them a row again: in an H100 profile of a
-bfloat16 ResNet-18 step the three such pairs of a saving step took more host time than
-anything else the Recorder does. :func:`multi_norms` gives both norms of a list of tensors as
+bfloat16 ResNet-18 step the three such pairs of a saving step took more host time than any
+other operation the Recorder adds. :func:`multi_norms` gives both norms of a list of tensors as
 one (2, n) tensor: a program per chunk of 8,192 elements writes float32 partial sums, a
 program per tensor adds its chunks' in float64, in order; its launch table is kept while the
 tensors stay where they are (parameters do).
