@@ -13,8 +13,9 @@ step for the 17 calls). :func:`positive_counts_c_order` counts a whole list of b
 launch: each program reads a tile of one batch's units in memory order across the batch and
 writes the tile's counts in C order (a channels_last tile scattered to (channel, spatial)
 positions). A table of the batches' addresses and shapes travels to the device with the
-launch; the counts come back in the narrowest integer dtype that holds the batch size (uint8
-up to 255 samples: a quarter of float32's bytes to move to the host).
+first launch on them (later steps' outputs, at the same places, reuse it); the counts come
+back in the narrowest integer dtype that holds the batch size (uint8 up to 255 samples: a
+quarter of float32's bytes to move to the host).
 
 **Norms.** A multi-tensor ``torch._foreach_norm`` is one or two kernels, but it returns one
 0-d tensor per parameter and ``torch.stack`` makes them a row again: in an H100 profile of a
@@ -38,7 +39,7 @@ import importlib.util
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from functools import lru_cache
 from typing import Any
@@ -67,6 +68,39 @@ _NO_BATCH = 2**62  # start index of the table's padding rows: no program reaches
 # Triton's interpreter keeps the launch's state in globals: interpreted launches (the tests,
 # on CPU tensors) from the training thread and a Recorder's thread take turns
 _INTERPRETER_LOCK = threading.Lock()
+#: launch tables on the device, by kernel, device, CUDA stream and content (addresses and
+#: sizes): the same tensors at the same places at every step (parameters; a step's ReLU
+#: outputs, which the caching allocator puts where it put the last step's) need no new table
+#: and no host-to-device copy. Per stream: a table is copied, read and, once dropped, freed in
+#: one stream's order, never read by another stream's kernel (the training thread's and a
+#: Recorder's thread's). A few kept, the least recently used dropped first.
+_TABLES: OrderedDict[tuple[Any, ...], tuple[Any, ...]] = OrderedDict()
+_TABLES_KEPT = 16
+_TABLES_LOCK = threading.Lock()
+
+
+def _kept_table(
+    key: tuple[Any, ...], values: Callable[[], list[int]], x: torch.Tensor, *info: Any
+) -> tuple[Any, ...]:
+    """(the device table of int64 ``values()`` for launches on ``x``'s device from the current
+    stream, ``*info``): the one kept under ``key`` plus that device and stream, or a new one,
+    copied now (from pageable memory: staged at once) and kept."""
+    stream = torch.cuda.current_stream(x.device).cuda_stream if x.is_cuda else 0
+    key = (x.device, stream, *key)
+    with _TABLES_LOCK:
+        entry = _TABLES.get(key)
+        if entry is not None:
+            _TABLES.move_to_end(key)
+            return entry
+    table = torch.tensor(values(), dtype=torch.int64)
+    if x.is_cuda:
+        table = table.to(x.device, non_blocking=True)
+    entry = (table, *info)
+    with _TABLES_LOCK:
+        _TABLES[key] = entry
+        if len(_TABLES) > _TABLES_KEPT:
+            _TABLES.popitem(last=False)
+    return entry
 
 
 def _launching() -> Any:
@@ -175,8 +209,6 @@ def positive_counts_c_order(xs: Sequence[torch.Tensor], *, checked: bool = False
             chunk_sizes = sizes[lo : lo + MAX_BATCHES]
             table, programs, n_batches, aligned = _table(chunk, chunk_sizes, tile, offset)
             offset += sum(units for _, units in chunk_sizes)
-            if first.is_cuda:  # from pageable memory: staged at once, no synchronisation
-                table = table.to(first.device, non_blocking=True)
             counts_kernel[(programs,)](
                 table, chunk[0], out, N_BATCHES=n_batches, TILE=tile, ALIGNED=aligned
             )
@@ -186,9 +218,10 @@ def positive_counts_c_order(xs: Sequence[torch.Tensor], *, checked: bool = False
 def _table(
     xs: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]], tile: int, offset: int
 ) -> tuple[torch.Tensor, int, int, bool]:
-    """The launch's table (on the CPU), its number of programs and of batches (a power of
-    two, as ``tl.arange`` needs), and whether every batch and every sample in it starts on 16
-    bytes (a caching allocator's tensors with a multiple of 16 units per sample, ResNet's)."""
+    """The launch's table on the batches' device (:func:`_kept_table`), its number of programs
+    and of batches (a power of two, as ``tl.arange`` needs), and whether every batch and every
+    sample in it starts on 16 bytes (a caching allocator's tensors with a multiple of 16
+    units per sample, ResNet's)."""
     starts: list[int] = []
     rows: list[int] = []
     programs = 0
@@ -203,7 +236,8 @@ def _table(
         aligned = aligned and address % 16 == 0 and units % 16 == 0
     n_batches = max(2, 1 << (len(xs) - 1).bit_length())
     starts += [_NO_BATCH] * (n_batches - len(xs))
-    return torch.tensor(starts + rows, dtype=torch.int64), programs, n_batches, aligned
+    key = ("counts", tile, *rows)  # the starts follow from the rows and the tile
+    return _kept_table(key, lambda: starts + rows, xs[0], programs, n_batches, aligned)  # type: ignore[return-value]
 
 
 # -- multi-tensor norms ------------------------------------------------------------------------
@@ -216,12 +250,6 @@ _NORM_TILE = 1024  # elements a program loads at a time
 _NORM_TILES = 8  # tiles a program reduces into one partial sum: 8,192 elements
 _NORM_CHUNK = _NORM_TILE * _NORM_TILES
 _FINISH_TILE = 128  # partial sums the second kernel loads at a time
-#: launch tables by (device, stream, dtype, addresses and sizes): the parameters' are the
-#: same at every step, so their table goes to the device once (a handful kept: weights,
-#: gradients)
-_NORM_TABLES: OrderedDict[tuple[Any, ...], tuple[torch.Tensor, int, int, bool]] = OrderedDict()
-_NORM_TABLES_KEPT = 8
-_NORM_TABLES_LOCK = threading.Lock()  # the training thread's and a Recorder's thread's
 
 
 def _dense(x: torch.Tensor) -> bool:
@@ -346,22 +374,12 @@ def multi_norms(xs: Sequence[torch.Tensor], *, checked: bool = False) -> torch.T
 
 
 def _norm_table(xs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, int, int, bool]:
-    """The norms launch's table on ``xs``' device (kept, by addresses and sizes, for the next
-    launch on the same tensors from the same stream), its number of programs and of table
-    starts (a power of two above the number of tensors, as ``tl.arange`` needs), and whether
-    every tensor starts on 16 bytes."""
+    """The norms launch's table on ``xs``' device (:func:`_kept_table`: parameters in place
+    reuse theirs), its number of programs and of table starts (a power of two above the number
+    of tensors, as ``tl.arange`` needs), and whether every tensor starts on 16 bytes."""
     first = xs[0]
     addresses = tuple(map(torch.Tensor.data_ptr, xs))
     numels = tuple(map(torch.Tensor.numel, xs))
-    # per CUDA stream: a table copied, read and (once dropped) freed in one stream's order,
-    # never read by another stream's kernel (the training thread's and a Recorder's thread's)
-    stream = torch.cuda.current_stream(first.device).cuda_stream if first.is_cuda else 0
-    key = (first.device, stream, first.dtype, addresses, numels)
-    with _NORM_TABLES_LOCK:
-        entry = _NORM_TABLES.get(key)
-        if entry is not None:
-            _NORM_TABLES.move_to_end(key)
-            return entry
     starts: list[int] = []
     programs = 0
     for numel in numels:
@@ -370,16 +388,12 @@ def _norm_table(xs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, int, int, boo
     n_tensors = max(2, 1 << len(xs).bit_length())  # > len(xs): room for the end
     starts += [programs] + [_NO_BATCH] * (n_tensors - len(xs) - 1)
     aligned = all(address % 16 == 0 for address in addresses)
-    rows = [v for pair in zip(addresses, numels) for v in pair]
-    table = torch.tensor(starts + rows, dtype=torch.int64)
-    if first.is_cuda:  # from pageable memory: staged at once, no synchronisation
-        table = table.to(first.device, non_blocking=True)
-    entry = (table, programs, n_tensors, aligned)
-    with _NORM_TABLES_LOCK:
-        _NORM_TABLES[key] = entry
-        if len(_NORM_TABLES) > _NORM_TABLES_KEPT:
-            _NORM_TABLES.popitem(last=False)
-    return entry
+
+    def values() -> list[int]:
+        return starts + [v for pair in zip(addresses, numels) for v in pair]
+
+    key = ("norms", first.dtype, addresses, numels)
+    return _kept_table(key, values, first, programs, n_tensors, aligned)  # type: ignore[return-value]
 
 
 __all__ = [

@@ -105,6 +105,28 @@ def test_counts_come_in_the_narrowest_dtype_that_holds_the_batch(interpreted, ba
     assert kernels.count_dtype(32767) == torch.int16 and kernels.count_dtype(32768) == torch.int32
 
 
+def test_counts_launch_table_is_kept_while_the_batches_stay_in_place(interpreted):
+    """Batches at the same places (a caching allocator's next step) reuse the launch table
+    (no new table, no copy to the device), and the counts follow their values; batches
+    elsewhere get a table of their own."""
+    gen = torch.Generator().manual_seed(8)
+    xs = [torch.randn(4, 3, 5, 5, generator=gen), torch.randn(4, 70, generator=gen)]
+    kernels._TABLES.clear()
+    first = kernels.positive_counts_c_order(xs)
+    assert len(kernels._TABLES) == 1
+    table = next(iter(kernels._TABLES.values()))[0]
+    with torch.no_grad():
+        for x in xs:
+            x.neg_()
+    second = kernels.positive_counts_c_order(xs)
+    assert len(kernels._TABLES) == 1 and next(iter(kernels._TABLES.values()))[0] is table
+    np.testing.assert_array_equal(second.numpy(), _expected(xs))
+    assert not np.array_equal(second.numpy(), first.numpy())
+    moved = [x.clone() for x in xs]
+    np.testing.assert_array_equal(kernels.positive_counts_c_order(moved).numpy(), _expected(xs))
+    assert len(kernels._TABLES) == 2
+
+
 def test_layouts_and_dtypes_it_does_not_read_are_declined(interpreted):
     x = torch.randn(4, 6, 5, 3)
     for declined in (
@@ -220,18 +242,18 @@ def test_norms_launch_table_is_kept_while_the_tensors_stay_in_place(interpreted)
     elsewhere get a table of their own."""
     gen = torch.Generator().manual_seed(6)
     xs = [torch.randn(100, generator=gen), torch.randn(2 * kernels._NORM_CHUNK, generator=gen)]
-    kernels._NORM_TABLES.clear()
+    kernels._TABLES.clear()
     first = kernels.multi_norms(xs)
-    table = next(iter(kernels._NORM_TABLES.values()))[0]
+    table = next(iter(kernels._TABLES.values()))[0]
     with torch.no_grad():
         xs[1].mul_(2)
     second = kernels.multi_norms(xs)
-    assert len(kernels._NORM_TABLES) == 1
-    assert next(iter(kernels._NORM_TABLES.values()))[0] is table
+    assert len(kernels._TABLES) == 1
+    assert next(iter(kernels._TABLES.values()))[0] is table
     torch.testing.assert_close(second[:, 1], 2 * first[:, 1], rtol=1e-6, atol=0)
     moved = [x.clone() for x in xs]
     np.testing.assert_allclose(kernels.multi_norms(moved).numpy(), second.numpy(), rtol=1e-6)
-    assert len(kernels._NORM_TABLES) == 2
+    assert len(kernels._TABLES) == 2
 
 
 def test_norms_decline_what_they_do_not_read(interpreted):
