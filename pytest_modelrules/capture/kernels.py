@@ -118,6 +118,12 @@ def readable(x: torch.Tensor) -> bool:
         return False
     if x.numel() // x.shape[0] >= _INT32:
         return False
+    return _dense(x)
+
+
+def _dense(x: torch.Tensor) -> bool:
+    """Whether ``x``'s elements fill ``x.numel()`` consecutive elements of memory (contiguous
+    or channels_last): the range the kernels read."""
     return x.is_contiguous() or (
         x.ndim in _CHANNELS_LAST and x.is_contiguous(memory_format=_CHANNELS_LAST[x.ndim])
     )
@@ -250,14 +256,6 @@ _NORM_TILE = 1024  # elements a program loads at a time
 _NORM_TILES = 8  # tiles a program reduces into one partial sum: 8,192 elements
 _NORM_CHUNK = _NORM_TILE * _NORM_TILES
 _FINISH_TILE = 128  # partial sums the second kernel loads at a time
-
-
-def _dense(x: torch.Tensor) -> bool:
-    """Whether ``x``'s elements fill ``x.numel()`` consecutive elements of memory (contiguous
-    or channels_last): the range the norms kernel reads."""
-    return x.is_contiguous() or (
-        x.ndim in _CHANNELS_LAST and x.is_contiguous(memory_format=_CHANNELS_LAST[x.ndim])
-    )
 
 
 def norms_readable(xs: Sequence[torch.Tensor]) -> bool:
