@@ -80,11 +80,12 @@ _TABLES_LOCK = threading.Lock()
 
 
 def _kept_table(
-    key: tuple[Any, ...], values: Callable[[], list[int]], x: torch.Tensor, *info: Any
+    key: tuple[Any, ...], build: Callable[[], tuple[list[int], Any]], x: torch.Tensor
 ) -> tuple[Any, ...]:
-    """(the device table of int64 ``values()`` for launches on ``x``'s device from the current
-    stream, ``*info``): the one kept under ``key`` plus that device and stream, or a new one,
-    copied now (from pageable memory: staged at once) and kept."""
+    """(a launch's device table, what else its launch needs) for launches on ``x``'s device
+    from the current stream: those kept under ``key`` plus that device and stream, or, built
+    only then, ``build()``'s int64 values copied now (from pageable memory: staged at once)
+    and the rest of what it returned, kept."""
     stream = torch.cuda.current_stream(x.device).cuda_stream if x.is_cuda else 0
     key = (x.device, stream, *key)
     with _TABLES_LOCK:
@@ -92,7 +93,8 @@ def _kept_table(
         if entry is not None:
             _TABLES.move_to_end(key)
             return entry
-    table = torch.tensor(values(), dtype=torch.int64)
+    values, *info = build()
+    table = torch.tensor(values, dtype=torch.int64)
     if x.is_cuda:
         table = table.to(x.device, non_blocking=True)
     entry = (table, *info)
@@ -228,22 +230,25 @@ def _table(
     and of batches (a power of two, as ``tl.arange`` needs), and whether every batch and every
     sample in it starts on 16 bytes (a caching allocator's tensors with a multiple of 16
     units per sample, ResNet's)."""
-    starts: list[int] = []
     rows: list[int] = []
-    programs = 0
-    aligned = True
     for x, (n, units) in zip(xs, sizes):
-        address = x.data_ptr()
         channels = 1 if x.is_contiguous() else x.shape[1]
-        starts.append(programs)
-        rows += [address, n, units, channels, offset]
-        programs += -(-units // tile)
+        rows += [x.data_ptr(), n, units, channels, offset]
         offset += units
-        aligned = aligned and address % 16 == 0 and units % 16 == 0
-    n_batches = max(2, 1 << (len(xs) - 1).bit_length())
-    starts += [_NO_BATCH] * (n_batches - len(xs))
-    key = ("counts", tile, *rows)  # the starts follow from the rows and the tile
-    return _kept_table(key, lambda: starts + rows, xs[0], programs, n_batches, aligned)  # type: ignore[return-value]
+
+    def build() -> tuple[list[int], int, int, bool]:
+        starts: list[int] = []
+        programs = 0
+        for units in rows[2::5]:
+            starts.append(programs)
+            programs += -(-units // tile)
+        n_batches = max(2, 1 << (len(xs) - 1).bit_length())
+        starts += [_NO_BATCH] * (n_batches - len(xs))
+        aligned = all(a % 16 == 0 and u % 16 == 0 for a, u in zip(rows[::5], rows[2::5]))
+        return starts + rows, programs, n_batches, aligned
+
+    # the rest of the table follows from the rows and the tile
+    return _kept_table(("counts", tile, *rows), build, xs[0])  # type: ignore[return-value]
 
 
 # -- multi-tensor norms ------------------------------------------------------------------------
@@ -378,20 +383,21 @@ def _norm_table(xs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, int, int, boo
     first = xs[0]
     addresses = tuple(map(torch.Tensor.data_ptr, xs))
     numels = tuple(map(torch.Tensor.numel, xs))
-    starts: list[int] = []
-    programs = 0
-    for numel in numels:
-        starts.append(programs)
-        programs += -(-numel // _NORM_CHUNK)
-    n_tensors = max(2, 1 << len(xs).bit_length())  # > len(xs): room for the end
-    starts += [programs] + [_NO_BATCH] * (n_tensors - len(xs) - 1)
-    aligned = all(address % 16 == 0 for address in addresses)
 
-    def values() -> list[int]:
-        return starts + [v for pair in zip(addresses, numels) for v in pair]
+    def build() -> tuple[list[int], int, int, bool]:
+        starts: list[int] = []
+        programs = 0
+        for numel in numels:
+            starts.append(programs)
+            programs += -(-numel // _NORM_CHUNK)
+        n_tensors = max(2, 1 << len(xs).bit_length())  # > len(xs): room for the end
+        starts += [programs] + [_NO_BATCH] * (n_tensors - len(xs) - 1)
+        aligned = all(address % 16 == 0 for address in addresses)
+        rows = [v for pair in zip(addresses, numels) for v in pair]
+        return starts + rows, programs, n_tensors, aligned
 
     key = ("norms", first.dtype, addresses, numels)
-    return _kept_table(key, values, first, programs, n_tensors, aligned)  # type: ignore[return-value]
+    return _kept_table(key, build, first)  # type: ignore[return-value]
 
 
 __all__ = [
