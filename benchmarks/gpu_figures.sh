@@ -15,7 +15,8 @@
 #    device's busy time per step), the second also without each group of the default
 #    collections in turn (--ablate); fp32; then diagnostics: bf16 with the writer thread idle,
 #    the CPU host-cost proxy on this machine's host (which calibrates the proxy that machines
-#    without a GPU measure, docs/recording.md) and fp32 with the full input images recorded
+#    without a GPU measure, docs/recording.md), the writer's cost to a launch-bound thread as
+#    a thread and as a process (bench_writer_gil.py: the GIL's share, on this host) and fp32 with the full input images recorded
 #    (the reference job's set).
 # 3. Each capture run against the issue's goals (capture_goals.py).
 # 4. Unless REFERENCE_JOB=0: the reference job's GPU check (benchmarks/gpu_check.py), the seed
@@ -48,9 +49,10 @@ step "bf16 + channels_last, run 2, with the collections' ablations"
 $PY "${bench[@]}" --rounds 8 --precision bf16 --channels-last "${variants[@]}" --ablate --json "$OUT/json/capture_bf16_run2.json" 2>&1 | tee -a "$OUT/capture.txt"
 step "fp32"
 $PY "${bench[@]}" --rounds 6 --precision fp32 "${variants[@]}" --json "$OUT/json/capture_fp32.json" 2>&1 | tee -a "$OUT/capture.txt"
-step "diagnostics: bf16 with the writer idle, the host-cost proxy, fp32 with full inputs"
+step "diagnostics: bf16 with the writer idle, the host-cost proxy, the writer GIL, fp32 with full inputs"
 $PY "${bench[@]}" --rounds 3 --precision bf16 --channels-last --no-write "${variants[@]}" --json "$OUT/json/capture_bf16_no_write.json" 2>&1 | tee -a "$OUT/capture.txt"
 $PY benchmarks/bench_capture.py --host-proxy --precision bf16 --channels-last --deferred --json "$OUT/json/capture_host_proxy.json" 2>&1 | tee -a "$OUT/capture.txt"
+$PY benchmarks/bench_writer_gil.py --json "$OUT/json/writer_gil.json" 2>&1 | tee -a "$OUT/capture.txt"
 $PY "${bench[@]}" --rounds 3 --precision fp32 --full-inputs --json "$OUT/json/capture_fp32_full_inputs.json" 2>&1 | tee -a "$OUT/capture.txt"
 step "against the goals"
 $PY benchmarks/capture_goals.py "$OUT"/json/capture_*.json 2>&1 | tee -a "$OUT/capture.txt"

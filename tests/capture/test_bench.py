@@ -7,6 +7,7 @@ import json
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torchvision")
@@ -355,3 +356,51 @@ def test_capture_goals_judges_each_run_against_the_goal_of_its_device(tmp_path, 
     out = capsys.readouterr().out
     assert "bad.json: not a bench_capture.py --json file" in out
     assert goals.main([str(paths[2])]) == 1  # nothing judged
+
+
+def test_bench_writer_gil_writes_the_recorders_step(tmp_path):
+    """The writer benchmark's step holds exactly the tensors a Recorder writes for ResNet-18
+    with the default collections (so it times the writer's real work), with their dtypes and
+    shapes."""
+    import torch
+    import torchvision
+
+    from pytest_modelrules import Recorder, open_run
+    from pytest_modelrules.store.format import Fraction
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=43)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1):
+        opt.zero_grad()
+        loss_fn(model(torch.randn(2, 3, 32, 32)), torch.tensor([1, 2])).backward()
+        opt.step()
+    run = open_run(tmp_path / "run")
+    arrays, scalars = _script("bench_writer_gil").seed_step(32, batch=2)
+    names = [n for n, _ in arrays] + [n for row, _ in scalars for n in row]
+    assert len(names) == len(set(names))
+    assert set(names) == set(run.tensor_names())
+    for name, value in arrays:
+        recorded = run.tensor(name).value(0)
+        expected = value.counts if isinstance(value, Fraction) else np.asarray(value)
+        assert recorded.shape == expected.shape, name
+        if not isinstance(value, Fraction):
+            assert recorded.dtype == expected.dtype, name
+    for row, values in scalars:
+        assert run.tensor(row[0]).value(0).dtype == values.dtype, row[0]
+    assert sum(isinstance(v, Fraction) for _, v in arrays) == 17  # ResNet-18's ReLU calls
+
+
+def test_bench_writer_gil_quick(capsys, tmp_path):
+    added = _script("bench_writer_gil").main(["--quick", "--json", str(tmp_path / "gil.json")])
+    out = capsys.readouterr().out
+    assert "21 records" in out and "probe step (ms)" in out
+    expected = {"writer thread", "control: one GIL-free call (CRC32)", "control: pure Python"}
+    assert expected <= set(added)
+    figures = json.loads((tmp_path / "gil.json").read_text())
+    assert figures["added_s"] == added and figures["step_bytes"] > 0
+    # every worker ran once a round, the writers wrote a step each time
+    assert all(cpu > 0 for name, cpu in figures["worker_cpu_s"].items() if "writer" in name)
+    if "writer process" in added:
+        assert "the GIL's share (thread - process)" in out
