@@ -250,7 +250,7 @@ def parse_file_header(buf: bytes | memoryview, path: str) -> FileHeader | None:
         raise CorruptRunError(path, "file header checksum mismatch", FILE_HEADER.size)
     try:
         fields = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, huge integers, nesting
         raise CorruptRunError(
             path, f"file header is not valid JSON ({exc})", FILE_HEADER.size
         ) from None
@@ -470,9 +470,10 @@ def parse_records(
             _incomplete(mv, path, pos, base, commit_limit)
             break
         shape = struct.unpack_from(f"<{ndim}Q", mv, pos + hsize)
-        count = 1
+        count = extent = 1
         for dim in shape:
             count *= dim  # Python ints: no overflow on hostile sizes
+            extent *= max(dim, 1)  # a zero beside huge dimensions: no bytes, yet no array
         if count * dtype.itemsize != nbytes:
             raise CorruptRunError(
                 path,
@@ -481,6 +482,10 @@ def parse_records(
             )
         if nbytes > MAX_RECORD_BYTES:
             raise CorruptRunError(path, f"record claims {nbytes} bytes", where)
+        if extent * dtype.itemsize > MAX_RECORD_BYTES:
+            raise CorruptRunError(
+                path, f"record of shape {tuple(shape)} is larger than allowed", where
+            )
         data = pos + hsize + 8 * ndim
         if nbytes > size - data:
             _incomplete(mv, path, pos, base, commit_limit)

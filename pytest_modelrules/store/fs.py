@@ -7,8 +7,11 @@ concurrently (fsspec's ``cat`` / ``cat_ranges``, which s3fs runs as parallel req
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +40,33 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK
 _NOT_REGULAR = "not a regular file (a folder, a FIFO or a device): a run holds only files"
 
 
+@contextmanager
+def _local(path: str) -> Iterator[None]:
+    """Local file errors as the readers expect them: a path with a file where a folder should
+    be is one that does not exist (FileNotFoundError: a stray file in ``workers/`` is not a
+    worker); any other failure (a symbolic link loop, no permission, an I/O error of a link to
+    ``/proc``) is one CorruptRunError naming the path."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except NotADirectoryError as exc:
+        raise FileNotFoundError(
+            errno.ENOENT, "no such file (a file is where a folder should be)", path
+        ) from exc
+    except OSError as exc:
+        raise CorruptRunError(path, f"cannot be read ({exc.strerror or exc})") from None
+
+
 def open_regular(path: str) -> tuple[int, int]:
     """Open a local file of a run for reading: (descriptor, size). Anything but a regular
     file (a folder, a FIFO, a device; also behind a symbolic link) is refused, at once: a run
     comes from a pull request, and reading ``/dev/stdin`` or a FIFO would hang CI."""
-    fd = os.open(path, _OPEN_FLAGS)
+    with _local(path):
+        fd = os.open(path, _OPEN_FLAGS)
     try:
-        info = os.fstat(fd)
+        with _local(path):
+            info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise CorruptRunError(path, _NOT_REGULAR)
     except BaseException:
@@ -98,11 +121,14 @@ class Storage:
             return sorted(os.listdir(path))
         except (FileNotFoundError, NotADirectoryError):
             return []
+        except OSError as exc:  # a link loop, no permission
+            raise CorruptRunError(path, f"cannot be listed ({exc.strerror or exc})") from None
 
     def size(self, path: str) -> int:
         if self.remote:
             return int(self.fs.size(path))
-        info = os.stat(path)
+        with _local(path):
+            info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):  # see open_regular
             raise CorruptRunError(path, _NOT_REGULAR)
         return info.st_size
@@ -112,10 +138,13 @@ class Storage:
         if self.remote:
             return self.fs.cat_file(path, start=start or None)
         fd, _size = open_regular(path)
-        with os.fdopen(fd, "rb") as fh:
+        with os.fdopen(fd, "rb") as fh, _local(path):
             if start:
                 fh.seek(start)
-            return fh.read()
+            data = fh.read()
+        if data is None:  # opened non-blocking: a file of /proc with nothing to read yet
+            raise CorruptRunError(path, "cannot be read without waiting")
+        return data
 
     def read_many(self, paths: list[str], max_size: int | None = None) -> list[bytes | None]:
         """Whole files, in the order asked (remote: concurrent requests). A file larger than
@@ -138,12 +167,13 @@ class Storage:
                 if max_size is not None and size > max_size:
                     out.append(None)
                     continue
-                data = os.read(fd, size) if size else b""
-                while len(data) < size:  # a short read: keep going
-                    more = os.read(fd, size - len(data))
-                    if not more:
-                        break
-                    data += more
+                with _local(p):
+                    data = os.read(fd, size) if size else b""
+                    while len(data) < size:  # a short read: keep going
+                        more = os.read(fd, size - len(data))
+                        if not more:
+                            break
+                        data += more
             finally:
                 os.close(fd)
             out.append(data)
@@ -167,12 +197,13 @@ class Storage:
             try:
                 if n > _SMALL_READ:  # never allocate past the file's end
                     n = max(0, min(n, size - s))
-                if writable:
-                    buf = bytearray(n)
-                    got = os.preadv(fd, [buf], s) if n else 0
-                    out.append(buf if got == n else buf[:got])
-                else:
-                    out.append(os.pread(fd, n, s) if n else b"")
+                with _local(p):
+                    if writable:
+                        buf = bytearray(n)
+                        got = os.preadv(fd, [buf], s) if n else 0
+                        out.append(buf if got == n else buf[:got])
+                    else:
+                        out.append(os.pread(fd, n, s) if n else b"")
             finally:
                 os.close(fd)
         return out

@@ -314,3 +314,86 @@ def test_a_link_to_a_host_file_is_refused_without_showing_its_bytes(tmp_path):
         pytest.skip("no symbolic links here")
     err = expect_corrupt(root, "not a pytest-modelrules file", f)
     assert "TOPSECR" not in str(err)
+
+
+def _zero_size_record(path: Path, rec: int, shape: tuple[int, ...]) -> None:
+    """Rewrite record ``rec`` as a zero-byte record of ``shape`` (re-signed): the shape's
+    product is 0, as its byte count says, whatever its other dimensions claim."""
+    data = bytearray(path.read_bytes())
+    offs = record_offsets(path)
+    start, end = offs[rec], (offs[rec + 1] if rec + 1 < len(offs) else len(data))
+    head = bytearray(data[start : start + RECORD_HEADER.size])
+    struct.pack_into("<Q", head, 32, 0)  # nbytes
+    head[42] = len(shape)  # ndim
+    new = head + struct.pack(f"<{len(shape)}Q", *shape)
+    struct.pack_into("<I", new, 4, zlib.crc32(bytes(new[8:])))
+    path.write_bytes(bytes(data[:start] + new + data[end:]))
+
+
+@pytest.mark.parametrize("shape", [(2**63, 0), (2**62, 2**62, 0), (2**64 - 1, 0)])
+@pytest.mark.parametrize("records", [[1], [0, 1, 2]], ids=["one", "all"])
+def test_a_zero_size_record_claiming_huge_dimensions(tmp_path, shape, records):
+    """A zero beside huge dimensions passes the byte-count check (0 bytes either way), but no
+    array has that shape: one CorruptRunError at the record, read one by one or stacked."""
+    root = make_run(tmp_path / "run")
+    for rec in records:
+        _zero_size_record(tensor_file(root), rec, shape)
+    expect_corrupt(root, "is larger than allowed", tensor_file(root))
+
+
+def test_json_with_a_huge_integer_or_deep_nesting_is_one_corrupt_run_error(tmp_path):
+    """Python's JSON decoder refuses integers of over 4,300 digits (ValueError) and deep
+    nesting (RecursionError): both are the file's fault, named as such, in the run's JSON files
+    and in a tensor file's header."""
+    root = make_run(tmp_path / "run")
+    run_json = root / "run.json"
+    run_json.write_text(run_json.read_text()[:-1] + ', "n": ' + "9" * 5000 + "}")
+    expect_corrupt(root, "invalid JSON", run_json)
+    for payload in (b'{"n": ' + b"9" * 5000 + b"}", b"[" * 100_000):
+        root = make_run(tmp_path / f"run{len(payload)}")
+        path = tensor_file(root)
+        data = path.read_bytes()
+        header = FILE_HEADER.unpack_from(data)
+        end = FILE_HEADER.size + header[1]
+        path.write_bytes(
+            FILE_HEADER.pack(header[0], len(payload), zlib.crc32(payload)) + payload + data[end:]
+        )
+        expect_corrupt(root, "file header is not valid JSON", path)
+
+
+def test_a_stray_file_in_workers_is_not_a_worker(tmp_path):
+    """A file beside the worker folders (notes, a README) is ignored, not read as a worker."""
+    root = make_run(tmp_path / "run")
+    (root / "workers" / "README.md").write_text("notes about this run\n")
+    (root / "workers" / "worker_9.tmp").write_text("")
+    run = open_run(root)
+    assert run.workers() == ["worker_0"]
+    assert run.tensor("x").steps() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("where", ["tensor file", "tensors folder"])
+def test_a_symbolic_link_loop_is_one_corrupt_run_error(tmp_path, where):
+    root = make_run(tmp_path / "run")
+    target = tensor_file(root) if where == "tensor file" else tensor_file(root).parent
+    if where == "tensors folder":
+        import shutil
+
+        shutil.rmtree(target)
+    else:
+        target.unlink()
+    target.symlink_to(target)  # a link to itself: ELOOP
+    with pytest.raises(CorruptRunError, match=r"cannot be (read|listed)") as info:
+        read_everything(root)
+    assert str(target) in str(info.value)
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="Linux /proc only")
+def test_a_link_to_a_file_that_fails_to_read_is_one_corrupt_run_error(tmp_path):
+    """/proc/self/mem looks like an empty regular file and fails with an I/O error when read."""
+    root = make_run(tmp_path / "run")
+    end = root / "workers" / "worker_0" / "END"
+    end.unlink()
+    end.symlink_to("/proc/self/mem")
+    with pytest.raises(CorruptRunError, match="cannot be read") as info:
+        read_everything(root)
+    assert str(end) in str(info.value)
