@@ -91,8 +91,9 @@ def merge_worker_collections(parts: list[dict[str, Any]]) -> dict[str, dict[str,
             entry = merged.setdefault(
                 cname, {"name": cname, "tensor_names": [], "include_regex": []}
             )
+            listed = cinfo.get("tensor_names")
             names = set(entry["tensor_names"]) | {
-                n for n in cinfo.get("tensor_names", []) if isinstance(n, str)
+                n for n in (listed if isinstance(listed, list) else ()) if isinstance(n, str)
             }
             entry["tensor_names"] = sorted(names)
             for key, val in cinfo.items():

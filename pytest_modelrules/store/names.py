@@ -64,14 +64,15 @@ def compute_reduction(value: np.ndarray, reduction: str, abs: bool = False) -> n
     """A reduction of a full value, exactly as the Recorder computes it on the device.
 
     ``positive_fraction``: for a batch (first axis = samples), per unit the fraction of
-    samples in which it is > 0 (what DeadRelu needs). ``sample_channel_mean``: for a batch
+    samples in which it is > 0 (what DeadRelu needs). A complex value is reduced as its
+    magnitudes ``|z|``: its l2 and l1 are the true norms. ``sample_channel_mean``: for a batch
     (samples x channels x ...), the mean of each sample's channel, shape (samples, channels)
     (what CheckInputImages needs; a 0-d value is one sample of one channel, a 1-d batch has
     one channel). ``histogram``: counts in
     HISTOGRAM_BINS equal bins between min and max, followed by min and max.
     """
     x = np.asarray(value)
-    if abs:
+    if abs or np.iscomplexobj(x):  # a complex value: its magnitudes (the true norms)
         x = np.abs(x)
     if reduction == "positive_fraction":
         if x.ndim == 0:

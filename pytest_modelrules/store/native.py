@@ -69,16 +69,20 @@ class _LogFile:
         self.index: RecordIndex | None = None
         self.read_to = 0  # file size at the last read
         self.names: list[str] | None = None  # a rows file's tensor names
+        self.limit: int | None = None  # the commit limit of the last read
 
     def update(self, commit_limit: int | None) -> bool:
-        """Read what was appended; True when new records arrived."""
+        """Read what was appended; True when new records arrived. A short tail (a record
+        being written) is checked against ``commit_limit`` (a truncated record of a committed
+        step is an error), again when a later call passes a newer limit with no new bytes: a
+        file first read without one (for its header) is checked too."""
         try:
             size = self.storage.size(self.path)
         except FileNotFoundError:
             return False
         if size < self.read_to:
             raise CorruptRunError(self.path, "file shrank while the run was being read")
-        if size == self.read_to:
+        if size == self.read_to and not self._tail_to_check(commit_limit):
             return False
         start = self.index.end if self.index is not None else 0
         chunk = self.storage.read(self.path, start)
@@ -108,6 +112,7 @@ class _LogFile:
             base=start,
             chunk=len(self.chunks),
         )
+        self.limit = commit_limit
         if self.names is not None:
             width = (len(self.names),)
             for _dtype, shape, denominator in new.layouts:
@@ -132,6 +137,13 @@ class _LogFile:
                 )
             self.index = old.extend(new)
         return len(new) > 0
+
+    def _tail_to_check(self, commit_limit: int | None) -> bool:
+        """Whether bytes past the last whole record were last checked against an older
+        commit limit than ``commit_limit`` (or none)."""
+        if commit_limit is None or self.index is None or self.read_to <= self.index.end:
+            return False
+        return self.limit is None or commit_limit > self.limit
 
 
 class NativeRecords(TensorRecords):

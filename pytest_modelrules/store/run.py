@@ -150,9 +150,13 @@ class Collection:
 
     def __init__(self, name: str, info: dict[str, Any]) -> None:
         self.name = name
-        self.tensor_names: list[str] = list(info.get("tensor_names", []))
+        listed = info.get("tensor_names")  # a run's own data: odd types are not names
+        self.tensor_names: list[str] = (
+            [n for n in listed if isinstance(n, str)] if isinstance(listed, list) else []
+        )
         regex = info.get("include_regex") or []
-        self.include_regex: list[str] = [regex] if isinstance(regex, str) else list(regex)
+        # kept as stored: a pattern that is not one is named when the collection is used
+        self.include_regex: list[str] = list(regex) if isinstance(regex, (list, tuple)) else [regex]
         self.info = info
 
     def __repr__(self) -> str:

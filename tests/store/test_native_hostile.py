@@ -397,3 +397,39 @@ def test_a_link_to_a_file_that_fails_to_read_is_one_corrupt_run_error(tmp_path):
     with pytest.raises(CorruptRunError, match="cannot be read") as info:
         read_everything(root)
     assert str(end) in str(info.value)
+
+
+def test_a_long_named_tensor_file_truncated_inside_a_committed_step_is_named(tmp_path):
+    """A tensor whose name is too long for a file name is stored under a hashed name, read once
+    for its header when the run is listed: a cut inside a committed record is the same error
+    there as in any tensor file, not a step silently lost."""
+    long = "layer/" + "very_long_name_" * 16
+    root = tmp_path / "run"
+    with RunWriter(root) as w:
+        for step in range(3):
+            w.write("short", np.arange(6, dtype=np.float32) + step, step)
+            w.write(long, np.arange(6, dtype=np.float32) + step, step)
+    hashed = [p for p in tensor_file(root).parent.iterdir() if "~" in p.name]
+    assert len(hashed) == 1
+    hashed[0].write_bytes(hashed[0].read_bytes()[:-10])  # inside step 2's record
+    assert open_run(root).tensor("short").steps() == [0, 1, 2]
+    with pytest.raises(CorruptRunError, match="truncated inside the record of committed step 2"):
+        open_run(root).tensor(long).steps()
+
+
+def test_collections_of_the_wrong_types_are_no_names(tmp_path):
+    """A run's collections with odd types (as a pull request could hold them) list no names;
+    an include_regex that is no pattern is named when the collection is used."""
+    root = tmp_path / "run"
+    with RunWriter(root) as w:
+        w.write("loss", np.float32(1), step=0)
+        w.set_collections(
+            {"a": {"tensor_names": None}, "b": {"tensor_names": 5, "include_regex": 5},
+             "c": {"tensor_names": ["loss", 3]}}
+        )  # fmt: skip
+    run = open_run(root)
+    collections = run.collections()
+    assert collections["a"].tensor_names == [] and collections["b"].tensor_names == []
+    assert collections["c"].tensor_names == ["loss"]
+    with pytest.raises(ValueError, match=r"collection 'b' .* 5 is neither"):
+        run.tensor_names(collection="b")
