@@ -14,6 +14,7 @@ device, which the writer thread splits.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib.util
 import logging
@@ -87,13 +88,16 @@ def relu_tensor_base(path: str) -> str:
 
 
 def _flatten_tensors(value: Any) -> list[tuple[int, torch.Tensor]]:
-    """(position, tensor) for a tensor, or the tensors of a tuple/list/dict (one level)."""
+    """(position, tensor) for a tensor, or the tensors of a tuple/list/dict or of a
+    dataclass instance's fields, in their order (one level)."""
     if isinstance(value, torch.Tensor):
         return [(0, value)]
     if isinstance(value, Mapping):
         items: Iterable[Any] = value.values()
     elif isinstance(value, (tuple, list)):
         items = value
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        items = [getattr(value, field.name) for field in dataclasses.fields(value)]
     else:
         return []
     return [(i, v) for i, v in enumerate(items) if isinstance(v, torch.Tensor)]
@@ -182,11 +186,19 @@ RELU_QUEUE_BYTES = 512 * 2**20
 _GRAPH_TASK_ID = getattr(torch._C, "_current_graph_task_id", lambda: -1)
 
 
+_UNINITIALIZED = torch.nn.parameter.UninitializedParameter
+
+#: whether a torch.func transform (vmap, grad, jacrev) is running
+_TRANSFORMING = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
 def _recomputing() -> bool:
-    """Whether a forward call runs inside a backward pass: activation checkpointing
-    recomputing a segment (reentrant checkpointing runs the segment's module hooks again),
-    which is no forward pass of the step and must not count as one."""
-    return _GRAPH_TASK_ID() != -1
+    """Whether a forward call is not one of the step's own: inside a backward pass
+    (activation checkpointing recomputing a segment: reentrant checkpointing runs the
+    segment's module hooks again), or inside a torch.func transform (per-sample gradients by
+    ``vmap(grad(...))``, DP-SGD's recipe: its tensors are batched stand-ins that most
+    operations of a capture cannot take). It is recorded as no forward pass."""
+    return _GRAPH_TASK_ID() != -1 or _TRANSFORMING()
 
 
 #: the writer thread waits for a step's copy to the host asleep (a blocking CUDA event), not
@@ -555,10 +567,15 @@ class Recorder:
         self._param_names = [n for n, _ in self._params]
         self._param_tensors = [p for _, p in self._params]
         self._grad_tensor_names = [g for g, _ in self._grad_names]
+        # a lazy module's parameters before its first forward pass: no value, no gradient hook
+        self._lazy = [p for p in self._param_tensors if isinstance(p, _UNINITIALIZED)]
         if self._weights_idx is not None:  # params called neither *weight nor *bias: weights
             wcoll = self._collections[self._weights_idx]
+            # (whatever else selects them: an include_regex or a collection of the user's
+            # adds to what is recorded, it takes nothing from the default weights)
+            kinds = [c for c in self._collections if c.name in ("weights", "biases")]
             for pname, _ in self._params:
-                if not any(c.matches(pname) for c in self._collections):
+                if not any(c.matches(pname) for c in kinds):
                     wcoll.names.add(pname)
         self._relus = [
             (relu_tensor_base(path), m)
@@ -573,6 +590,10 @@ class Recorder:
         self._mode_steps: dict[ModeKeys, int] = {}
         self._open = False
         self._forward_index = 0
+        # whether the step's first forward pass returned (a pass that raised did not), and
+        # how far the step's captures had come before it began (_restart_forward)
+        self._first_done = False
+        self._marks: tuple[int, int, int, int, frozenset[str]] = (0, 0, 0, 0, frozenset())
         self._saving: frozenset[int] = frozenset()
         # per tensor name, valid for the collections saving in _spec_saving: what to store
         # (_spec), which collections still have to list the name (_to_mark), how to lay out
@@ -842,10 +863,13 @@ class Recorder:
             return
         try:
             if self._steps_by_optimizer() and self._open:
-                self._forward_index += 1
-                if self._forward_index:  # another micro-batch (or closure call) of the step
-                    return
-                # else the first forward pass of a step its optimizer opened (a closure's)
+                if self._forward_index == 0 and not self._first_done and self._restart_forward():
+                    pass  # the step's first forward pass raised: this one is its first
+                else:
+                    self._forward_index += 1
+                    if self._forward_index:  # another micro-batch (or closure call)
+                        return
+                    # else the first forward pass of a step its optimizer opened (a closure's)
             else:
                 if self._open:
                     self._finalize_step()
@@ -859,9 +883,11 @@ class Recorder:
             self._fail(exc, "recording the model input")
 
     def _root_hook(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        if self.dead or not self._saving or self._forward_index or module is not self.root:
+        if module is not self.root or _recomputing():
             return
-        if _recomputing():
+        if not self._forward_index:
+            self._first_done = True
+        if self.dead or not self._saving or self._forward_index:
             return
         try:
             if self._relu_batch:
@@ -892,7 +918,12 @@ class Recorder:
             self._fail(exc, "recording the model output")
 
     def _loss_hook(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if self.dead or self._forward_index or not self._saving or module is not self.loss_module:
+        # the step's first loss call, whichever forward pass it follows: with gradient
+        # accumulation the first micro-batch's; with two passes before the loss (R-Drop, two
+        # views of a batch) the first pass's output's (later calls: already in _captured)
+        if self.dead or self._forward_index < 0 or not self._saving:
+            return
+        if module is not self.loss_module:
             return
         if _recomputing():
             return
@@ -1224,6 +1255,7 @@ class Recorder:
     def _open_step(self) -> None:
         self._open = True
         self._forward_index = 0
+        self._first_done = False
         mode_step = self._mode_steps.get(self.mode, 0)
         mode = self.mode
         saving = frozenset(
@@ -1239,6 +1271,13 @@ class Recorder:
         key = (saving, self._steps_by_optimizer())
         if self._dyn_key is not None and self._dyn_key != key:
             self._remove_hooks()
+        if self._lazy and not any(isinstance(p, _UNINITIALIZED) for p in self._lazy):
+            # a lazy module's first forward pass gave its parameters values (in place): the
+            # steps from now on see them, and the gradient hooks are installed for them too
+            self._lazy = []
+            self._param_plans.clear()
+            if self._dyn_key is not None:
+                self._remove_hooks()
         if not saving:
             return
         self._captured.clear()
@@ -1251,10 +1290,36 @@ class Recorder:
         with torch.no_grad():
             # handed off only where an optimizer step ends the step: its pre-hook is the last
             # moment before they change, and waits for the thread's reads
+            tensors = self._param_tensors
+            if self._lazy:  # not yet initialized: like a missing gradient, not recorded
+                tensors = [None if isinstance(p, _UNINITIALIZED) else p for p in tensors]
             self._capture_params(
-                "weights", self._param_names, self._param_tensors,
-                defer=self._steps_by_optimizer(),
-            )  # fmt: skip
+                "weights", self._param_names, tensors, defer=self._steps_by_optimizer()
+            )
+        self._marks = (
+            len(self._pending), len(self._items), len(self._checks), len(self._works),
+            frozenset(self._captured),
+        )  # fmt: skip
+
+    def _restart_forward(self) -> bool:
+        """The step's first forward pass raised (a batch skipped after an out-of-memory error,
+        say) and another begins: drop what the failed pass captured, so that the new one is
+        the step's first (its input, ReLU outputs and loss recorded together). False where
+        part of it was already handed to the Recorder's thread: the new pass is then a later
+        micro-batch, as in a step whose first pass returned."""
+        if not self._saving:
+            return True
+        pending, items, checks, works, captured = self._marks
+        if len(self._works) != works:
+            return False
+        del self._pending[pending:]
+        del self._items[items:]
+        del self._checks[checks:]
+        self._relu_batch, self._relu_batch_bytes = [], 0
+        self._captured = set(captured)
+        self._relu_calls.clear()
+        self._relu_in_calls.clear()
+        return True
 
     def _install_step_hooks(self) -> None:
         """The hooks of a step that saves something: loss module, ReLUs (a forward-pre hook
@@ -1272,6 +1337,8 @@ class Recorder:
                 self._make_relu_hooks(base, module, want_in, want_out)
         if not self._steps_by_optimizer():
             for gname, p in self._grad_names:
+                if isinstance(p, _UNINITIALIZED):  # hooked once it has a value (_open_step)
+                    continue
                 if p.requires_grad and self._spec(gname) is not None:
                     self._dyn_handles.append(p.register_hook(self._grad_hook(gname)))
 

@@ -28,9 +28,22 @@ _FLOATS = (torch.float32, torch.float64)
 
 
 def _float(x: torch.Tensor) -> torch.Tensor:
+    """``x`` dense, as float32 or float64; a complex tensor as its magnitudes (see _real)."""
+    x = _real(x)
     if x.dtype in _FLOATS:
         return x
     return x.float()
+
+
+def _real(x: torch.Tensor) -> torch.Tensor:
+    """The values a reduction reads, as a dense tensor of real numbers: a sparse tensor (the
+    gradient of an ``Embedding(sparse=True)``) densified, a complex tensor's magnitudes
+    ``|z|`` (float32 for complex64, float64 for complex128), so that its norms are the true
+    ones (casting to a real dtype would keep the real parts only, with a warning in the
+    user's training), any other tensor itself. compute_reduction does the same on the host."""
+    if x.layout != torch.strided:
+        x = x.to_dense()
+    return x.abs() if x.is_complex() else x
 
 
 def _percentiles(xf: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
@@ -103,6 +116,7 @@ def compute_many(x: torch.Tensor, wanted: tuple[tuple[str, bool], ...]) -> list[
     two-pass formula); min and max from one ``aminmax``. Results are float64 (positive_fraction
     float32, counts int64), as ``compute_reduction`` returns them.
     """
+    x = _real(x)
     out: list[torch.Tensor] = []
     cache: dict[Any, torch.Tensor] = {}
     numel = x.numel()
@@ -355,7 +369,11 @@ def _batch_norms(
         cache["l2"], cache["l1"] = norms[0], norms[1]
         floats = xs  # only counted (abs_mean); the norms are there
     else:
-        floats = xs if all(x.dtype in _FLOATS for x in xs) else [_float(x) for x in xs]
+        floats = (
+            xs
+            if all(x.dtype in _FLOATS and x.layout == torch.strided for x in xs)
+            else [_float(x) for x in xs]
+        )
 
     def stat(key: str) -> torch.Tensor:
         t = cache.get(key)
@@ -384,7 +402,7 @@ def _batch_small(
     """compute_batch for tensors of up to 65,536 elements: one float64 vector, reduced by
     segment; each statistic computed only when asked for."""
     numels = tuple(x.numel() for x in xs)
-    flat = torch.cat([x if x.ndim == 1 else x.reshape(-1) for x in xs])
+    flat = torch.cat([x if x.ndim == 1 else x.reshape(-1) for x in map(_real, xs)])
     if flat.dtype != torch.float64:
         flat = flat.double()
     seg = _segment_ids(numels, dev)

@@ -39,6 +39,37 @@ def test_a_step_is_an_optimizer_step_with_gradient_accumulation(tmp_path, tiny):
         np.testing.assert_allclose(l2[s], float(grads[s].norm()), rtol=1e-5)
 
 
+def test_two_forward_passes_before_the_loss_record_the_first_loss_call(tmp_path, tiny):
+    """R-Drop, two augmented views, consistency training: the model runs twice, then the loss
+    module twice. The step's first loss call is recorded (loss, logits, labels), with the
+    first pass's input, as with gradient accumulation's first micro-batch."""
+    model, loss_fn, opt = tiny
+    data = batches(6)
+    first_losses, first_logits = [], []
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1):
+        for i in range(3):
+            (x1, y), (x2, _) = data[2 * i], data[2 * i + 1]
+            opt.zero_grad()
+            a, b = model(x1), model(x2)
+            first = loss_fn(a, y)
+            (first + loss_fn(b, y)).backward()
+            opt.step()
+            first_losses.append(first.item())
+            first_logits.append(a.detach().clone().numpy())
+    run = open_run(tmp_path / "run")
+    assert run.steps(modes.TRAIN) == [0, 1, 2]
+    loss = run.tensor("CrossEntropyLoss_output_0")
+    assert loss.steps(modes.TRAIN) == [0, 1, 2]
+    for i in range(3):
+        np.testing.assert_allclose(loss.value(i, modes.TRAIN), first_losses[i], rtol=1e-6)
+        np.testing.assert_array_equal(
+            run.tensor("CrossEntropyLoss_input_0").value(i, modes.TRAIN), first_logits[i]
+        )
+        np.testing.assert_array_equal(
+            run.tensor("CrossEntropyLoss_input_1").value(i, modes.TRAIN), data[2 * i][1].numpy()
+        )
+
+
 def test_an_optimizer_step_a_grad_scaler_skips_is_no_step(tmp_path, tiny):
     """A GradScaler skips ``optimizer.step()`` when the gradients are not finite: no step
     ended, so the next iteration is another micro-batch of the same step (its forward-pass
@@ -297,6 +328,35 @@ def test_include_regex_adds_full_tensors(tmp_path, tiny):
     assert run.tensor("relu_output_1").value(0).shape == (8, 4, 8, 8)
 
 
+def test_include_regex_takes_nothing_from_the_default_weights(tmp_path):
+    """A parameter named neither *weight nor *bias (a position embedding) belongs to the
+    default weights (its l2 recorded); selecting it with include_regex adds its full value
+    and keeps that l2."""
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pos_embed = torch.nn.Parameter(torch.randn(6))
+            self.fc = torch.nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.fc(x + self.pos_embed)
+
+    l2 = reduction_tensor_name("pos_embed", "l2")
+    for include in (None, "pos_embed"):
+        torch.manual_seed(0)
+        model, loss_fn = Net(), torch.nn.CrossEntropyLoss()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        out = tmp_path / f"run-{include}"
+        with Recorder(out, model, loss=loss_fn, optimizer=opt, save_interval=1,
+                      include_regex=include):  # fmt: skip
+            train(model, loss_fn, opt, [(torch.randn(4, 6), torch.tensor([0, 1, 2, 0]))] * 2)
+        run = open_run(out)
+        assert l2 in run.tensor_names(collection="weights")
+        assert run.tensor(l2).steps() == [0, 1]
+        assert run.has_tensor("pos_embed") == (include is not None)
+
+
 def test_non_saved_steps_install_no_hooks(tmp_path):
     seen = []
 
@@ -317,3 +377,103 @@ def test_non_saved_steps_install_no_hooks(tmp_path):
     assert seen[0] > 0 and seen[3] > 0
     assert seen[1] == seen[2] == seen[4] == seen[5] == 0
     assert open_run(tmp_path / "run").steps() == [0, 3]
+
+
+def test_per_sample_gradients_by_torch_func_are_no_forward_pass(tmp_path):
+    """DP-SGD's recipe: the model runs inside vmap(grad(...)) (batched stand-in tensors), then
+    the averaged per-sample gradients are set and the optimizer steps. The transformed calls
+    are not the step's forward pass: each optimizer step is recorded with its weights and the
+    gradients it used, and recording goes on."""
+    from torch.func import functional_call, grad, vmap
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+
+    def loss_one(params, xi, yi):
+        out = functional_call(model, params, (xi[None],))
+        return torch.nn.functional.cross_entropy(out, yi[None])
+
+    norms = []
+    with Recorder(tmp_path / "run", model, optimizer=opt, save_interval=1) as rec:
+        for _ in range(3):
+            params = {k: v.detach() for k, v in model.named_parameters()}
+            per_sample = vmap(grad(loss_one), in_dims=(None, 0, 0))(params, x, y)
+            for k, p in model.named_parameters():
+                p.grad = per_sample[k].mean(0)
+            norms.append(model[0].weight.grad.norm().item())
+            opt.step()
+    assert not rec.dead, rec.error
+    run = open_run(tmp_path / "run")
+    assert run.steps(modes.TRAIN) == [0, 1, 2]
+    l2 = run.tensor(reduction_tensor_name("gradient/0.weight", "l2"))
+    for step in range(3):
+        np.testing.assert_allclose(l2.value(step, modes.TRAIN), norms[step], rtol=1e-5)
+    assert not [n for n in run.tensor_names() if "relu" in n.lower()]  # no forward pass ran
+
+
+@pytest.mark.parametrize("with_optimizer", [False, True], ids=["forward-steps", "optimizer"])
+def test_a_lazy_module_is_recorded_from_its_first_forward_pass_on(tmp_path, with_optimizer):
+    """A LazyLinear has no values before its first forward pass: that step records the other
+    parameters; from the next step on the lazy one's weights and gradients are there too."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.LazyLinear(8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1) if with_optimizer else None
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1) as rec:
+        for _ in range(3):
+            if opt is not None:
+                opt.zero_grad()
+            loss_fn(model(torch.randn(4, 6)), torch.tensor([0, 1, 2, 0])).backward()
+            if opt is not None:
+                opt.step()
+    assert not rec.dead, rec.error
+    run = open_run(tmp_path / "run")
+    assert run.steps() == [0, 1, 2]
+    assert run.tensor(reduction_tensor_name("2.weight", "l2")).steps() == [0, 1, 2]
+    assert run.tensor(reduction_tensor_name("0.weight", "l2")).steps() == [1, 2]
+    grads = run.tensor(reduction_tensor_name("gradient/0.weight", "l2")).steps()
+    assert grads == ([0, 1, 2] if with_optimizer else [1, 2])
+
+
+def test_a_forward_pass_that_raised_leaves_the_step_to_the_next_one(tmp_path, tiny):
+    """A loop that skips a batch whose forward pass raised (an out-of-memory error, say)
+    records the step with the batch it trained on: input, ReLU outputs, loss and labels of
+    the pass that returned, none of the failed one's."""
+    model, loss_fn, opt = tiny
+    data = batches(4)
+    fail = {"now": False}
+
+    def maybe_fail(module, args):
+        if fail["now"]:
+            raise RuntimeError("CUDA out of memory (simulated)")
+
+    model.conv2.register_forward_pre_hook(maybe_fail)  # after the first ReLU call
+    trained = []
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1) as rec:
+        for i, (x, y) in enumerate(data):
+            opt.zero_grad()
+            fail["now"] = i == 1
+            try:
+                loss = loss_fn(model(x), y)
+            except RuntimeError:
+                continue  # the batch is skipped; the next one makes the step
+            loss.backward()
+            opt.step()
+            trained.append((x, y, loss.item()))
+    assert not rec.dead, rec.error
+    run = open_run(tmp_path / "run")
+    assert run.steps(modes.TRAIN) == [0, 1, 2]
+    for step, (x, y, loss) in enumerate(trained):
+        got = run.tensor("CrossEntropyLoss_output_0").value(step, modes.TRAIN)
+        np.testing.assert_allclose(got, loss, rtol=1e-6)
+        labels = run.tensor("CrossEntropyLoss_input_1").value(step, modes.TRAIN)
+        np.testing.assert_array_equal(labels, y.numpy())
+        means = run.tensor(reduction_tensor_name("TinyNet_input_0", "sample_channel_mean"))
+        np.testing.assert_allclose(
+            means.value(step, modes.TRAIN), x.double().mean(dim=(2, 3)).numpy(), rtol=1e-6
+        )
+    # the skipped batch's partial pass left nothing: one ReLU fraction per call of the step
+    relu = run.tensor(reduction_tensor_name("relu_output_0", "positive_fraction"))
+    assert relu.steps(modes.TRAIN) == [0, 1, 2]

@@ -384,6 +384,45 @@ def test_model_that_returns_its_own_loss(tmp_path):
     assert run.has_tensor(reduction_tensor_name("body.1.relu_output_0", "positive_fraction"))
 
 
+def test_a_model_returning_a_dataclass_of_its_loss_and_logits(tmp_path):
+    """Outputs in a dataclass (as many model libraries return them) are recorded field by
+    field in order, the loss found as for a tuple."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Output:
+        loss: torch.Tensor
+        logits: torch.Tensor
+        note: str = "not a tensor"
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(6, 3)
+
+        def forward(self, x, y):
+            logits = self.fc(x)
+            return Output(torch.nn.functional.cross_entropy(logits, y), logits)
+
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    losses = []
+    with Recorder(tmp_path / "run", model, optimizer=opt, save_interval=1):
+        for _ in range(2):
+            opt.zero_grad()
+            out = model(x, y)
+            out.loss.backward()
+            opt.step()
+            losses.append(out.loss.item())
+    run = open_run(tmp_path / "run")
+    assert run.tensor_names(collection="losses") == ["Net_output_0"]
+    got = run.tensor("Net_output_0").values(modes.TRAIN)
+    np.testing.assert_allclose([got[0], got[1]], losses, rtol=1e-6)
+    assert run.tensor("Net_output_1").value(0).shape == (8, 3)
+
+
 def test_bf16_autocast_and_channels_last(tmp_path):
     torch.manual_seed(0)
     model = TinyNet().to(memory_format=torch.channels_last)
@@ -778,3 +817,89 @@ def test_full_tensors_of_every_dtype_come_back_exactly(tmp_path):
                 want = value.contiguous().numpy()
             assert got.dtype == want.dtype and got.shape == want.shape, (i, value.dtype)
             np.testing.assert_array_equal(got, want, err_msg=str(value.dtype))
+
+
+def test_a_complex_parameter_has_its_true_norms_and_no_warning(tmp_path, recwarn):
+    """Reductions of a complex tensor read its magnitudes: the l2 of a complex weight and of
+    its gradient are the true norms (a cast to a real dtype would keep the real parts, with
+    torch's warning in the user's training)."""
+
+    class Spectral(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(4, 3, dtype=torch.complex64))
+            self.fc = torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc((x.to(torch.complex64) @ self.w.T.conj() @ self.w).abs())
+
+    torch.manual_seed(0)
+    model = Spectral()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    weights, grads = [], []
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1):
+        for _ in range(2):
+            opt.zero_grad()
+            weights.append(torch.linalg.vector_norm(model.w).item())
+            loss_fn(model(torch.randn(5, 3)), torch.tensor([0, 1, 0, 1, 1])).backward()
+            grads.append(torch.linalg.vector_norm(model.w.grad).item())
+            opt.step()
+    assert not [w for w in recwarn if "imaginary" in str(w.message)]
+    run = open_run(tmp_path / "run")
+    for step in range(2):
+        got = run.tensor(reduction_tensor_name("w", "l2")).value(step)
+        np.testing.assert_allclose(got, weights[step], rtol=1e-5)
+        got = run.tensor(reduction_tensor_name("gradient/w", "l2")).value(step)
+        np.testing.assert_allclose(got, grads[step], rtol=1e-5)
+    # the host's reference reduction agrees: |3+4j| = 5
+    assert float(compute_reduction(np.array([3 + 4j, 0j]), "l2")) == 5.0
+    assert float(compute_reduction(np.array([3 + 4j, 0j]), "mean", abs=True)) == 2.5
+
+
+@pytest.mark.parametrize(
+    "fused,kernel", [(False, False), (True, False), (True, True)],
+    ids=["cpu-path", "gpu-path", "gpu-path-triton-norms"],
+)  # fmt: skip
+def test_a_sparse_gradient_is_reduced_as_its_dense_value(
+    tmp_path, monkeypatch, request, fused, kernel
+):
+    """Embedding(sparse=True) gives a sparse COO gradient: its l2 and abs_mean are those of
+    the dense gradient it stands for (the norms kernel declines it), and recording goes on."""
+    from pytest_modelrules.capture import reductions
+
+    if fused:
+        monkeypatch.setattr(reductions, "FUSED_NORM_DEVICES", {"cuda", "cpu"})
+    if kernel:
+        pytest.importorskip("triton")
+        request.getfixturevalue("norm_calls")
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(50, 4, sparse=True)
+    fc = torch.nn.Linear(4, 3)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.fc = emb, fc
+
+        def forward(self, ids):
+            return self.fc(self.emb(ids).mean(1))
+
+    net = Net()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    dense = []
+    with Recorder(tmp_path / "run", net, loss=loss_fn, optimizer=opt, save_interval=1) as rec:
+        for _ in range(2):
+            opt.zero_grad()
+            loss_fn(net(torch.randint(0, 50, (6, 5))), torch.randint(0, 3, (6,))).backward()
+            assert emb.weight.grad.is_sparse
+            dense.append(emb.weight.grad.to_dense())
+            opt.step()
+    assert not rec.dead, rec.error
+    run = open_run(tmp_path / "run")
+    for step in range(2):
+        got = run.tensor(reduction_tensor_name("gradient/emb.weight", "l2")).value(step)
+        np.testing.assert_allclose(got, float(dense[step].norm()), rtol=1e-5)
+        got = run.tensor(reduction_tensor_name("gradient/emb.weight", "mean", True)).value(step)
+        np.testing.assert_allclose(got, float(dense[step].abs().mean()), rtol=1e-5)
