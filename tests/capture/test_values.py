@@ -3,6 +3,8 @@ wrappers; models returning their own loss; mixed precision; metadata."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from capture_helpers import (
@@ -361,66 +363,46 @@ def test_saving_the_whole_model_while_recording_says_what_to_do(tmp_path):
     assert not rec.dead
 
 
-def test_model_that_returns_its_own_loss(tmp_path):
+@dataclasses.dataclass
+class _LossAndLogits:
+    loss: torch.Tensor
+    logits: torch.Tensor
+    note: str = "not a tensor"
+
+
+class _DataclassLossNet(SelfLossNet):
+    """SelfLossNet returning a dataclass, as many model libraries do."""
+
+    def forward(self, x, y):
+        return _LossAndLogits(*super().forward(x, y))
+
+
+@pytest.mark.parametrize("returns", [SelfLossNet, _DataclassLossNet], ids=["tuple", "dataclass"])
+def test_model_that_returns_its_own_loss(tmp_path, returns):
+    """A model returning (loss, logits), as a tuple or a dataclass's fields in order: the
+    0-d float output is the loss."""
     torch.manual_seed(0)
-    model = SelfLossNet()
+    model = returns()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
     losses = []
     with Recorder(tmp_path / "run", model, optimizer=opt, save_interval=1):
         for _ in range(3):
             opt.zero_grad()
-            loss, _ = model(x, y)
+            out = model(x, y)
+            loss = out[0] if isinstance(out, tuple) else out.loss
             loss.backward()
             opt.step()
             losses.append(loss.item())
     run = open_run(tmp_path / "run")
-    assert run.tensor_names(collection="losses") == ["SelfLossNet_output_0"]
-    got = run.tensor("SelfLossNet_output_0").values(modes.TRAIN)
+    name = returns.__name__
+    assert run.tensor_names(collection="losses") == [f"{name}_output_0"]
+    got = run.tensor(f"{name}_output_0").values(modes.TRAIN)
     np.testing.assert_allclose([got[s] for s in range(3)], losses, rtol=1e-6)
-    assert run.tensor("SelfLossNet_output_1").value(0).shape == (8, 3)  # logits, in "outputs"
-    np.testing.assert_array_equal(run.tensor("SelfLossNet_input_1").value(2), y.numpy())
+    assert run.tensor(f"{name}_output_1").value(0).shape == (8, 3)  # logits, in "outputs"
+    np.testing.assert_array_equal(run.tensor(f"{name}_input_1").value(2), y.numpy())
     # a ReLU inside a Sequential is still found by smdebug's regex
     assert run.has_tensor(reduction_tensor_name("body.1.relu_output_0", "positive_fraction"))
-
-
-def test_a_model_returning_a_dataclass_of_its_loss_and_logits(tmp_path):
-    """Outputs in a dataclass (as many model libraries return them) are recorded field by
-    field in order, the loss found as for a tuple."""
-    import dataclasses
-
-    @dataclasses.dataclass
-    class Output:
-        loss: torch.Tensor
-        logits: torch.Tensor
-        note: str = "not a tensor"
-
-    class Net(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = torch.nn.Linear(6, 3)
-
-        def forward(self, x, y):
-            logits = self.fc(x)
-            return Output(torch.nn.functional.cross_entropy(logits, y), logits)
-
-    torch.manual_seed(0)
-    model = Net()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
-    losses = []
-    with Recorder(tmp_path / "run", model, optimizer=opt, save_interval=1):
-        for _ in range(2):
-            opt.zero_grad()
-            out = model(x, y)
-            out.loss.backward()
-            opt.step()
-            losses.append(out.loss.item())
-    run = open_run(tmp_path / "run")
-    assert run.tensor_names(collection="losses") == ["Net_output_0"]
-    got = run.tensor("Net_output_0").values(modes.TRAIN)
-    np.testing.assert_allclose([got[0], got[1]], losses, rtol=1e-6)
-    assert run.tensor("Net_output_1").value(0).shape == (8, 3)
 
 
 def test_bf16_autocast_and_channels_last(tmp_path):
