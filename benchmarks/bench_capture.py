@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import statistics
@@ -49,6 +50,8 @@ TRITON_LABEL = "save_interval=1, Triton kernels"
 DEFERRED_LABEL = "save_interval=1, deferred"
 BOTH_LABEL = "deferred + Triton kernels"
 SPIN_LABEL = "save_interval=1, spinning wait"
+WRITER_LABEL = "save_interval=1, writer process"
+TRITON_WRITER_LABEL = "Triton kernels + writer process"
 #: --ablate: save_interval=1 with default collections switched off, a group at a time (the
 #: default counting path): what each group of tensors costs a saving step
 ABLATIONS = {
@@ -182,6 +185,13 @@ def recorder_threads_cpu(rec: Any) -> float | None:
     for thread in (rec._launcher, rec._thread):  # started on first use, alive until close
         if thread is not None and thread.is_alive() and thread.ident is not None:
             total += time.clock_gettime(getclock(thread.ident))
+    pid = getattr(rec.writer, "pid", None)  # a writer process (Linux: /proc): its CPU too
+    if pid is not None:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return None
     return total
 
 
@@ -290,6 +300,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "Recorder's thread (capture/offload.py; off by default until measured on a GPU)",
     )
     parser.add_argument(
+        "--writer-process",
+        action="store_true",
+        help="add a variant: save_interval=1 written by a process of its own instead of the "
+        "writer thread (Recorder(writer_process=True)); with --triton, also with the kernels",
+    )
+    parser.add_argument(
         "--ablate",
         action="store_true",
         help="diagnostic: add variants, save_interval=1 without the ReLU outputs, without the "
@@ -343,6 +359,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             variants[BOTH_LABEL] = 1
     if args.spin_wait:
         variants[SPIN_LABEL] = 1
+    if args.writer_process:
+        variants[WRITER_LABEL] = 1
+        if args.triton:
+            variants[TRITON_WRITER_LABEL] = 1
     if args.ablate:
         variants.update(dict.fromkeys(ABLATIONS, 1))
         if args.triton:
@@ -360,6 +380,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 optimizer=opt,
                 save_interval=interval,
                 collections=collections or None,
+                writer_process=label in (WRITER_LABEL, TRITON_WRITER_LABEL),
             )
     # Recorders hook the same model: keep only the active one's hooks live.
     for rec in recorders.values():
@@ -380,7 +401,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 rec._install_static_hooks()
         for switch in switches:
             switch.clear()
-        if label in (TRITON_LABEL, BOTH_LABEL):
+        if label in (TRITON_LABEL, BOTH_LABEL, TRITON_WRITER_LABEL):
             kernels.COUNT_KERNEL_DEVICES.add(kind)
             kernels.NORM_KERNEL_DEVICES.add(kind)
         if label in ABLATIONS or label == NORMS_ABLATION:  # the default kernels

@@ -13,7 +13,8 @@
 #    hand-off and both as further variants: bf16 autocast with channels_last twice (two
 #    processes: the spread between them), the first profiled (op tables, traces and the
 #    device's busy time per step), the second also without each group of the default
-#    collections in turn (--ablate); fp32; then diagnostics: bf16 with the writer thread idle,
+#    collections in turn (--ablate) and with the writer in a process of its own, with and
+#    without the kernels (--writer-process); fp32; then diagnostics: bf16 with the writer thread idle,
 #    the CPU host-cost proxy on this machine's host (which calibrates the proxy that machines
 #    without a GPU measure, docs/recording.md), the writer's cost to a launch-bound thread as
 #    a thread and as a process (bench_writer_gil.py: the GIL's share, on this host) and fp32 with the full input images recorded
@@ -45,8 +46,8 @@ variants=(--triton --deferred)
 step "bf16 + channels_last, run 1 (profiled)"
 $PY "${bench[@]}" --rounds 8 --precision bf16 --channels-last "${variants[@]}" --profile "$OUT/profile" --json "$OUT/json/capture_bf16.json" 2>&1 | quiet | tee "$OUT/capture.txt"
 gzip -f "$OUT"/profile/*.json  # the traces, a few hundred kilobytes each once compressed
-step "bf16 + channels_last, run 2, with the collections' ablations"
-$PY "${bench[@]}" --rounds 8 --precision bf16 --channels-last "${variants[@]}" --ablate --json "$OUT/json/capture_bf16_run2.json" 2>&1 | tee -a "$OUT/capture.txt"
+step "bf16 + channels_last, run 2, with the collections' ablations and the writer process"
+$PY "${bench[@]}" --rounds 8 --precision bf16 --channels-last "${variants[@]}" --ablate --writer-process --json "$OUT/json/capture_bf16_run2.json" 2>&1 | tee -a "$OUT/capture.txt"
 step "fp32"
 $PY "${bench[@]}" --rounds 6 --precision fp32 "${variants[@]}" --json "$OUT/json/capture_fp32.json" 2>&1 | tee -a "$OUT/capture.txt"
 step "diagnostics: bf16 with the writer idle, the host-cost proxy, the writer GIL, fp32 with full inputs"

@@ -34,11 +34,17 @@ import torch
 from .. import modes as _modes
 from ..exceptions import RecorderError
 from ..modes import ModeKeys, parse_mode
-from ..store.format import Fraction
+from ..store.fs import is_url
 from ..store.names import reduction_tensor_name
 from ..store.writer import RunWriter
 from . import kernels, offload
 from .config import CollectionConfig, SaveConfig, default_collections, merge_collections
+from .host import BFLOAT16, unpack_step
+from .host import Counts as _Counts
+from .host import Full as _Full
+from .host import Red as _Red
+from .host import Scalars as _Scalars
+from .host import without as _without
 from .reductions import (
     BATCHABLE,
     EXACT_LIMIT,
@@ -48,6 +54,7 @@ from .reductions import (
     fused_norm_path,
     positive_counts,
 )
+from .writer_process import ProcessWriter
 
 logger = logging.getLogger("pytest_modelrules.capture")
 
@@ -234,45 +241,18 @@ for _name, _np in (("uint16", np.uint16), ("uint32", np.uint32), ("uint64", np.u
         _NUMPY_DTYPE[getattr(torch, _name)] = np.dtype(_np)
 
 
+#: each transferred dtype's key in a step's segments (capture/host.py)
+_DTYPE_KEY: dict[torch.dtype, str] = {
+    dtype: BFLOAT16 if dtype == torch.bfloat16 else np_dtype.str
+    for dtype, np_dtype in _NUMPY_DTYPE.items()
+}
+
+
 def _itemsize(dtype: torch.dtype) -> int:
     return _NUMPY_DTYPE[dtype].itemsize
 
 
 _Spec = tuple[tuple[str, bool], ...]  # reductions: (name, absolute) pairs
-_Item = tuple[str, str, tuple[int, ...]]  # (stored name, reduction, shape)
-
-
-class _Red(NamedTuple):
-    """Reduction values laid out one after another: (stored name, reduction, shape); the host
-    casts each to the reduction's stored dtype."""
-
-    items: list[_Item]
-
-
-class _Scalars(NamedTuple):
-    """One scalar per name (a row of ``compute_batch_rows``), stored as ``dtype``; with a
-    ``divisor`` (each tensor's numel, float64) the row holds sums and the host divides: an
-    abs_mean from the 1-norms, as the device would (float32 widened, then a float64
-    division)."""
-
-    names: list[str]
-    dtype: str
-    divisor: np.ndarray | None = None
-
-
-class _Counts(NamedTuple):
-    """positive_fractions sent as counts of positive values over the batch, one run of
-    ``units`` counts per (stored name, batch size n, units), each flat in C order; the host
-    divides by ``n`` (a float32 true division: k / n correctly rounded, as on the device)."""
-
-    items: tuple[tuple[str, int, int], ...]
-
-
-class _Full(NamedTuple):
-    """A full tensor, sent flat in C order."""
-
-    name: str
-    shape: tuple[int, ...]
 
 
 class _ParamPlan(NamedTuple):
@@ -310,13 +290,6 @@ def _kernel_failed(
     )
 
 
-def _fractions(counts: np.ndarray, n: int) -> np.ndarray:
-    """Counts of positive values over a batch of ``n`` -> float32 fractions."""
-    if not n:  # an empty batch: 0 / 0, as the device would give it, without numpy's warning
-        return np.full(counts.shape, np.nan, dtype=np.float32)
-    return counts.astype(np.float32, copy=False) / np.float32(n)
-
-
 #: dtypes the transfer does not carry, and what they travel as
 _TRANSFER_AS = {torch.complex32: torch.complex64}
 for _name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"):
@@ -332,74 +305,6 @@ def _full_copy(name: str, x: torch.Tensor) -> tuple[torch.Tensor, _Full]:
         raise TypeError(f"tensor {name!r} has dtype {x.dtype}, which cannot be recorded")
     copy = x.to(dtype, memory_format=torch.contiguous_format, copy=True)
     return copy.view(-1), _Full(name, tuple(x.shape))
-
-
-def _unpack(
-    layout: Any,
-    chunk: np.ndarray,
-    arrays: list[tuple[str, np.ndarray]],
-    scalars: list[tuple[list[str], np.ndarray]],
-    counts: dict[str, tuple[np.ndarray, int]],
-) -> None:
-    """Append the named arrays (or scalar rows) of one pending value (``chunk``: its
-    transferred elements). Positive counts are gathered in ``counts`` instead, those of one
-    name added up (DataParallel's replicas: one batch each), for :func:`_add_fractions` once
-    the step's values are all unpacked."""
-    kind = type(layout)
-    if kind is _Scalars:
-        if layout.divisor is not None:
-            scalars.append((layout.names, chunk.astype(np.float64) / layout.divisor))
-        else:
-            scalars.append((layout.names, chunk.astype(layout.dtype, copy=False)))
-    elif kind is _Counts:
-        offset = 0
-        for name, n, units in layout.items:
-            part = chunk[offset : offset + units]
-            offset += units
-            before = counts.get(name)
-            if before is None:
-                counts[name] = (part, n)
-            elif before[0].shape == part.shape:  # exact sums: integers far below 2**53
-                counts[name] = (np.add(before[0], part, dtype=np.float64), before[1] + n)
-            else:
-                raise ValueError(
-                    f"{name}: {before[0].size} units in one call and {part.size} in another "
-                    "of the same step (DataParallel replicas of different shapes)"
-                )
-    elif kind is _Red:
-        offset = 0
-        for tname, red, shape in layout.items:
-            n = int(np.prod(shape)) if shape else 1
-            value = chunk[offset : offset + n].reshape(shape)
-            offset += n
-            arrays.append((tname, value.astype(STORED_DTYPE.get(red, "float64"), copy=False)))
-    else:
-        arrays.append((layout.name, chunk.reshape(layout.shape)))
-
-
-def _count_dtype(n: int) -> np.dtype | None:
-    """The narrowest unsigned dtype that holds counts of up to ``n`` (None past 2**24: float32,
-    the readers' division, is no longer exact there)."""
-    for dtype in (np.uint8, np.uint16):
-        if n <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    return np.dtype(np.uint32) if n < 2**24 else None
-
-
-def _add_fractions(
-    arrays: list[tuple[str, np.ndarray | Fraction]], counts: dict[str, tuple[np.ndarray, int]]
-) -> None:
-    """Append the positive fractions of the counts :func:`_unpack` gathered, as fraction
-    records (docs/format.md): the counts in the narrowest unsigned dtype over the batch size,
-    which read back as the float32 ``counts / n`` they stood for: at the seed's scale 2.3 MB
-    a step to write instead of 9.2 MB of float32 (the Triton kernel's uint8 counts are
-    written as they came)."""
-    for name, (part, n) in counts.items():
-        dtype = _count_dtype(n)
-        if dtype is None:
-            arrays.append((name, _fractions(part, n)))
-        else:
-            arrays.append((name, Fraction(part.astype(dtype, copy=False), n)))
 
 
 def _closure_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[..., Any] | None:
@@ -448,14 +353,6 @@ class _AllDevices:
 _offload_module = offload
 
 
-def _without(names: list[str], row: np.ndarray, dropped: set[str]) -> tuple[list[str], np.ndarray]:
-    """A row of named scalars without the names in ``dropped``."""
-    keep = [i for i, name in enumerate(names) if name not in dropped]
-    if len(keep) == len(names):
-        return names, row
-    return [names[i] for i in keep], row[keep]
-
-
 class Recorder:
     """Record a PyTorch training run in SageMaker Debugger's terms (see docs/recording.md).
 
@@ -466,6 +363,8 @@ class Recorder:
     ``offload=True`` has the Recorder's thread (and, on a GPU, its own CUDA stream) compute the
     step's reductions and copies, ``False`` keeps them on the training thread, ``None`` hands
     off on the device types in ``capture.offload.DEFER_DEVICES`` (none by default).
+    ``writer_process=True`` writes from a process of its own instead of the writer thread
+    (capture/writer_process.py: no GIL shared with a launch-bound training loop; local runs).
     ``triton=True`` runs the Triton kernels of capture/kernels.py on CUDA devices: the ReLU
     outputs' positive counts in one launch a step, and the weight and gradient norms in two
     launches per group; ``False`` uses torch operations; ``None`` each kernel on the device
@@ -492,6 +391,7 @@ class Recorder:
         async_write: bool = True,
         offload: bool | None = None,
         triton: bool | None = None,
+        writer_process: bool = False,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise RecorderError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -506,6 +406,16 @@ class Recorder:
             )
         if int(save_interval) < 0:
             raise RecorderError(f"save_interval must be >= 0, got {save_interval}")
+        if writer_process and is_url(out_dir):
+            raise RecorderError(
+                f"writer_process=True writes a local run; {os.fspath(out_dir)!r} is a URL "
+                "(its uploads stay on the Recorder's writer thread: leave writer_process off)"
+            )
+        if writer_process and not async_write:
+            raise RecorderError(
+                "writer_process=True leaves the Recorder's writer thread only the waits and "
+                "the hand-over; async_write=False removes that thread: pass one or the other"
+            )
         if offload and not async_write:
             raise RecorderError(
                 "offload=True hands device work to the Recorder's thread, which "
@@ -679,12 +589,17 @@ class Recorder:
         meta = {"recorder": {"model": self.root_name, "loss": self.loss_name,
                              "save_interval": self.save_interval}}  # fmt: skip
         meta.update(dict(metadata or {}))
-        self.writer: RunWriter | None = None
+        self.writer: RunWriter | ProcessWriter | None = None
         try:
-            self.writer = RunWriter(
-                self.out_dir, self.worker, rank=rank, num_workers=world, metadata=meta,
-                storage_options=dict(storage_options or {}),
-            )  # fmt: skip
+            if writer_process:
+                self.writer = ProcessWriter(
+                    self.out_dir, self.worker, rank=rank, num_workers=world, metadata=meta
+                )
+            else:
+                self.writer = RunWriter(
+                    self.out_dir, self.worker, rank=rank, num_workers=world, metadata=meta,
+                    storage_options=dict(storage_options or {}),
+                )  # fmt: skip
             self.writer.set_collections(self._collections_json())
         except FileExistsError as exc:
             raise RecorderError(str(exc)) from exc
@@ -1741,7 +1656,8 @@ class Recorder:
                     parts = [pending[i][0] for i in idxs]
                     flat = torch.cat(parts) if len(parts) > 1 else parts[0]
                     blobs.append(flat.view(torch.uint8) if dtype != torch.uint8 else flat)
-                    segments.append((dtype, [(pending[i][0].numel(), pending[i][1]) for i in idxs]))
+                    entries = [(pending[i][0].numel(), pending[i][1]) for i in idxs]
+                    segments.append((_DTYPE_KEY[dtype], entries))
                 blob = torch.cat(blobs) if len(blobs) > 1 else blobs[0]
                 if device.type == "cuda":  # asynchronous, into pinned memory; waited for later
                     blob = blob.to("cpu", non_blocking=True)
@@ -1754,35 +1670,23 @@ class Recorder:
                 host.append((segments, blob))
 
     @staticmethod
-    def _host_arrays(
+    def _host_blobs(
         events: list[Any], host: list[tuple[list[Any], torch.Tensor]]
-    ) -> tuple[list[tuple[str, np.ndarray]], list[tuple[list[str], np.ndarray]]]:
-        """Wait for the step's device-to-host copies, then split each transferred buffer into
-        named arrays (views where the stored dtype is the transferred one) and rows of named
-        scalars (for RunWriter.write_step)."""
+    ) -> list[tuple[list[Any], np.ndarray]]:
+        """Wait for the step's device-to-host copies: each transferred buffer's segments
+        and its bytes as a numpy view (no copy)."""
         for event in events:
             event.synchronize()
-        arrays: list[tuple[str, np.ndarray]] = []
-        scalars: list[tuple[list[str], np.ndarray]] = []
-        counts: dict[str, tuple[np.ndarray, int]] = {}
-        for segments, blob in host:
-            data = blob.numpy()
-            offset = 0
-            for dtype, entries in segments:
-                np_dtype = _NUMPY_DTYPE[dtype]
-                count = sum(n for n, _ in entries)
-                end = offset + count * np_dtype.itemsize
-                values = data[offset:end].view(np_dtype)
-                offset = end
-                if dtype == torch.bfloat16:  # its 16 bits are a float32's upper half
-                    values = (values.astype(np.uint32) << 16).view(np.float32)
-                pos = 0
-                for n, layout in entries:
-                    chunk = values[pos : pos + n]
-                    pos += n
-                    _unpack(layout, chunk, arrays, scalars, counts)
-        _add_fractions(arrays, counts)
-        return arrays, scalars
+        return [(segments, blob.numpy()) for segments, blob in host]
+
+    @classmethod
+    def _host_arrays(
+        cls, events: list[Any], host: list[tuple[list[Any], torch.Tensor]]
+    ) -> tuple[list[tuple[str, Any]], list[tuple[list[str], np.ndarray]]]:
+        """Wait for the step's device-to-host copies, then split each transferred buffer into
+        named arrays (views where the stored dtype is the transferred one) and rows of named
+        scalars (for RunWriter.write_step; capture/host.py)."""
+        return unpack_step(cls._host_blobs(events, host))
 
     # -- the writer thread: disk (and upload) work overlaps training ---------------------------
 
@@ -1879,13 +1783,17 @@ class Recorder:
     ) -> None:
         writer = self.writer
         assert writer is not None
-        arrays, scalars = self._host_arrays(*copies)
-        if dropped:
-            arrays = [(name, value) for name, value in arrays if name not in dropped]
-            scalars = [_without(names, row, dropped) for names, row in scalars]
-        writer.write_step(step, arrays, mode, mode_step, scalars=scalars)
-        if collections is not None:
-            writer.set_collections(collections)
+        if isinstance(writer, ProcessWriter):  # the process splits and writes (GIL of its own)
+            blobs = self._host_blobs(*copies)
+            writer.write_blobs(step, mode, mode_step, blobs, collections, dropped)
+        else:
+            arrays, scalars = self._host_arrays(*copies)
+            if dropped:
+                arrays = [(name, value) for name, value in arrays if name not in dropped]
+                scalars = [_without(names, row, dropped) for names, row in scalars]
+            writer.write_step(step, arrays, mode, mode_step, scalars=scalars)
+            if collections is not None:
+                writer.set_collections(collections)
         if writer.remote and time.monotonic() - self._last_sync >= self.sync_interval_s:
             writer.sync()
             self._last_sync = time.monotonic()

@@ -12,14 +12,9 @@ from typing import Any
 import torch
 
 from ..store.names import HISTOGRAM_BINS
+from .host import STORED_DTYPE  # noqa: F401 (the stored dtypes, re-exported for the Recorder)
 
 # how a reduction's value is stored (numpy dtype name), as compute_reduction returns it
-STORED_DTYPE = {
-    "positive_fraction": "float32",
-    "nan_count": "int64",
-    "inf_count": "int64",
-    "numel": "int64",
-}
 
 _QUANTILE_LIMIT = 16_000_000  # torch.quantile refuses larger inputs
 

@@ -22,17 +22,23 @@ def _script(name: str = "bench_capture"):
     return module
 
 
+WRITER = "save_interval=1, writer process"
+
+
 def test_bench_capture_quick(capsys, tmp_path):
-    ratios = _script().main(["--quick", "--json", str(tmp_path / "figures.json")])
+    args = ["--quick", "--writer-process", "--json", str(tmp_path / "figures.json")]
+    ratios = _script().main(args)
     out = capsys.readouterr().out
     assert "ResNet-18" in out and "median step (ms)" in out and "Recorder threads CPU" in out
-    for label in ("no recorder", "save_interval=500", "save_interval=1"):
+    for label in ("no recorder", "save_interval=500", "save_interval=1", WRITER):
         assert label in out and ratios[label] > 0
     assert ratios["no recorder"] == 1.0
     figures = json.loads((tmp_path / "figures.json").read_text())
     assert set(figures["recorder_threads_cpu_s"]) == set(ratios)
     # a step saved at every step keeps the writer thread busy; the plain loop has none
     assert figures["recorder_threads_cpu_s"]["save_interval=1"] > 0
+    if Path("/proc/self/stat").exists():  # the writer process's CPU counts too
+        assert figures["recorder_threads_cpu_s"][WRITER] > 0
     assert figures["recorder_threads_cpu_s"]["no recorder"] == 0
     # the training thread's added CPU by phase, for each recording variant
     assert "thread CPU added by phase" in out

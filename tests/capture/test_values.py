@@ -636,7 +636,9 @@ def test_unit_counts_come_back_in_c_order_from_any_layout():
     batch not outermost, strided, empty), the counts travel flat in C order and the stored
     value is counts / n: numpy's (x > 0).mean(0), NaN for an empty batch. They are stored as
     uint8 counts over n (a fraction record), which a reader divides."""
-    from pytest_modelrules.capture.recorder import _add_fractions, _unit_counts, _unpack
+    from pytest_modelrules.capture.host import add_fractions as _add_fractions
+    from pytest_modelrules.capture.host import unpack as _unpack
+    from pytest_modelrules.capture.recorder import _unit_counts
     from pytest_modelrules.store.format import Fraction, fraction_values
 
     gen = torch.Generator().manual_seed(4)

@@ -1,0 +1,213 @@
+"""Recorder(writer_process=True): the run a writer process writes equals the writer thread's,
+and its failures keep the thread's promises (one report, training goes on, nothing committed
+lost, a killed training leaves an unended run)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from capture_helpers import TinyNet, assert_same_values, batches, run_values, train
+
+from pytest_modelrules import Recorder, modes, open_run
+from pytest_modelrules.exceptions import RecorderError
+
+torch = pytest.importorskip("torch")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _fresh():
+    torch.manual_seed(0)
+    model = TinyNet()
+    return model, torch.nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+def _record(path: Path, data, **kwargs) -> tuple[list[float], Recorder]:
+    model, loss_fn, opt = _fresh()
+    with Recorder(path, model, loss=loss_fn, optimizer=opt, save_interval=1,
+                  metadata={"scale": np.float32(0.5)}, **kwargs) as rec:  # fmt: skip
+        losses = train(model, loss_fn, opt, data, accumulate=2)
+        rec.update_metadata({"classes": ["a", "b", "c", "d", "e"]})
+        rec.set_mode(modes.EVAL)
+        with torch.no_grad():
+            for x, _ in data[:2]:
+                model(x)
+    return losses, rec
+
+
+def test_the_process_writes_the_run_the_thread_writes(tmp_path):
+    data = batches(8)
+    thread_losses, _ = _record(tmp_path / "thread", data)
+    process_losses, rec = _record(tmp_path / "process", data, writer_process=True)
+    assert not rec.dead, rec.error
+    assert process_losses == thread_losses
+    assert_same_values(run_values(tmp_path / "process"), run_values(tmp_path / "thread"))
+    a, b = open_run(tmp_path / "thread"), open_run(tmp_path / "process")
+    assert b.steps() == a.steps() and b.steps(modes.EVAL) == a.steps(modes.EVAL) == [0, 1]
+    assert b.metadata == a.metadata and b.metadata["classes"] == ["a", "b", "c", "d", "e"]
+    assert b.has_ended
+    assert {n: c.tensor_names for n, c in b.collections().items()} == {
+        n: c.tensor_names for n, c in a.collections().items()
+    }
+    assert rec.writer.closed
+    with pytest.raises(ProcessLookupError):  # the process is gone
+        os.kill(rec.writer.pid, 0)
+
+
+def test_a_dead_writer_process_stops_recording_once_and_training_goes_on(tmp_path):
+    data = batches(8)
+    model, loss_fn, opt = _fresh()
+    baseline = train(model, loss_fn, opt, data)
+    model, loss_fn, opt = _fresh()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1,
+                      writer_process=True) as rec:  # fmt: skip
+            losses = train(model, loss_fn, opt, data[:3])
+            deadline = time.monotonic() + 30
+            while len(open_run(tmp_path / "run").steps()) < 3:  # committed by the process
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            os.kill(rec.writer.pid, signal.SIGKILL)
+            losses += train(model, loss_fn, opt, data[3:])
+    assert losses == baseline
+    ours = [str(w.message) for w in caught if "Recorder" in str(w.message)]
+    assert len(ours) == 1, ours
+    assert "writer process" in ours[0] and "is gone" in ours[0]
+    assert rec.dead
+    run = open_run(tmp_path / "run")
+    assert run.steps()[:3] == [0, 1, 2] and not run.has_ended
+
+
+def test_a_run_the_process_cannot_write_is_one_error(tmp_path):
+    (tmp_path / "run" / "workers" / "worker_0").mkdir(parents=True)
+    (tmp_path / "run" / "workers" / "worker_0" / "steps.mrt").write_bytes(b"")  # a run there
+    model, loss_fn, opt = _fresh()
+    with pytest.raises(RecorderError) as thread:
+        Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt)
+    with pytest.raises(RecorderError) as process:  # the same refusal, from the process
+        Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, writer_process=True)
+    assert str(process.value) == str(thread.value)
+
+
+def test_writer_process_configuration_errors(tmp_path):
+    model, loss_fn, _ = _fresh()
+    with pytest.raises(RecorderError, match="local run"):
+        Recorder("memory://run", model, loss=loss_fn, writer_process=True)
+    with pytest.raises(RecorderError, match="async_write=False"):
+        Recorder(tmp_path / "r", model, loss=loss_fn, writer_process=True, async_write=False)
+
+
+KILLED = textwrap.dedent(
+    """
+    import sys, torch
+    sys.path.insert(0, {repo!r}); sys.path.insert(0, {helpers!r})
+    from capture_helpers import TinyNet, batches
+    from pytest_modelrules import Recorder
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = TinyNet(); loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = Recorder(sys.argv[1], model, loss=loss_fn, optimizer=opt, save_interval=1,
+                   writer_process=True)
+    print(rec.writer.pid, flush=True)
+    step = 0
+    for x, y in batches(10_000):
+        opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
+        step += 1
+        if step == 12:
+            print("ready", flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_training_keeps_the_committed_steps(tmp_path):
+    """The writer process outlives a killed training process just long enough: it reads the
+    end of its input, keeps every step it committed, leaves the run unended and exits."""
+    script = tmp_path / "train.py"
+    script.write_text(KILLED.format(repo=str(REPO), helpers=str(Path(__file__).parent)))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "run")],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        child = int(proc.stdout.readline())
+        assert proc.stdout.readline().strip() == "ready"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the orphan notices and exits
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the writer process outlived the training process")
+    run = open_run(tmp_path / "run")
+    steps = run.steps()
+    assert len(steps) >= 9 and steps == list(range(len(steps)))  # 2 steps may be in flight
+    assert not run.has_ended
+    loss = run.tensor("CrossEntropyLoss_output_0")
+    assert loss.steps() == steps
+
+
+def test_layouts_travel_as_json_and_back():
+    """What the process rebuilds from JSON is the layout the Recorder made."""
+    from pytest_modelrules.capture import host
+
+    layouts = [
+        host.Red([("a", "mean", (2, 3)), ("b", "l2", ())]),
+        host.Scalars(["x", "y"], "float64", np.array([4.0, 9.0])),
+        host.Scalars(["x"], "float32"),
+        host.Counts((("r", 8, 16), ("s", 8, 4))),
+        host.Full("t", (5, 1)),
+    ]
+    for layout in layouts:
+        back = host.layout_from_json(host.layout_to_json(layout))
+        assert type(back) is type(layout)
+        for got, want in zip(back, layout):
+            if isinstance(want, np.ndarray):
+                np.testing.assert_array_equal(got, want)
+            else:
+                assert got == want
+    with pytest.raises(ValueError, match="unknown layout"):
+        host.layout_from_json(["other"])
+
+
+def test_a_write_failing_in_the_process_is_reported_once(tmp_path):
+    """The process's failure to write a step (here its tensors folder is a file: no tensor
+    file opens) comes back as that step's answer: one report, recording stops, training
+    goes on, the run is left unended."""
+    data = batches(4)
+    model, loss_fn, opt = _fresh()
+    baseline = train(model, loss_fn, opt, data)
+    model, loss_fn, opt = _fresh()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1,
+                      writer_process=True) as rec:  # fmt: skip
+            tensors = tmp_path / "run" / "workers" / "worker_0" / "tensors"
+            if tensors.is_dir():
+                tensors.rmdir()
+            tensors.write_text("not a folder")
+            losses = train(model, loss_fn, opt, data)
+    assert losses == baseline
+    ours = [str(w.message) for w in caught if "Recorder" in str(w.message)]
+    assert len(ours) == 1, ours
+    assert "the writer process failed" in ours[0]
+    assert rec.dead and not open_run(tmp_path / "run").has_ended
