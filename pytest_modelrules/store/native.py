@@ -70,12 +70,24 @@ class _LogFile:
         self.read_to = 0  # file size at the last read
         self.names: list[str] | None = None  # a rows file's tensor names
         self.limit: int | None = None  # the commit limit of the last read
+        self.error: CorruptRunError | None = None  # the damage found, once found
 
     def update(self, commit_limit: int | None) -> bool:
         """Read what was appended; True when new records arrived. A short tail (a record
         being written) is checked against ``commit_limit`` (a truncated record of a committed
         step is an error), again when a later call passes a newer limit with no new bytes: a
-        file first read without one (for its header) is checked too."""
+        file first read without one (for its header) is checked too. A file found damaged
+        stays so: every later call raises the same error (its bytes were read past once, and
+        a second read must not find "nothing new")."""
+        if self.error is not None:
+            raise CorruptRunError(self.error.path, self.error.problem, self.error.offset)
+        try:
+            return self._update(commit_limit)
+        except CorruptRunError as exc:
+            self.error = exc
+            raise
+
+    def _update(self, commit_limit: int | None) -> bool:
         try:
             size = self.storage.size(self.path)
         except FileNotFoundError:

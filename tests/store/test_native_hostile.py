@@ -433,3 +433,18 @@ def test_collections_of_the_wrong_types_are_no_names(tmp_path):
     assert collections["c"].tensor_names == ["loss"]
     with pytest.raises(ValueError, match=r"collection 'b' .* 5 is neither"):
         run.tensor_names(collection="b")
+
+
+def test_a_damaged_file_is_an_error_at_every_read_not_only_the_first(tmp_path):
+    """Reading a damaged tensor twice (two tests on one run) fails twice: the second read must
+    not find "nothing new" and hand out a tensor with no steps."""
+    root = make_run(tmp_path / "run")
+    data = bytearray(tensor_file(root).read_bytes())
+    data[record_offsets(tensor_file(root))[1] + RECORD_HEADER.size + 16 + 1] ^= 0xFF  # payload
+    tensor_file(root).write_bytes(bytes(data))
+    run = open_run(root)
+    for _ in range(3):
+        with pytest.raises(CorruptRunError, match="checksum"):
+            run.tensor("x").series()
+        with pytest.raises(CorruptRunError, match="checksum"):
+            run.tensor("x").steps()
