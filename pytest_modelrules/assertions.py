@@ -113,7 +113,8 @@ def _check(run: Any, rule: str, params: dict[str, Any], helper: str) -> RuleResu
     __tracebackhide__ = True
     from .pytest.session import active_session
 
-    params = {k: v for k, v in params.items() if v is not None}
+    # (a parameter given as None reaches the rule: limit=None means "no count limit" there;
+    # the helpers leave out their own arguments that were not given)
     run, result, cached = _evaluate(run, rule, params)
     if not result.evidence_text:
         try:
@@ -426,18 +427,24 @@ def assert_class_balance(run: Any, **params: Any) -> RuleResult:
     return _check(run, "class_imbalance", params, "assert_class_balance")
 
 
+class _Default(int):
+    """A helper argument's default, told apart from the same value given (its repr is the
+    value's, so the signature reads as usual)."""
+
+
 def assert_no_direction_confusion(
-    run: Any, pairs: Any = None, max_confusions: int | None = 10, **params: Any
+    run: Any, pairs: Any = None, max_confusions: int | None = _Default(10), **params: Any
 ) -> RuleResult:
     """DirectionConfusion: fails when a pair (e.g. ``[(19, 20)]``) is confused, both ways
-    together, more than ``max_confusions`` times (the rule's ``limit``), as the seed's rule."""
+    together, more than ``max_confusions`` times (the rule's ``limit``; None: the rate
+    ``max_rate`` alone), as the seed's rule."""
     __tracebackhide__ = True
-    if "limit" in params and max_confusions != 10:
+    if "limit" in params and not isinstance(max_confusions, _Default):
         raise TypeError("give max_confusions or limit, not both")
-    params.setdefault("limit", max_confusions)
-    return _check(
-        run, "direction_confusion", {"pairs": pairs, **params}, "assert_no_direction_confusion"
-    )
+    params.setdefault("limit", None if max_confusions is None else int(max_confusions))
+    if pairs is not None:
+        params["pairs"] = pairs
+    return _check(run, "direction_confusion", params, "assert_no_direction_confusion")
 
 
 def _alias(params: dict[str, Any], key: str, value: Any, given_as: str) -> None:

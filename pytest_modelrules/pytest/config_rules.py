@@ -32,6 +32,8 @@ from typing import Any
 
 import pytest
 
+from . import options
+
 RESERVED = ("rule", "id", "xfail", "strict")
 TOOL_KEY = "pytest_modelrules"
 
@@ -151,11 +153,11 @@ def parse_line(line: str, where: str) -> RuleSpec:
     return _spec(entry, where)
 
 
-def from_ini(lines: list[str]) -> list[RuleSpec]:
+def from_ini(lines: list[str], where: str = "ini") -> list[RuleSpec]:
     out = []
     for i, line in enumerate(lines, 1):
         if line.strip() and not line.strip().startswith("#"):
-            out.append(parse_line(line, f"ini model_rules line {i}"))
+            out.append(parse_line(line, f"{where} model_rules line {i}"))
     return out
 
 
@@ -165,5 +167,6 @@ def declared_rules(config: pytest.Config) -> list[RuleSpec]:
     path = pyproject_path(config)
     if path is not None:
         specs.extend(from_pyproject(path))
-    specs.extend(from_ini(config.getini("model_rules") or []))
+    where = str(config.inipath) if config.inipath else "ini"
+    specs.extend(from_ini(options.ini_lines(config, "model_rules"), where))
     return specs

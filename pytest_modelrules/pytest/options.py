@@ -118,6 +118,47 @@ def _ini_base(config: pytest.Config) -> Path:
     return Path(config.inipath).parent if config.inipath else Path(config.rootpath)
 
 
+def _ini_file(config: pytest.Config) -> str:
+    return str(config.inipath) if config.inipath else "the ini file"
+
+
+def ini_text(config: pytest.Config, name: str) -> str:
+    """The ini option ``name`` as text; a UsageError naming the file and the key when the
+    file gives it another type (a TOML list or table, say)."""
+    value = config.getini(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise pytest.UsageError(
+            f"{_ini_file(config)}: {name} = {value!r}: expected one string (a path or URL)"
+        )
+    return value
+
+
+def ini_lines(config: pytest.Config, name: str) -> list[str]:
+    """The ini option ``name`` as lines of text (a TOML list of strings, or a string of
+    lines); a UsageError naming the file and the key for anything else."""
+    value = config.getini(name) or []
+    if isinstance(value, str):
+        value = value.splitlines()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise pytest.UsageError(
+            f"{_ini_file(config)}: {name} = {value!r}: expected lines of text (a list of strings)"
+        )
+    return value
+
+
+def _cli_value(config: pytest.Config, dest: str, flag: str) -> None:
+    """Refuse an empty command-line value (``--model-run=`` from an unset CI variable), which
+    would otherwise skip every model test or override the ini with nothing."""
+    value = config.getoption(dest)
+    values = value if isinstance(value, list) else [] if value is None else [value]
+    if any(not str(v).strip() for v in values):
+        raise pytest.UsageError(
+            f"{flag} was given an empty value (an unset variable?): give a run's path or URL"
+        )
+
+
 def parse_run_spec(text: str, base: Path) -> RunSpec:
     """``PATH``, ``URL`` or ``NAME=PATH``; the name defaults to the folder's last part."""
     text = text.strip()
@@ -145,20 +186,22 @@ def _unique(specs: list[RunSpec]) -> list[RunSpec]:
 
 def run_specs(config: pytest.Config) -> list[RunSpec]:
     """The runs to test: ``--model-run`` values, else the ini's ``model_run`` lines."""
+    _cli_value(config, "model_run", "--model-run")
     cli = config.getoption("model_run") or []
     if cli:
         base = Path(config.invocation_params.dir)
-        return _unique([parse_run_spec(t, base) for t in cli if t.strip()])
-    lines = config.getini("model_run") or []
+        return _unique([parse_run_spec(t, base) for t in cli])
+    lines = ini_lines(config, "model_run")
     return _unique([parse_run_spec(t, _ini_base(config)) for t in lines if t.strip()])
 
 
 def baseline_spec(config: pytest.Config) -> RunSpec | None:
     """The baseline run: ``--model-run-baseline``, else the ini's ``model_run_baseline``."""
+    _cli_value(config, "model_run_baseline", "--model-run-baseline")
     cli = config.getoption("model_run_baseline")
     if cli:
         return parse_run_spec(cli, Path(config.invocation_params.dir))
-    ini = (config.getini("model_run_baseline") or "").strip()
+    ini = ini_text(config, "model_run_baseline").strip()
     if ini:
         return parse_run_spec(ini, _ini_base(config))
     return None
@@ -166,16 +209,27 @@ def baseline_spec(config: pytest.Config) -> RunSpec | None:
 
 def report_dir(config: pytest.Config) -> Path | None:
     """The ``--model-rules-report`` folder (or the ini's), or None."""
+    _cli_value(config, "model_rules_report", "--model-rules-report")
     cli = config.getoption("model_rules_report")
+    ini = ini_text(config, "model_rules_report").strip()
     if cli:
-        return Path(_resolve(cli, Path(config.invocation_params.dir)))
-    ini = (config.getini("model_rules_report") or "").strip()
-    if ini:
-        return Path(_resolve(ini, _ini_base(config)))
-    return None
+        path, where = (
+            Path(_resolve(cli, Path(config.invocation_params.dir))),
+            "--model-rules-report",
+        )
+    elif ini:
+        path, where = (
+            Path(_resolve(ini, _ini_base(config))),
+            f"{_ini_file(config)}: model_rules_report",
+        )
+    else:
+        return None
+    if path.exists() and not path.is_dir():  # found now, not when the session ends
+        raise pytest.UsageError(f"{where}: {path} is a file; the report needs a folder")
+    return path
 
 
 def cache_dir(config: pytest.Config) -> Path | None:
     """The ini's ``model_run_cache`` folder (relative to the ini file), or None."""
-    ini = (config.getini("model_run_cache") or "").strip()
+    ini = ini_text(config, "model_run_cache").strip()
     return Path(_resolve(ini, _ini_base(config))) if ini else None

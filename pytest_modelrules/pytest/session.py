@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import options
+from . import config_rules, options
 from .options import RunSpec
 
 if TYPE_CHECKING:
@@ -104,6 +104,8 @@ class ModelRulesSession:
         workerinput = getattr(config, "workerinput", None)
         self.worker: str = workerinput["workerid"] if workerinput else "main"
         self.is_controller = workerinput is None
+        if self.is_controller:  # a bad declaration is a usage error here, before xdist's
+            config_rules.declared_rules(config)  # workers would meet it at collection
         self._opened: dict[tuple[str, str], Run] = {}
         self._cache: dict[str, RuleResult] = {}
         self.evaluations = 0  # rule evaluations really done in this process

@@ -31,6 +31,12 @@ class _UnitActivityRule(BuiltinRule):
 
     figure_label: ClassVar[str] = "inactive"
 
+    def _validate(self) -> None:
+        for p in ("threshold_inactivity", "threshold_layer"):  # percents
+            v = getattr(self, p)
+            if v is None or not 0 <= v <= 100:
+                raise self.param_error(p, f"is a percent and must lie in [0, 100], got {v}")
+
     def _active_fraction(self, run: Any, name: str) -> tuple[np.ndarray, np.ndarray, str]:
         """(global steps, (steps x units) fraction of samples in which each unit is active,
         the source used)."""
@@ -200,6 +206,7 @@ class SaturatedActivation(_UnitActivityRule):
     }
 
     def _validate(self) -> None:
+        super()._validate()
         if self.threshold_tanh_min >= self.threshold_tanh_max:
             raise self.param_error("threshold_tanh_min", "must be below threshold_tanh_max")
         if self.threshold_sigmoid_min >= self.threshold_sigmoid_max:

@@ -226,6 +226,9 @@ class ClassImbalance(BuiltinRule):
             )
         if self.samples is None or self.samples < 1:
             raise self.param_error("samples", f"must be >= 1, got {self.samples}")
+        t = self.threshold_misprediction
+        if t is not None and not 0 <= t <= 1:  # a fraction: 70 for 70 % would turn it off
+            raise self.param_error("threshold_misprediction", f"must lie in [0, 1], got {t}")
 
     def _evaluate(self, run: Any) -> RuleResult:
         lname, pname = resolve_labels_predictions(

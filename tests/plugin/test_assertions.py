@@ -163,3 +163,20 @@ def test_baseline_fixture_and_config_rule(pytester: pytest.Pytester, run_inner, 
             "SKIPPED [[]1[]] tox.ini:1: no baseline*",
         ]
     )
+
+
+def test_a_parameter_given_as_none_reaches_the_rule(smdebug_fixture_dir) -> None:
+    """limit=None means "the rate alone" to DirectionConfusion: the helper, assert_rule and
+    evaluate all pass it on (the helpers used to drop every None, so the count limit of 10
+    came back)."""
+    from pytest_modelrules import evaluate, open_run
+
+    run = open_run(smdebug_fixture_dir)
+    params = {"pairs": [(19, 20)], "max_rate": 0.9}
+    assert not evaluate(run, "direction_confusion", limit=None, **params).triggered
+    assert assertions.assert_no_direction_confusion(run, max_confusions=None, **params).passed
+    assert assertions.assert_rule(run, "direction_confusion", limit=None, **params).passed
+    with pytest.raises(ModelRuleFailure, match="limit 10"):  # the default count limit
+        assertions.assert_no_direction_confusion(run, **params)
+    with pytest.raises(TypeError, match="not both"):  # even when max_confusions is the default's
+        assertions.assert_no_direction_confusion(run, max_confusions=10, limit=3, **params)

@@ -150,7 +150,7 @@ def test_an_unknown_rule_or_parameter_errors_with_the_rule_message(
     out = result.stdout.str()
     assert "unknown rule 'no_such_rule'" in out or "no_such_rule" in out.split("FAILURES")[1]
     assert "threshold_layr" in out and "threshold_layer" in out
-    assert "(declared in ini model_rules line 2)" in out
+    assert f"(declared in {pytester.path / 'tox.ini'} model_rules line 2)" in out
 
 
 def test_a_marker_rule_that_cannot_run_shows_its_error_not_plugin_frames(

@@ -182,3 +182,50 @@ def test_run_spec_parsing() -> None:
     assert url.name == "debug-output?x=1"
     named_url = parse_run_spec("prod=s3://bucket/job", base)
     assert (named_url.name, named_url.location) == ("prod", "s3://bucket/job")
+
+
+@pytest.mark.parametrize(
+    "line, key",
+    [
+        ('model_run_baseline = ["a", "b"]', "model_run_baseline"),
+        ('model_rules_report = ["a", "b"]', "model_rules_report"),
+        ('model_rules = [{ rule = "class_imbalance" }]', "model_rules"),
+        ("model_run = [1, 2]", "model_run"),
+    ],
+)
+def test_an_ini_option_of_the_wrong_type_is_a_usage_error_naming_it(
+    pytester: pytest.Pytester, run_inner, line: str, key: str
+) -> None:
+    """A TOML list where a path belongs (or a table where lines belong) is one usage error
+    naming the file and the key, not an internal error."""
+    pytester.makepyprojecttoml(f"[tool.pytest.ini_options]\n{line}\n")
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    result = run_inner()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*pyproject.toml: {key} = *: expected *"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.parametrize(
+    "flag", ["--model-run=", "--model-run-baseline= ", "--model-rules-report="]
+)
+def test_an_empty_command_line_value_is_a_usage_error(
+    pytester: pytest.Pytester, run_inner, flag: str
+) -> None:
+    """An unset CI variable (--model-run=$RUN) must not skip every model test and pass."""
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    result = run_inner(flag)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{flag.split('=')[0]} was given an empty value*"])
+
+
+def test_a_report_folder_that_is_a_file_is_refused_at_once(
+    pytester: pytest.Pytester, run_inner, runs
+) -> None:
+    """Found when the session starts, not as a crash when it ends."""
+    target = pytester.path / "afile"
+    target.write_text("not a folder")
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    result = run_inner(f"--model-run={runs['good']}", f"--model-rules-report={target}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--model-rules-report: {target} is a file*"])

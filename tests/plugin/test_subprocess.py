@@ -80,6 +80,22 @@ LAZY_CHECK = """
 
 
 @pytest.mark.slow
+def test_a_bad_rule_declaration_is_a_usage_error_under_xdist_too(pytester: pytest.Pytester) -> None:
+    """Checked on the controller when pytest starts: one usage error, not the workers'
+    internal errors at collection."""
+    pytest.importorskip("xdist")
+    pytester.makepyprojecttoml(
+        "[tool.pytest.ini_options]\n\n[tool.pytest_modelrules]\n"
+        "rules = [ { threshold_imbalance = 10 } ]\n"
+    )
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    result = pytester.runpytest_subprocess(*FAST, "-n", "2", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*rules[[]0[]]: a rule entry needs `rule = *"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.slow
 def test_the_plugin_imports_nothing_heavy_in_other_projects_tests(
     pytester: pytest.Pytester,
 ) -> None:

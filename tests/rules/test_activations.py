@@ -327,3 +327,16 @@ def test_rules_are_registered_with_their_defaults() -> None:
         "threshold_layer": 50.0,
     }
     assert DeadRelu.default_enabled and not SaturatedActivation.default_enabled
+
+
+@pytest.mark.parametrize("param", ["threshold_inactivity", "threshold_layer"])
+@pytest.mark.parametrize("value", [-5, 100.5, 200])
+@pytest.mark.parametrize("rule", [DeadRelu, SaturatedActivation])
+def test_percent_thresholds_outside_0_100_are_refused(rule, param, value) -> None:
+    """A percent of 200 or -5 would silently pass or fail every layer: refused, named."""
+    from pytest_modelrules import RuleParameterError
+
+    with pytest.raises(RuleParameterError, match=f"{param}.*must lie in \\[0, 100\\]"):
+        rule(**{param: value})
+    rule(**{param: 0})  # the edges are fine
+    rule(**{param: 100})

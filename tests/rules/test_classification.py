@@ -512,3 +512,14 @@ def test_ignored_labels_are_left_out(tmp_path):
     counts = ClassImbalance(samples=1).evaluate(run).evidence["class_counts"]
     assert counts.tolist() == [2, 2]
     assert not Confusion().evaluate(run).triggered
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, 70])
+def test_threshold_misprediction_is_a_fraction(value):
+    """70 meant as 70 % would switch the misprediction check off: refused, named."""
+    from pytest_modelrules import RuleParameterError
+
+    with pytest.raises(RuleParameterError, match=r"threshold_misprediction.*\[0, 1\]"):
+        ClassImbalance(threshold_misprediction=value)
+    ClassImbalance(threshold_misprediction=None)  # off, as documented
+    ClassImbalance(threshold_misprediction=1)
