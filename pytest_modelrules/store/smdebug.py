@@ -75,8 +75,12 @@ def _worker_key(name: str) -> tuple[int, str]:
     return (int(m.group(1)) if m else 1 << 62, name)
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def _int(value: Any) -> bool:
-    return type(value) is int
+    """A JSON integer that fits the int64 columns the index is kept in."""
+    return type(value) is int and -_INT64_MAX <= value <= _INT64_MAX
 
 
 class _Columns:
@@ -139,7 +143,12 @@ class SMDebugRecords(TensorRecords):
         paths = [paths_of[e] for e in self._event[idx].tolist()]
         starts = self._start[idx].tolist()
         lengths = self._length[idx].tolist()
-        blobs = self.backend.storage.read_ranges(paths, starts, lengths, writable=True)
+        try:
+            blobs = self.backend.storage.read_ranges(paths, starts, lengths, writable=True)
+        except FileNotFoundError as exc:  # as wall_times says it
+            raise CorruptRunError(
+                str(exc.filename or paths[0]), "an index names this event file; it is missing"
+            ) from None
         steps = self.steps[idx].tolist()
         modes = self.modes[idx].tolist()
         mode_steps = self.mode_steps[idx].tolist()
@@ -307,7 +316,10 @@ class SMDebugBackend(Backend):
         event = None
         if payload:
             event = self._event_path(path, meta.get("event_file_name"), step, worker)
-        wid = self._worker_ids.setdefault(worker, len(self._worker_ids))
+        wid = self._worker_ids.get(worker, len(self._worker_ids))
+        if wid in self._step_workers.get(step, ()):  # it would count as a second worker
+            raise CorruptRunError(path, f"step {step} of {worker} is indexed a second time")
+        self._worker_ids.setdefault(worker, wid)
         seen_names: set[str] = set()
         for entry in payload:
             if not isinstance(entry, dict):

@@ -256,6 +256,8 @@ TF_CODE_OF_DTYPE: dict[np.dtype, int] = {
     np.dtype("<u4"): 22, np.dtype("<u8"): 23,
 }  # fmt: skip
 MAX_DIMS = 64
+#: elements a tensor may span (a dimension of 0 counted as 1): past it, a hostile shape
+MAX_ELEMENTS = 1 << 40
 MAX_STRING_ARRAY_BYTES = 256 << 20
 
 _MODE_CODES = {b"1": 1, b"2": 2, b"3": 3, b"4": 4}
@@ -485,6 +487,7 @@ def decode_tensor(buf: bytes, start: int, end: int) -> np.ndarray:
         return fast
     dtype_code = 0
     dims: list[int] = []
+    shaped = False
     content = None
     strings: list[tuple[int, int]] = []
     packed: dict[int, list[tuple[int, int, int]]] = {}
@@ -492,6 +495,9 @@ def decode_tensor(buf: bytes, start: int, end: int) -> np.ndarray:
         if num == 1 and wt == 0:
             dtype_code = a
         elif num == 2 and wt == 2:
+            if shaped:  # one TensorShapeProto per tensor (a second would add its dimensions)
+                raise FramingError("tensor with two shapes", a)
+            shaped = True
             key = bytes(buf[a:b])
             cached = _dims_cache.get(key)
             if cached is not None:
@@ -510,7 +516,12 @@ def decode_tensor(buf: bytes, start: int, end: int) -> np.ndarray:
                         raise FramingError(f"more than {MAX_DIMS} dimensions", sa)
                 elif snum == 3 and swt == 0 and sa:
                     raise FramingError("tensor of unknown rank", a)
-            if len(_dims_cache) < 4096:
+            extent = 1
+            for d in dims:
+                extent *= max(d, 1)  # a zero beside huge dimensions: no values, yet no array
+            if extent > MAX_ELEMENTS:
+                raise FramingError(f"tensor of shape {tuple(dims)} is larger than allowed", a)
+            if len(_dims_cache) < 4096:  # only a whole, checked shape (shared by every run)
                 _dims_cache[key] = tuple(dims)
         elif num == 4 and wt == 2:
             content = (a, b)
@@ -581,6 +592,8 @@ def _typed_values(buf, packed, dtype: np.dtype, dims, count: int, where: int) ->
         if num in (7, 10):  # int32 / int64 are two's complement varints
             ints = [_signed64(v) for v in ints]
         if num == 13:  # half_val holds float16 bit patterns
+            if any(v > 0xFFFF for v in ints):
+                raise FramingError("half_val entry wider than 16 bits", where)
             vals = np.asarray(ints, np.uint16).view(np.float16)
         else:
             vals = np.asarray(ints, dtype=np.int64 if num in (7, 10) else np.uint64)
@@ -598,7 +611,7 @@ def _strings(buf: bytes, spans: list[tuple[int, int]], dims, count: int, where: 
     longest = max((e - s for s, e in spans), default=0)
     if 4 * longest * len(spans) > MAX_STRING_ARRAY_BYTES:
         raise FramingError("string tensor too large to hold as a fixed-width array", where)
-    raw = [buf[s:e] for s, e in spans]
+    raw = [bytes(buf[s:e]) for s, e in spans]  # (a bytearray slice is a sequence to numpy)
     try:
         return np.array([r.decode("utf-8") for r in raw], dtype=f"<U{max(longest, 1)}").reshape(
             dims
