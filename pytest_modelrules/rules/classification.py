@@ -440,6 +440,21 @@ def _worst_wrong(data: LabelData, j: int, c: int) -> int | None:
 _SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)
 
 
+def _check_classes(rule: Any, run: Any, param: str, classes: list[int]) -> None:
+    """A class a parameter names that the run's class names do not have is a typo, not a
+    class without samples: refused, naming it (runs without class names cannot tell)."""
+    names = run.class_names
+    if not names:
+        return
+    outside = sorted({c for c in classes if c >= len(names)})
+    if outside:
+        raise rule.param_error(
+            param,
+            f"names class {', '.join(map(str, outside))}; the run's {len(names)} classes are "
+            f"0 to {len(names) - 1}",
+        )
+
+
 def mirror_pairs(class_names: list[str] | None) -> list[tuple[int, int]]:
     """Pairs of classes whose names differ only by "left" <-> "right" (e.g. GTSRB's
     "Keep right" / "Keep left" -> (38, 39)); a name without a twin gives no pair."""
@@ -523,6 +538,7 @@ class DirectionConfusion(BuiltinRule):
 
     def _evaluate(self, run: Any) -> RuleResult:
         pairs = sorted({(min(a, b), max(a, b)) for a, b in (self.pairs or [])})
+        _check_classes(self, run, "pairs", [c for pair in pairs for c in pair])
         source = "given"
         if not pairs:
             pairs = mirror_pairs(run.class_names)
@@ -693,6 +709,8 @@ class RecallFloor(BuiltinRule):
                 f"The run has no {mode.name} steps with {lname}; nothing judged.",
                 skipped=True,
             )
+        if self.classes is not None:
+            _check_classes(self, run, "classes", list(self.classes))
         groups = recall_by_phase(run, data, mode, self.phases)
         trig: list[int] = []
         lines: list[str] = []

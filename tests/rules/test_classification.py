@@ -523,3 +523,16 @@ def test_threshold_misprediction_is_a_fraction(value):
         ClassImbalance(threshold_misprediction=value)
     ClassImbalance(threshold_misprediction=None)  # off, as documented
     ClassImbalance(threshold_misprediction=1)
+
+
+def test_classes_the_run_does_not_have_are_refused_not_passed(tmp_path):
+    """With class names stored, a pair or a class past them is a typo: an error naming it,
+    where it used to pass as "0 confusions" or be skipped."""
+    names = ["a", "b", "c", "d", "e"]
+    steps = [("EVAL", [1, 2] * 20, [2, 1] * 20)]
+    run = write_steps(tmp_path / "r", steps, metadata={"class_names": names}, k=5)
+    with pytest.raises(RuleParameterError, match=r"pairs.*names class 99; the run's 5 classes"):
+        DirectionConfusion(pairs=[(1, 99)]).evaluate(run)
+    with pytest.raises(RuleParameterError, match=r"classes.*names class 77"):
+        RecallFloor(min_recall=0.1, classes=[77]).evaluate(run)
+    assert DirectionConfusion(pairs=[(1, 2)], limit=100).evaluate(run).triggered is False
