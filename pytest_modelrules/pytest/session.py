@@ -119,25 +119,39 @@ class ModelRulesSession:
 
     # -- runs ----------------------------------------------------------------------------------
 
-    def open(self, spec: RunSpec) -> Run:
-        """The run of a spec, opened once per process (a plugin hook may provide it)."""
+    def open(self, spec: RunSpec, role: str = "--model-run") -> Run:
+        """The run of a spec, opened once per process (a plugin hook may provide it). A run
+        that cannot be opened (missing, not a run, damaged) fails the test that needs it
+        with the reader's one-line message, naming the option it came from, and no frames
+        of the plugin's."""
+        __tracebackhide__ = True
         key = (spec.name, spec.location)
         run = self._opened.get(key)
         if run is None:
-            run = self.config.hook.pytest_modelrules_open_run(
-                config=self.config, location=spec.location, name=spec.name
-            )
-            if run is None:
-                from ..store.run import open_run
+            from ..exceptions import RunError
 
-                run = open_run(spec.location, name=spec.name)
+            try:
+                run = self.config.hook.pytest_modelrules_open_run(
+                    config=self.config, location=spec.location, name=spec.name
+                )
+                if run is None:
+                    from ..store.run import open_run
+
+                    run = open_run(spec.location, name=spec.name)
+            except RunError as exc:
+                failed = f"{role} {spec.name} ({spec.location}): {type(exc).__name__}: {exc}"
+            else:
+                failed = ""
+            if failed:  # raised outside the except: no "during handling" chain in the log
+                pytest.fail(failed, pytrace=False)
             self._opened[key] = run
         return run
 
     def open_baseline(self) -> Run:
+        __tracebackhide__ = True
         if self.baseline is None:
             pytest.skip(options.NO_BASELINE_REASON)
-        return self.open(self.baseline)
+        return self.open(self.baseline, role="--model-run-baseline")
 
     # -- rules ---------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..exceptions import (
+    ModelRulesError,
     RunNotFoundError,
     StepUnavailable,
     TensorUnavailable,
@@ -793,11 +794,22 @@ def open_run(
     """
     if isinstance(path, Run):
         return path
-    from .fs import Storage
+    from .fs import Storage, is_url
 
     location = os.fspath(path)
-    storage = Storage(location, storage_options)
-    kind = layout or detect_layout(location, storage)
+    try:
+        storage = Storage(location, storage_options)
+        kind = layout or detect_layout(location, storage)
+    except ModelRulesError:
+        raise
+    except Exception as exc:
+        if not is_url(location):
+            raise
+        # an unknown protocol, missing credentials, an unreachable server: said with the URL
+        # (fsspec and its backends raise their own types)
+        raise RunNotFoundError(
+            f"{location}: cannot be opened ({type(exc).__name__}: {exc})"
+        ) from exc
     if kind == "native":
         from .native import NativeBackend
 

@@ -168,7 +168,19 @@ def test_a_missing_run_is_an_error_that_names_the_path(
     missing = tmp_path / "no-such-run"
     result = run_inner(f"--model-run={missing}")
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines([f"*{missing}*no such file or folder*"])
+    result.stdout.fnmatch_lines([f"--model-run no-such-run ({missing}): RunNotFoundError: *"])
+    out = result.stdout.str()
+    assert "session.py" not in out and "During handling" not in out  # one line, no frames
+
+
+def test_a_missing_baseline_says_it_is_the_baseline(
+    pytester: pytest.Pytester, run_inner, runs, tmp_path
+) -> None:
+    pytester.makepyfile("def test_b(baseline_run):\n    pass\n")
+    missing = tmp_path / "gone"
+    result = run_inner(f"--model-run={runs['good']}", f"--model-run-baseline={missing}")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([f"--model-run-baseline gone ({missing}): RunNotFoundError: *"])
 
 
 def test_run_spec_parsing() -> None:
