@@ -47,7 +47,7 @@ def _find(run: Any, regex: str | None, collection: str | None, fallbacks: tuple[
         names = run.tensor_names(regex=fb)
         if names:
             return names[0], f"PyTorch loss input ({regex!r} matched nothing)"
-    return None, f"regex {regex!r}, nor the PyTorch loss input {fallbacks[0][1:-1]!r},"
+    return None, f"regex {regex!r}, nor the PyTorch loss input {fallbacks[0][1:-1]!r}"
 
 
 def resolve_labels_predictions(
@@ -65,9 +65,9 @@ def resolve_labels_predictions(
     labels, how_l = _find(run, labels_regex, labels_collection, _FALLBACK_LABELS)
     preds, how_p = _find(run, predictions_regex, predictions_collection, _FALLBACK_PREDICTIONS)
     if labels is None:
-        raise rule.missing_tensor(run, f"labels tensor ({how_l}, nor {PYTORCH_LABELS})")
+        raise rule.missing_tensor(run, f"labels tensor ({how_l})")
     if preds is None and need_predictions:
-        raise rule.missing_tensor(run, f"predictions tensor ({how_p}, nor {PYTORCH_PREDICTIONS})")
+        raise rule.missing_tensor(run, f"predictions tensor ({how_p})")
     return labels, preds
 
 

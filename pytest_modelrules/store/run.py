@@ -796,6 +796,11 @@ def open_run(
         return path
     from .fs import Storage, is_url
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"a run is a path, an fsspec URL or an open Run, got {type(path).__name__}"
+            + (" (no run given?)" if path is None else "")
+        )
     location = os.fspath(path)
     try:
         storage = Storage(location, storage_options)

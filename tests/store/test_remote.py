@@ -150,3 +150,9 @@ def test_failed_upload_keeps_the_staged_run(tmp_path):
     assert staged.is_dir() and str(staged) in str(err.value)
     run = open_run(staged)
     assert run.steps() == [0]
+
+
+@pytest.mark.parametrize("value", [None, 3, b"bytes"])
+def test_open_run_of_something_that_is_no_run_says_what_it_takes(value):
+    with pytest.raises(TypeError, match="a run is a path, an fsspec URL or an open Run"):
+        open_run(value)
