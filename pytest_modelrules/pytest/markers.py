@@ -59,6 +59,11 @@ def run_marker_rules(item: pytest.Item) -> None:
     for mark in reversed(marks):  # the outermost (module, class) first
         if not mark.args:
             raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.{MARKER} needs a rule name")
+        if len(mark.args) > 1:  # parameters go by name: a second positional one is a slip
+            raise pytest.UsageError(
+                f"{item.nodeid}: @pytest.mark.{MARKER}({mark.args[0]!r}, ...) takes one rule "
+                f"name, then parameters by name; got {mark.args[1:]!r} too"
+            )
         name = str(mark.args[0])
         params: dict[str, Any] = dict(mark.kwargs)
         if needs_baseline(name, params):

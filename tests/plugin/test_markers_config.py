@@ -176,3 +176,25 @@ def test_the_plugin_can_be_disabled(pytester: pytest.Pytester, run_inner, runs) 
     result = run_inner("-p", "no:modelrules")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*fixture 'model_run' not found*"])
+
+
+def test_a_marker_without_a_rule_or_with_extra_positional_arguments_is_refused(
+    pytester: pytest.Pytester, run_inner, runs
+) -> None:
+    pytester.makepyfile(
+        "import pytest\n"
+        "@pytest.mark.model_rule('class_imbalance', 'extra')\n"
+        "def test_extra():\n    pass\n"
+        "@pytest.mark.model_rule()\n"
+        "def test_none():\n    pass\n"
+    )
+    result = run_inner(f"--model-run={runs['good']}")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*model_rule('class_imbalance', ...) takes one rule name, then parameters by name;"
+            " got ('extra',) too*",
+            "*@pytest.mark.model_rule needs a rule name*",
+        ],
+        consecutive=False,
+    )
