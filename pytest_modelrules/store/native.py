@@ -348,7 +348,14 @@ class NativeBackend(Backend):
             try:
                 winfo = load_json(self.storage, wfile)
             except FileNotFoundError:
-                continue  # a worker being created
+                # a worker being created, unless it has committed steps: the writer writes
+                # worker.json before it opens the steps file
+                steps = j(layout.WORKERS_DIR, worker, layout.STEPS_FILE)
+                if self.storage.exists(steps):
+                    raise CorruptRunError(
+                        wfile, "missing, where the worker's steps file is there"
+                    ) from None
+                continue
             self._validate_worker(wfile, winfo)
             self._worker_info[worker] = winfo
             if worker not in self._steps:

@@ -448,3 +448,12 @@ def test_a_damaged_file_is_an_error_at_every_read_not_only_the_first(tmp_path):
             run.tensor("x").series()
         with pytest.raises(CorruptRunError, match="checksum"):
             run.tensor("x").steps()
+
+
+def test_a_worker_with_steps_but_no_worker_json_is_named(tmp_path):
+    """The writer writes worker.json before the steps file: steps without it are damage, not
+    a worker being created (which would read as a run with no tensors)."""
+    root = make_run(tmp_path / "run")
+    wfile = root / "workers" / "worker_0" / "worker.json"
+    wfile.unlink()
+    expect_corrupt(root, "missing, where the worker's steps file is there", wfile)
