@@ -62,29 +62,55 @@ def test_the_process_writes_the_run_the_thread_writes(tmp_path):
         os.kill(rec.writer.pid, 0)
 
 
-def test_a_dead_writer_process_stops_recording_once_and_training_goes_on(tmp_path):
+def _kill_the_process(rec: Recorder, run: Path) -> None:
+    deadline = time.monotonic() + 30
+    while len(open_run(run).steps()) < 3:  # steps 0-2 committed by the process
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(rec.writer.pid, signal.SIGKILL)
+
+
+def _break_the_tensors_folder(rec: Recorder, run: Path) -> None:
+    """No tensor file can open: the process's write of the next step fails."""
+    tensors = run / "workers" / "worker_0" / "tensors"
+    if tensors.is_dir():
+        tensors.rmdir()
+    tensors.write_text("not a folder")
+
+
+@pytest.mark.parametrize(
+    "sabotage, message, kept",
+    [
+        (_kill_the_process, "is gone", 3),
+        (_break_the_tensors_folder, "the writer process failed", 0),
+    ],
+    ids=["process-killed", "write-fails"],
+)
+def test_a_failing_writer_process_stops_recording_once_and_training_goes_on(
+    tmp_path, sabotage, message, kept
+):
+    """The process killed after 3 steps, or its write failing (the disk): one report, the
+    recording stops, training is unchanged, the steps committed before stay, unended."""
     data = batches(8)
     model, loss_fn, opt = _fresh()
     baseline = train(model, loss_fn, opt, data)
     model, loss_fn, opt = _fresh()
+    run = tmp_path / "run"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1,
+        with Recorder(run, model, loss=loss_fn, optimizer=opt, save_interval=1,
                       writer_process=True) as rec:  # fmt: skip
-            losses = train(model, loss_fn, opt, data[:3])
-            deadline = time.monotonic() + 30
-            while len(open_run(tmp_path / "run").steps()) < 3:  # committed by the process
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
-            os.kill(rec.writer.pid, signal.SIGKILL)
-            losses += train(model, loss_fn, opt, data[3:])
+            losses = train(model, loss_fn, opt, data[:kept])
+            sabotage(rec, run)
+            losses += train(model, loss_fn, opt, data[kept:])
     assert losses == baseline
     ours = [str(w.message) for w in caught if "Recorder" in str(w.message)]
     assert len(ours) == 1, ours
-    assert "writer process" in ours[0] and "is gone" in ours[0]
+    assert message in ours[0]
     assert rec.dead
-    run = open_run(tmp_path / "run")
-    assert run.steps()[:3] == [0, 1, 2] and not run.has_ended
+    if kept:
+        reread = open_run(run)
+        assert reread.steps()[:kept] == list(range(kept)) and not reread.has_ended
 
 
 def test_a_run_the_process_cannot_write_is_one_error(tmp_path):
@@ -187,27 +213,3 @@ def test_layouts_travel_as_json_and_back():
                 assert got == want
     with pytest.raises(ValueError, match="unknown layout"):
         host.layout_from_json(["other"])
-
-
-def test_a_write_failing_in_the_process_is_reported_once(tmp_path):
-    """The process's failure to write a step (here its tensors folder is a file: no tensor
-    file opens) comes back as that step's answer: one report, recording stops, training
-    goes on, the run is left unended."""
-    data = batches(4)
-    model, loss_fn, opt = _fresh()
-    baseline = train(model, loss_fn, opt, data)
-    model, loss_fn, opt = _fresh()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1,
-                      writer_process=True) as rec:  # fmt: skip
-            tensors = tmp_path / "run" / "workers" / "worker_0" / "tensors"
-            if tensors.is_dir():
-                tensors.rmdir()
-            tensors.write_text("not a folder")
-            losses = train(model, loss_fn, opt, data)
-    assert losses == baseline
-    ours = [str(w.message) for w in caught if "Recorder" in str(w.message)]
-    assert len(ours) == 1, ours
-    assert "the writer process failed" in ours[0]
-    assert rec.dead and not open_run(tmp_path / "run").has_ended
