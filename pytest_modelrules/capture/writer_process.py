@@ -31,6 +31,7 @@ import struct
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,9 @@ class ProcessWriter:
     def pid(self) -> int:
         return self._proc.pid
 
-    def _request(self, head: dict[str, Any], payload: list[Any] = (), opening: bool = False):  # type: ignore[assignment]
+    def _request(
+        self, head: dict[str, Any], payload: Sequence[Any] = (), opening: bool = False
+    ) -> None:
         """Send one message and wait for the process's answer; raise what it reports."""
         raw = json.dumps(head, default=_json_default).encode()
         size = sum(memoryview(p).nbytes for p in payload)
