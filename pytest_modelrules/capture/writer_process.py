@@ -222,8 +222,13 @@ def _serve(inp: Any, out: Any) -> None:
     layouts: dict[int, Any] = {}
 
     def answer(reply: dict[str, Any]) -> None:
-        out.write(json.dumps(reply).encode() + b"\n")
-        out.flush()
+        try:
+            out.write(json.dumps(reply).encode() + b"\n")
+            out.flush()
+        except OSError:  # the training process is gone: what was committed stays
+            if writer is not None:
+                writer.abort()
+            raise SystemExit(0) from None
 
     while True:
         frame = _read_exact(inp, _FRAME.size)
