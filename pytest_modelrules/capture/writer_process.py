@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -301,6 +302,9 @@ def _serve(inp: Any, out: Any) -> None:
 def main() -> None:
     """Entry point of the writer process: messages on stdin, answers on stdout (anything
     else the process prints goes to stderr)."""
+    # Ctrl-C reaches the whole process group: the training process decides what it means
+    # (its Recorder closes the run with the reason); this process ends when told or at EOF
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr
     _serve(inp, out)

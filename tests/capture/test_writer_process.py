@@ -213,3 +213,48 @@ def test_layouts_travel_as_json_and_back():
                 assert got == want
     with pytest.raises(ValueError, match="unknown layout"):
         host.layout_from_json(["other"])
+
+
+CTRL_C = textwrap.dedent(
+    """
+    import json, os, signal, sys, time, torch
+    sys.path.insert(0, {repo!r}); sys.path.insert(0, {helpers!r})
+    from capture_helpers import TinyNet, batches, train
+    from pytest_modelrules import Recorder, open_run
+    torch.set_num_threads(1)
+    model = TinyNet(); loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    try:
+        with Recorder(sys.argv[1], model, loss=loss_fn, optimizer=opt, save_interval=1,
+                      writer_process=True) as rec:
+            train(model, loss_fn, opt, batches(3))
+            os.killpg(os.getpgrp(), signal.SIGINT)  # Ctrl-C: the whole process group
+            time.sleep(2)
+    except KeyboardInterrupt:
+        pass
+    run = open_run(sys.argv[1])
+    print(json.dumps({{"dead": rec.dead, "ended": run.has_ended, "steps": run.steps(),
+                      "reason": run.end_info.get("reason")}}))
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="process groups (POSIX)")
+def test_ctrl_c_reaches_the_training_not_the_writer_process(tmp_path):
+    """Ctrl-C goes to the terminal's whole process group: the writer process ignores it, so
+    the training's Recorder closes the run with the interrupt as its reason, as with the
+    writer thread."""
+    import json
+
+    script = tmp_path / "train.py"
+    script.write_text(CTRL_C.format(repo=str(REPO), helpers=str(Path(__file__).parent)))
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "run")], capture_output=True, text=True,
+        timeout=120, start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got == {
+        "dead": False, "ended": True, "steps": [0, 1, 2], "reason": "error: KeyboardInterrupt: "
+    }, proc.stderr[-2000:]  # fmt: skip
