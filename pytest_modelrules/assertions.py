@@ -18,6 +18,7 @@ import math
 import os
 from typing import TYPE_CHECKING, Any
 
+from .exceptions import RuleParameterError
 from .textplot import bar_chart, fmt_number, series_window, sparkline
 
 if TYPE_CHECKING:
@@ -109,13 +110,24 @@ def _evaluate(run: Any, rule: str, params: dict[str, Any]) -> tuple[Any, RuleRes
     return run, result, cached
 
 
-def _check(run: Any, rule: str, params: dict[str, Any], helper: str) -> RuleResult:
+def _check(
+    run: Any, rule: str, params: dict[str, Any], helper: str, aliases: dict[str, str] | None = None
+) -> RuleResult:
     __tracebackhide__ = True
     from .pytest.session import active_session
 
     # (a parameter given as None reaches the rule: limit=None means "no count limit" there;
     # the helpers leave out their own arguments that were not given)
-    run, result, cached = _evaluate(run, rule, params)
+    try:
+        run, result, cached = _evaluate(run, rule, params)
+    except RuleParameterError as exc:
+        for key, given_as in (aliases or {}).items():  # the argument the caller wrote
+            if f"parameter {key!r}" in str(exc):
+                raise RuleParameterError(
+                    f"{helper}: {given_as}={params[key]!r}: "
+                    + str(exc).replace(f"parameter {key!r}", f"parameter {key!r} ({given_as})")
+                ) from None
+        raise
     if not result.evidence_text:
         try:
             result.evidence_text = render_evidence(result, run)
@@ -447,22 +459,24 @@ def assert_no_direction_confusion(
     return _check(run, "direction_confusion", params, "assert_no_direction_confusion")
 
 
-def _alias(params: dict[str, Any], key: str, value: Any, given_as: str) -> None:
+def _alias(params: dict[str, Any], key: str, value: Any, given_as: str) -> dict[str, str]:
     """Put a helper's friendlier argument ``given_as`` into the rule parameter ``key``;
-    giving both is a TypeError."""
+    giving both is a TypeError. Returns {key: given_as} when it was given (for _check's
+    errors, which then name the argument the caller wrote)."""
     if value is None:
-        return
+        return {}
     if params.get(key) is not None:
         raise TypeError(f"give {given_as} or {key}, not both")
     params[key] = value
+    return {key: given_as}
 
 
 def assert_dead_relu_below(run: Any, percent: float | None = None, **params: Any) -> RuleResult:
     """DeadRelu: fails when a layer has more than ``percent`` (``threshold_layer``, 50) dead
     units; ``threshold_inactivity`` (1), ``tensor_regex`` (``.*relu_output``)."""
     __tracebackhide__ = True
-    _alias(params, "threshold_layer", percent, "percent")
-    return _check(run, "dead_relu", params, "assert_dead_relu_below")
+    aliases = _alias(params, "threshold_layer", percent, "percent")
+    return _check(run, "dead_relu", params, "assert_dead_relu_below", aliases)
 
 
 def assert_no_vanishing_gradient(run: Any, **params: Any) -> RuleResult:
@@ -557,16 +571,16 @@ def assert_similar_across_runs(run: Any, other: Any = None, **params: Any) -> Ru
     __tracebackhide__ = True
     if other is not None:
         other = other if isinstance(other, (list, tuple)) else [other]
-    _alias(params, "other_trials", other, "other")
-    return _check(run, "similar_across_runs", params, "assert_similar_across_runs")
+    aliases = _alias(params, "other_trials", other, "other")
+    return _check(run, "similar_across_runs", params, "assert_similar_across_runs", aliases)
 
 
 def assert_recall_above(run: Any, minimum: float | None = None, **params: Any) -> RuleResult:
     """RecallFloor: every judged class's recall at least ``minimum`` (``min_recall``, 0.5);
     ``min_samples`` (20), ``classes``, ``mode`` (EVAL), ``phases`` ("last")."""
     __tracebackhide__ = True
-    _alias(params, "min_recall", minimum, "minimum")
-    return _check(run, "recall_floor", params, "assert_recall_above")
+    aliases = _alias(params, "min_recall", minimum, "minimum")
+    return _check(run, "recall_floor", params, "assert_recall_above", aliases)
 
 
 def assert_labels_not_noisy(run: Any, min_ratio: float | None = None, **params: Any) -> RuleResult:

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..exceptions import MissingTensorError, RuleError
+from ..exceptions import MissingTensorError, RuleError, RuleParameterError
 from ..modes import ModeKeys
 from .base import BuiltinRule, Param, register
 from .classification import (
@@ -54,7 +54,10 @@ class BaselineComparison(BuiltinRule):
             from .registry import rule_class
 
             for r in self.rules:
-                rule_class(r)  # unknown names fail here, with the list of rules
+                try:
+                    rule_class(r)  # unknown names fail here, with the list of rules
+                except RuleParameterError as exc:
+                    raise self.param_error("rules", f"names {exc}") from None
 
     def _rule_names(self) -> list[str]:
         from .registry import default_rules, rule_class

@@ -180,3 +180,18 @@ def test_a_parameter_given_as_none_reaches_the_rule(smdebug_fixture_dir) -> None
         assertions.assert_no_direction_confusion(run, **params)
     with pytest.raises(TypeError, match="not both"):  # even when max_confusions is the default's
         assertions.assert_no_direction_confusion(run, max_confusions=10, limit=3, **params)
+
+
+def test_a_helper_argument_with_a_bad_value_is_named_as_written(tmp_path) -> None:
+    """percent= and minimum= are the helpers' names for threshold_layer and min_recall: an
+    error names both, and the value the caller wrote."""
+    import numpy as np
+
+    from pytest_modelrules import RunWriter
+
+    with RunWriter(tmp_path / "run") as w:
+        w.write("loss", np.float32(1), 0)
+    with pytest.raises(RuleParameterError, match=r"percent='fifty'.*'threshold_layer' \(percent\)"):
+        assertions.assert_dead_relu_below(tmp_path / "run", percent="fifty")
+    with pytest.raises(RuleParameterError, match=r"minimum=3: .*'min_recall' \(minimum\)"):
+        assertions.assert_recall_above(tmp_path / "run", minimum=3)

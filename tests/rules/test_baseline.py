@@ -96,7 +96,9 @@ def test_lower_is_worse_for_recall_figures(tmp_path):
 def test_bad_parameters():
     with pytest.raises(RuleParameterError, match="baseline"):
         BaselineComparison()
-    with pytest.raises(RuleParameterError, match="unknown rule 'no_such_rule'"):
+    with pytest.raises(
+        RuleParameterError, match="parameter 'rules' names unknown rule 'no_such_rule'"
+    ):
         BaselineComparison(baseline="x", rules="no_such_rule")
     with pytest.raises(RuleParameterError, match="recall_margin"):
         BaselineComparison(baseline="x", recall_margin="-1")
