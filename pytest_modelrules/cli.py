@@ -188,18 +188,22 @@ def check_run(run_path: str, baseline: str | None, rules: Sequence[str] | None) 
             for key, value in (("baseline", base), ("other_trials", [base])):
                 if key in accepted:
                     params.setdefault(key, value)
-        results.append(reg.evaluate(run, name, **params))
+        results.append(reg.evaluate_or_not_judged(run, reg.rule_class(name), params))
     return results
 
 
 def _parse_rule_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """``name`` or ``name:key=value,key=value`` (values as strings, as SageMaker passed them)."""
+    """``name`` or ``name:key=value;key=value`` (values as strings, as SageMaker passed them;
+    ``;`` between parameters, since a value may hold commas: ``pairs=19-20,33-34``)."""
     name, _, rest = spec.partition(":")
     params: dict[str, str] = {}
     for item in filter(None, rest.split(";") if ";" in rest else [rest] if rest else []):
         k, sep, v = item.partition("=")
         if not sep:
-            raise SystemExit(f"modelrules check: bad rule parameter {item!r} in {spec!r}")
+            raise ValueError(
+                f"--rule {spec!r}: {item!r} is not key=value (parameters are "
+                "name:key=value;key=value)"
+            )
         params[k.strip()] = v.strip()
     return name.strip(), params
 
@@ -210,10 +214,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps([r.to_dict() for r in results], default=str))
     triggered = [r.name for r in results if r.triggered and not r.skipped]
+    skipped = sum(1 for r in results if r.skipped)
+    judged = f"{len(results) - skipped} judged, {skipped} not judged"
     if triggered:
-        print(f"{len(triggered)} rule(s) triggered: {', '.join(triggered)}")
+        print(f"{len(triggered)} rule(s) triggered: {', '.join(triggered)} ({judged})")
         return 1
-    print(f"no rule triggered ({len(results)} evaluated)")
+    if results and skipped == len(results):  # an empty or unrelated run must not pass a gate
+        _err(f"no rule could judge {args.run}: it holds none of what they read ({judged})")
+        return 2
+    print(f"no rule triggered ({judged})")
     return 0
 
 
@@ -354,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, ModelRulesError) as exc:
+    except (OSError, ValueError, ModelRulesError) as exc:  # also an output path that is a file
         _err(str(exc))
         return 2
     except KeyboardInterrupt:  # pragma: no cover

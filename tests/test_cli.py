@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pytest_modelrules import cli
+from pytest_modelrules import RunWriter, cli
 
 TINY_FLAGS = [
     "--image-size", "32", "--batch-size", "16", "--train-images", "100",
@@ -84,7 +84,7 @@ def test_check_exit_codes(tiny_run: Path, capsys):
     out = capsys.readouterr().out
     assert "class_imbalance" in out and "1 rule(s) triggered" in out
     assert cli.main(["check", str(tiny_run), "--rule", "dead_relu:threshold_layer=100"]) == 0
-    assert "no rule triggered (1 evaluated)" in capsys.readouterr().out
+    assert "no rule triggered (1 judged, 0 not judged)" in capsys.readouterr().out
 
 
 def test_check_default_rules_and_json(tiny_run: Path, tmp_path: Path, capsys):
@@ -118,7 +118,7 @@ def test_rule_spec_parsing():
     assert cli._parse_rule_spec("class_imbalance:threshold_imbalance=5;samples=10") == (
         "class_imbalance", {"threshold_imbalance": "5", "samples": "10"},
     )  # fmt: skip
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="'oops' is not key=value"):
         cli._parse_rule_spec("dead_relu:oops")
 
 
@@ -170,3 +170,24 @@ def test_run_examples_accepts_a_run_path_relative_to_the_callers_folder(
     # the fixture run confuses 19 and 20 far more than 10 times
     assert outcomes["test_no_direction_confusion_19_20"] == "FAILED"
     assert code == 1
+
+
+def test_check_errors_are_exit_2_and_one_line(tmp_path, capsys, tiny_run):
+    """Bad input exits 2 with one line: an output path that is a file, a malformed --rule;
+    a run no rule can judge exits 2 too (an empty run must not pass a gate); a named rule
+    whose tensors the run lacks is a "not judged" row, not the end of the check."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert cli.main(["check", str(tiny_run), "--json", str(afile / "x.json")]) == 2
+    assert "modelrules: " in capsys.readouterr().err
+    assert cli.main(["check", str(tiny_run), "--rule", "dead_relu:threshold_layer"]) == 2
+    assert "is not key=value (parameters are name:key=value;key=value)" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    RunWriter(empty).close()  # a run, with nothing in it
+    assert cli.main(["check", str(empty)]) == 2
+    assert "no rule could judge" in capsys.readouterr().err
+    code = cli.main(
+        ["check", str(tiny_run), "--rule", "dead_relu", "--rule", "saturated_activation"]
+    )
+    out = capsys.readouterr().out  # ResNet has no tanh or sigmoid: that rule is not judged
+    assert code in (0, 1) and "1 judged, 1 not judged" in out

@@ -149,7 +149,7 @@ def selection_text(collection_names: Any, tensor_regex: Any) -> str:
         parts.append(f"collection_names={collection_names!r}")
     if tensor_regex:
         parts.append(f"tensor_regex={tensor_regex!r}")
-    return " / ".join(parts) or "no selection"
+    return " / ".join(parts) or "the default selection"
 
 
 def apply_per_step(values: Any, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:

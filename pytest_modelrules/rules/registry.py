@@ -81,7 +81,6 @@ def evaluate_defaults(run: Any, *, baseline: Any = None) -> list[RuleResult]:
     """Evaluate the default profile on a run (what ``modelrules check`` and the HTML report
     run when no rule is named). A rule whose tensors the run does not hold comes back as a
     "not judged" result (``skipped=True``) that names what is missing, not as a failure."""
-    from ..exceptions import MissingTensorError
     from ..store.run import open_run
 
     run = open_run(run)
@@ -90,22 +89,29 @@ def evaluate_defaults(run: Any, *, baseline: Any = None) -> list[RuleResult]:
         cls = rule_class(name)
         if baseline is not None and "other_trials" in cls.params:
             params.setdefault("other_trials", [baseline])
-        try:
-            results.append(cls(**params).evaluate(run))
-        except MissingTensorError as exc:
-            results.append(
-                RuleResult(
-                    rule=cls.__name__,
-                    name=cls.name,
-                    triggered=False,
-                    skipped=True,
-                    parameters=params,
-                    explanation=f"not judged: {exc}",
-                    run_name=run.name,
-                    run_path=run.path,
-                )
-            )
+        results.append(evaluate_or_not_judged(run, cls, params))
     return results
+
+
+def evaluate_or_not_judged(run: Any, cls: Any, params: dict[str, Any]) -> RuleResult:
+    """``cls(**params).evaluate(run)``, or, where the run lacks the rule's tensors, a "not
+    judged" result (``skipped=True``) naming what is missing: one rule's missing tensors do
+    not stop a check of many."""
+    from ..exceptions import MissingTensorError
+
+    try:
+        return cls(**params).evaluate(run)
+    except MissingTensorError as exc:
+        return RuleResult(
+            rule=cls.__name__,
+            name=cls.name,
+            triggered=False,
+            skipped=True,
+            parameters=params,
+            explanation=f"not judged: {exc}",
+            run_name=run.name,
+            run_path=run.path,
+        )
 
 
 def evaluate(run: Any, name: Any, **params: Any) -> RuleResult:
