@@ -315,7 +315,23 @@ def plot_loss(
         marks = [(r, ms) for r, tm, ms in triggers if m is None or tm == m]
         keep = np.searchsorted(steps, [ms for _, ms in marks]) if len(steps) else []
         idx = _subsample(len(steps), max_points, keep)
-        ax.plot(steps[idx], vals[idx], color="C0", lw=1.4, label=run.name)
+        finite = np.isfinite(vals[idx])
+        shown = idx[finite]  # NaN / inf cannot be drawn: the line joins the finite values
+        ax.plot(
+            steps[shown], vals[shown], color="C0", lw=1.4, label=run.name,
+            marker="." if not finite.all() else None, ms=4,
+        )  # fmt: skip
+        bad = idx[~finite]
+        if len(bad):  # marked along the bottom of the panel, where no value can hide them
+            ax.plot(
+                steps[bad], np.full(len(bad), 0.02), ls="none", marker="x", color="C3", ms=5,
+                transform=ax.get_xaxis_transform(), label=f"NaN / inf ({len(bad)} steps)",
+            )  # fmt: skip
+        if len(idx) and not finite.any():
+            ax.text(
+                0.5, 0.5, f"all {len(bad)} loss values shown are NaN or inf",
+                transform=ax.transAxes, ha="center", va="center", color="C3",
+            )  # fmt: skip
         if base is not None and base.has_tensor(name):
             bsteps, bvals = _scalar_series(base, name, m)
             bidx = _subsample(len(bsteps), max_points)
@@ -334,7 +350,13 @@ def plot_loss(
             label = None if rule in seen else f"{rule} triggered"
             seen.add(rule)
             ax.axvline(ms, color="C3", ls=":", lw=1)
-            ax.plot([ms], [y], marker="v", color="C3", ms=8, ls="none", label=label)
+            if np.isfinite(y):
+                ax.plot([ms], [y], marker="v", color="C3", ms=8, ls="none", label=label)
+            else:  # at the top of the panel: a NaN value has no height
+                ax.plot(
+                    [ms], [0.97], marker="v", color="C3", ms=8, ls="none", label=label,
+                    transform=ax.get_xaxis_transform(),
+                )  # fmt: skip
         mode_name = "all modes" if m is None else m.name
         ax.set_title(f"{mode_name} loss ({name})")
         ax.set_xlabel(_step_label(m))
@@ -376,11 +398,15 @@ def plot_label_counts(
     m = _mode_with_data(run, mode)
     n_hint = num_classes or len(class_names or run.class_names or [])
     counts = [(run.name, label_counts(run, m, tensor=name, num_classes=n_hint))]
+    note = ""
     if baseline is not None:
         base = _open(baseline)
-        counts.append(
-            (f"{base.name} (baseline)", label_counts(base, m, tensor=name, num_classes=n_hint))
-        )
+        if base.has_tensor(name):
+            counts.append(
+                (f"{base.name} (baseline)", label_counts(base, m, tensor=name, num_classes=n_hint))
+            )
+        else:  # the run's bars alone, saying why (the baseline's own damage is not the run's)
+            note = f"baseline {base.name} holds no {name}"
     n = max(len(c) for _, c in counts)
     counts = [(lbl, np.pad(c, (0, n - len(c)))) for lbl, c in counts]
     names = class_names_of(run, n, class_names)
@@ -412,6 +438,8 @@ def plot_label_counts(
     mode_name = "all modes" if m is None else m.name
     ax.set_title(f"Label counts per class ({mode_name}, {name}); " + "; ".join(ratios), fontsize=10)
     ax.grid(axis="y", alpha=0.3)
+    if note:
+        ax.text(0.01, 0.97, note, transform=ax.transAxes, ha="left", va="top", color="C3")
     ax.legend(fontsize=8)
     return _finish(fig, path)
 

@@ -368,3 +368,36 @@ def test_many_classes_keep_figures_bounded(tmp_path):
     assert cm.axes[0].get_images()[0].get_array().shape == (n, n)
     assert len(cm.axes[0].get_xticks()) < 20
     assert max(png_size(tmp_path / "cm.png")) <= 2000
+
+
+def test_loss_plot_shows_nan_and_inf_steps_and_every_finite_value(tmp_path):
+    """NaN / inf cannot be drawn: they are marked along the panel's bottom and counted, a
+    finite value between two of them still shows (a marker), a trigger at a NaN step sits at
+    the panel's top, and a panel of nothing but NaN says so."""
+    values = [1.0, np.nan, 0.8, np.nan, 0.6, np.inf, 0.5]
+    with RunWriter(tmp_path / "some") as w:
+        for s, v in enumerate(values):
+            w.write(LOSS, np.float32(v), s, "TRAIN")
+    trig = RuleResult("LossNotDecreasing", "loss_not_decreasing", True, triggers=[TriggerStep(3)])
+    fig = plots.plot_loss(tmp_path / "some", results=[trig], path=tmp_path / "some.png")
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    main = lines["some"]
+    assert list(main.get_xdata()) == [0, 2, 4, 6] and main.get_marker() == "."
+    assert list(lines["NaN / inf (3 steps)"].get_xdata()) == [1, 3, 5]
+    assert list(lines["loss_not_decreasing triggered"].get_ydata()) == [0.97]  # axes height
+    with RunWriter(tmp_path / "nan") as w:
+        for s in range(4):
+            w.write(LOSS, np.float32(np.nan), s, "TRAIN")
+    fig = plots.plot_loss(tmp_path / "nan", path=tmp_path / "nan.png")
+    assert any("all 4 loss values shown are NaN or inf" in t.get_text() for t in fig.axes[0].texts)
+
+
+def test_label_counts_with_a_baseline_without_labels_keep_the_runs_bars(tmp_path):
+    with RunWriter(tmp_path / "run") as w:
+        w.write(LABELS, np.array([0, 1, 1, 2]), 0, "TRAIN")
+    with RunWriter(tmp_path / "base") as w:
+        w.write(LOSS, np.float32(1), 0, "TRAIN")
+    fig = plots.plot_label_counts(tmp_path / "run", baseline=tmp_path / "base")
+    heights = [p.get_height() for p in fig.axes[0].patches]
+    assert heights == [1, 2, 1]
+    assert any("baseline base holds no" in t.get_text() for t in fig.axes[0].texts)
