@@ -64,7 +64,7 @@ def seed_step(size: int = 224, batch: int = 64, classes: int = 43) -> tuple[Arra
     """The arrays and rows one saving step of the default collections writes for ResNet-18 at
     ``size`` px (the Triton kernel's uint8 counts; bf16 logits stored as float32), with the
     Recorder's tensor names and random values: what the writer thread gets from
-    ``Recorder._host_arrays``."""
+    ``capture.host.unpack_step``."""
     import torch
     import torchvision
 

@@ -168,6 +168,28 @@ def unpack_step(
     return arrays, scalars
 
 
+def write_blobs(
+    writer: Any,
+    step: int,
+    mode: Any,
+    mode_step: int,
+    blobs: list[tuple[Segments, np.ndarray]],
+    collections: dict[str, Any] | None = None,
+    dropped: set[str] | None = None,
+) -> None:
+    """Split a step's transferred buffers (:func:`unpack_step`), leave out the values in
+    ``dropped`` (changed in place after their hand-off), write and commit the step with
+    ``writer`` (a ``RunWriter``) and record new collections: the writer thread's and the
+    writer process's work alike."""
+    arrays, scalars = unpack_step(blobs)
+    if dropped:
+        arrays = [(name, value) for name, value in arrays if name not in dropped]
+        scalars = [without(names, row, dropped) for names, row in scalars]
+    writer.write_step(step, arrays, mode, mode_step, scalars=scalars)
+    if collections is not None:
+        writer.set_collections(collections)
+
+
 def without(names: list[str], row: np.ndarray, dropped: set[str]) -> tuple[list[str], np.ndarray]:
     """A row of named scalars without the names in ``dropped``."""
     keep = [i for i, name in enumerate(names) if name not in dropped]

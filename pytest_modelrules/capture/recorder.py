@@ -39,12 +39,11 @@ from ..store.names import reduction_tensor_name
 from ..store.writer import RunWriter
 from . import kernels, offload
 from .config import CollectionConfig, SaveConfig, default_collections, merge_collections
-from .host import BFLOAT16, unpack_step
+from .host import BFLOAT16, write_blobs
 from .host import Counts as _Counts
 from .host import Full as _Full
 from .host import Red as _Red
 from .host import Scalars as _Scalars
-from .host import without as _without
 from .reductions import (
     BATCHABLE,
     EXACT_LIMIT,
@@ -798,12 +797,13 @@ class Recorder:
             self._fail(exc, "recording the model input")
 
     def _root_hook(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        if module is not self.root or _recomputing():
+        # a step that saves nothing returns at once (its forward passes need no restart:
+        # _restart_forward has nothing to drop there)
+        if self.dead or not self._saving or self._forward_index or module is not self.root:
             return
-        if not self._forward_index:
-            self._first_done = True
-        if self.dead or not self._saving or self._forward_index:
+        if _recomputing():
             return
+        self._first_done = True
         try:
             if self._relu_batch:
                 self._count_relu_batch(handoff=False)
@@ -860,7 +860,7 @@ class Recorder:
             """The call counter's key of a copy of ``module`` that calls its hooks, or None.
             DataParallel's replicas (copies of the module, one a GPU, run in threads) share its
             hooks: each counts its own calls, and the positive counts of the replicas' call k
-            add up on the host (_host_arrays) into one tensor over the whole batch; the general
+            add up on the host (host.unpack) into one tensor over the whole batch; the general
             path (_capture) keeps the first replica's. A copy made otherwise (copy.deepcopy:
             an EMA or teacher model) shares them too, and is not the model: None, ignored."""
             return (key, id(mod)) if getattr(mod, "_is_replica", False) else None
@@ -1358,7 +1358,7 @@ class Recorder:
                 with _no_autocast(x.device.type):
                     values = compute_many(x, reductions)
             for (red, _absolute), tname, value in zip(reductions, names, values):
-                # each in its own dtype: the host casts it to the stored one (_host_arrays)
+                # each in its own dtype: the host casts it to the stored one (host.unpack)
                 pending.append((value.reshape(-1), _Red([(tname, red, tuple(value.shape))])))
         if full:
             pending.append(_full_copy(name, x))
@@ -1679,15 +1679,6 @@ class Recorder:
             event.synchronize()
         return [(segments, blob.numpy()) for segments, blob in host]
 
-    @classmethod
-    def _host_arrays(
-        cls, events: list[Any], host: list[tuple[list[Any], torch.Tensor]]
-    ) -> tuple[list[tuple[str, Any]], list[tuple[list[str], np.ndarray]]]:
-        """Wait for the step's device-to-host copies, then split each transferred buffer into
-        named arrays (views where the stored dtype is the transferred one) and rows of named
-        scalars (for RunWriter.write_step; capture/host.py)."""
-        return unpack_step(cls._host_blobs(events, host))
-
     # -- the writer thread: disk (and upload) work overlaps training ---------------------------
 
     def _submit(self, fn: Any, *args: Any) -> None:
@@ -1783,17 +1774,11 @@ class Recorder:
     ) -> None:
         writer = self.writer
         assert writer is not None
+        blobs = self._host_blobs(*copies)
         if isinstance(writer, ProcessWriter):  # the process splits and writes (GIL of its own)
-            blobs = self._host_blobs(*copies)
             writer.write_blobs(step, mode, mode_step, blobs, collections, dropped)
-        else:
-            arrays, scalars = self._host_arrays(*copies)
-            if dropped:
-                arrays = [(name, value) for name, value in arrays if name not in dropped]
-                scalars = [_without(names, row, dropped) for names, row in scalars]
-            writer.write_step(step, arrays, mode, mode_step, scalars=scalars)
-            if collections is not None:
-                writer.set_collections(collections)
+        else:  # the same split and write, here (capture/host.py)
+            write_blobs(writer, step, mode, mode_step, blobs, collections, dropped)
         if writer.remote and time.monotonic() - self._last_sync >= self.sync_interval_s:
             writer.sync()
             self._last_sync = time.monotonic()

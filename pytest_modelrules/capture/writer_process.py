@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..store.writer import RunWriter, _json_default
-from .host import layout_from_json, layout_to_json, unpack_step, without
+from .host import layout_from_json, layout_to_json, write_blobs
 
 #: a message: header JSON length, payload length; then the header, then the payload
 _FRAME = struct.Struct("<IQ")
@@ -268,16 +268,10 @@ def _serve(inp: Any, out: Any) -> None:
                         for key, entries in segs
                     ]
                     blobs.append((segments, data))
-                arrays, scalars = unpack_step(blobs)
-                if head["dropped"]:
-                    dropped = set(head["dropped"])
-                    arrays = [(name, value) for name, value in arrays if name not in dropped]
-                    scalars = [without(names, row, dropped) for names, row in scalars]
-                writer.write_step(
-                    head["step"], arrays, head["mode"], head["mode_step"], scalars=scalars
-                )
-                if head["collections"] is not None:
-                    writer.set_collections(head["collections"])
+                write_blobs(
+                    writer, head["step"], head["mode"], head["mode_step"], blobs,
+                    head["collections"], set(head["dropped"] or ()),
+                )  # fmt: skip
             elif op == "metadata":
                 writer.update_metadata(head["values"])
             elif op == "collections":
