@@ -143,12 +143,7 @@ class SMDebugRecords(TensorRecords):
         paths = [paths_of[e] for e in self._event[idx].tolist()]
         starts = self._start[idx].tolist()
         lengths = self._length[idx].tolist()
-        try:
-            blobs = self.backend.storage.read_ranges(paths, starts, lengths, writable=True)
-        except FileNotFoundError as exc:  # as wall_times says it
-            raise CorruptRunError(
-                str(exc.filename or paths[0]), "an index names this event file; it is missing"
-            ) from None
+        blobs = self.backend.read_events(paths, starts, lengths, writable=True)
         steps = self.steps[idx].tolist()
         modes = self.modes[idx].tolist()
         mode_steps = self.mode_steps[idx].tolist()
@@ -412,6 +407,18 @@ class SMDebugBackend(Backend):
     def step_table(self) -> StepTable:
         return self._table
 
+    def read_events(
+        self, paths: list[str], starts: list[int], lengths: list[int], writable: bool = False
+    ) -> list[Any]:
+        """Byte ranges of event files (``Storage.read_ranges``); an event file an index names
+        but that is missing is a CorruptRunError naming it."""
+        try:
+            return self.storage.read_ranges(paths, starts, lengths, writable=writable)
+        except FileNotFoundError as exc:
+            raise CorruptRunError(
+                str(exc.filename or paths[0]), "an index names this event file; it is missing"
+            ) from None
+
     def wall_times(self, rows: np.ndarray) -> np.ndarray:
         """The wall time of each row's step: that of the first event in the step's event file
         (smdebug stamps every event of a step alike). One small ranged read per event file
@@ -425,12 +432,7 @@ class SMDebugBackend(Backend):
         todo = sorted({int(e) for e in events.tolist() if e >= 0 and int(e) not in cache})
         if todo:
             paths = [self._event_paths[e] for e in todo]
-            try:
-                blobs = self.storage.read_ranges(paths, [0] * len(todo), [_WALL_BYTES] * len(todo))
-            except FileNotFoundError as exc:
-                raise CorruptRunError(
-                    str(exc.filename or paths[0]), "an index names this event file; it is missing"
-                ) from None
+            blobs = self.read_events(paths, [0] * len(todo), [_WALL_BYTES] * len(todo))
             for e, path, blob in zip(todo, paths, blobs):
                 cache[e] = _first_wall_time(bytes(blob), path)
         return np.array([cache[e] if e >= 0 else np.nan for e in events.tolist()], np.float64)
