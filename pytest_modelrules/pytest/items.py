@@ -99,9 +99,9 @@ def only_node_ids(config: pytest.Config) -> bool:
 
 def add_declared_rules(session: pytest.Session, config: pytest.Config, items: list) -> None:
     """Append an item per rule declared in pyproject.toml / the ini and per run."""
-    from .config_rules import declared_rules, pyproject_path
+    from .config_rules import pyproject_path
 
-    specs = declared_rules(config)
+    specs = get_session(config).declared_rules()
     if not specs or only_node_ids(config):
         return
     source = pyproject_path(config) or config.inipath or config.rootpath

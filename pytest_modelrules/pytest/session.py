@@ -104,8 +104,9 @@ class ModelRulesSession:
         workerinput = getattr(config, "workerinput", None)
         self.worker: str = workerinput["workerid"] if workerinput else "main"
         self.is_controller = workerinput is None
+        self._declared: list[config_rules.RuleSpec] | None = None
         if self.is_controller:  # a bad declaration is a usage error here, before xdist's
-            config_rules.declared_rules(config)  # workers would meet it at collection
+            self.declared_rules()  # workers would meet it at collection
         self._opened: dict[tuple[str, str], Run] = {}
         self._cache: dict[str, RuleResult] = {}
         self.evaluations = 0  # rule evaluations really done in this process
@@ -116,6 +117,12 @@ class ModelRulesSession:
         #: full results evaluated here (with evidence), for the HTML report
         self.local_results: list[RuleResult] = []
         self.messages: list[str] = []  # shown at the end of the terminal summary
+
+    def declared_rules(self) -> list[config_rules.RuleSpec]:
+        """The rules declared in pyproject.toml / the ini (config_rules), read once."""
+        if self._declared is None:
+            self._declared = config_rules.declared_rules(self.config)
+        return self._declared
 
     # -- runs ----------------------------------------------------------------------------------
 
