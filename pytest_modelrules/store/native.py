@@ -415,7 +415,7 @@ class NativeBackend(Backend):
         for fname in self.storage.listdir(rdir):
             if not fname.endswith(layout.TENSOR_SUFFIX) or fname.startswith("."):
                 continue
-            path = j(rdir, fname)
+            path = j(layout.WORKERS_DIR, worker, layout.ROWS_DIR, fname)  # j adds the root
             if path in self._rows_seen:
                 continue
             log = self._logs.get(path) or _LogFile(self.storage, path, "rows")

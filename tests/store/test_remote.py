@@ -156,3 +156,31 @@ def test_failed_upload_keeps_the_staged_run(tmp_path):
 def test_open_run_of_something_that_is_no_run_says_what_it_takes(value):
     with pytest.raises(TypeError, match="a run is a path, an fsspec URL or an open Run"):
         open_run(value)
+
+
+@pytest.mark.parametrize("where", ["absolute", "relative", "memory", "s3"])
+def test_rows_files_read_back_however_the_run_is_named(where, tmp_path, monkeypatch, request):
+    """The weight and gradient norms live in rows files: a run opened by a relative path or
+    an fsspec URL finds them too (their paths were once joined to the run's root twice, so
+    only absolute local paths listed them)."""
+    options: dict = {}
+    if where == "s3":
+        options = {"storage_options": request.getfixturevalue("s3")}
+        url = f"s3://runs/rows-{uuid.uuid4().hex}"
+    elif where == "memory":
+        url = f"memory://modelrules-{uuid.uuid4().hex}/rows"
+    else:
+        monkeypatch.chdir(tmp_path)
+        url = "runs/rows" if where == "relative" else str(tmp_path / "runs" / "rows")
+    names = ["conv.weight", "gradient/conv.weight"]
+    with RunWriter(url, **options) as w:
+        for step in range(3):
+            row = np.array([1.0, 2.0]) * (step + 1)
+            w.write_step(step, [("loss", np.float32(step))], scalars=[(names, row)])
+    run = open_run(url, **options)
+    assert run.tensor_names() == sorted([*names, "loss"])
+    assert {s: float(v) for s, v in run.tensor("gradient/conv.weight").values().items()} == {
+        0: 2.0,
+        1: 4.0,
+        2: 6.0,
+    }
