@@ -221,6 +221,10 @@ def _loss_lines(result: RuleResult, run: Any) -> list[str]:
             f"{name} ({mode}, {len(values)} steps, {fmt_number(values[0])} -> "
             f"{fmt_number(values[-1])}): {sparkline(values)}"
         )
+        bad = _seq(ev.get(f"{name}/nonfinite_steps"))
+        if bad:
+            shown = ", ".join(str(s) for s in bad[:8]) + (", ..." if len(bad) > 8 else "")
+            lines.append(f"  NaN / inf (! above) at {len(bad)} global steps: {shown}")
         window = series_window(steps, values, center, before=6, after=3)
         if window:
             lines.append(

@@ -114,6 +114,42 @@ def scalar_series(
     return cache[key]
 
 
+def finite_scalar_series(
+    run: Any, name: str, mode: ModeKeys | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`scalar_series` without its NaN / inf values (the steps the loss rules compare);
+    cached per run."""
+    mode_arg = None if mode in (None, ModeKeys.GLOBAL) else mode
+    key = ("scalar-finite", name, int(mode_arg or 0))
+    cache = run_cache(run)
+    if key not in cache:
+        steps, gsteps, values = scalar_series(run, name, mode)
+        keep = np.isfinite(values)
+        if not keep.all():
+            steps, gsteps, values = steps[keep], gsteps[keep], values[keep]
+        cache[key] = (steps, gsteps, values)
+    return cache[key]
+
+
+def nonfinite_line(run: Any, name: str, label: str, gsteps: np.ndarray, values: np.ndarray) -> str:
+    """The message for a loss holding NaN / inf: how many steps, of which kind, and the first
+    one (global and mode step); "" when every value is finite."""
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return ""
+    k = int(np.flatnonzero(bad)[0])
+    n_nan = int(np.isnan(values).sum())
+    kinds = ", ".join(
+        f"{count} {kind}"
+        for count, kind in ((n_nan, "NaN"), (int(bad.sum()) - n_nan, "inf"))
+        if count
+    )
+    return (
+        f"{name} ({label}) is not finite at {int(bad.sum())} of {len(values)} saved steps "
+        f"({kinds}), first at {where(run, int(gsteps[k]))}: {fmt(values[k])}"
+    )
+
+
 def resolve_mode(run: Any, names: list[str], mode: ModeKeys | None) -> ModeKeys:
     """SageMaker's choice for mode None: the first of EVAL, TRAIN that holds data, else GLOBAL."""
     if mode is not None:
@@ -200,6 +236,9 @@ class LossNotDecreasing(BuiltinRule):
     ``min_decrease_percent`` asks for a decrease of at least that much:
     loss(s) > loss(p) * (1 - min_decrease / 100) triggers (a loss that creeps down by 0.01 %
     is not training).
+
+    NaN / inf losses (this project's decision): each such saved step triggers, and the
+    comparisons (and pass means) read the finite values only, as if those steps were not saved.
     """
 
     name = "loss_not_decreasing"
@@ -258,16 +297,18 @@ class LossNotDecreasing(BuiltinRule):
     ) -> tuple[np.ndarray, np.ndarray]:
         """(last global step, mean loss) of each stretch of ``mode`` steps holding values, for
         compare="passes"; with fewer than two such stretches (a run that never evaluates), of
-        each complete window of ``num_steps`` mode steps instead."""
+        each complete window of ``num_steps`` mode steps instead. NaN / inf values are left
+        out of the means; a stretch holding none but them has no mean."""
         group = np.full(len(gsteps), -1, np.int64)
         for k, stretch in enumerate(phases(run, mode) if mode != ModeKeys.GLOBAL else []):
             group[np.isin(gsteps, stretch)] = k
         if len(np.unique(group[group >= 0])) < 2 and len(steps):
             group = (steps - steps[0]) // self.num_steps
             group[group >= (steps[-1] + 1 - steps[0]) // self.num_steps] = -1  # incomplete
-        ks = np.unique(group[group >= 0])
+        finite = np.isfinite(values)
+        ks = np.unique(group[(group >= 0) & finite])
         ends = np.array([gsteps[group == k][-1] for k in ks], np.int64)
-        means = np.array([values[group == k].mean() for k in ks], np.float64)
+        means = np.array([values[(group == k) & finite].mean() for k in ks], np.float64)
         return ends, means
 
     def _check_passes(
@@ -315,7 +356,8 @@ class LossNotDecreasing(BuiltinRule):
         mode = resolve_mode(run, names, self.mode)
         trig_steps: set[int] = set()
         lines: list[str] = []
-        checks_total = fails_total = 0
+        nonfinite_lines: list[str] = []
+        checks_total = fails_total = nonfinite_total = 0
         evidence: dict[str, Any] = {"mode": mode.name, "tensors": names}
         first_detail: tuple[int, str] | None = None
         passes = self.compare == "passes"
@@ -325,6 +367,12 @@ class LossNotDecreasing(BuiltinRule):
             steps, gsteps, values = scalar_series(run, name, mode)
             evidence[f"{name}/steps"] = gsteps
             evidence[f"{name}/values"] = values
+            bad = ~np.isfinite(values)
+            if bad.any():  # a NaN / inf loss triggers at its step; the finite values compare
+                nonfinite_lines.append(nonfinite_line(run, name, mode.name, gsteps, values))
+                trig_steps.update(gsteps[bad].tolist())
+                nonfinite_total += int(bad.sum())
+                evidence[f"{name}/nonfinite_steps"] = gsteps[bad]
             if passes:
                 checks, fails, means = self._check_passes(
                     run, name, mode, (steps, gsteps, values), lines, trig_steps
@@ -333,9 +381,13 @@ class LossNotDecreasing(BuiltinRule):
                 checks_total += checks
                 fails_total += fails
                 continue
+            steps, gsteps, values = finite_scalar_series(run, name, mode)
             pos = _check_positions(steps, self.num_steps)
             if len(pos) == 0:
-                lines.append(f"{name} ({mode.name}): fewer than {self.num_steps} steps of data")
+                finite = " finite" if bad.any() else ""
+                lines.append(
+                    f"{name} ({mode.name}): fewer than {self.num_steps} steps of{finite} data"
+                )
                 continue
             prev = np.searchsorted(steps, steps[pos] - self.num_steps, side="right") - 1
             fails = self._fails(values[pos], values[prev])
@@ -358,13 +410,17 @@ class LossNotDecreasing(BuiltinRule):
             else:
                 lines.append(
                     f"{name} ({mode.name}) decreased at all {len(pos)} checks every "
-                    f"{self.num_steps} steps, from {fmt(values[0])} to {fmt(values[-1])}"
+                    f"{self.num_steps} steps{' (finite values)' if bad.any() else ''}, from "
+                    f"{fmt(values[0])} to {fmt(values[-1])}"
                 )
         triggers = self.trigger_steps(run, sorted(trig_steps))
+        # each NaN / inf step counts as a failed check
+        checks_total += nonfinite_total
+        fails_total += nonfinite_total
         figure = 100.0 * fails_total / checks_total if checks_total else 0.0
         return self.make_result(
             bool(triggers),
-            "; ".join(lines) + ".",
+            "; ".join(nonfinite_lines + lines) + ".",
             first_trigger=triggers[0] if triggers else None,
             triggers=triggers,
             figure=figure,
@@ -388,7 +444,8 @@ class LossNotDecreasing(BuiltinRule):
 
         Raises TensorUnavailableForStep when no loss was saved at that step (invoke_rule then
         skips it), so calling it for every step of a run gives the same triggers as
-        :meth:`evaluate`.
+        :meth:`evaluate`: a NaN / inf loss triggers at its step, and the comparisons read the
+        finite values only.
         """
         if self._step_names is None:
             self._step_names = select_loss_tensors(
@@ -411,6 +468,11 @@ class LossNotDecreasing(BuiltinRule):
             if pos >= len(steps) or steps[pos] != step:
                 continue
             saved_any = True
+            if not np.isfinite(values[pos]):
+                triggered = True  # not a check: last_checked stays
+                continue
+            steps, _, values = finite_scalar_series(run, name, mode)
+            pos = int(np.searchsorted(steps, step))
             last = self._last_checked.get(name)
             if last is not None and step < last + self.num_steps:
                 continue
@@ -429,12 +491,16 @@ def _phase_means(
     steps: np.ndarray, modes: np.ndarray, values: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Split a series (global order) into stretches of one mode: (mode, last global step,
-    mean value) per stretch."""
+    mean value) per stretch. NaN / inf values are left out of the means; a stretch holding
+    none but them has mean NaN."""
     if len(steps) == 0:
         return np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0)
     starts = np.concatenate([[0], np.flatnonzero(np.diff(modes.astype(np.int16)) != 0) + 1])
     ends = np.concatenate([starts[1:], [len(steps)]])
-    means = np.add.reduceat(values, starts) / (ends - starts)
+    finite = np.isfinite(values)
+    sums = np.add.reduceat(np.where(finite, values, 0.0), starts)
+    counts = np.add.reduceat(finite.astype(np.int64), starts)
+    means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
     return modes[starts], steps[ends - 1], means
 
 
@@ -448,6 +514,26 @@ def _loss_all_modes(run: Any, name: str) -> tuple[np.ndarray, np.ndarray, np.nda
     return cache[key]
 
 
+def _note_nonfinite(
+    run: Any,
+    name: str,
+    gsteps: np.ndarray,
+    values: np.ndarray,
+    lines: list[str],
+    trig: set[int],
+    evidence: dict[str, Any],
+) -> int:
+    """Overfit's and Overtraining's NaN / inf handling: every such step (any mode) triggers,
+    its message joins ``lines``; returns how many steps were non-finite."""
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return 0
+    lines.append(nonfinite_line(run, name, "all modes", gsteps, values))
+    trig.update(gsteps[bad].tolist())
+    evidence[f"{name}/nonfinite_steps"] = gsteps[bad]
+    return int(bad.sum())
+
+
 @register
 class Overfit(BuiltinRule):
     """Validation loss pulls away from training loss (SageMaker Debugger's rule).
@@ -455,6 +541,7 @@ class Overfit(BuiltinRule):
     One check per evaluation pass (a stretch of EVAL steps): (mean EVAL loss of the pass - mean
     TRAIN loss of the stretch of TRAIN steps before it) / mean TRAIN loss > ratio_threshold for
     ``patience`` checks in a row, counting checks that end at global step >= start_step.
+    A NaN / inf loss triggers at its step (any mode); the means read the finite values only.
     """
 
     name = "overfit"
@@ -480,8 +567,11 @@ class Overfit(BuiltinRule):
         worst = -np.inf
         checks = 0
         evidence: dict[str, Any] = {"tensors": names}
+        nonfinite_lines: list[str] = []
         for name in names:
             gsteps, modes, values = _loss_all_modes(run, name)
+            n_bad = _note_nonfinite(run, name, gsteps, values, nonfinite_lines, trig, evidence)
+            checks += n_bad
             pmode, pend, pmean = _phase_means(gsteps, modes, values)
             is_eval = pmode == int(ModeKeys.EVAL)
             has_train_before = np.concatenate([[False], pmode[:-1] == int(ModeKeys.TRAIN)])
@@ -516,12 +606,15 @@ class Overfit(BuiltinRule):
                     f"training loss at all {len(k)} checks "
                     f"(largest gap {fmt(100 * np.nanmax(ratio))}%)"
                     if np.isfinite(ratio).any()
+                    else f"{name}: no check had finite mean losses with a positive training "
+                    "loss, no ratio to compare"
+                    if n_bad
                     else f"{name}: training loss was not positive, no ratio to compare"
                 )
         triggers = self.trigger_steps(run, sorted(trig))
         return self.make_result(
             bool(triggers),
-            "; ".join(lines) + ".",
+            "; ".join(nonfinite_lines + lines) + ".",
             first_trigger=triggers[0] if triggers else None,
             triggers=triggers,
             figure=worst if np.isfinite(worst) else None,
@@ -568,7 +661,8 @@ class Overtraining(BuiltinRule):
     (mean EVAL loss of each stretch of EVAL steps). A check improves when its loss is below the
     best so far by more than ``delta`` (absolute, as Keras' EarlyStopping min_delta). Triggers
     when the checks since the last improvement exceed patience_train (training) or
-    patience_validation (validation).
+    patience_validation (validation). A NaN / inf loss triggers at its step (any mode); the
+    checks read the finite values only.
     """
 
     name = "overtraining"
@@ -592,11 +686,13 @@ class Overtraining(BuiltinRule):
         figure = 0.0
         checks = 0
         evidence: dict[str, Any] = {"tensors": names}
+        nonfinite_lines: list[str] = []
         for name in names:
             gsteps, modes, values = _loss_all_modes(run, name)
-            train = modes == int(ModeKeys.TRAIN)
+            checks += _note_nonfinite(run, name, gsteps, values, nonfinite_lines, trig, evidence)
+            train = (modes == int(ModeKeys.TRAIN)) & np.isfinite(values)
             pmode, pend, pmean = _phase_means(gsteps, modes, values)
-            ev = pmode == int(ModeKeys.EVAL)
+            ev = (pmode == int(ModeKeys.EVAL)) & np.isfinite(pmean)
             for label, steps_, vals, patience in (
                 ("training", gsteps[train], values[train], self.patience_train),
                 ("validation", pend[ev], pmean[ev], self.patience_validation),
@@ -626,7 +722,9 @@ class Overtraining(BuiltinRule):
         triggers = self.trigger_steps(run, sorted(trig))
         return self.make_result(
             bool(triggers),
-            "; ".join(lines) + "." if lines else "No TRAIN or EVAL loss values to check.",
+            "; ".join(nonfinite_lines + lines) + "."
+            if nonfinite_lines or lines
+            else "No TRAIN or EVAL loss values to check.",
             first_trigger=triggers[0] if triggers else None,
             triggers=triggers,
             figure=figure,

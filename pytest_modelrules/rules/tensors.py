@@ -548,7 +548,8 @@ class PoorWeightInitialization(BuiltinRule):
     - the smallest spread (95th minus 5th percentile) over the gradient tensors is below
       ``distribution_range``, or
     - a loss has not decreased for ``patience`` steps: at the k-th saved step (k >= patience)
-      none of the last ``patience`` losses is below the loss ``patience`` saved steps earlier.
+      none of the last ``patience`` losses is below the loss ``patience`` saved steps earlier
+      (finite losses only: a NaN / inf loss triggers at its step and is left out).
 
     Each check runs when its tensors are present; MissingTensorError when none can run.
     Decision: not in the default set, since fine-tuned pretrained models routinely have
@@ -671,6 +672,14 @@ class PoorWeightInitialization(BuiltinRule):
             evaluated.update(g.tolist())
             if "loss" not in " ".join(checks):
                 checks.append("loss decrease")
+            bad = ~np.isfinite(v)
+            if bad.any():  # a NaN / inf loss triggers at its step; the finite values compare
+                count = f"not finite at {int(bad.sum())} of the {len(v)} loss values read"
+                note(
+                    g[bad],
+                    lambda i, n=n, vb=v[bad], c=count: f"{n} is {sel.fmt(vb[i])} ({c})",
+                )
+                g, v = g[~bad], v[~bad]
             if len(v) <= self.patience:
                 continue
             windows = np.lib.stride_tricks.sliding_window_view(v, self.patience + 1)

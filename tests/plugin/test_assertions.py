@@ -92,6 +92,27 @@ def test_loss_message_shows_values_around_the_plateau(runs) -> None:
     assert ">20: 1.62" in text
 
 
+def test_loss_message_names_nan_and_inf_steps(tmp_path) -> None:
+    import numpy as np
+
+    from pytest_modelrules.store.writer import RunWriter
+
+    with RunWriter(tmp_path / "nan") as w:
+        for g in range(30):
+            loss = 2.0 - 0.05 * g if g < 18 else (np.inf if g == 18 else np.nan)
+            w.write("CrossEntropyLoss_output_0", np.float32(loss), g, mode="TRAIN")
+    with pytest.raises(ModelRuleFailure) as info:
+        assertions.assert_loss_decreasing(tmp_path / "nan")
+    text = str(info.value)
+    assert "first triggered at global step 18 (TRAIN step 18); triggered at 12 steps" in text
+    assert (
+        "why: CrossEntropyLoss_output_0 (TRAIN) is not finite at 12 of 30 saved steps "
+        "(11 NaN, 1 inf), first at global step 18 (TRAIN step 18): inf;"
+    ) in text
+    assert "NaN / inf (! above) at 12 global steps: 18, 19, 20, 21, 22, 23, 24, 25, ..." in text
+    assert ">18: inf" in text
+
+
 def test_direction_confusion_max_confusions_is_the_rules_limit(runs) -> None:
     # the bad run predicts its labels exactly: no confusion at all
     result = assertions.assert_no_direction_confusion(runs["bad"], pairs=[(0, 1)])

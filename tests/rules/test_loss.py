@@ -272,6 +272,137 @@ def test_overtraining_bad_delta():
         Overtraining(delta="-0.1")
 
 
+# -- NaN / inf losses ---------------------------------------------------------------------------
+
+
+def test_nan_and_inf_losses_trigger_loss_not_decreasing(tmp_path):
+    values = {g: 2.0 / (g + 1) for g in range(60)}
+    values[12], values[30] = np.nan, np.inf
+    run = write_losses(tmp_path / "r", [(g, "TRAIN", v) for g, v in values.items()])
+    result = LossNotDecreasing().evaluate(run)
+    # the finite losses decrease at every check; each NaN / inf step triggers
+    assert [t.step for t in result.triggers] == [12, 30]
+    assert result.first_trigger.mode == "TRAIN" and result.first_trigger.mode_step == 12
+    assert result.explanation.startswith(
+        f"{LOSS} (TRAIN) is not finite at 2 of 60 saved steps (1 NaN, 1 inf), first at "
+        "global step 12 (TRAIN step 12): nan; "
+    )
+    assert "decreased at all 5 checks every 10 steps (finite values)" in result.explanation
+    assert result.evidence[f"{LOSS}/nonfinite_steps"].tolist() == [12, 30]
+    assert result.steps_evaluated == 7  # 5 checks + 2 non-finite steps, counted as failed
+    assert result.figure == pytest.approx(100 * 2 / 7)
+
+
+def test_loss_going_nan_for_good_triggers_where_it_started(tmp_path):
+    rows = [(g, "TRAIN", 2.0 / (g + 1) if g < 25 else np.nan) for g in range(40)]
+    run = write_losses(tmp_path / "r", rows)
+    result = LossNotDecreasing().evaluate(run)
+    assert result.triggered and result.first_step == 25
+    assert [t.step for t in result.triggers] == list(range(25, 40))
+    assert "not finite at 15 of 40 saved steps (15 NaN), first at global step 25" in (
+        result.explanation
+    )
+    assert "nan -> nan" not in result.explanation
+    only_nan = write_losses(tmp_path / "nan", [(g, "TRAIN", np.nan) for g in range(5)])
+    result = LossNotDecreasing().evaluate(only_nan)
+    assert result.triggered and not result.skipped and result.first_step == 0
+    assert "fewer than 10 steps of finite data" in result.explanation
+
+
+def test_nonfinite_loss_is_left_out_of_the_comparisons(tmp_path):
+    # a flat loss whose first value is NaN: compared as if step 0 were not saved, so the
+    # first check is step 11 (against 1), not step 10 against the NaN (never >=)
+    rows = [(g, "TRAIN", np.nan if g == 0 else 1.0) for g in range(35)]
+    run = write_losses(tmp_path / "r", rows)
+    assert [t.step for t in LossNotDecreasing().evaluate(run).triggers] == [0, 11, 21, 31]
+    # -inf is no "decrease" either: it triggers, and the next check compares finite values
+    rows = [(g, "TRAIN", -np.inf if g == 10 else 2.0 - 0.01 * g) for g in range(25)]
+    run = write_losses(tmp_path / "neg", rows)
+    result = LossNotDecreasing().evaluate(run)
+    assert [t.step for t in result.triggers] == [10]
+    assert "(1 inf), first at global step 10 (TRAIN step 10): -inf" in result.explanation
+
+
+def test_nonfinite_loss_in_a_pass_is_left_out_of_its_mean(tmp_path):
+    rows, g = [], 0
+    for p, mean in enumerate((2.0, 1.8, 1.6)):
+        for _ in range(3):
+            rows.append((g, "TRAIN", 2.0))
+            g += 1
+        for v in (mean - 0.1, mean + 0.1, np.inf if p == 1 else mean):
+            rows.append((g, "EVAL", v))
+            g += 1
+    run = write_losses(tmp_path / "r", rows)
+    result = LossNotDecreasing(mode="EVAL", compare="passes").evaluate(run)
+    assert [t.step for t in result.triggers] == [11]  # the inf step; the means fall
+    assert "decreased at all 2 passes: 2 -> 1.8 -> 1.6" in result.explanation
+    assert "is not finite at 1 of 9 saved steps (1 inf), first at global step 11" in (
+        result.explanation
+    )
+
+
+def test_overfit_with_nonfinite_losses(tmp_path):
+    # one NaN TRAIN step: the pass means read the finite values (train 1.0, eval 1.3: 30 %)
+    rows = epochs([1.0, 1.0], [1.05, 1.3])
+    rows[9] = (9, "TRAIN", np.nan)
+    run = write_losses(tmp_path / "r", rows)
+    result = Overfit().evaluate(run)
+    assert [t.step for t in result.triggers] == [9, 15]
+    assert result.explanation.startswith(
+        f"{LOSS} (all modes) is not finite at 1 of 16 saved steps (1 NaN), first at global "
+        "step 9 (TRAIN step 6): nan; "
+    )
+    assert "validation loss 1.3 was 30% above training loss 1" in result.explanation
+    # every TRAIN loss NaN: no ratio, and not "the training loss was not positive"
+    rows = epochs([np.nan, np.nan], [1.0, 1.0])
+    run = write_losses(tmp_path / "nan", rows)
+    result = Overfit().evaluate(run)
+    assert result.triggered and result.first_step == 0 and not result.skipped
+    assert "not positive" not in result.explanation
+    assert "no check had finite mean losses with a positive training loss" in (result.explanation)
+
+
+def test_overtraining_with_nonfinite_losses(tmp_path):
+    values = [1.0 - 0.05 * g for g in range(12)]
+    values[4] = np.nan
+    run = write_losses(tmp_path / "r", [(g, "TRAIN", v) for g, v in enumerate(values)])
+    result = Overtraining().evaluate(run)
+    # the finite losses keep improving; the NaN step triggers (and breaks no best-so-far)
+    assert [t.step for t in result.triggers] == [4]
+    assert "not finite at 1 of 12 saved steps (1 NaN), first at global step 4" in (
+        result.explanation
+    )
+    assert "training loss kept improving (at most 0 saved TRAIN steps" in result.explanation
+    # an inf EVAL batch is left out of its pass's mean
+    evals = [[1.0, 0.9], [np.inf, 0.8], [0.7, 0.7]]
+    rows, g = [], 0
+    for e in evals:
+        rows.append((g, "TRAIN", 1.0 - 0.1 * g))
+        g += 1
+        for v in e:
+            rows.append((g, "EVAL", v))
+            g += 1
+    run = write_losses(tmp_path / "eval", rows)
+    result = Overtraining(patience_validation=1).evaluate(run)
+    assert [t.step for t in result.triggers] == [4]
+    assert result.evidence[f"{LOSS}/validation_since_improvement"].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("rule", [LossNotDecreasing, Overfit, Overtraining])
+def test_nonfinite_losses_stepwise_agree_with_the_whole_run(tmp_path, rule):
+    rows = epochs([1.0, 0.9, np.nan, 0.8, 0.8], [1.0, np.inf, 0.9, 1.2, np.nan], 6, 4)
+    run = write_losses(tmp_path / "r", rows)
+    whole = rule().evaluate(run)
+    walked = invoke_rule(rule(), trial=run)
+    assert whole.triggered and walked.triggered
+    assert [t.step for t in walked.triggers] == [t.step for t in whole.triggers]
+    for params in ({"mode": "TRAIN", "num_steps": 2}, {"mode": "GLOBAL", "num_steps": 3}):
+        if rule is LossNotDecreasing:
+            whole = rule(**params).evaluate(run)
+            walked = invoke_rule(rule(**params), trial=run)
+            assert [t.step for t in walked.triggers] == [t.step for t in whole.triggers]
+
+
 # -- properties -----------------------------------------------------------------------------
 
 
@@ -296,13 +427,26 @@ def test_scaling_losses_keeps_the_verdict(values, factor, n):
     assert [t.step for t in a.triggers] == [t.step for t in b.triggers]
 
 
+#: losses with NaN / inf among them (one value in eight, about)
+losses_nonfinite = st.lists(
+    st.one_of(
+        st.floats(0.015625, 10.0, width=32),
+        st.sampled_from([np.nan, np.inf, -np.inf]),
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(values=losses, n=st.integers(1, 12))
-def test_vectorised_and_stepwise_agree(values, n):
+@given(values=losses_nonfinite, n=st.integers(1, 12), diff=st.sampled_from([0.0, 5.0]))
+def test_vectorised_and_stepwise_agree(values, n, diff):
     run = _memory_run(values)
-    whole = LossNotDecreasing(num_steps=n).evaluate(run)
-    walked = invoke_rule(LossNotDecreasing(num_steps=n), trial=run)
+    whole = LossNotDecreasing(num_steps=n, diff_percent=diff).evaluate(run)
+    walked = invoke_rule(LossNotDecreasing(num_steps=n, diff_percent=diff), trial=run)
     assert [t.step for t in whole.triggers] == [t.step for t in walked.triggers]
+    bad = [g for g, v in enumerate(values) if not np.isfinite(v)]
+    assert set(bad) <= {t.step for t in whole.triggers}  # every NaN / inf step triggers
 
 
 @given(

@@ -236,6 +236,21 @@ def test_poor_weight_init_loss_not_decreasing_for_patience_steps(tmp_path: Path)
     assert not PoorWeightInitialization().evaluate(decreasing).triggered
 
 
+def test_poor_weight_init_nonfinite_loss_triggers_and_is_left_out(tmp_path: Path) -> None:
+    losses = [2.0, 1.9, np.nan, 1.8, 1.7, np.inf, 1.6, 1.5, 1.4, 1.3]
+    run = write_run(
+        tmp_path / "run",
+        {g: {"CrossEntropyLoss_output_0": np.float32(v)} for g, v in enumerate(losses)},
+    )
+    # the finite losses decrease at every step; the NaN and the inf trigger where they are
+    result = PoorWeightInitialization().evaluate(run)
+    assert [t.step for t in result.triggers] == [2, 5]
+    assert "CrossEntropyLoss_output_0 is nan (not finite at 2 of the 10 loss values read)" in (
+        result.explanation
+    )
+    assert "did not decrease" not in result.explanation
+
+
 def test_poor_weight_init_needs_something_to_check(tmp_path: Path) -> None:
     run = write_run(tmp_path / "run", {0: {"x": np.ones(2)}})
     with pytest.raises(MissingTensorError, match="nothing to check"):

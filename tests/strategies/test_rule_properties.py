@@ -78,6 +78,20 @@ def test_loss_not_decreasing_fires_only_on_the_plateau(gen, num_steps) -> None:
         assert result.triggered
 
 
+@FAST
+@given(LOSS_RUNS, st.integers(1, 8), st.sampled_from([0.0, 5.0]))
+def test_loss_not_decreasing_stepwise_agrees_with_the_whole_run(gen, num_steps, diff) -> None:
+    """invoke_rule walking every step triggers where evaluate() does, NaN / inf losses (each
+    one a trigger) and missing steps included."""
+    from pytest_modelrules.rules.custom import invoke_rule
+
+    whole = LossNotDecreasing(num_steps=num_steps, diff_percent=diff).evaluate(gen.run)
+    walked = invoke_rule(LossNotDecreasing(num_steps=num_steps, diff_percent=diff), trial=gen.run)
+    assert _verdict(walked) == _verdict(whole)
+    steps, values = whole.evidence[f"{mst.LOSS}/steps"], whole.evidence[f"{mst.LOSS}/values"]
+    assert set(steps[~np.isfinite(values)].tolist()) <= {t.step for t in whole.triggers}
+
+
 # -- ClassImbalance -------------------------------------------------------------------------------
 
 
