@@ -359,8 +359,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# the path arguments (dest -> how the user wrote it): an empty one is an unset variable, not
+# "the current folder" (``--out ''`` wrote there) nor "none given" (``--baseline ''`` was dropped)
+_PATH_ARGS = {
+    "run": "RUN", "out": "--out", "baseline": "--baseline", "json": "--json",
+    "data": "--data", "weights": "--weights",
+}  # fmt: skip
+
+
+def _empty_path_arg(args: argparse.Namespace) -> str | None:
+    """The first path argument given as an empty (or blank) string, as the user wrote it."""
+    for dest, flag in _PATH_ARGS.items():
+        value = getattr(args, dest, None)
+        if isinstance(value, str) and not value.strip():
+            return flag
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    empty = _empty_path_arg(args)
+    if empty is not None:
+        _err(f"{empty} is empty (an unset variable?): give a path")
+        return 2
     try:
         return int(args.func(args) or 0)
     except (OSError, ValueError, ModelRulesError) as exc:  # also an output path that is a file

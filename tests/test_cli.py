@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from pytest_modelrules import RunWriter, cli
@@ -191,3 +192,52 @@ def test_check_errors_are_exit_2_and_one_line(tmp_path, capsys, tiny_run):
     )
     out = capsys.readouterr().out  # ResNet has no tanh or sigmoid: that rule is not judged
     assert code in (0, 1) and "1 judged, 1 not judged" in out
+
+
+def _empty_run(path: Path) -> Path:
+    with RunWriter(path) as w:
+        w.write("CrossEntropyLoss_output_0", np.float32(1.0), 0, "TRAIN")
+    return path
+
+
+def test_report_with_an_empty_out_is_a_usage_error(tmp_path: Path, monkeypatch, capsys):
+    """``--out ''`` (an unset CI variable) wrote the report into the current folder."""
+    run = _empty_run(tmp_path / "run")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert cli.main(["report", str(run), "--out", ""]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "modelrules: --out is empty (an unset variable?): give a path\n"
+    assert captured.out == ""
+    assert list(cwd.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["report", "{run}", "--out", "{out}", "--baseline", ""], "--baseline"),
+        (["report", "", "--out", "{out}"], "RUN"),
+        (["check", "{run}", "--json", ""], "--json"),
+        (["check", "{run}", "--baseline", "  "], "--baseline"),
+        (["check", ""], "RUN"),
+        (["info", "{run}", "--json", ""], "--json"),
+        (["generate", "--out", ""], "--out"),
+        (["train", "--out", ""], "--out"),
+        (["train", "--out", "{out}", "--data", ""], "--data"),
+        (["train", "--out", "{out}", "--weights", ""], "--weights"),
+        (["demo", "--out", ""], "--out"),
+    ],
+)
+def test_an_empty_path_argument_is_a_usage_error(argv, flag, tmp_path: Path, monkeypatch, capsys):
+    """Every path option: an empty value exits 2 with one line before the command runs (it
+    meant the current folder, or was dropped: ``--baseline ''`` checked without a baseline)."""
+    ran: list[str] = []
+    for name in ("generate", "train", "info", "check", "report", "demo"):
+        monkeypatch.setattr(cli, f"cmd_{name}", lambda args, name=name: ran.append(name) or 0)
+    run = _empty_run(tmp_path / "run")
+    args = [a.format(run=run, out=tmp_path / "out") for a in argv]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err == f"modelrules: {flag} is empty (an unset variable?): give a path\n"
+    assert ran == []
