@@ -171,6 +171,7 @@ class _Plot:
     key: str
     png: bytes | None = None
     error: str = ""
+    notes: list[str] = field(default_factory=list)  # what the plot left out (labels outside)
     rules: list[_Row] = field(default_factory=list)
 
 
@@ -211,7 +212,7 @@ def _render_plots(
     png_dir: Path | None,
     keys: list[str],
 ) -> dict[str, _Plot]:
-    from .plots import figure_png
+    from .plots import figure_notes, figure_png
 
     out: dict[str, _Plot] = {}
     for key in PLOTS:
@@ -224,6 +225,7 @@ def _render_plots(
             try:
                 fig = _draw(key, run, baseline, results)
                 plot.png = figure_png(fig)
+                plot.notes = figure_notes(fig)
                 fig.clear()
             except Exception as exc:  # the run lacks the tensors: say so, keep the page
                 plot.error = f"{type(exc).__name__}: {exc}"
@@ -361,6 +363,7 @@ def _section(
                 for r in plot.rules
             )
             parts.append(f"<ul class='rules-here'>{items}</ul>")
+        parts.extend(f"<p class='note left-out'>{_e(note)}</p>" for note in plot.notes)
         if plot.png is not None:
             b64 = base64.b64encode(plot.png).decode("ascii")
             alt = f"{spec.title} of {run_name}: {spec.what}"

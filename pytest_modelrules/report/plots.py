@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..exceptions import MissingTensorError
+from ..exceptions import MissingTensorError, ModelRulesError
 from ..modes import ModeKeys, parse_mode
 from ..store.names import (
     compute_reduction,
@@ -167,22 +167,112 @@ def _predictions_of(batch: np.ndarray) -> np.ndarray:
     return (a.argmax(axis=-1) if a.ndim >= 2 else np.atleast_1d(a)).astype(np.int64)
 
 
-def label_counts(
-    run: Any, mode: Any = "TRAIN", *, tensor: str | None = None, num_classes: int | None = None
-) -> np.ndarray:
-    """Samples per class seen in ``mode`` (all labels joined with ``Series.concat``)."""
-    run = _open(run)
-    name = find_tensor(run, _LABEL_NAMES, "labels", tensor)
-    series = run.tensor(name).series(_mode_with_data(run, mode))
+# -- labels outside the classes ------------------------------------------------------------------
+# A label the model cannot predict (PyTorch's ignore_index -100, a -1 "unknown", 255 in
+# segmentation masks, or a bad id) is no class: the plots leave it out and say so, on the figure
+# (its title) and in the figure's notes, which the HTML report prints under the plot.
+
+NOTES_ATTR = "modelrules_notes"
+
+
+def figure_notes(fig: Figure) -> list[str]:
+    """What a plot says it left out (labels outside the classes), one line each."""
+    return list(getattr(fig, NOTES_ATTR, ()))
+
+
+def _add_notes(fig: Figure, notes: Iterable[str]) -> list[str]:
+    """Keep the non-empty notes on the figure (see :func:`figure_notes`); returns them."""
+    kept = [n for n in notes if n]
+    setattr(fig, NOTES_ATTR, figure_notes(fig) + kept)
+    return kept
+
+
+def scores_width(batch: Any) -> int | None:
+    """How many classes a batch of class scores holds (its last axis); None for class ids."""
+    a = np.asarray(batch)
+    return int(a.shape[-1]) if a.ndim >= 2 and a.shape[-1] > 1 else None
+
+
+def _class_count(
+    run: Run, num_classes: int | None, class_names: Sequence[str] | None, width: int | None
+) -> int | None:
+    """The number of classes: ``num_classes``, else the logits' width, else the number of
+    class names (given, else the run's); None when nothing says (only negatives are out)."""
+    if num_classes:
+        return int(num_classes)
+    if width:
+        return width
+    names = class_names if class_names is not None else run.class_names
+    return len(names) if names else None
+
+
+def _logits_width(run: Run, mode: ModeKeys | None) -> int | None:
+    """The class count of the run's logits (one saved value read); None without logits."""
+    try:
+        name = find_tensor(run, _LOGIT_NAMES, "predictions/logits")
+        t = run.tensor(name)
+        steps = t.steps(mode)
+        if not steps:
+            mode, steps = None, t.steps()
+        return scores_width(t.value(steps[0], mode)) if steps else None
+    except (ModelRulesError, OSError, ValueError):  # no (readable) logits: no width
+        return None
+
+
+def _in_range(values: np.ndarray, n: int | None) -> tuple[np.ndarray, dict[int, int]]:
+    """(mask of the values that are classes 0..n-1, or >= 0 when n is None; {value left out:
+    how many times})."""
+    ok = values >= 0 if n is None else (values >= 0) & (values < n)
+    out, counts = np.unique(values[~ok], return_counts=True)
+    return ok, {int(v): int(c) for v, c in zip(out, counts)}
+
+
+def left_out_note(
+    outside: dict[int, int], n: int | None, what: str = "label", where: str = "", prefix: str = ""
+) -> str:
+    """One line naming the values left out, how many of each, e.g. "6 labels outside classes
+    0-4 left out: -100 ×3, 7 ×3"; "" when none were."""
+    if not outside:
+        return ""
+    total = sum(outside.values())
+    span = f"outside classes 0-{n - 1}" if n else "below 0"
+    items = sorted(outside.items())
+    shown = ", ".join(f"{v} ×{c}" for v, c in items[:8])
+    more = f" and {len(items) - 8} more values" if len(items) > 8 else ""
+    plural = "" if total == 1 else "s"
+    return f"{prefix}{total} {what}{plural} {span} left out{where}: {shown}{more}"
+
+
+def _count_labels(
+    run: Run,
+    mode: ModeKeys | None,
+    name: str,
+    num_classes: int | None,
+    class_names: Sequence[str] | None,
+) -> tuple[np.ndarray, dict[int, int], int | None]:
+    """(samples per class, {label left out: count}, number of classes or None) of a mode."""
+    series = run.tensor(name).series(mode)
     arrays = series.arrays
     labels = (
         series.concat().astype(np.int64)
         if series.uniform and arrays and arrays[0].ndim <= 1
         else _labels_of(arrays)
     )
-    labels = labels[labels >= 0]
-    n = max(int(num_classes or 0), int(labels.max()) + 1 if labels.size else 0)
-    return np.bincount(labels, minlength=n)
+    width = None if num_classes else _logits_width(run, mode)
+    n = _class_count(run, num_classes, class_names, width)
+    ok, outside = _in_range(labels, n)
+    return np.bincount(labels[ok], minlength=n or 0), outside, n
+
+
+def label_counts(
+    run: Any, mode: Any = "TRAIN", *, tensor: str | None = None, num_classes: int | None = None
+) -> np.ndarray:
+    """Samples per class seen in ``mode`` (all labels joined with ``Series.concat``); labels
+    outside classes 0..n-1 (n: ``num_classes``, else the logits' width, else the run's class
+    names) are left out, as negative ones (ignore_index) always are."""
+    run = _open(run)
+    name = find_tensor(run, _LABEL_NAMES, "labels", tensor)
+    return _count_labels(run, _mode_with_data(run, mode), name, num_classes, None)[0]
 
 
 def confusion_matrix(
@@ -193,7 +283,22 @@ def confusion_matrix(
     predictions_tensor: str | None = None,
     num_classes: int | None = None,
 ) -> tuple[np.ndarray, ModeKeys | None]:
-    """C[true][predicted] counts over the mode's saved steps (EVAL, else TRAIN, by default)."""
+    """C[true][predicted] counts over the mode's saved steps (EVAL, else TRAIN, by default);
+    samples whose label (or predicted id) is outside classes 0..n-1 are left out (n:
+    ``num_classes``, else the logits' width, else the run's class names)."""
+    cm, m, _ = _confusion(run, mode, labels_tensor, predictions_tensor, num_classes, None)
+    return cm, m
+
+
+def _confusion(
+    run: Any,
+    mode: Any,
+    labels_tensor: str | None,
+    predictions_tensor: str | None,
+    num_classes: int | None,
+    class_names: Sequence[str] | None,
+) -> tuple[np.ndarray, ModeKeys | None, list[str]]:
+    """(confusion matrix, mode, notes on the labels and predicted ids left out)."""
     run = _open(run)
     lab = find_tensor(run, _LABEL_NAMES, "labels", labels_tensor)
     pred = find_tensor(run, _LOGIT_NAMES, "predictions/logits", predictions_tensor)
@@ -214,11 +319,17 @@ def confusion_matrix(
             f"run {run.name!r}: {lab} holds {len(y)} labels but {pred} {len(p)} predictions "
             f"over the same {_step_label(m)}s"
         )
-    n = max(int(num_classes or 0), int(max(y.max(initial=-1), p.max(initial=-1))) + 1)
-    ok = (y >= 0) & (p >= 0)
+    width = scores_width(ps.arrays[pi[int(common[0])]]) if len(common) else None
+    n = _class_count(run, num_classes, class_names, width)
+    ok, out_y = _in_range(y, n)
+    ok_p, out_p = _in_range(np.where(ok, p, 0), n)  # a sample left out for its label counts once
+    ok &= ok_p
+    notes = [left_out_note(out_y, n), left_out_note(out_p, n, "predicted id")]
+    if n is None:
+        n = int(max(y[ok].max(initial=-1), p[ok].max(initial=-1))) + 1
     cm = np.zeros((n, n), dtype=np.int64)
     np.add.at(cm, (y[ok], p[ok]), 1)
-    return cm, m
+    return cm, m, [t for t in notes if t]
 
 
 def _subsample(n: int, max_points: int, keep: Iterable[int] = ()) -> np.ndarray:
@@ -396,21 +507,24 @@ def plot_label_counts(
     run = _open(run)
     name = find_tensor(run, _LABEL_NAMES, "labels", tensor)
     m = _mode_with_data(run, mode)
-    n_hint = num_classes or len(class_names or run.class_names or [])
-    counts = [(run.name, label_counts(run, m, tensor=name, num_classes=n_hint))]
+    run_counts, outside, n_run = _count_labels(run, m, name, num_classes, class_names)
+    counts = [(run.name, run_counts)]
+    left_out = [left_out_note(outside, n_run)]
     note = ""
     if baseline is not None:
         base = _open(baseline)
         if base.has_tensor(name):
-            counts.append(
-                (f"{base.name} (baseline)", label_counts(base, m, tensor=name, num_classes=n_hint))
-            )
+            bm = _mode_with_data(base, m)
+            base_counts, b_out, b_n = _count_labels(base, bm, name, num_classes, class_names)
+            counts.append((f"{base.name} (baseline)", base_counts))
+            left_out.append(left_out_note(b_out, b_n, prefix=f"baseline {base.name}: "))
         else:  # the run's bars alone, saying why (the baseline's own damage is not the run's)
             note = f"baseline {base.name} holds no {name}"
     n = max(len(c) for _, c in counts)
     counts = [(lbl, np.pad(c, (0, n - len(c)))) for lbl, c in counts]
     names = class_names_of(run, n, class_names)
     fig = new_figure(min(30.0, max(8.0, 0.24 * n * len(counts) ** 0.5 + 2)), 5.2)
+    left_out = _add_notes(fig, left_out)
     ax = fig.subplots()
     width = 0.8 / len(counts)
     x = np.arange(n)
@@ -436,7 +550,8 @@ def plot_label_counts(
     ax.set_xlabel("class")
     ax.set_ylabel("samples")
     mode_name = "all modes" if m is None else m.name
-    ax.set_title(f"Label counts per class ({mode_name}, {name}); " + "; ".join(ratios), fontsize=10)
+    title = f"Label counts per class ({mode_name}, {name}); " + "; ".join(ratios)
+    ax.set_title("\n".join([title, *left_out]), fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     if note:
         ax.text(0.01, 0.97, note, transform=ax.transAxes, ha="left", va="top", color="C3")
@@ -460,13 +575,8 @@ def plot_confusion_matrix(
     names; by default each row as fractions of its class, the ``top`` largest off-diagonal
     cells outlined and listed."""
     run = _open(run)
-    n_hint = num_classes or len(class_names or run.class_names or [])
-    cm, m = confusion_matrix(
-        run,
-        mode,
-        labels_tensor=labels_tensor,
-        predictions_tensor=predictions_tensor,
-        num_classes=n_hint,
+    cm, m, left_out = _confusion(
+        run, mode, labels_tensor, predictions_tensor, num_classes, class_names
     )
     n = cm.shape[0]
     names = class_names_of(run, n, class_names)
@@ -501,9 +611,9 @@ def plot_confusion_matrix(
     total = int(cm.sum())
     acc = np.trace(cm) / total if total else float("nan")
     mode_name = "all modes" if m is None else m.name
-    ax.set_title(
-        f"Confusion matrix ({mode_name}, {total} samples, accuracy {acc:.1%})", fontsize=10
-    )
+    left_out = _add_notes(fig, left_out)
+    title = f"Confusion matrix ({mode_name}, {total} samples, accuracy {acc:.1%})"
+    ax.set_title("\n".join([title, *left_out]), fontsize=10)
     if worst:
         lines = [f"{names[t]} → {names[p]}: {cm[t, p]}" for t, p in worst]
         fig.text(
@@ -566,7 +676,26 @@ def misclassified_samples(
 ) -> tuple[list[tuple[int, int, int, int]], ModeKeys | None]:
     """Up to ``max_images`` mistakes as (mode step, index in batch, predicted, truth), newest
     steps first by default (the model as training left it); ``pairs`` keeps only confusions
-    within those class pairs (either way); ``steps_with`` keeps the steps that saved that tensor."""
+    within those class pairs (either way); ``steps_with`` keeps the steps that saved that tensor.
+    A sample whose label is outside the classes (ignore_index) is no mistake: left out."""
+    found, m, _ = _misclassified(
+        run, mode, max_images, pairs, labels_tensor, predictions_tensor, steps_with, newest_first
+    )
+    return found, m
+
+
+def _misclassified(
+    run: Any,
+    mode: Any,
+    max_images: int,
+    pairs: Iterable[tuple[int, int]] | None,
+    labels_tensor: str | None,
+    predictions_tensor: str | None,
+    steps_with: str | None,
+    newest_first: bool,
+    class_names: Sequence[str] | None = None,
+) -> tuple[list[tuple[int, int, int, int]], ModeKeys | None, str]:
+    """:func:`misclassified_samples`, and a note on the labels left out in the steps read."""
     run = _open(run)
     lab = find_tensor(run, _LABEL_NAMES, "labels", labels_tensor)
     pred = find_tensor(run, _LOGIT_NAMES, "predictions/logits", predictions_tensor)
@@ -577,10 +706,21 @@ def misclassified_samples(
     if steps_with is not None:
         steps = sorted(set(steps) & set(run.tensor(steps_with).steps(m)))
     found: list[tuple[int, int, int, int]] = []
+    outside: dict[int, int] = {}
+    n: int | None = None
+    searched = 0
     for s in reversed(steps) if newest_first else steps:
         y = _labels_of([lt.value(s, m)])
-        p = _predictions_of(pt.value(s, m))
-        for i in np.nonzero(y != p)[0]:
+        batch = pt.value(s, m)
+        p = _predictions_of(batch)
+        if searched == 0:  # the first batch of logits says how many classes there are
+            n = _class_count(run, None, class_names, scores_width(batch))
+        searched += 1
+        ok, out = _in_range(y, n)
+        for v, c in out.items():
+            outside[v] = outside.get(v, 0) + c
+        ok &= _in_range(p, n)[0]  # predicted ids no class name can show
+        for i in np.nonzero(ok & (y != p))[0]:
             if wanted is not None and frozenset((int(p[i]), int(y[i]))) not in wanted:
                 continue
             found.append((int(s), int(i), int(p[i]), int(y[i])))
@@ -589,7 +729,8 @@ def misclassified_samples(
         if len(found) >= max_images:
             break
     found.sort()
-    return found, m
+    where = f" in the {searched} {_step_label(m)}{'s' if searched != 1 else ''} searched"
+    return found, m, left_out_note(outside, n, where=where)
 
 
 def plot_misclassified(
@@ -618,14 +759,8 @@ def plot_misclassified(
             raise
         inp = None
     # with no images anywhere (inp None) every step counts: the mistakes are still listed
-    samples, m = misclassified_samples(
-        run,
-        mode,
-        max_images=max_images,
-        pairs=pairs,
-        labels_tensor=labels_tensor,
-        predictions_tensor=predictions_tensor,
-        steps_with=inp,
+    samples, m, left_out = _misclassified(
+        run, mode, max_images, pairs, labels_tensor, predictions_tensor, inp, True, class_names
     )
     n_classes = max(
         [max(p, t) + 1 for _, _, p, t in samples] + [len(class_names or run.class_names or [])]
@@ -686,7 +821,8 @@ def plot_misclassified(
             transform=axes[0].transAxes,
         )
     what = f"model input {inp}" if inp else "model input not saved"
-    fig.suptitle(f"Misclassified {mode_name} samples ({len(samples)} shown; {what})", fontsize=10)
+    title = f"Misclassified {mode_name} samples ({len(samples)} shown; {what})"
+    fig.suptitle("\n".join([title, *_add_notes(fig, [left_out])]), fontsize=10)
     return _finish(fig, path)
 
 

@@ -143,6 +143,34 @@ def write_demo_run(
     return path
 
 
+#: each step of write_out_of_range_run: labels over 5 logits columns, three of them no class
+#: (PyTorch's ignore_index -100, a -1 "unknown", a 7 that no logit scores), and the predictions
+OUT_OF_RANGE_LABELS = np.array([0, 1, 2, 3, 4, 4, -100, -1, 7, 1])
+OUT_OF_RANGE_PREDS = np.array([0, 1, 2, 3, 3, 4, 0, 4, 1, 2])
+
+
+def write_out_of_range_run(path: Path, *, steps: int = 2, class_names: bool = False) -> Path:
+    """A 5-class run whose labels hold -100, -1 and 7 (OUT_OF_RANGE_LABELS at every TRAIN and
+    EVAL step, logits scoring OUT_OF_RANGE_PREDS, normalised model inputs at EVAL steps)."""
+    meta: dict = {"normalize": {"mean": list(MEAN), "std": list(STD)}}
+    if class_names:
+        meta["class_names"] = ["zero", "one", "two", "three", "four"]
+    logits = np.eye(5, dtype=np.float32)[OUT_OF_RANGE_PREDS] * 4.0
+    pix = np.stack([sign_image(max(0, int(c)) % 5) for c in OUT_OF_RANGE_LABELS])
+    images = np.moveaxis((pix - np.array(MEAN)) / np.array(STD), -1, 1).astype(np.float32)
+    step = 0
+    with RunWriter(path, metadata=meta) as w:
+        for mode in ("TRAIN", "EVAL"):
+            for _ in range(steps):
+                w.write("CrossEntropyLoss_output_0", np.float32(1.0 / (step + 1)), step, mode)
+                w.write("CrossEntropyLoss_input_0", logits, step, mode)
+                w.write("CrossEntropyLoss_input_1", OUT_OF_RANGE_LABELS, step, mode)
+                if mode == "EVAL":
+                    w.write("ResNet_input_0", images, step, mode)
+                step += 1
+    return path
+
+
 def render_docs_images(out_dir: Path) -> list[Path]:
     """docs/images/report_*.png: label counts of the seed-like run against the fixed run, and
     the gallery of its mistakes (signs drawn by pytest_modelrules.datasets)."""

@@ -242,3 +242,21 @@ def test_verdicts_baseline_is_drawn_beside_each_run(demo_run_dir, baseline_run_d
     # the text evidence of CI logs is folded under the explanation
     assert "<details><summary>evidence</summary><pre>counts: ▁▇█</pre></details>" in demo_part
     assert "baseline" not in text[text.index("id='run-fixed'") :].split("<h3")[0]
+
+
+def test_labels_left_out_of_the_plots_are_named_under_them(tmp_path):
+    """A run whose labels hold -100, -1 and 7 with 5 logits: each plot that reads labels says
+    under it which it left out, and the gallery is drawn (it failed on -100 before)."""
+    from report_synthetic import write_out_of_range_run
+
+    run = write_out_of_range_run(tmp_path / "run")
+    text = report_html.write_report(run, tmp_path / "out", rules=[]).read_text(encoding="utf-8")
+    note = "6 labels outside classes 0-4 left out"
+    for key in ("label_counts", "confusion_matrix", "misclassified"):
+        start = text.index(f"id='plot-{key}--run'")
+        block = text[start : text.index("</div>", start)]
+        assert f"<p class='note left-out'>{note}" in block, key
+        assert "-100 ×2, -1 ×2, 7 ×2</p>" in block, key
+        assert f"data-plot='{key}'" in block, key
+    loss = text[text.index("id='plot-loss--run'") :]
+    assert "left-out" not in loss[: loss.index("</div>")]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from report_synthetic import GTSRB_NAMES, MEAN, STD, sign_image
+from report_synthetic import GTSRB_NAMES, MEAN, STD, sign_image, write_out_of_range_run
 
 from pytest_modelrules import MissingTensorError, open_run
 from pytest_modelrules.report import plots
@@ -401,3 +401,67 @@ def test_label_counts_with_a_baseline_without_labels_keep_the_runs_bars(tmp_path
     heights = [p.get_height() for p in fig.axes[0].patches]
     assert heights == [1, 2, 1]
     assert any("baseline base holds no" in t.get_text() for t in fig.axes[0].texts)
+
+
+# -- labels outside the classes -----------------------------------------------------------------
+
+LEFT_OUT = "6 labels outside classes 0-4 left out: -100 ×2, -1 ×2, 7 ×2"
+
+
+def test_labels_outside_the_logits_are_left_out_and_named(tmp_path):
+    """-100 (PyTorch's ignore_index), -1 and 7 with 5 logits are no class: every plot leaves
+    them out and says how many and which, in its title and its notes (the HTML prints those).
+    Before, the confusion matrix and the bars grew to class 7, the negatives vanished without
+    a word, and the gallery took ignored samples for mistakes and failed on -100."""
+    run = open_run(write_out_of_range_run(tmp_path / "run", steps=2))
+    counts = plots.plot_label_counts(run, path=tmp_path / "counts.png")
+    ax = counts.axes[0]
+    assert [p.get_height() for p in ax.containers[0]] == [2, 4, 2, 2, 4]
+    assert ax.get_title().endswith("\n" + LEFT_OUT)
+    assert plots.figure_notes(counts) == [LEFT_OUT]
+    assert plots.label_counts(run).tolist() == [2, 4, 2, 2, 4]
+
+    cm = plots.plot_confusion_matrix(run, normalize=False, path=tmp_path / "cm.png")
+    heat = cm.axes[0].get_images()[0].get_array()
+    assert heat.shape == (5, 5) and heat.sum() == 14 and np.trace(heat) == 10
+    assert cm.axes[0].get_title() == (
+        f"Confusion matrix (EVAL, 14 samples, accuracy {10 / 14:.1%})\n{LEFT_OUT}"
+    )
+    assert plots.figure_notes(cm) == [LEFT_OUT]
+    matrix, mode = plots.confusion_matrix(run)
+    assert matrix.shape == (5, 5) and mode.name == "EVAL"
+
+    gallery = plots.plot_misclassified(run, path=tmp_path / "gallery.png")
+    titles = sorted(title for title, _ in _gallery_panels(gallery))
+    assert titles == ["predicted 2, truth 1"] * 2 + ["predicted 3, truth 4"] * 2
+    note = (
+        "6 labels outside classes 0-4 left out in the 2 EVAL steps searched: -100 ×2, -1 ×2, 7 ×2"
+    )
+    assert plots.figure_notes(gallery) == [note]
+    assert gallery.get_suptitle().endswith("\n" + note)
+    found, _ = plots.misclassified_samples(run)
+    assert sorted({truth for *_, truth in found}) == [1, 4]
+    for name in ("counts", "cm", "gallery"):
+        assert_sane_png(tmp_path / f"{name}.png")
+
+
+def test_what_says_how_many_classes_there_are(tmp_path):
+    """num_classes, else the logits' width, else the class names; with none of them only
+    negative labels are no class. A baseline's labels left out are named as the baseline's."""
+    run = open_run(write_out_of_range_run(tmp_path / "run", steps=1))
+    assert plots.label_counts(run, num_classes=8).tolist() == [1, 2, 1, 1, 2, 0, 0, 1]
+    with RunWriter(tmp_path / "labels_only") as w:
+        w.write(LABELS, np.array([0, 2, -100, 9, 9]), 0, "TRAIN")
+    only = plots.plot_label_counts(tmp_path / "labels_only", baseline=run)
+    assert plots.figure_notes(only) == [
+        "1 label below 0 left out: -100 ×1",
+        "baseline run: 3 labels outside classes 0-4 left out: -100 ×1, -1 ×1, 7 ×1",
+    ]
+    run_bars, base_bars = only.axes[0].containers
+    assert [p.get_height() for p in run_bars] == [1, 0, 1, 0, 0, 0, 0, 0, 0, 2]
+    assert [p.get_height() for p in base_bars] == [1, 2, 1, 1, 2, 0, 0, 0, 0, 0]
+    with RunWriter(tmp_path / "named", metadata={"class_names": ["a", "b", "c"]}) as w:
+        w.write(LABELS, np.array([0, 2, 3, 9]), 0, "TRAIN")
+    named = plots.plot_label_counts(tmp_path / "named")
+    assert plots.figure_notes(named) == ["2 labels outside classes 0-2 left out: 3 ×1, 9 ×1"]
+    assert plots.figure_notes(plots.plot_label_counts(tmp_path / "named", num_classes=10)) == []
