@@ -445,7 +445,7 @@ def test_labels_outside_the_logits_are_left_out_and_named(tmp_path):
         assert_sane_png(tmp_path / f"{name}.png")
 
 
-def test_what_says_how_many_classes_there_are(tmp_path):
+def test_the_class_count_comes_from_num_classes_logits_or_class_names(tmp_path):
     """num_classes, else the logits' width, else the class names; with none of them only
     negative labels are no class. A baseline's labels left out are named as the baseline's."""
     run = open_run(write_out_of_range_run(tmp_path / "run", steps=1))
