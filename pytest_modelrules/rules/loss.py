@@ -445,13 +445,17 @@ class LossNotDecreasing(BuiltinRule):
         Raises TensorUnavailableForStep when no loss was saved at that step (invoke_rule then
         skips it), so calling it for every step of a run gives the same triggers as
         :meth:`evaluate`: a NaN / inf loss triggers at its step, and the comparisons read the
-        finite values only.
+        finite values only. With ``compare="passes"`` the last saved step of each pass (or
+        window) compares that pass's mean with the previous one's (:meth:`_pass_fails_at`).
         """
         if self._step_names is None:
-            self._step_names = select_loss_tensors(
+            names = select_loss_tensors(
                 self, run, self.collection_names, self.tensor_regex, self.use_losses_collection
             )
-            self._step_mode = resolve_mode(run, self._step_names, self.mode)
+            mode = resolve_mode(run, names, self.mode)
+            if self.compare == "passes" and mode == ModeKeys.GLOBAL:
+                raise self.param_error("compare", "'passes' needs a mode (TRAIN or EVAL)")
+            self._step_names, self._step_mode = names, mode
         mode = self._step_mode
         assert mode is not None
         if mode is ModeKeys.GLOBAL:
@@ -468,6 +472,10 @@ class LossNotDecreasing(BuiltinRule):
             if pos >= len(steps) or steps[pos] != step:
                 continue
             saved_any = True
+            if self.compare == "passes":
+                nonfinite = not np.isfinite(values[pos])
+                triggered |= nonfinite or self._pass_fails_at(run, name, mode, int(global_step))
+                continue
             if not np.isfinite(values[pos]):
                 triggered = True  # not a check: last_checked stays
                 continue
@@ -485,6 +493,20 @@ class LossNotDecreasing(BuiltinRule):
         if not saved_any:
             raise TensorUnavailableForStep(self._step_names[0], global_step, None)
         return triggered
+
+    def _pass_fails_at(self, run: Any, name: str, mode: ModeKeys, global_step: int) -> bool:
+        """compare="passes" at one step: True iff it is the last saved step of a pass whose
+        mean loss fails against the previous pass's (the passes as :meth:`_pass_means` cuts
+        them from the run as it stands; cached per run)."""
+        key = ("loss-pass-means", name, int(mode), self.num_steps)
+        cache = run_cache(run)
+        if key not in cache:
+            cache[key] = self._pass_means(run, mode, *scalar_series(run, name, mode))
+        ends, means = cache[key]
+        k = int(np.searchsorted(ends, global_step))
+        if k == 0 or k >= len(ends) or int(ends[k]) != global_step:
+            return False
+        return bool(self._fails(means[k], means[k - 1]))
 
 
 def _phase_means(

@@ -161,6 +161,63 @@ def test_parameters_as_strings_equal_values(old_case):
     assert a.triggers == b.triggers and a.parameters == b.parameters
 
 
+def _class_sorted_eval_passes(tmp_path):
+    """Three epochs of 4 flat TRAIN steps and 3 EVAL batches whose pass means fall
+    2.0 -> 1.9 -> 1.89 while single batches jump (1.0 / 3.0 / 2.0)."""
+    rows, g = [], 0
+    for shift in (0.0, -0.1, -0.11):
+        for _ in range(4):
+            rows.append((g, "TRAIN", 2.0))
+            g += 1
+        for v in (1.0, 3.0, 2.0):
+            rows.append((g, "EVAL", v + shift))
+            g += 1
+    return write_losses(tmp_path / "r", rows)
+
+
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        ({"mode": "EVAL", "num_steps": 2, "compare": "passes"}, []),  # was [6, 12, 20]
+        ({"mode": "EVAL", "compare": "passes", "min_decrease_percent": 1}, [20]),
+        ({"mode": "EVAL", "compare": "passes", "diff_percent": 10}, []),
+        ({"mode": "TRAIN", "compare": "passes"}, [10, 17]),  # flat epochs
+        ({"compare": "passes"}, []),  # mode None: EVAL
+        ({"mode": "EVAL", "num_steps": 2}, [6, 12, 20]),  # single batches
+    ],
+)
+def test_stepwise_compare_passes_agrees_with_the_whole_run(tmp_path, params, expected):
+    run = _class_sorted_eval_passes(tmp_path)
+    whole = LossNotDecreasing(**params).evaluate(run)
+    walked = invoke_rule(LossNotDecreasing(**params), trial=run)
+    assert [t.step for t in whole.triggers] == expected
+    assert [t.step for t in walked.triggers] == expected
+
+
+def test_stepwise_compare_passes_on_windows_and_bad_mode(tmp_path):
+    # no evaluation passes: windows of num_steps TRAIN steps (0-4, 5-9, 10-14; 15-16 left out)
+    values = [2.0, 2.0, 1.8, 1.8, 1.8, 1.9, 3.0]
+    rows = [(g, "TRAIN", values[g // 5] if g != 7 else np.nan) for g in range(17)]
+    run = write_losses(tmp_path / "train", rows)
+    cases = [
+        ({"num_steps": 5}, [7, 9]),  # the NaN step; window means 2 -> 2 -> 1.8
+        ({"num_steps": 5, "min_decrease_percent": 15}, [7, 9, 14]),  # 1.8 is 10 % below 2
+        ({"num_steps": 3}, [5, 7, 8]),  # 2, 2, 2 (NaN left out), 1.867, 1.8
+    ]
+    for params, expected in cases:
+        whole = LossNotDecreasing(compare="passes", **params).evaluate(run)
+        walked = invoke_rule(LossNotDecreasing(compare="passes", **params), trial=run)
+        assert [t.step for t in whole.triggers] == expected
+        assert [t.step for t in walked.triggers] == expected
+    # passes need a mode: both paths refuse GLOBAL alike
+    for call in (
+        lambda: LossNotDecreasing(mode="GLOBAL", compare="passes").evaluate(run),
+        lambda: invoke_rule(LossNotDecreasing(mode="GLOBAL", compare="passes"), trial=run),
+    ):
+        with pytest.raises(RuleParameterError, match="'passes' needs a mode"):
+            call()
+
+
 # -- Overfit ------------------------------------------------------------------------------------
 
 
@@ -396,7 +453,12 @@ def test_nonfinite_losses_stepwise_agree_with_the_whole_run(tmp_path, rule):
     walked = invoke_rule(rule(), trial=run)
     assert whole.triggered and walked.triggered
     assert [t.step for t in walked.triggers] == [t.step for t in whole.triggers]
-    for params in ({"mode": "TRAIN", "num_steps": 2}, {"mode": "GLOBAL", "num_steps": 3}):
+    for params in (
+        {"mode": "TRAIN", "num_steps": 2},
+        {"mode": "GLOBAL", "num_steps": 3},
+        {"mode": "EVAL", "compare": "passes"},
+        {"mode": "TRAIN", "compare": "passes", "num_steps": 2},
+    ):
         if rule is LossNotDecreasing:
             whole = rule(**params).evaluate(run)
             walked = invoke_rule(rule(**params), trial=run)
@@ -407,9 +469,10 @@ def test_nonfinite_losses_stepwise_agree_with_the_whole_run(tmp_path, rule):
 
 
 def _memory_run(values, mode="TRAIN"):
+    """A loss per global step; ``mode`` is one mode or one per step."""
     builder = MemoryRunBuilder()
     for g, v in enumerate(values):
-        builder.write(LOSS, np.float32(v), g, mode)
+        builder.write(LOSS, np.float32(v), g, mode if isinstance(mode, str) else mode[g])
     builder.close()
     return builder.run()
 
@@ -427,15 +490,12 @@ def test_scaling_losses_keeps_the_verdict(values, factor, n):
     assert [t.step for t in a.triggers] == [t.step for t in b.triggers]
 
 
-#: losses with NaN / inf among them (one value in eight, about)
-losses_nonfinite = st.lists(
-    st.one_of(
-        st.floats(0.015625, 10.0, width=32),
-        st.sampled_from([np.nan, np.inf, -np.inf]),
-    ),
-    min_size=1,
-    max_size=60,
+#: a loss value, NaN / inf among them (one value in eight, about)
+loss_or_nonfinite = st.one_of(
+    st.floats(0.015625, 10.0, width=32),
+    st.sampled_from([np.nan, np.inf, -np.inf]),
 )
+losses_nonfinite = st.lists(loss_or_nonfinite, min_size=1, max_size=60)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -447,6 +507,34 @@ def test_vectorised_and_stepwise_agree(values, n, diff):
     assert [t.step for t in whole.triggers] == [t.step for t in walked.triggers]
     bad = [g for g, v in enumerate(values) if not np.isfinite(v)]
     assert set(bad) <= {t.step for t in whole.triggers}  # every NaN / inf step triggers
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.lists(
+        st.tuples(loss_or_nonfinite, st.sampled_from(["TRAIN", "EVAL"])),
+        min_size=1,
+        max_size=60,
+    ),
+    n=st.integers(1, 8),
+    params=st.sampled_from(
+        [
+            {"compare": "passes"},
+            {"compare": "passes", "mode": "TRAIN"},
+            {"compare": "passes", "mode": "EVAL", "diff_percent": 5.0},
+            {"compare": "passes", "min_decrease_percent": 1.0},
+            {"compare": "steps"},
+            {"compare": "steps", "mode": "TRAIN", "min_decrease_percent": 1.0},
+        ]
+    ),
+)
+def test_vectorised_and_stepwise_agree_on_passes(rows, n, params):
+    """Interleaved TRAIN / EVAL stretches (passes, or windows where a mode has one stretch),
+    NaN / inf among the losses: invoke_rule triggers where evaluate() does."""
+    run = _memory_run([v for v, _ in rows], [m for _, m in rows])
+    whole = LossNotDecreasing(num_steps=n, **params).evaluate(run)
+    walked = invoke_rule(LossNotDecreasing(num_steps=n, **params), trial=run)
+    assert [t.step for t in whole.triggers] == [t.step for t in walked.triggers]
 
 
 @given(

@@ -92,6 +92,34 @@ def test_loss_not_decreasing_stepwise_agrees_with_the_whole_run(gen, num_steps, 
     assert set(steps[~np.isfinite(values)].tolist()) <= {t.step for t in whole.triggers}
 
 
+@FAST
+@given(
+    mst.training_runs(
+        tensors=("loss",),
+        modes=st.sampled_from([("TRAIN",), ("TRAIN", "EVAL")]),
+        epochs=(1, 4),
+        steps_per_epoch=(2, 12),
+        eval_steps_per_epoch=(1, 4),
+        save_interval=(1, 3),
+        missing_steps=(0, 2),
+        loss=st.sampled_from(mst.LOSS_SHAPES),
+        loss_kwargs={"noise": st.sampled_from([0.0, 0.1]), "nonfinite": (0, 1)},
+    ),
+    st.integers(1, 8),
+    st.sampled_from([None, "TRAIN", "EVAL"]),
+    st.sampled_from([{}, {"diff_percent": 5.0}, {"min_decrease_percent": 1.0}]),
+)
+def test_loss_not_decreasing_stepwise_agrees_on_passes(gen, num_steps, mode, limit) -> None:
+    """compare="passes" (pass means, or windows of num_steps steps where the mode has one
+    stretch): invoke_rule walking every step triggers where evaluate() does."""
+    from pytest_modelrules.rules.custom import invoke_rule
+
+    params = {"num_steps": num_steps, "mode": mode, "compare": "passes", **limit}
+    whole = LossNotDecreasing(**params).evaluate(gen.run)
+    walked = invoke_rule(LossNotDecreasing(**params), trial=gen.run)
+    assert _verdict(walked) == _verdict(whole)
+
+
 # -- ClassImbalance -------------------------------------------------------------------------------
 
 
