@@ -6,10 +6,11 @@ Notebook code written for smdebug runs unchanged once its imports point here::
     from pytest_modelrules import Rule, invoke_rule, RuleEvaluationConditionMet, create_trial
 
 Built-in rules run step by step too: ``invoke_rule(LossNotDecreasing(), trial=run)`` (or
-``as_custom_rule(rule, run)``). A built-in rule with its own incremental path
-(LossNotDecreasing) uses it; the others are evaluated over the run once and answer each step
-from their trigger steps, which is the same thing for rules whose verdict at a step depends
-only on the steps up to it (all of this project's are).
+``as_custom_rule(rule, run)``; both also take a registered name, ``as_custom_rule("dead_relu",
+run, threshold_layer=60)``). A built-in rule with its own incremental path (LossNotDecreasing,
+every parameter honoured, ``compare="passes"`` included) uses it; the others are evaluated over
+the run once and answer each step from their trigger steps. Either way walking every step of
+a run gives the triggers of ``evaluate()`` on it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from ..exceptions import RuleEvaluationConditionMet, StepUnavailable, TensorUnavailableForStep
 from .base import BuiltinRule
+from .registry import make_rule
 from .result import RuleResult, TriggerStep
 
 _LOG = logging.getLogger("pytest_modelrules.rules")
@@ -63,6 +65,11 @@ class BuiltinAsCustomRule(Rule):
     """A built-in rule answering step by step (see the module's docstring)."""
 
     def __init__(self, rule: BuiltinRule, base_trial: Any) -> None:
+        if not isinstance(rule, BuiltinRule):
+            raise TypeError(
+                f"BuiltinAsCustomRule needs a built-in rule instance, got {rule!r}; "
+                "as_custom_rule(rule, trial) also takes a rule name"
+            )
         super().__init__(base_trial)
         self.rule = rule
         self.rule_name = type(rule).__name__
@@ -85,13 +92,30 @@ class BuiltinAsCustomRule(Rule):
         return int(step) in self._triggers
 
 
-def as_custom_rule(rule: BuiltinRule, trial: Any) -> Rule:
-    """A built-in rule bound to a run, usable with :func:`invoke_rule`."""
-    return BuiltinAsCustomRule(rule, trial)
+def _is_builtin_spec(rule: Any) -> bool:
+    """``rule`` names a built-in rule as :func:`~.registry.make_rule` takes it: an instance, a
+    name, a class or a (name, params) pair."""
+    if isinstance(rule, (BuiltinRule, str)):
+        return True
+    if isinstance(rule, type):
+        return issubclass(rule, BuiltinRule)
+    return isinstance(rule, tuple) and len(rule) == 2 and isinstance(rule[1], dict)
+
+
+def as_custom_rule(rule: BuiltinRule | str | type | tuple, trial: Any, **params: Any) -> Rule:
+    """A built-in rule bound to a run, usable with :func:`invoke_rule`: an instance, or a
+    registered name, class or (name, params) pair with ``params`` as :func:`evaluate` takes."""
+    if not _is_builtin_spec(rule):
+        raise TypeError(
+            "as_custom_rule(rule, trial, **params) takes a built-in rule: an instance "
+            "(LossNotDecreasing()), a registered name ('dead_relu'), a rule class or a "
+            f"(name, params) pair; got {rule!r} (a Rule subclass goes to invoke_rule as it is)"
+        )
+    return BuiltinAsCustomRule(make_rule(rule, **params), trial)
 
 
 def invoke_rule(
-    rule: Rule | BuiltinRule,
+    rule: Rule | BuiltinRule | str | tuple,
     start_step: int = 0,
     end_step: int | None = None,
     raise_eval_cond: bool = False,
@@ -105,9 +129,10 @@ def invoke_rule(
     are skipped. With ``raise_eval_cond`` the first step where the rule returns True raises
     RuleEvaluationConditionMet(rule_name, step) (its ``result`` holds what was found so far);
     otherwise a RuleResult listing every trigger step comes back. A run still being written is
-    refreshed once at the start; steps written later are not waited for.
+    refreshed once at the start; steps written later are not waited for. A built-in rule (an
+    instance, a registered name or a (name, params) pair) needs ``trial``.
     """
-    if isinstance(rule, BuiltinRule):
+    if not isinstance(rule, Rule) and _is_builtin_spec(rule):
         if trial is None:
             raise TypeError("invoke_rule(builtin_rule, trial=run): a built-in rule needs the run")
         rule = as_custom_rule(rule, trial)

@@ -11,14 +11,16 @@ import numpy as np
 import pytest
 
 from pytest_modelrules import (
+    MissingTensorError,
     RuleEvaluationConditionMet,
+    RuleParameterError,
     RunWriter,
     TensorUnavailable,
     create_trial,
 )
 from pytest_modelrules.datasets.gtsrb_meta import CLASS_NAMES
 from pytest_modelrules.rules.classification import DirectionConfusion
-from pytest_modelrules.rules.custom import Rule, as_custom_rule, invoke_rule
+from pytest_modelrules.rules.custom import BuiltinAsCustomRule, Rule, as_custom_rule, invoke_rule
 from pytest_modelrules.rules.loss import LossNotDecreasing
 
 # The two notebook cells of the seed (shared/seed/sagemaker_debugger_transfer_learning.txt),
@@ -211,3 +213,58 @@ def test_builtin_step_by_step_follows_a_run_being_written(tmp_path):
     write(4, 1)
     assert stepwise.invoke_at_step(4) is True  # refreshed: the step was written after opening
     w.close()
+
+
+def test_as_custom_rule_takes_a_rule_name_with_parameters(tmp_path):
+    trial = write_confusions(tmp_path / "run", PER_STEP)
+    expected = [t.step for t in DirectionConfusion(limit=6).evaluate(trial).triggers]
+    assert expected == [4, 5, 6, 7, 8, 9, 10, 11]  # the 7th confusion comes at step 4
+    for spec, params in (
+        ("direction_confusion", {"limit": 6}),
+        ("DirectionConfusion", {"limit": "6"}),  # class name, parameter as a string
+        (DirectionConfusion, {"limit": 6}),
+        (("direction_confusion", {"limit": 6}), {}),
+    ):
+        stepwise = as_custom_rule(spec, trial, **params)
+        assert isinstance(stepwise.rule, DirectionConfusion) and stepwise.rule.limit == 6
+        assert [t.step for t in invoke_rule(stepwise).triggers] == expected
+    walked = invoke_rule(("direction_confusion", {"limit": 6}), trial=trial)
+    assert [t.step for t in walked.triggers] == expected
+    assert walked.parameters["limit"] == 6
+    assert [t.step for t in invoke_rule("direction_confusion", trial=trial).triggers] == [
+        8,
+        9,
+        10,
+        11,
+    ]
+
+
+def test_as_custom_rule_with_a_name_of_a_rule_whose_tensors_are_missing(tmp_path):
+    # the name is resolved at once: the failure is the rule's own "the run has no ..." error
+    trial = write_confusions(tmp_path / "run", [1, 2])
+    with pytest.raises(MissingTensorError, match="DeadRelu: no tensor matches"):
+        invoke_rule(as_custom_rule("dead_relu", trial, threshold_layer=60))
+
+
+def test_as_custom_rule_rejects_what_is_no_builtin_rule(tmp_path):
+    trial = write_confusions(tmp_path / "run", [1])
+    with pytest.raises(
+        RuleParameterError, match=r"unknown rule 'dead_reluu'.*did you mean dead_relu"
+    ):
+        as_custom_rule("dead_reluu", trial)
+    with pytest.raises(RuleParameterError, match="unknown parameter"):
+        as_custom_rule("dead_relu", trial, threshold=3)
+    with pytest.raises(RuleParameterError, match="already configured"):
+        as_custom_rule(DirectionConfusion(), trial, limit=3)
+
+    class Mine(Rule):
+        def invoke_at_step(self, step):
+            return False
+
+    for wrong in (Mine(trial), Mine, 42, ("dead_relu",), None):
+        with pytest.raises(TypeError, match=r"as_custom_rule\(rule, trial, \*\*params\) takes"):
+            as_custom_rule(wrong, trial)
+    with pytest.raises(TypeError, match="built-in rule instance"):
+        BuiltinAsCustomRule("dead_relu", trial)
+    with pytest.raises(TypeError, match="trial=run"):
+        invoke_rule("dead_relu")
