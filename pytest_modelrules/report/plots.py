@@ -20,6 +20,8 @@ import numpy as np
 
 from ..exceptions import MissingTensorError, ModelRulesError
 from ..modes import ModeKeys, parse_mode
+from ..rules._labels import in_range as _in_range
+from ..rules._labels import left_out_note
 from ..store.names import (
     compute_reduction,
     is_reduction,
@@ -170,7 +172,8 @@ def _predictions_of(batch: np.ndarray) -> np.ndarray:
 # -- labels outside the classes ------------------------------------------------------------------
 # A label the model cannot predict (PyTorch's ignore_index -100, a -1 "unknown", 255 in
 # segmentation masks, or a bad id) is no class: the plots leave it out and say so, on the figure
-# (its title) and in the figure's notes, which the HTML report prints under the plot.
+# (its title) and in the figure's notes, which the HTML report prints under the plot. The test
+# and the wording (``_in_range``, ``left_out_note``) are shared with the rules (rules/_labels.py).
 
 NOTES_ATTR = "modelrules_notes"
 
@@ -217,30 +220,6 @@ def _logits_width(run: Run, mode: ModeKeys | None) -> int | None:
         return scores_width(t.value(steps[0], mode)) if steps else None
     except (ModelRulesError, OSError, ValueError):  # no (readable) logits: no width
         return None
-
-
-def _in_range(values: np.ndarray, n: int | None) -> tuple[np.ndarray, dict[int, int]]:
-    """(mask of the values that are classes 0..n-1, or >= 0 when n is None; {value left out:
-    how many times})."""
-    ok = values >= 0 if n is None else (values >= 0) & (values < n)
-    out, counts = np.unique(values[~ok], return_counts=True)
-    return ok, {int(v): int(c) for v, c in zip(out, counts)}
-
-
-def left_out_note(
-    outside: dict[int, int], n: int | None, what: str = "label", where: str = "", prefix: str = ""
-) -> str:
-    """One line naming the values left out, how many of each, e.g. "6 labels outside classes
-    0-4 left out: -100 ×3, 7 ×3"; "" when none were."""
-    if not outside:
-        return ""
-    total = sum(outside.values())
-    span = f"outside classes 0-{n - 1}" if n else "below 0"
-    items = sorted(outside.items())
-    shown = ", ".join(f"{v} ×{c}" for v, c in items[:8])
-    more = f" and {len(items) - 8} more values" if len(items) > 8 else ""
-    plural = "" if total == 1 else "s"
-    return f"{prefix}{total} {what}{plural} {span} left out{where}: {shown}{more}"
 
 
 def _count_labels(
