@@ -14,6 +14,7 @@ import numpy as np
 
 from ..exceptions import MissingTensorError, RuleError, RuleParameterError
 from ..modes import ModeKeys
+from ._labels import with_note
 from .base import BuiltinRule, Param, register
 from .classification import (
     class_label,
@@ -21,7 +22,7 @@ from .classification import (
     recall_by_phase,
     resolve_labels_predictions,
 )
-from .loss import fmt
+from .loss import fmt, phases
 from .result import RuleResult
 
 
@@ -75,7 +76,8 @@ class BaselineComparison(BuiltinRule):
         compared = 0
 
         # per-class recall
-        recall = self._recalls(run, base, notes)
+        left_out: list[str] = []
+        recall = self._recalls(run, base, notes, left_out)
         if recall is not None:
             now, before, n_now, n_before = recall
             judged = (n_now >= self.min_samples) & (n_before >= self.min_samples)
@@ -133,6 +135,7 @@ class BaselineComparison(BuiltinRule):
             text = f"{head}: no class recall and no rule figure got worse beyond the margins."
         if notes:
             text += " Not compared: " + "; ".join(notes) + "."
+        text = with_note(text, "; ".join(left_out))
         last = run.steps()
         trigger = [self.trigger_step(run, last[-1])] if regressions and last else []
         return self.make_result(
@@ -148,10 +151,12 @@ class BaselineComparison(BuiltinRule):
             skipped=compared == 0,
         )
 
-    def _recalls(self, run: Any, base: Any, notes: list[str]):
+    def _recalls(self, run: Any, base: Any, notes: list[str], left_out: list[str]):
+        """(recall now, recall before, samples now, samples before) per class, or None; the
+        labels left out of each run's last pass go to ``left_out``."""
         mode = self.mode or ModeKeys.EVAL
         out = []
-        for r in (run, base):
+        for i, r in enumerate((run, base)):
             try:
                 lname, pname = resolve_labels_predictions(
                     self, r, self.labels_regex, self.predictions_regex
@@ -165,6 +170,9 @@ class BaselineComparison(BuiltinRule):
                 notes.append(f"per-class recall (run {r.name!r} has no {mode.name} steps)")
                 return None
             out.append(groups[-1])
+            note = data.left_out_note(phases(r, mode)[-1], f" in the last {mode.name} pass")
+            if note:
+                left_out.append(f"baseline {r.name!r}: {note}" if i else note)
         k = max(len(out[0][1]), len(out[1][1]))
         (_, c_now, n_now), (_, c_before, n_before) = [
             (e, np.pad(c, (0, k - len(c))), np.pad(n, (0, k - len(n)))) for e, c, n in out

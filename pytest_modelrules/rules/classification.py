@@ -11,13 +11,14 @@ per run and shared between the rules (``run_cache``).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..exceptions import RuleError
 from ..modes import ModeKeys
+from ._labels import class_mask, left_out_note, value_counts, with_note
 from .base import BuiltinRule, Param, register
 from .loss import fmt, phases, run_cache, where
 from .result import RuleResult
@@ -73,13 +74,17 @@ def resolve_labels_predictions(
 
 @dataclass
 class LabelData:
-    """Labels and predicted classes of every saved step, flattened over samples."""
+    """Labels and predicted classes of every saved step, flattened over samples; the labels
+    that are no class (negative, or at or past the logits' width) are kept apart."""
 
     global_steps: np.ndarray  # (n_steps,) the steps holding labels (and predictions)
     modes: np.ndarray  # (n_steps,)
     sample_step: np.ndarray  # (N,) index into global_steps of each sample
     labels: np.ndarray  # (N,) int64
     predictions: np.ndarray | None  # (N,) int64 predicted class, or None
+    width: int | None = None  # classes the logits score; None for class ids / no predictions
+    dropped_step: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    dropped: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # labels left out
 
     @property
     def num_classes(self) -> int:
@@ -94,6 +99,18 @@ class LabelData:
         idx = np.flatnonzero(np.isin(self.global_steps, steps))
         return idx, np.isin(self.sample_step, idx)
 
+    def left_out(self, steps: np.ndarray | None = None) -> dict[int, int]:
+        """{label left out: count} over every step, or over the given global steps."""
+        values = self.dropped
+        if steps is not None:
+            idx = np.flatnonzero(np.isin(self.global_steps, steps))
+            values = values[np.isin(self.dropped_step, idx)]
+        return value_counts(values)
+
+    def left_out_note(self, steps: np.ndarray | None = None, where: str = "") -> str:
+        """The report's line on the labels left out (see :meth:`left_out`); "" if none."""
+        return left_out_note(self.left_out(steps), self.width, where=where)
+
 
 def read_label_data(
     run: Any,
@@ -104,7 +121,8 @@ def read_label_data(
 ) -> LabelData:
     """Decode labels (and predictions: argmax over the last axis when they hold one more axis
     than the labels, or when ``argmax`` and they hold more values than the labels) at every
-    step holding both, every worker's shard, once per run."""
+    step holding both, every worker's shard, once per run. Labels below 0 (ignore_index), and
+    with class scores labels at or past their width, are no class: kept apart, not counted."""
     mode_arg = None if mode in (None, ModeKeys.GLOBAL) else mode
     key = ("labels", labels_name, preds_name, int(mode_arg or 0), bool(argmax))
     cache = run_cache(run)
@@ -116,7 +134,7 @@ def read_label_data(
     width = max(len(run.workers()), 1)
     lab_keys = lab.global_steps * width + lab.workers
     lab_idx = np.arange(len(lab_keys))
-    pred_classes = None
+    pred_classes, n_scores = None, None
     if preds_name is not None:
         pred = run.tensor(preds_name).series(mode_arg, all_workers=True)
         pred_keys = pred.global_steps * width + pred.workers
@@ -124,7 +142,7 @@ def read_label_data(
     lab_arrays = [lab.arrays[i] for i in lab_idx]
     if preds_name is not None:
         pred_arrays = [pred.arrays[i] for i in pred_idx]
-        pred_classes = _predicted_classes(pred_arrays, lab_arrays, argmax, preds_name)
+        pred_classes, n_scores = _predicted_classes(pred_arrays, lab_arrays, argmax, preds_name)
     steps, first, which = np.unique(
         lab.global_steps[lab_idx], return_index=True, return_inverse=True
     )
@@ -143,7 +161,10 @@ def read_label_data(
             f"({len(pred_classes)} vs {len(labels)}); pass argmax=True for class scores"
         )
     sample_step = np.repeat(np.asarray(which).reshape(-1), lengths)
-    keep = labels >= 0  # PyTorch's ignore_index (-100) marks samples the loss ignores
+    # PyTorch's ignore_index (-100) marks samples the loss ignores; a label past the logits is
+    # no class the model can predict (255 in a mask, a bad id): both are left out, and named
+    keep = class_mask(labels, n_scores)
+    dropped_step, dropped = sample_step[~keep], labels[~keep]
     if not keep.all():
         labels, sample_step = labels[keep], sample_step[keep]
         pred_classes = pred_classes[keep] if pred_classes is not None else None
@@ -155,6 +176,9 @@ def read_label_data(
         sample_step,
         labels,
         pred_classes,
+        n_scores,
+        dropped_step,
+        dropped,
     )
     cache[key] = data
     return data
@@ -162,9 +186,10 @@ def read_label_data(
 
 def _predicted_classes(
     pred_arrays: list[np.ndarray], lab_arrays: list[np.ndarray], argmax: bool, name: str
-) -> np.ndarray:
+) -> tuple[np.ndarray, int | None]:
+    """(predicted class per sample, the class scores' width or None for class ids)."""
     if not pred_arrays:
-        return np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), None
     first_p, first_l = np.asarray(pred_arrays[0]), np.asarray(lab_arrays[0])
     scores = first_p.ndim == first_l.ndim + 1 or (argmax and first_p.size > first_l.size)
     if scores:
@@ -172,11 +197,12 @@ def _predicted_classes(
             raise RuleError(f"{name} holds scalars; cannot take argmax over a class axis")
         # argmax of each step's array (views of the file bytes): no copy of all the logits
         per_step = [np.asarray(a).argmax(axis=-1).reshape(-1) for a in pred_arrays]
-        return np.concatenate(per_step).astype(np.int64)
+        width = int(first_p.shape[-1])
+        return np.concatenate(per_step).astype(np.int64), width if width > 1 else None
     joined = np.concatenate([np.asarray(a).reshape(-1) for a in pred_arrays])
     if joined.dtype.kind == "f" and not np.all(joined == np.round(joined)):
         raise RuleError(f"{name} holds fractional values: pass argmax=True for class scores")
-    return joined.astype(np.int64)
+    return joined.astype(np.int64), None
 
 
 def per_step_counts(data: LabelData, mask: np.ndarray | None, num_classes: int) -> np.ndarray:
@@ -186,6 +212,15 @@ def per_step_counts(data: LabelData, mask: np.ndarray | None, num_classes: int) 
     sel_lab = data.labels if mask is None else data.labels[mask]
     flat = np.bincount(sel_step * num_classes + sel_lab, minlength=n * num_classes)
     return flat.reshape(n, num_classes)
+
+
+def _note_evidence(
+    evidence: dict[str, Any], data: LabelData, steps: np.ndarray | None = None
+) -> None:
+    """Put ``labels_left_out`` ({label: count}) into the evidence when labels were left out."""
+    left = data.left_out(steps)
+    if left:
+        evidence["labels_left_out"] = left
 
 
 def class_label(run: Any, cls: int) -> str:
@@ -236,8 +271,11 @@ class ClassImbalance(BuiltinRule):
         )
         data = read_label_data(run, lname, pname, self.mode, bool(self.argmax))
         n = len(data.global_steps)
+        note = data.left_out_note()
         if n == 0 or len(data.labels) == 0:
-            return self.make_result(False, f"{lname} holds no labels.", skipped=True)
+            return self.make_result(
+                False, with_note(f"{lname} holds no labels.", note), skipped=True
+            )
         k = data.num_classes
         counts = np.cumsum(per_step_counts(data, None, k), axis=0)
         total = counts.sum(axis=1)
@@ -262,12 +300,15 @@ class ClassImbalance(BuiltinRule):
             "predictions_tensor": pname,
             "class_counts": last,
         }
+        _note_evidence(evidence, data)
         if not judged.any():
             text = (
                 f"only {int(total[-1])} labels in {lname}, fewer than samples={self.samples}; "
                 "not judged"
             )
-            return self.make_result(False, text, evidence=evidence, steps_evaluated=n, skipped=True)
+            return self.make_result(
+                False, with_note(text, note), evidence=evidence, steps_evaluated=n, skipped=True
+            )
         if len(hits):
             j = int(hits[0])
             c = counts[j]
@@ -306,7 +347,7 @@ class ClassImbalance(BuiltinRule):
             text += "."
         return self.make_result(
             bool(triggers),
-            text,
+            with_note(text, note),
             first_trigger=triggers[0] if triggers else None,
             triggers=triggers,
             figure=final_ratio,
@@ -361,8 +402,22 @@ class Confusion(BuiltinRule):
         data = read_label_data(run, lname, pname, self.mode, False)
         assert data.predictions is not None
         n = len(data.global_steps)
+        note = data.left_out_note()
+        if self.category_no is not None:
+            _check_classes(
+                self,
+                run,
+                "category_no",
+                [self.category_no - 1],
+                data,
+                pname,
+                given=f"is {self.category_no}",
+                by_names=False,
+            )
         if n == 0 or len(data.labels) == 0:
-            return self.make_result(False, f"{lname} holds no labels.", skipped=True)
+            return self.make_result(
+                False, with_note(f"{lname} holds no labels.", note), skipped=True
+            )
         k = data.num_classes
         if self.category_no is not None:
             if k > self.category_no:
@@ -394,6 +449,7 @@ class Confusion(BuiltinRule):
             "predictions_tensor": pname,
             "bad_steps": data.global_steps[hits],
         }
+        _note_evidence(evidence, data)
         if len(hits):
             j = int(hits[0])
             c = int(np.flatnonzero(bad[j])[0])
@@ -416,7 +472,7 @@ class Confusion(BuiltinRule):
             )
         return self.make_result(
             bool(triggers),
-            text,
+            with_note(text, note),
             first_trigger=triggers[0] if triggers else None,
             triggers=triggers,
             figure=100.0 * len(hits) / n,
@@ -440,19 +496,32 @@ def _worst_wrong(data: LabelData, j: int, c: int) -> int | None:
 _SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)
 
 
-def _check_classes(rule: Any, run: Any, param: str, classes: list[int]) -> None:
-    """A class a parameter names that the run's class names do not have is a typo, not a
-    class without samples: refused, naming it (runs without class names cannot tell)."""
-    names = run.class_names
-    if not names:
-        return
-    outside = sorted({c for c in classes if c >= len(names)})
-    if outside:
-        raise rule.param_error(
-            param,
-            f"names class {', '.join(map(str, outside))}; the run's {len(names)} classes are "
-            f"0 to {len(names) - 1}",
-        )
+def _check_classes(
+    rule: Any,
+    run: Any,
+    param: str,
+    classes: list[int],
+    data: LabelData | None = None,
+    scores: str | None = None,
+    given: str | None = None,
+    by_names: bool = True,
+) -> None:
+    """A class a parameter names that the run's class names (``by_names``) or, given ``data``
+    read from class scores, the logits ``scores`` do not have is a typo, not a class without
+    samples: refused, naming the parameter (``given``: its value shown) and the classes."""
+    limits: list[tuple[int, str]] = []
+    names = run.class_names if by_names else None
+    if names:
+        limits.append((len(names), f"the run's {len(names)} classes are 0 to {len(names) - 1}"))
+    width = data.width if data is not None else None
+    if width:
+        logits = f"the logits {scores}" if scores else "the logits"
+        limits.append((width, f"{logits} score {width} classes, 0 to {width - 1}"))
+    for n, there in limits:
+        outside = sorted({c for c in classes if c >= n})
+        if outside:
+            shown = given or f"names class {', '.join(map(str, outside))}"
+            raise rule.param_error(param, f"{shown}; {there}")
 
 
 def mirror_pairs(class_names: list[str] | None) -> list[tuple[int, int]]:
@@ -480,12 +549,16 @@ def _last_phase(run: Any, data: LabelData, mode: ModeKeys | None) -> LabelData:
     keep, sel = data.samples_at(stretches[-1])
     remap = np.full(len(data.global_steps), -1, np.int64)
     remap[keep] = np.arange(len(keep))
+    out = np.isin(data.dropped_step, keep)
     return LabelData(
         data.global_steps[keep],
         data.modes[keep],
         remap[data.sample_step[sel]],
         data.labels[sel],
         None if data.predictions is None else data.predictions[sel],
+        data.width,
+        remap[data.dropped_step[out]],
+        data.dropped[out],
     )
 
 
@@ -559,6 +632,8 @@ class DirectionConfusion(BuiltinRule):
         )
         data = read_label_data(run, lname, pname, self.mode, False)
         assert data.predictions is not None
+        if source == "given":
+            _check_classes(self, run, "pairs", [c for pair in pairs for c in pair], data, pname)
         if self.phases == "last":
             data = _last_phase(run, data, self.mode)
         n = len(data.global_steps)
@@ -568,6 +643,7 @@ class DirectionConfusion(BuiltinRule):
         worst = 0
         worst_rate = 0.0
         evidence: dict[str, Any] = {"pairs": pairs, "pairs_source": source}
+        _note_evidence(evidence, data)
         for a, b in pairs:
             ab = (lab == a) & (pred == b)
             ba = (lab == b) & (pred == a)
@@ -626,7 +702,7 @@ class DirectionConfusion(BuiltinRule):
             )
         return self.make_result(
             bool(triggers),
-            head + ". " + "; ".join(lines) + ".",
+            with_note(head + ". " + "; ".join(lines) + ".", data.left_out_note()),
             first_trigger=triggers[0] if triggers else None,
             triggers=triggers,
             # judged by rate alone: the figure is the highest final rate of a judged pair
@@ -710,13 +786,18 @@ class RecallFloor(BuiltinRule):
                 skipped=True,
             )
         if self.classes is not None:
-            _check_classes(self, run, "classes", list(self.classes))
+            _check_classes(self, run, "classes", list(self.classes), data, pname)
         groups = recall_by_phase(run, data, mode, self.phases)
         trig: list[int] = []
         lines: list[str] = []
         lowest = 1.0
         judged_any = False
         evidence: dict[str, Any] = {"labels_tensor": lname, "predictions_tensor": pname}
+        passes = phases(run, mode)[-1:] if self.phases == "last" else []
+        judged_steps = passes[0] if passes else None  # None: every step of the mode
+        _note_evidence(evidence, data, judged_steps)
+        where_ = f" in the last {mode.name} pass" if passes else ""
+        note = data.left_out_note(judged_steps, where_)
         for end, correct, samples in groups:
             judged = samples >= self.min_samples
             if self.classes is not None:
@@ -746,7 +827,9 @@ class RecallFloor(BuiltinRule):
         if not judged_any:
             return self.make_result(
                 False,
-                f"No class had {self.min_samples} {mode.name} samples; nothing judged.",
+                with_note(
+                    f"No class had {self.min_samples} {mode.name} samples; nothing judged.", note
+                ),
                 evidence=evidence,
                 skipped=True,
                 steps_evaluated=len(data.global_steps),
@@ -759,7 +842,10 @@ class RecallFloor(BuiltinRule):
         triggers = self.trigger_steps(run, trig)
         return self.make_result(
             bool(triggers),
-            ("Recall " if not triggers else "Recall floor broken ") + "; ".join(lines) + ".",
+            with_note(
+                ("Recall " if not triggers else "Recall floor broken ") + "; ".join(lines) + ".",
+                note,
+            ),
             first_trigger=triggers[0] if triggers else None,
             triggers=triggers,
             figure=lowest,
@@ -781,6 +867,18 @@ def _accuracy(data: LabelData, steps: np.ndarray) -> tuple[float, int]:
     if n == 0:
         return float("nan"), 0
     return float((data.labels[sel] == data.predictions[sel]).mean()), n
+
+
+def _left_out_of(
+    train: LabelData, evals: LabelData, compared: list[tuple[np.ndarray, np.ndarray]] | None
+) -> dict[int, int]:
+    """{label left out: count} over the compared TRAIN and EVAL steps (None: all of them)."""
+    t_steps = np.concatenate([t for t, _ in compared]) if compared else None
+    e_steps = np.concatenate([e for _, e in compared]) if compared else None
+    left = train.left_out(t_steps)
+    for v, c in evals.left_out(e_steps).items():
+        left[v] = left.get(v, 0) + c
+    return left
 
 
 @register
@@ -845,11 +943,14 @@ class NoisyLabels(BuiltinRule):
         if self.phases == "last":
             pairs = pairs[-1:]
         rows: list[tuple[int, float, int, float, int]] = []  # end, train acc, n, eval acc, n
+        compared: list[tuple[np.ndarray, np.ndarray]] = []
         for t_steps, e_steps in pairs:
             acc_t, n_t = _accuracy(train, t_steps)
             acc_e, n_e = _accuracy(evals, e_steps)
             if n_t >= self.min_samples and n_e >= self.min_samples:
                 rows.append((int(e_steps[-1]), acc_t, n_t, acc_e, n_e))
+                compared.append((t_steps, e_steps))
+        left = _left_out_of(train, evals, compared or None)
         evidence: dict[str, Any] = {
             "labels_tensor": lname,
             "predictions_tensor": pname,
@@ -859,14 +960,16 @@ class NoisyLabels(BuiltinRule):
                 for r in rows
             ],
         }  # fmt: skip
+        if left:
+            evidence["labels_left_out"] = left
+        where_ = " in the steps compared" if rows else ""
+        note = left_out_note(left, train.width or evals.width, where=where_)
         if not rows:
-            return self.make_result(
-                False,
+            text = (
                 f"No evaluation pass with {self.min_samples} samples of predictions and labels "
-                f"after TRAIN steps with as many (EVAL passes: {len(passes)}); nothing judged.",
-                evidence=evidence,
-                skipped=True,
+                f"after TRAIN steps with as many (EVAL passes: {len(passes)}); nothing judged."
             )
+            return self.make_result(False, with_note(text, note), evidence=evidence, skipped=True)
         ratios = [r[1] / r[3] if r[3] > 0 else 1.0 for r in rows]
         trig = [r[0] for r, q in zip(rows, ratios) if q < self.min_ratio]
         worst = int(np.argmin(ratios))
@@ -887,7 +990,7 @@ class NoisyLabels(BuiltinRule):
             text = "Training and evaluation accuracy agree: " + text + "."
         return self.make_result(
             bool(triggers),
-            text,
+            with_note(text, note),
             first_trigger=triggers[0] if triggers else None,
             triggers=triggers,
             figure=float(ratios[worst]),

@@ -536,3 +536,126 @@ def test_classes_the_run_does_not_have_are_refused_not_passed(tmp_path):
     with pytest.raises(RuleParameterError, match=r"classes.*names class 77"):
         RecallFloor(min_recall=0.1, classes=[77]).evaluate(run)
     assert DirectionConfusion(pairs=[(1, 2)], limit=100).evaluate(run).triggered is False
+
+
+# -- labels that are no class ---------------------------------------------------------------------
+
+NO_CLASS = np.array([-100, -1, 7, 7, 7])  # ignore_index, "unknown", an id past 5 logits
+LEFT_OUT = "20 labels outside classes 0-4 left out: -100 ×4, -1 ×4, 7 ×12"
+
+
+def no_class_run(path):
+    """5 logits; TRAIN steps 0-1, EVAL steps 2-3 of 100 right predictions (20 per class) and
+    NO_CLASS labels (the 7s predicted as 3); at step 3, 5 samples of class 1 predicted as 2."""
+    steps = []
+    for g, mode in enumerate(["TRAIN", "TRAIN", "EVAL", "EVAL"]):
+        lab = np.arange(100) % 5
+        pred = lab.copy()
+        if g == 3:
+            pred[np.flatnonzero(lab == 1)[:5]] = 2
+        steps.append(
+            (mode, np.concatenate([lab, NO_CLASS]), np.concatenate([pred, [0, 0, 3, 3, 3]]))
+        )
+    return write_steps(path, steps, k=5)
+
+
+def test_labels_past_the_logits_are_left_out_and_named(tmp_path):
+    """A label at or past the logits' width (7 with 5 logits) is no class, as a negative one is:
+    every rule leaves both out and says how many and which, as the report's plots do. Before,
+    class 7 was counted: class_imbalance saw a ratio of 6.7 and class 7 100% mispredicted,
+    confusion found column 3 confused at every step, recall_floor judged class 7 at 0%."""
+    run = no_class_run(tmp_path / "r")
+    imbalance = ClassImbalance(samples=1).evaluate(run)
+    assert not imbalance.triggered
+    assert imbalance.evidence["class_counts"].tolist() == [80] * 5
+    assert imbalance.evidence["labels_left_out"] == {-100: 4, -1: 4, 7: 12}
+    assert imbalance.explanation.endswith(f". {LEFT_OUT}.")
+    confusion = Confusion().evaluate(run)
+    assert [t.step for t in confusion.triggers] == [3]
+    assert "predicted class 2 was right for 20 of 25 samples" in confusion.explanation
+    assert LEFT_OUT in confusion.explanation
+    assert [t.step for t in Confusion(category_no=5).evaluate(run).triggers] == [3]
+    pair = DirectionConfusion(pairs="1-2", limit=4).evaluate(run)
+    assert pair.first_step == 3 and pair.figure == 5 and LEFT_OUT in pair.explanation
+    recall = RecallFloor(min_samples=5).evaluate(run)
+    assert not recall.triggered and recall.figure == pytest.approx(35 / 40)
+    assert recall.explanation.endswith(
+        ". 10 labels outside classes 0-4 left out in the last EVAL pass: -100 ×2, -1 ×2, 7 ×6."
+    )
+    noisy = NoisyLabels(min_samples=50).evaluate(run)
+    assert noisy.evidence["passes"][0]["train_accuracy"] == 1.0
+    assert "15 labels outside classes 0-4 left out in the steps compared" in noisy.explanation
+
+
+def test_parameters_past_the_logits_are_refused(tmp_path):
+    """A class past the logits' width in a parameter is a typo: RuleParameterError naming the
+    parameter and the width (run without class names), where pairs=3-7 used to count the
+    label-7 samples and category_no=6 passed."""
+    run = no_class_run(tmp_path / "r")
+    width = "the logits CrossEntropyLoss_input_0 score 5 classes, 0 to 4"
+    with pytest.raises(RuleParameterError, match=f"'pairs' names class 7; {width}"):
+        DirectionConfusion(pairs="3-7").evaluate(run)
+    with pytest.raises(RuleParameterError, match=f"'category_no' is 6; {width}"):
+        Confusion(category_no=6).evaluate(run)
+    with pytest.raises(RuleParameterError, match=f"'classes' names class 5, 7; {width}"):
+        RecallFloor(classes=[0, 5, 7]).evaluate(run)
+    with pytest.raises(RuleParameterError, match=r"category_no.*hold class 4"):
+        Confusion(category_no=4).evaluate(run)
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected"),
+    [
+        (ClassImbalance(samples=1), []),
+        (Confusion(), [3]),
+        (Confusion(category_no=5), [3]),
+        (DirectionConfusion(pairs="1-2", limit=4), [3]),
+        (RecallFloor(min_samples=5), []),
+    ],
+    ids=lambda v: getattr(v, "name", ""),
+)
+def test_labels_past_the_logits_step_by_step_as_over_the_run(tmp_path, rule, expected):
+    """invoke_rule (the SageMaker custom-rule path) triggers where evaluate() does."""
+    from pytest_modelrules.rules.custom import invoke_rule
+
+    run = no_class_run(tmp_path / "r")
+    whole = rule.evaluate(run)
+    walked = invoke_rule(rule, trial=run)
+    assert [t.step for t in walked.triggers] == [t.step for t in whole.triggers] == expected
+
+
+def test_a_run_of_only_ignored_labels_says_so(tmp_path):
+    """Nothing left to judge is no silent pass: the skipped result names the labels left out;
+    class ids as predictions give no width, so only negative labels are no class there."""
+    lab = np.array([-100] * 6)
+    run = write_steps(tmp_path / "r", [("EVAL", lab, np.zeros(6, int))], k=5)
+    for rule in (ClassImbalance(samples=1), Confusion()):
+        result = rule.evaluate(run)
+        assert result.skipped and not result.triggered
+        assert result.explanation == (
+            f"{LABELS} holds no labels. 6 labels outside classes 0-4 left out: -100 ×6."
+        )
+    floor = RecallFloor(min_samples=1).evaluate(run)
+    assert floor.skipped and "left out in the last EVAL pass: -100 ×6" in floor.explanation
+    with RunWriter(tmp_path / "ids") as w:
+        w.write("labels", np.array([0, 1, -1, 9]), 0)
+        w.write("predictions", np.array([0, 1, 1, 1]), 0)
+    counts = ClassImbalance(samples=1).evaluate(tmp_path / "ids")
+    assert counts.evidence["class_counts"].tolist() == [1, 1] + [0] * 7 + [1]
+    assert counts.explanation.endswith(" 1 label below 0 left out: -1 ×1.")
+
+
+def test_helpers_and_baseline_name_the_labels_left_out(tmp_path):
+    """The assertion message's why: line carries the note; the baseline comparison names the
+    labels left out of each run's last pass."""
+    from pytest_modelrules import assert_no_confusion
+    from pytest_modelrules.assertions import ModelRuleFailure
+    from pytest_modelrules.rules.baseline import BaselineComparison
+
+    run = no_class_run(tmp_path / "r")
+    with pytest.raises(ModelRuleFailure, match=f"why: .*{LEFT_OUT}"):
+        assert_no_confusion(run)
+    base = BaselineComparison(baseline=run, rules=["class_imbalance"]).evaluate(run)
+    note = "10 labels outside classes 0-4 left out in the last EVAL pass: -100 ×2, -1 ×2, 7 ×6"
+    assert not base.triggered
+    assert base.explanation.endswith(f" {note}; baseline 'r': {note}.")
