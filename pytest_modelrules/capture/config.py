@@ -75,6 +75,13 @@ class SaveConfigMode:
             return False
         return (step - self.start_step) % interval == 0
 
+    def saves_any(self) -> bool:
+        """Whether some step is saved (``save_interval=0`` and no ``save_steps``: none)."""
+        if self._steps_set:
+            return True
+        end = self.end_step
+        return bool(self.save_interval) and (end is None or end > self.start_step)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "save_interval": self.save_interval,
@@ -117,6 +124,10 @@ class SaveConfig:
 
     def should_save(self, mode: ModeKeys, mode_step: int) -> bool:
         return self.modes[mode].should_save(mode_step)
+
+    def saves_any(self) -> bool:
+        """Whether some step of some mode is saved."""
+        return any(m.saves_any() for m in self.modes.values())
 
     def to_json(self) -> dict[str, Any]:
         """smdebug's collection-file shape: {"TRAIN": {...}, "EVAL": {...}, ...}."""

@@ -80,6 +80,20 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     return inner
 
 
+def is_compiled(model: torch.nn.Module) -> bool:
+    """Whether ``model`` (or a wrapper inside it) is compiled: ``torch.compile(model)``'s
+    wrapper or ``model.compile()``."""
+    inner = model
+    for _ in range(4):
+        if getattr(inner, "_compiled_call_impl", None) is not None or hasattr(inner, "_orig_mod"):
+            return True
+        if isinstance(inner, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            inner = inner.module
+        else:
+            break
+    return False
+
+
 def relu_tensor_base(path: str) -> str:
     """``layer1.0.relu`` -> ``layer1.0.relu``; ``features.1`` -> ``features.1.relu``; root -> relu.
 
@@ -205,6 +219,40 @@ def _recomputing() -> bool:
     ``vmap(grad(...))``, DP-SGD's recipe: its tensors are batched stand-ins that most
     operations of a capture cannot take). It is recorded as no forward pass."""
     return _GRAPH_TASK_ID() != -1 or _TRANSFORMING()
+
+
+_compiler = getattr(torch, "compiler", None)
+#: whether torch.compile (Dynamo) is tracing the code that calls it: True only while a
+#: compiled model's hooks are traced, never when they run
+_tracing: Callable[[], bool] = getattr(_compiler, "is_compiling", lambda: False)
+
+
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
+#: calls the Recorder's own code from a hook that torch.compile traces, as a graph break: the
+#: code runs as it does without compilation, and Dynamo never traces it (no guards on the
+#: Recorder's state, so no recompilation as steps go by)
+_eager: Callable[..., Any] = _compiler.disable(_call) if _compiler else _call
+
+
+def _breaks_allowed() -> bool:
+    """Whether the frame torch.compile is tracing may break its graph: not under
+    ``fullgraph=True``, where a break is an error (a compiled model's hooks then record
+    nothing inside its forward pass, rather than fail training). Called while tracing only:
+    Dynamo runs it once per trace and keeps the answer as a constant."""
+    try:
+        from torch._dynamo.symbolic_convert import InstructionTranslator
+
+        tx = InstructionTranslator.current_tx()
+        return not (tx.one_graph or getattr(tx, "error_on_graph_break", False))
+    except Exception:  # another PyTorch's internals: no break is the safe answer
+        return False
+
+
+if _compiler is not None and hasattr(_compiler, "assume_constant_result"):
+    _breaks_allowed = _compiler.assume_constant_result(_breaks_allowed)  # type: ignore[assignment]
 
 
 #: the writer thread waits for a step's copy to the host asleep (a blocking CUDA event), not
@@ -524,6 +572,7 @@ class Recorder:
         # per (ReLU module, call index) and per parameter list: what a saving step does with
         # it, worked out once while the same collections save (cleared with _spec_cache)
         self._relu_plan: dict[tuple[int, int], Any] = {}
+        self._relu_bases: dict[int, str] = {}  # a hooked ReLU module's tensor name base
         self._param_plans: dict[Any, _ParamPlan] = {}
         self._plans_done: set[Any] = set()
         self._grad_acc: dict[str, torch.Tensor] = {}
@@ -547,10 +596,23 @@ class Recorder:
         self._relu_calls: dict[int, int] = {}
         self._relu_in_calls: dict[int, int] = {}
         self._dyn_handles: list[Any] = []
-        self._loss_hooked = False  # the loss module's hook is installed for this step
+        self._loss_hooked = False  # the loss module's hook is installed (from the start)
         # the (collections saving, steps by optimizer) the dynamic hooks were installed for:
         # steps that save the same things keep them
         self._dyn_key: tuple[frozenset[int], bool] | None = None
+        # torch.compile: once a compiled forward pass calls the hooks, they stay installed
+        # (Dynamo does not see hooks added after it traced a module); its traced hooks read
+        # _graph_saving (a guard: two compiled variants, saving or not) and set
+        # _hidden_forward where they cannot leave the graph (fullgraph=True)
+        self._static_hooks = False
+        self._graph_saving = False
+        # what a compiled forward pass does at the ReLU calls of this step: None, "counts"
+        # (their positive counts, computed in the graph, kept in _graph_counts for the root's
+        # hook) or "eager" (the hooks run outside the graph); a guard, like _graph_saving
+        self._graph_relu: str | None = None
+        self._graph_counts: list[tuple[int, int, torch.Tensor]] = []
+        self._hidden_forward = False
+        self._hidden_said = False
         self._handles: list[Any] = []
         self._collections_dirty = False
         self._last_sync = time.monotonic()
@@ -605,6 +667,8 @@ class Recorder:
         except OSError as exc:
             self._fail(exc, "opening the run")
         self._install_static_hooks()
+        if is_compiled(model):  # its hooks stay, from the start (_make_hooks_static)
+            self._make_hooks_static()
         if self.monitor is not None and not self.dead:
             try:
                 self.monitor.attach(self.out_dir)
@@ -750,6 +814,13 @@ class Recorder:
     def _install_static_hooks(self) -> None:
         self._handles.append(self.root.register_forward_pre_hook(_Hook(self._root_pre_hook)))
         self._handles.append(self.root.register_forward_hook(_Hook(self._root_hook)))
+        if self.loss_module is not None and self._could_ever_save(
+            f"{self.loss_name}_input_0", f"{self.loss_name}_output_0"
+        ):
+            # kept at every step (it returns at once on a step that saves nothing): it also
+            # keeps the steps of a model whose compiled forward pass cannot call its hooks
+            self._handles.append(self.loss_module.register_forward_hook(_Hook(self._loss_hook)))
+            self._loss_hooked = True
         if self.optimizer is not None:
             self._handles.append(self.optimizer.register_step_pre_hook(self._opt_pre_hook))
             self._handles.append(self.optimizer.register_step_post_hook(self._opt_post_hook))
@@ -758,17 +829,23 @@ class Recorder:
         for handle in self._dyn_handles:
             handle.remove()
         self._dyn_handles.clear()
-        self._loss_hooked = False
         self._dyn_key = None
         if static:
             for handle in self._handles:
                 handle.remove()
             self._handles.clear()
+            self._loss_hooked = False
 
     def _steps_by_optimizer(self) -> bool:
         return self.optimizer is not None and self.mode == ModeKeys.TRAIN
 
     def _root_pre_hook(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        if _tracing():  # torch.compile traces the model: run this hook outside its graph
+            if _breaks_allowed():
+                _eager(self._compiled_pre_hook, module, args)
+            else:  # fullgraph=True: only a note that a forward pass ran (an attribute store)
+                self._hidden_forward = True
+            return
         if module is not self.root or _recomputing():  # a copy (copy.deepcopy) shares its hooks
             return
         if self.dead:
@@ -796,7 +873,51 @@ class Recorder:
         except Exception as exc:
             self._fail(exc, "recording the model input")
 
+    def _compiled_pre_hook(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        """The root's pre-hook, called from a compiled forward pass (a graph break): the
+        hooks become static first, before Dynamo traces the rest of the pass."""
+        if not self._static_hooks and not self.dead and module is self.root:
+            self._make_hooks_static()
+        self._root_pre_hook(module, args)
+
+    def _make_hooks_static(self) -> None:
+        """Install every hook a collection may ever want and keep them: Dynamo does not see a
+        hook added to a module it has traced (nor one removed), so a compiled model's hooks
+        must not follow the steps. Each still returns at once on a step that saves nothing."""
+        try:
+            self._remove_hooks()
+            self._static_hooks = True
+            self._install_step_hooks()
+        except Exception as exc:
+            self._fail(exc, "installing the hooks of a compiled model")
+
+    def _forward_was_hidden(self, where: str) -> None:
+        """A forward pass ran compiled with ``fullgraph=True``, where the model's hooks cannot
+        leave the graph: steps are kept by the loss and the optimizer's hooks, and what only
+        the model's hooks see is not recorded (said once)."""
+        self._hidden_forward = False
+        if not self._static_hooks:
+            self._make_hooks_static()
+        if not self._hidden_said:
+            self._hidden_said = True
+            _report(
+                "pytest-modelrules Recorder: the model runs under torch.compile with "
+                f"fullgraph=True (seen {where}), where its hooks cannot leave the compiled "
+                "graph: steps are kept by the loss and the optimizer, and the model's input "
+                "and outputs and its ReLU outputs are not recorded. Compile without "
+                "fullgraph=True to record them (docs/recording.md)"
+            )
+
     def _root_hook(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if _tracing():  # torch.compile: outside its graph, on steps that save only
+            if self._graph_saving and _breaks_allowed():
+                _eager(self._root_hook, module, args, output)
+            return
+        if self._graph_counts:  # the ReLU counts of a compiled forward pass
+            taken = list(self._graph_counts)
+            self._graph_counts.clear()  # in place: the compiled code appends to this list
+            if not (self.dead or self._forward_index or module is not self.root):
+                self._take_graph_counts(taken)
         # a step that saves nothing returns at once (its forward passes need no restart:
         # _restart_forward has nothing to drop there)
         if self.dead or not self._saving or self._forward_index or module is not self.root:
@@ -836,6 +957,16 @@ class Recorder:
         # the step's first loss call, whichever forward pass it follows: with gradient
         # accumulation the first micro-batch's; with two passes before the loss (R-Drop, two
         # views of a batch) the first pass's output's (later calls: already in _captured)
+        if _tracing():  # a loss inside a compiled function: outside its graph, when saving
+            if self._graph_saving and _breaks_allowed():
+                _eager(self._loss_hook, module, args, output)
+            return
+        if self._hidden_forward:
+            # the model's forward pass ran compiled without its hooks: its step begins here
+            if self.dead or module is not self.loss_module:
+                return
+            self._forward_was_hidden("at the loss")
+            self._root_pre_hook(self.root, ())
         if self.dead or self._forward_index < 0 or not self._saving:
             return
         if module is not self.loss_module:
@@ -866,6 +997,10 @@ class Recorder:
             return (key, id(mod)) if getattr(mod, "_is_replica", False) else None
 
         def pre_hook(mod: torch.nn.Module, args: tuple[Any, ...]) -> None:
+            if _tracing():  # torch.compile: outside its graph, where the step saves inputs
+                if self._graph_relu == "eager" and _breaks_allowed():
+                    _eager(pre_hook, mod, args)
+                return
             if self.dead or self._forward_index or not self._saving or _recomputing():
                 return
             try:
@@ -888,6 +1023,16 @@ class Recorder:
             # for the default positive_fraction, two kernels or a place in the step's Triton
             # launch (no autograd, autocast or no_grad state to touch: a comparison's result
             # never requires grad); a segment recomputed in backward (checkpointing) is skipped
+            if _tracing():  # torch.compile: the counts in its graph, or the hook outside it
+                relu = self._graph_relu
+                if relu == "counts":
+                    if mod is module and isinstance(output, torch.Tensor) and output.ndim:
+                        # a list append: Dynamo replays it after the graph, with its output
+                        counts = output.gt(0).sum(0, dtype=torch.float32)
+                        self._graph_counts.append((key, output.shape[0], counts))
+                elif relu == "eager" and _breaks_allowed():
+                    _eager(hook, mod, args, output)
+                return
             if self.dead or self._forward_index or not self._saving or _recomputing():
                 return
             try:
@@ -932,6 +1077,7 @@ class Recorder:
             except Exception as exc:
                 self._fail(exc, "recording a ReLU output")
 
+        self._relu_bases[key] = base
         if inputs:
             self._dyn_handles.append(module.register_forward_pre_hook(_Hook(pre_hook)))
         if outputs:
@@ -944,6 +1090,43 @@ class Recorder:
         self._relu_batch_bytes += output.numel() * output.element_size()
         if self._relu_batch_bytes > RELU_QUEUE_BYTES:
             self._count_relu_batch()
+
+    def _take_graph_counts(self, taken: list[tuple[int, int, torch.Tensor]]) -> None:
+        """The positive counts a compiled forward pass computed at its ReLU calls, in call
+        order: each call numbered and named as the eager hook does it, then queued as its
+        counts (the eager path's float32 sums, bit for bit)."""
+        try:
+            for key, batch, counts in taken:
+                k = self._relu_calls.get(key, 0)
+                self._relu_calls[key] = k + 1
+                plan = self._relu_plan.get((key, k))
+                if plan is None:
+                    plan = self._relu_output_plan(self._relu_bases[key], key, k)
+                if not isinstance(plan, tuple):  # not saved, or not counts alone (_graph_plan)
+                    continue
+                name, stored = plan
+                if name in self._captured:
+                    continue
+                self._captured.add(name)
+                flat = counts.reshape(-1)
+                self._pending.append((flat, _Counts(((stored, batch, flat.numel()),))))
+        except Exception as exc:
+            self._fail(exc, "recording the ReLU outputs of a compiled model")
+
+    def _graph_plan(self) -> str | None:
+        """What a compiled forward pass of this step does at its ReLU calls: None (nothing
+        saved), "counts" (each wanted output saves its positive fraction alone, no input is
+        wanted: counted in the graph) or "eager" (the hooks run outside the graph)."""
+        plan = None
+        for base, _module in self._relus:
+            if self._spec(f"{base}_input_0") is not None:
+                return "eager"
+            spec = self._spec(f"{base}_output_0")
+            if spec is not None:
+                if spec != (False, _POSITIVE_FRACTION_ONLY):
+                    return "eager"
+                plan = "counts"
+        return plan
 
     def _relu_output_plan(self, base: str, key: int, k: int) -> Any:
         """What call ``k`` of a ReLU module saves while the current collections save: False
@@ -1113,8 +1296,10 @@ class Recorder:
             return None
         try:
             if not self._open:
-                self._open_step()
                 closure = _closure_of(args, kwargs)
+                if self._hidden_forward:  # a compiled forward pass that kept out its hooks
+                    self._forward_was_hidden("at the optimizer's step")
+                self._open_step()
                 if closure is not None:
                     self._forward_index = -1  # the closure's first forward pass makes it 0
                     return _with_closure(args, kwargs, self._first_evaluation(closure))
@@ -1183,15 +1368,20 @@ class Recorder:
             self._param_plans.clear()
             self._spec_saving = saving
         self._saving = saving
+        self._graph_saving = bool(saving)
+        self._graph_counts.clear()
+        self._graph_relu = self._graph_plan() if saving and self._static_hooks else None
         key = (saving, self._steps_by_optimizer())
-        if self._dyn_key is not None and self._dyn_key != key:
+        if self._dyn_key is not None and self._dyn_key != key and not self._static_hooks:
             self._remove_hooks()
         if self._lazy and not any(isinstance(p, _UNINITIALIZED) for p in self._lazy):
             # a lazy module's first forward pass gave its parameters values (in place): the
             # steps from now on see them, and the gradient hooks are installed for them too
             self._lazy = []
             self._param_plans.clear()
-            if self._dyn_key is not None:
+            if self._static_hooks:
+                self._make_hooks_static()  # again, with the gradient hooks of its parameters
+            elif self._dyn_key is not None:
                 self._remove_hooks()
         if not saving:
             return
@@ -1199,7 +1389,7 @@ class Recorder:
         self._plans_done.clear()
         self._relu_calls.clear()
         self._relu_in_calls.clear()
-        if self._dyn_key is None:
+        if self._dyn_key is None and not self._static_hooks:
             self._install_step_hooks()
             self._dyn_key = key
         with torch.no_grad():
@@ -1237,28 +1427,30 @@ class Recorder:
         return True
 
     def _install_step_hooks(self) -> None:
-        """The hooks of a step that saves something: loss module, ReLUs (a forward-pre hook
+        """The hooks of a step that saves something: ReLUs (a forward-pre hook
         only where a ReLU input is saved) and, without an optimizer, gradient hooks. Only for
         tensors some saving collection wants: a collection that saves nothing costs nothing."""
-        if self.loss_module is not None and self._could_save(
-            f"{self.loss_name}_input_0", f"{self.loss_name}_output_0"
-        ):
-            self._dyn_handles.append(self.loss_module.register_forward_hook(_Hook(self._loss_hook)))
-            self._loss_hooked = True
+        # static hooks (a compiled model's): those a collection may want at any step
+        wants = self._could_ever_save if self._static_hooks else self._could_save
         for base, module in self._relus:
-            want_in = self._spec(f"{base}_input_0") is not None
-            want_out = self._spec(f"{base}_output_0") is not None
+            want_in = wants(f"{base}_input_0")
+            want_out = wants(f"{base}_output_0")
             if want_in or want_out:
                 self._make_relu_hooks(base, module, want_in, want_out)
         if not self._steps_by_optimizer():
             for gname, p in self._grad_names:
                 if isinstance(p, _UNINITIALIZED):  # hooked once it has a value (_open_step)
                     continue
-                if p.requires_grad and self._spec(gname) is not None:
+                if p.requires_grad and wants(gname):
                     self._dyn_handles.append(p.register_hook(self._grad_hook(gname)))
 
     def _could_save(self, *names: str) -> bool:
         return any(self._spec(n) is not None for n in names)
+
+    def _could_ever_save(self, *names: str) -> bool:
+        """Whether some collection takes one of ``names`` at some step (static hooks)."""
+        collections = self._collections
+        return any(collections[i].save_config.saves_any() for n in names for i in self._members(n))
 
     def _finalize_step(self) -> None:
         if not self._open:
@@ -1279,6 +1471,9 @@ class Recorder:
         finally:
             self._open = False
             self._saving = frozenset()
+            self._graph_saving = False
+            self._graph_relu = None
+            self._graph_counts.clear()
             self._mode_steps[self.mode] = self._mode_steps.get(self.mode, 0) + 1
             self.global_step += 1
 

@@ -410,3 +410,19 @@ def test_bench_writer_gil_quick(capsys, tmp_path):
     assert all(cpu > 0 for name, cpu in figures["worker_cpu_s"].items() if "writer" in name)
     if "writer process" in added:
         assert "the GIL's share (thread - process)" in out
+
+
+def test_bench_compile_quick(capsys, tmp_path):
+    """The compiled-model benchmark runs its five variants, and no graph is compiled while
+    they are timed: recording a compiled model does not recompile it as steps go by."""
+    torch_dynamo = pytest.importorskip("torch._dynamo")
+    torch_dynamo.reset()
+    figures = _script("bench_compile").main(["--quick", "--json", str(tmp_path / "f.json")])
+    out = capsys.readouterr().out
+    for label in ("eager, no recorder", "compiled, no recorder", "compiled, save_interval=1"):
+        assert label in out and figures[label] > 0
+    assert figures["compiled, no recorder"] == 1.0
+    assert figures["graphs_compiled_while_timed"] == 0
+    assert "graphs compiled while timed: 0" in out
+    saved = json.loads((tmp_path / "f.json").read_text())
+    assert saved["added_s"]["compiled, no recorder"] == 0

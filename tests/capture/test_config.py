@@ -92,3 +92,19 @@ def test_a_user_config_with_a_builtin_name_keeps_its_selection():
     assert by_name["weights"].resolve_save_config(500).modes[modes.TRAIN].save_interval == 100
     assert list(by_name)[-1] == "mine"
     assert re.search(by_name["loss_inputs"].include_regex[0], "CrossEntropyLoss_input_1")
+
+
+@pytest.mark.parametrize(
+    ("config", "saves"),
+    [
+        (SaveConfig(save_interval=0), False),
+        (SaveConfig(save_interval=5), True),
+        (SaveConfig(save_interval=0, save_steps=[7]), True),
+        (SaveConfig(save_interval=5, start_step=10, end_step=10), False),
+        (SaveConfig({modes.EVAL: SaveConfigMode(save_interval=1)}, save_interval=0), True),
+    ],
+)
+def test_a_save_config_says_whether_it_saves_any_step(config, saves):
+    """What decides whether a compiled model gets a collection's hooks at all (they stay
+    installed at every step there): a schedule that saves no step needs none."""
+    assert config.saves_any() is saves

@@ -1,0 +1,142 @@
+"""Recording a model under torch.compile: the same run as without it, whichever way the model
+is compiled; no recompilation as steps go by; and with ``fullgraph=True``, where the model's
+hooks cannot leave the graph, training goes on and the loss, weights and gradients are kept."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import pytest
+from capture_helpers import TinyNet, assert_same_values, batches, run_values, train
+
+from pytest_modelrules import Recorder, modes, open_run
+from pytest_modelrules.capture import CollectionConfig
+
+torch = pytest.importorskip("torch")
+dynamo = pytest.importorskip("torch._dynamo")
+
+# the ReLU outputs saved at steps of their own, so that the hooks a step needs change
+# between steps (the case Dynamo does not see unless the hooks stay)
+COLLECTIONS = [CollectionConfig("relu_output", save_steps=[3, 7])]
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test compiles from nothing, and counts only its own graphs."""
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    yield
+    dynamo.reset()
+
+
+def _record(path, how: str | None, steps: int = 10, backend: str = "aot_eager", **compile_kw):
+    """Train TinyNet for ``steps`` steps with a Recorder (save_interval 2, COLLECTIONS), the
+    model compiled as ``how`` says: after the Recorder is attached, given to it compiled
+    (torch.compile's wrapper), compiled in place (model.compile()) or not at all (None).
+    Returns the losses and the Recorder."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    kw = {"loss": loss_fn, "optimizer": opt, "save_interval": 2, "collections": COLLECTIONS}
+    if how == "wrapper":
+        compiled = torch.compile(model, backend=backend, **compile_kw)
+        rec = Recorder(path, compiled, **kw)
+    elif how == "in-place":
+        model.compile(backend=backend, **compile_kw)
+        rec = Recorder(path, model, **kw)
+        compiled = model
+    else:
+        rec = Recorder(path, model, **kw)
+        compiled = torch.compile(model, backend=backend, **compile_kw) if how else model
+    losses = train(compiled, loss_fn, opt, batches(steps))
+    rec.close()
+    return losses, rec
+
+
+@pytest.mark.parametrize("how", ["after", "wrapper", "in-place"])
+def test_a_compiled_model_records_the_run_it_records_uncompiled(tmp_path, how):
+    """Every tensor at every step, bit for bit, including the ReLU outputs of steps whose
+    hooks the steps before did not need (Dynamo does not see a hook added after it traced a
+    module: they were lost before the hooks of a compiled model stayed)."""
+    eager_losses, _ = _record(tmp_path / "eager", None)
+    losses, rec = _record(tmp_path / "compiled", how)
+    assert not rec.dead, rec.error
+    assert losses == eager_losses
+    expected = run_values(tmp_path / "eager")
+    assert {s for (n, s) in expected if "relu_output" in n} == {3, 7}
+    assert_same_values(run_values(tmp_path / "compiled"), expected)
+
+
+def test_steps_going_by_compile_nothing_new(tmp_path):
+    """Dynamo never traces the Recorder's own code: no guard on its state, so steps that save
+    and steps that do not run graphs compiled once (before, each step's counters forced a
+    recompilation until Dynamo's limit, and the model then ran uncompiled)."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    compiled = torch.compile(model, backend="aot_eager")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=3):
+            train(compiled, loss_fn, opt, batches(6))
+            graphs = dynamo.utils.counters["stats"]["unique_graphs"]
+            train(compiled, loss_fn, opt, batches(15, seed=1))
+    assert graphs > 0
+    assert dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    assert not [w for w in caught if "recompile" in str(w.message)]
+    assert open_run(tmp_path / "run").steps() == list(range(0, 21, 3))
+
+
+def test_fullgraph_training_goes_on_and_keeps_loss_weights_and_gradients(tmp_path):
+    """With fullgraph=True a graph break is an error, so the hooks inside the model do nothing
+    there (before, they broke the first step): the loss module and the optimizer keep the
+    steps, in training and in evaluation, and one warning says what is not recorded."""
+    eager_losses, _ = _record(tmp_path / "eager", None)
+    with pytest.warns(RuntimeWarning, match="fullgraph=True") as caught:
+        losses, rec = _record(tmp_path / "compiled", "after", fullgraph=True)
+    assert len([w for w in caught if "fullgraph" in str(w.message)]) == 1
+    assert not rec.dead, rec.error
+    assert losses == eager_losses
+    expected = {
+        key: value
+        for key, value in run_values(tmp_path / "eager").items()
+        if "relu_output" not in key[0] and "TinyNet_" not in key[0]
+    }
+    got = run_values(tmp_path / "compiled")
+    assert not [n for n, _ in got if "relu_output" in n or "TinyNet_" in n]
+    assert_same_values(got, expected)
+    assert open_run(tmp_path / "compiled").steps() == [0, 2, 4, 6, 8]
+
+
+def test_fullgraph_evaluation_steps_are_kept_by_the_loss(tmp_path):
+    torch.manual_seed(0)
+    model = TinyNet()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    data = batches(3)
+    with (
+        pytest.warns(RuntimeWarning, match="fullgraph=True"),
+        Recorder(tmp_path / "run", model, loss=loss_fn, save_interval=1) as rec,
+        torch.no_grad(),
+    ):
+        rec.set_mode(modes.EVAL)
+        losses = [loss_fn(compiled(x), y).item() for x, y in data]
+    run = open_run(tmp_path / "run")
+    assert run.steps(modes.EVAL) == [0, 1, 2]
+    got = run.tensor("CrossEntropyLoss_output_0").values(modes.EVAL)
+    assert [float(got[s]) for s in range(3)] == pytest.approx(losses, rel=1e-6)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="Inductor needs a C compiler")
+def test_inductor_compiled_model_records_the_same_tensors(tmp_path):
+    """With the default backend (Inductor, generated kernels: float sums in another order)
+    the same tensors at the same steps, equal to float precision."""
+    _record(tmp_path / "eager", None, steps=8)
+    _, rec = _record(tmp_path / "compiled", "after", steps=8, backend="inductor")
+    assert not rec.dead, rec.error
+    assert_same_values(
+        run_values(tmp_path / "compiled"), run_values(tmp_path / "eager"), rtol=1e-4, atol=1e-6
+    )
