@@ -778,6 +778,8 @@ class Recorder:
         )
         _report(message)
         self._pending.clear()
+        self._graph_saving, self._graph_relu = False, None  # a compiled pass: nothing more
+        self._graph_counts.clear()
         self._relu_batch.clear()
         self._relu_batch_bytes = 0
         self._grad_acc.clear()

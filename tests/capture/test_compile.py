@@ -4,6 +4,8 @@ hooks cannot leave the graph, training goes on and the loss, weights and gradien
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import warnings
 
@@ -12,6 +14,8 @@ from capture_helpers import TinyNet, assert_same_values, batches, run_values, tr
 
 from pytest_modelrules import Recorder, modes, open_run
 from pytest_modelrules.capture import CollectionConfig
+from pytest_modelrules.store import writer as writer_module
+from pytest_modelrules.store.format import RECORD_HEADER
 
 torch = pytest.importorskip("torch")
 dynamo = pytest.importorskip("torch._dynamo")
@@ -128,6 +132,30 @@ def test_fullgraph_evaluation_steps_are_kept_by_the_loss(tmp_path):
     assert run.steps(modes.EVAL) == [0, 1, 2]
     got = run.tensor("CrossEntropyLoss_output_0").values(modes.EVAL)
     assert [float(got[s]) for s in range(3)] == pytest.approx(losses, rel=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(os, "writev"), reason="simulates the failure in os.writev")
+def test_a_disk_failure_under_compile_stops_recording_and_training_goes_on(tmp_path, monkeypatch):
+    """The disk fills up in step 4 of a compiled model's run: one warning, training as
+    without a Recorder, the steps before kept, nothing left queued."""
+    eager_losses, _ = _record(tmp_path / "eager", None)
+    real_writev = os.writev
+
+    def failing_writev(fd, parts):  # the system call that appends a record
+        step = RECORD_HEADER.unpack_from(b"".join(bytes(p) for p in parts)[:48])[2]
+        if step >= 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_writev(fd, parts)
+
+    monkeypatch.setattr(writer_module, "_WRITEV", failing_writev)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        losses, rec = _record(tmp_path / "compiled", "after")
+    assert losses == eager_losses
+    ours = [str(w.message) for w in caught if "Recorder" in str(w.message)]
+    assert len(ours) == 1 and "No space left on device" in ours[0], ours
+    assert rec.dead and not rec._graph_counts and rec._graph_relu is None
+    assert open_run(tmp_path / "compiled").steps() == [0, 2, 3]  # 3: the ReLU outputs
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="Inductor needs a C compiler")
