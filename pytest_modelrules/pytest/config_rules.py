@@ -116,7 +116,8 @@ def pyproject_path(config: pytest.Config) -> Path | None:
 
 
 def from_pyproject(path: Path) -> list[RuleSpec]:
-    """The rules of ``[tool.pytest_modelrules]`` (a list of tables, or a table per rule)."""
+    """The rules of ``[tool.pytest_modelrules]``: a list of tables or one-line strings (the
+    ini's ``NAME key=value ...``), or a table per rule."""
     tool = _load_toml(path).get("tool", {}).get(TOOL_KEY, {})
     rules = tool.get("rules", [])
     where = f"{path.name} [tool.{TOOL_KEY}]"
@@ -128,11 +129,17 @@ def from_pyproject(path: Path) -> list[RuleSpec]:
             specs.append(_spec({"rule": name, **params}, f"{where} rules.{name}"))
     elif isinstance(rules, list):
         for i, entry in enumerate(rules):
+            if isinstance(entry, str):  # the ini's one-line form: "NAME key=value ..."
+                specs.append(parse_line(entry, f"{where} rules[{i}]"))
+                continue
             if not isinstance(entry, dict):
-                raise ConfigRuleError(f"{where}: rules[{i}] must be a table, got {entry!r}")
+                raise ConfigRuleError(
+                    f"{where}: rules[{i}] must be a table or a 'NAME key=value ...' line, "
+                    f"got {entry!r}"
+                )
             specs.append(_spec(entry, f"{where} rules[{i}]"))
     else:
-        raise ConfigRuleError(f"{where}: `rules` must be a list of tables or a table")
+        raise ConfigRuleError(f"{where}: `rules` must be a list (of tables or lines) or a table")
     return specs
 
 

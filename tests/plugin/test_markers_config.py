@@ -198,3 +198,39 @@ def test_a_marker_without_a_rule_or_with_extra_positional_arguments_is_refused(
         ],
         consecutive=False,
     )
+
+
+def test_pyproject_rules_may_be_one_line_strings_as_in_the_ini(tmp_path) -> None:
+    """``rules = ["NAME key=value ...", {table}]``: a line reads as the ini's model_rules
+    line does; anything else is refused naming the entry."""
+    from pytest_modelrules.pytest.config_rules import ConfigRuleError, from_pyproject
+
+    path = tmp_path / "pyproject.toml"
+    path.write_text(
+        "[tool.pytest_modelrules]\nrules = [\n"
+        '    "class_imbalance samples=10 threshold_imbalance=10",\n'
+        "    'dead_relu threshold_layer=50 xfail=\"dying layer\" strict=false',\n"
+        '    {rule = "loss_not_decreasing", id = "train_loss", mode = "TRAIN"},\n]\n'
+    )
+    first, second, third = from_pyproject(path)
+    assert (first.rule, first.params) == (
+        "class_imbalance",
+        {"samples": "10", "threshold_imbalance": "10"},
+    )
+    assert (second.rule, second.params, second.xfail, second.strict) == (
+        "dead_relu",
+        {"threshold_layer": "50"},
+        "dying layer",
+        False,
+    )
+    assert (third.rule, third.id, third.params) == (
+        "loss_not_decreasing",
+        "train_loss",
+        {"mode": "TRAIN"},
+    )
+    path.write_text('[tool.pytest_modelrules]\nrules = ["dead_relu threshold_layer", 3]\n')
+    with pytest.raises(ConfigRuleError, match=r"rules\[0\]: 'threshold_layer' is not key=value"):
+        from_pyproject(path)
+    path.write_text("[tool.pytest_modelrules]\nrules = [3]\n")
+    with pytest.raises(ConfigRuleError, match=r"rules\[0\] must be a table or a 'NAME"):
+        from_pyproject(path)
