@@ -4,6 +4,7 @@
 #
 #   OUT=gpu-figures bash benchmarks/gpu_figures.sh                 # about 7 minutes on one H100
 #   OUT=gpu-figures REFERENCE_JOB=0 bash benchmarks/gpu_figures.sh # the Recorder's figures only
+#   OUT=gpu-figures REFERENCE_JOB=0 COMPILE=1 bash benchmarks/gpu_figures.sh  # + torch.compile
 #
 # 1. Correctness on this GPU first: the Triton kernels (ReLU counts, parameter norms) against the
 #    torch operations (gpu_kernel_check.py), and the hand-off of the device work to the
@@ -55,6 +56,10 @@ $PY "${bench[@]}" --rounds 3 --precision bf16 --channels-last --no-write "${vari
 $PY benchmarks/bench_capture.py --host-proxy --precision bf16 --channels-last --deferred --json "$OUT/json/capture_host_proxy.json" 2>&1 | tee -a "$OUT/capture.txt"
 $PY benchmarks/bench_writer_gil.py --json "$OUT/json/writer_gil.json" 2>&1 | tee -a "$OUT/capture.txt"
 $PY "${bench[@]}" --rounds 3 --precision fp32 --full-inputs --json "$OUT/json/capture_fp32_full_inputs.json" 2>&1 | tee -a "$OUT/capture.txt"
+if [ "${COMPILE:-0}" != 0 ]; then  # opt-in (about 2 minutes): the compiled model, bf16
+  step "torch.compile: bf16 + channels_last, compiled with and without the Recorder"
+  $PY benchmarks/bench_compile.py --device cuda --size 224 --width 64 --batch 64 --precision bf16 --channels-last --threads 0 --rounds 5 --json "$OUT/json/compile_bf16.json" 2>&1 | quiet | tee -a "$OUT/capture.txt"
+fi
 step "against the goals"
 $PY benchmarks/capture_goals.py "$OUT"/json/capture_*.json 2>&1 | tee -a "$OUT/capture.txt"
 tar -czf "$OUT/figures.tgz" -C "$OUT" json profile && rm -rf "$OUT/json" "$OUT/profile"
