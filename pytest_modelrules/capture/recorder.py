@@ -80,18 +80,13 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     return inner
 
 
-def is_compiled(model: torch.nn.Module) -> bool:
-    """Whether ``model`` (or a wrapper inside it) is compiled: ``torch.compile(model)``'s
-    wrapper or ``model.compile()``."""
-    inner = model
-    for _ in range(4):
-        if getattr(inner, "_compiled_call_impl", None) is not None or hasattr(inner, "_orig_mod"):
-            return True
-        if isinstance(inner, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
-            inner = inner.module
-        else:
-            break
-    return False
+def _plain_path(path: str) -> str:
+    """A parameter's or module's path without the ``_orig_mod`` of a part compiled before
+    the Recorder was attached (``model.body = torch.compile(model.body)``): the names of
+    the uncompiled model."""
+    if "_orig_mod" not in path:
+        return path
+    return ".".join(part for part in path.split(".") if part != "_orig_mod")
 
 
 def relu_tensor_base(path: str) -> str:
@@ -253,6 +248,33 @@ def _breaks_allowed() -> bool:
 
 if _compiler is not None and hasattr(_compiler, "assume_constant_result"):
     _breaks_allowed = _compiler.assume_constant_result(_breaks_allowed)  # type: ignore[assignment]
+
+
+def _guarded(fn: Callable[..., Any], saving_only: Any = None) -> Callable[..., Any]:
+    """A hook that Dynamo may trace (its traced path: ``fn`` checks ``_tracing()`` first)
+    and that otherwise runs ``fn`` outside Dynamo: called from code that Dynamo runs
+    without a graph (a frame it skipped, inside a compiled function), the Recorder's own
+    calls would each be compiled as frames of their own, guarded on its state. With
+    ``saving_only`` (a Recorder), a step that saves nothing returns at once (the ReLUs'
+    hooks: many calls a step)."""
+
+    if saving_only is None:
+
+        def hook(*args: Any) -> Any:
+            if _tracing():
+                return fn(*args)
+            return _eager(fn, *args)
+
+    else:
+
+        def hook(*args: Any) -> Any:
+            if _tracing():
+                return fn(*args)
+            if not saving_only._saving:  # an attribute read: no frame for Dynamo to take
+                return None
+            return _eager(fn, *args)
+
+    return hook
 
 
 #: the writer thread waits for a step's copy to the host asleep (a blocking CUDA event), not
@@ -519,7 +541,7 @@ class Recorder:
         self._weights_idx = next(
             (i for i, c in enumerate(self._collections) if c.name == "weights"), None
         )
-        self._params = list(self.model.named_parameters())
+        self._params = [(_plain_path(n), p) for n, p in self.model.named_parameters()]
         self._grad_names = [(f"gradient/{n}", p) for n, p in self._params]
         self._param_names = [n for n, _ in self._params]
         self._param_tensors = [p for _, p in self._params]
@@ -535,7 +557,7 @@ class Recorder:
                 if not any(c.matches(pname) for c in kinds):
                     wcoll.names.add(pname)
         self._relus = [
-            (relu_tensor_base(path), m)
+            (relu_tensor_base(_plain_path(path)), m)
             for path, m in self.model.named_modules()
             if isinstance(m, torch.nn.ReLU)
         ]
@@ -600,11 +622,9 @@ class Recorder:
         # the (collections saving, steps by optimizer) the dynamic hooks were installed for:
         # steps that save the same things keep them
         self._dyn_key: tuple[frozenset[int], bool] | None = None
-        # torch.compile: once a compiled forward pass calls the hooks, they stay installed
-        # (Dynamo does not see hooks added after it traced a module); its traced hooks read
-        # _graph_saving (a guard: two compiled variants, saving or not) and set
-        # _hidden_forward where they cannot leave the graph (fullgraph=True)
-        self._static_hooks = False
+        # torch.compile: a compiled forward pass's traced hooks read _graph_saving (a guard:
+        # two compiled variants, saving or not) and set _hidden_forward where they cannot
+        # leave the graph (fullgraph=True)
         self._graph_saving = False
         # what a compiled forward pass does at the ReLU calls of this step: None, "counts"
         # (their positive counts, computed in the graph, kept in _graph_counts for the root's
@@ -667,8 +687,6 @@ class Recorder:
         except OSError as exc:
             self._fail(exc, "opening the run")
         self._install_static_hooks()
-        if is_compiled(model):  # its hooks stay, from the start (_make_hooks_static)
-            self._make_hooks_static()
         if self.monitor is not None and not self.dead:
             try:
                 self.monitor.attach(self.out_dir)
@@ -705,6 +723,8 @@ class Recorder:
             raise ValueError("set_mode takes TRAIN, EVAL or PREDICT (GLOBAL is not a phase)")
         if new == self.mode:
             return
+        if self._hidden_forward:  # compiled forward passes no loss or optimizer hook saw
+            self._forward_was_hidden("at set_mode")
         if not self.dead:
             try:
                 self._finalize_step()
@@ -723,6 +743,8 @@ class Recorder:
         if self.closed:
             return
         self.closed = True
+        if self._hidden_forward:  # compiled forward passes no loss or optimizer hook saw
+            self._forward_was_hidden("at close")
         if not self.dead:
             try:
                 self._finalize_step()
@@ -814,18 +836,36 @@ class Recorder:
     # -- hooks ---------------------------------------------------------------------------------
 
     def _install_static_hooks(self) -> None:
-        self._handles.append(self.root.register_forward_pre_hook(_Hook(self._root_pre_hook)))
-        self._handles.append(self.root.register_forward_hook(_Hook(self._root_hook)))
+        self._handles.append(
+            self.root.register_forward_pre_hook(_Hook(_guarded(self._root_pre_hook)))
+        )
+        self._handles.append(self.root.register_forward_hook(_Hook(_guarded(self._root_hook))))
         if self.loss_module is not None and self._could_ever_save(
             f"{self.loss_name}_input_0", f"{self.loss_name}_output_0"
         ):
             # kept at every step (it returns at once on a step that saves nothing): it also
             # keeps the steps of a model whose compiled forward pass cannot call its hooks
-            self._handles.append(self.loss_module.register_forward_hook(_Hook(self._loss_hook)))
+            self._handles.append(
+                self.loss_module.register_forward_hook(_Hook(_guarded(self._loss_hook)))
+            )
             self._loss_hooked = True
+        # the ReLUs' too, for every ReLU call some collection saves at some step: Dynamo does
+        # not see a hook added to a module it has already traced (a compiled model, or a
+        # compiled part of one), so hooks that followed the steps lost the ReLU outputs of
+        # steps the first traced step did not save. Each returns at once on a step that saves
+        # nothing (1.5 microseconds a ReLU call on a 2-core VM: docs/recording.md).
+        for base, module in self._relus:
+            want_in = self._could_ever_save(f"{base}_input_0")
+            want_out = self._could_ever_save(f"{base}_output_0")
+            if want_in or want_out:
+                self._make_relu_hooks(base, module, want_in, want_out)
         if self.optimizer is not None:
-            self._handles.append(self.optimizer.register_step_pre_hook(self._opt_pre_hook))
-            self._handles.append(self.optimizer.register_step_post_hook(self._opt_post_hook))
+            self._handles.append(
+                self.optimizer.register_step_pre_hook(_guarded(self._opt_pre_hook))
+            )
+            self._handles.append(
+                self.optimizer.register_step_post_hook(_guarded(self._opt_post_hook))
+            )
 
     def _remove_hooks(self, static: bool = False) -> None:
         for handle in self._dyn_handles:
@@ -844,7 +884,7 @@ class Recorder:
     def _root_pre_hook(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
         if _tracing():  # torch.compile traces the model: run this hook outside its graph
             if _breaks_allowed():
-                _eager(self._compiled_pre_hook, module, args)
+                _eager(self._root_pre_hook, module, args)
             else:  # fullgraph=True: only a note that a forward pass ran (an attribute store)
                 self._hidden_forward = True
             return
@@ -875,39 +915,20 @@ class Recorder:
         except Exception as exc:
             self._fail(exc, "recording the model input")
 
-    def _compiled_pre_hook(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-        """The root's pre-hook, called from a compiled forward pass (a graph break): the
-        hooks become static first, before Dynamo traces the rest of the pass."""
-        if not self._static_hooks and not self.dead and module is self.root:
-            self._make_hooks_static()
-        self._root_pre_hook(module, args)
-
-    def _make_hooks_static(self) -> None:
-        """Install every hook a collection may ever want and keep them: Dynamo does not see a
-        hook added to a module it has traced (nor one removed), so a compiled model's hooks
-        must not follow the steps. Each still returns at once on a step that saves nothing."""
-        try:
-            self._remove_hooks()
-            self._static_hooks = True
-            self._install_step_hooks()
-        except Exception as exc:
-            self._fail(exc, "installing the hooks of a compiled model")
-
     def _forward_was_hidden(self, where: str) -> None:
         """A forward pass ran compiled with ``fullgraph=True``, where the model's hooks cannot
         leave the graph: steps are kept by the loss and the optimizer's hooks, and what only
         the model's hooks see is not recorded (said once)."""
         self._hidden_forward = False
-        if not self._static_hooks:
-            self._make_hooks_static()
         if not self._hidden_said:
             self._hidden_said = True
             _report(
                 "pytest-modelrules Recorder: the model runs under torch.compile with "
                 f"fullgraph=True (seen {where}), where its hooks cannot leave the compiled "
-                "graph: steps are kept by the loss and the optimizer, and the model's input "
-                "and outputs and its ReLU outputs are not recorded. Compile without "
-                "fullgraph=True to record them (docs/recording.md)"
+                "graph: steps are kept by the hooks of the loss module and the optimizer (a "
+                "Recorder given neither records none), and the model's input and outputs "
+                "and its ReLU outputs are not recorded. Compile without fullgraph=True to "
+                "record them (docs/recording.md)"
             )
 
     def _root_hook(self, module: torch.nn.Module, args: Any, output: Any) -> None:
@@ -969,6 +990,7 @@ class Recorder:
                 return
             self._forward_was_hidden("at the loss")
             self._root_pre_hook(self.root, ())
+            self._first_done = True  # the pass returned: a next one is a micro-batch
         if self.dead or self._forward_index < 0 or not self._saving:
             return
         if module is not self.loss_module:
@@ -1081,9 +1103,9 @@ class Recorder:
 
         self._relu_bases[key] = base
         if inputs:
-            self._dyn_handles.append(module.register_forward_pre_hook(_Hook(pre_hook)))
+            self._handles.append(module.register_forward_pre_hook(_Hook(_guarded(pre_hook, self))))
         if outputs:
-            self._dyn_handles.append(module.register_forward_hook(_Hook(hook)))
+            self._handles.append(module.register_forward_hook(_Hook(_guarded(hook, self))))
 
     def _queue_relu(self, output: torch.Tensor, stored: str) -> None:
         """Queue a ReLU output for the end of the forward pass (:meth:`_count_relu_batch`),
@@ -1277,6 +1299,10 @@ class Recorder:
 
     def _grad_hook(self, name: str):
         def hook(grad: torch.Tensor) -> None:
+            if _tracing():  # a compiled backward pass: outside its graph
+                if self._graph_saving and _breaks_allowed():
+                    _eager(hook, grad)
+                return
             if self.dead or not self._saving:
                 return
             try:
@@ -1294,6 +1320,10 @@ class Recorder:
         closure wrapped: the first evaluation is the step's forward pass, recorded as any,
         and its gradients are the step's; later evaluations (a line search) are not recorded.
         Returns the new (args, kwargs) then, as optimizer step pre-hooks may."""
+        if _tracing():  # a compiled optimizer step (or training step): outside its graph
+            if _breaks_allowed():
+                return _eager(self._opt_pre_hook, optimizer, args, kwargs)
+            return None
         if self.dead or self.mode != ModeKeys.TRAIN:
             return None
         try:
@@ -1345,6 +1375,10 @@ class Recorder:
         return evaluate
 
     def _opt_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if _tracing():  # a compiled optimizer step (or training step): outside its graph
+            if _breaks_allowed():
+                _eager(self._opt_post_hook, optimizer, args, kwargs)
+            return
         if self.dead or self.mode != ModeKeys.TRAIN:
             return
         try:
@@ -1372,18 +1406,16 @@ class Recorder:
         self._saving = saving
         self._graph_saving = bool(saving)
         self._graph_counts.clear()
-        self._graph_relu = self._graph_plan() if saving and self._static_hooks else None
+        self._graph_relu = self._graph_plan() if saving else None
         key = (saving, self._steps_by_optimizer())
-        if self._dyn_key is not None and self._dyn_key != key and not self._static_hooks:
+        if self._dyn_key is not None and self._dyn_key != key:
             self._remove_hooks()
         if self._lazy and not any(isinstance(p, _UNINITIALIZED) for p in self._lazy):
             # a lazy module's first forward pass gave its parameters values (in place): the
             # steps from now on see them, and the gradient hooks are installed for them too
             self._lazy = []
             self._param_plans.clear()
-            if self._static_hooks:
-                self._make_hooks_static()  # again, with the gradient hooks of its parameters
-            elif self._dyn_key is not None:
+            if self._dyn_key is not None:
                 self._remove_hooks()
         if not saving:
             return
@@ -1391,7 +1423,7 @@ class Recorder:
         self._plans_done.clear()
         self._relu_calls.clear()
         self._relu_in_calls.clear()
-        if self._dyn_key is None and not self._static_hooks:
+        if self._dyn_key is None:
             self._install_step_hooks()
             self._dyn_key = key
         with torch.no_grad():
@@ -1429,28 +1461,22 @@ class Recorder:
         return True
 
     def _install_step_hooks(self) -> None:
-        """The hooks of a step that saves something: ReLUs (a forward-pre hook
-        only where a ReLU input is saved) and, without an optimizer, gradient hooks. Only for
-        tensors some saving collection wants: a collection that saves nothing costs nothing."""
-        # static hooks (a compiled model's): those a collection may want at any step
-        wants = self._could_ever_save if self._static_hooks else self._could_save
-        for base, module in self._relus:
-            want_in = wants(f"{base}_input_0")
-            want_out = wants(f"{base}_output_0")
-            if want_in or want_out:
-                self._make_relu_hooks(base, module, want_in, want_out)
+        """The hooks of a step that saves something, without an optimizer: the gradient hooks
+        of the parameters some saving collection wants (a collection that saves nothing costs
+        nothing). The ReLUs' and the loss's stay installed (:meth:`_install_static_hooks`)."""
         if not self._steps_by_optimizer():
             for gname, p in self._grad_names:
                 if isinstance(p, _UNINITIALIZED):  # hooked once it has a value (_open_step)
                     continue
-                if p.requires_grad and wants(gname):
-                    self._dyn_handles.append(p.register_hook(self._grad_hook(gname)))
+                if p.requires_grad and self._could_save(gname):
+                    self._dyn_handles.append(p.register_hook(_guarded(self._grad_hook(gname))))
 
     def _could_save(self, *names: str) -> bool:
         return any(self._spec(n) is not None for n in names)
 
     def _could_ever_save(self, *names: str) -> bool:
-        """Whether some collection takes one of ``names`` at some step (static hooks)."""
+        """Whether some collection takes one of ``names`` at some step (the hooks installed
+        for the whole run)."""
         collections = self._collections
         return any(collections[i].save_config.saves_any() for n in names for i in self._members(n))
 

@@ -168,3 +168,105 @@ def test_inductor_compiled_model_records_the_same_tensors(tmp_path):
     assert_same_values(
         run_values(tmp_path / "compiled"), run_values(tmp_path / "eager"), rtol=1e-4, atol=1e-6
     )
+
+
+def test_a_compiled_optimizer_step_or_training_step_records_without_recompiling(tmp_path):
+    """The optimizer's hooks too run outside the graph when Dynamo traces them (a compiled
+    ``opt.step`` or a whole compiled training step): collections on schedules of their own
+    used to force a recompilation per step until Dynamo's limit."""
+    collections = [
+        CollectionConfig("weights", save_interval=3),
+        CollectionConfig("gradients", save_interval=5),
+        CollectionConfig("losses", save_interval=2),
+    ]
+
+    def run(path, compiled_step: bool):
+        torch.manual_seed(0)
+        model = TinyNet()
+        loss_fn = torch.nn.CrossEntropyLoss()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        rec = Recorder(path, model, loss=loss_fn, optimizer=opt, collections=collections)
+
+        def train_step(x, y):
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        step = torch.compile(train_step, backend="aot_eager") if compiled_step else train_step
+        losses, graphs = [], []
+        for i, (x, y) in enumerate(batches(24)):
+            losses.append(step(x, y).item())
+            if i in (11, 23):
+                graphs.append(dynamo.utils.counters["stats"]["unique_graphs"])
+        rec.close()
+        return losses, graphs, rec
+
+    eager_losses, _, _ = run(tmp_path / "eager", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        losses, graphs, rec = run(tmp_path / "compiled", True)
+    assert not rec.dead, rec.error
+    assert losses == eager_losses
+    assert graphs[0] == graphs[1]  # nothing compiled in the second half
+    assert not [w for w in caught if "recompile" in str(w.message)]
+    assert_same_values(run_values(tmp_path / "compiled"), run_values(tmp_path / "eager"))
+
+
+def test_fullgraph_gradient_accumulation_keeps_the_first_micro_batch(tmp_path):
+    """As uncompiled: the step's forward-pass tensors come from its first micro-batch."""
+    runs = {}
+    for how, kw in (("eager", {}), ("compiled", {"fullgraph": True})):
+        torch.manual_seed(0)
+        model = TinyNet()
+        loss_fn = torch.nn.CrossEntropyLoss()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with (
+            warnings.catch_warnings(),
+            Recorder(tmp_path / how, model, loss=loss_fn, optimizer=opt, save_interval=1),
+        ):
+            warnings.simplefilter("ignore")
+            net = torch.compile(model, backend="aot_eager", **kw) if kw else model
+            runs[how] = train(net, loss_fn, opt, batches(6), accumulate=3)
+    assert runs["compiled"] == runs["eager"]
+    loss = open_run(tmp_path / "compiled").tensor("CrossEntropyLoss_output_0").values()
+    assert [float(loss[s]) for s in (0, 1)] == pytest.approx(runs["eager"][::3], rel=1e-6)
+    eager = {k: v for k, v in run_values(tmp_path / "eager").items() if "CrossEntropy" in k[0]}
+    got = {k: v for k, v in run_values(tmp_path / "compiled").items() if "CrossEntropy" in k[0]}
+    assert_same_values(got, eager)
+
+
+def test_fullgraph_without_loss_or_optimizer_says_nothing_is_recorded(tmp_path):
+    torch.manual_seed(0)
+    model = TinyNet()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    warned = pytest.warns(RuntimeWarning, match=r"seen at close.*given neither records none")
+    with warned, Recorder(tmp_path / "run", model, save_interval=1):
+        for x, _ in batches(3):
+            compiled(x)
+    assert open_run(tmp_path / "run").steps() == []
+
+
+@pytest.mark.parametrize("when", ["after", "before"])
+def test_a_compiled_part_of_the_model_records_its_relu_outputs_under_plain_names(tmp_path, when):
+    """Only a part compiled (``model.body = torch.compile(model.body)``), before or after
+    the Recorder is attached: its ReLU outputs as uncompiled, named without ``_orig_mod``."""
+    eager_losses, _ = _record(tmp_path / "eager", None)
+
+    torch.manual_seed(0)
+    model = TinyNet()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    kw = {"loss": loss_fn, "optimizer": opt, "save_interval": 2, "collections": COLLECTIONS}
+    if when == "before":
+        model.conv2 = torch.compile(model.conv2, backend="aot_eager")
+        model.relu = torch.compile(model.relu, backend="aot_eager")
+    rec = Recorder(tmp_path / "compiled", model, **kw)
+    if when == "after":
+        model.conv2 = torch.compile(model.conv2, backend="aot_eager")
+        model.relu = torch.compile(model.relu, backend="aot_eager")
+    losses = train(model, loss_fn, opt, batches(10))
+    rec.close()
+    assert losses == eager_losses
+    assert_same_values(run_values(tmp_path / "compiled"), run_values(tmp_path / "eager"))
