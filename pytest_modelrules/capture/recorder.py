@@ -250,19 +250,29 @@ if _compiler is not None and hasattr(_compiler, "assume_constant_result"):
     _breaks_allowed = _compiler.assume_constant_result(_breaks_allowed)  # type: ignore[assignment]
 
 
-def _guarded(fn: Callable[..., Any], saving_only: Any = None) -> Callable[..., Any]:
+def _guarded(fn: Callable[..., Any], rec: Any = None, when: str = "") -> Callable[..., Any]:
     """A hook that Dynamo may trace (its traced path: ``fn`` checks ``_tracing()`` first)
     and that otherwise runs ``fn`` outside Dynamo: called from code that Dynamo runs
     without a graph (a frame it skipped, inside a compiled function), the Recorder's own
-    calls would each be compiled as frames of their own, guarded on its state. With
-    ``saving_only`` (a Recorder), a step that saves nothing returns at once (the ReLUs'
-    hooks: many calls a step)."""
-
-    if saving_only is None:
+    calls would each be compiled as frames of their own, guarded on its state. ``when``
+    ("saving", "opt_pre") returns at once, from attribute reads of Recorder ``rec`` alone,
+    where ``fn`` has nothing to do: a step that saves nothing pays no call into it."""
+    if when == "saving":  # the ReLUs', the root's forward hook, the loss's
 
         def hook(*args: Any) -> Any:
             if _tracing():
                 return fn(*args)
+            if not (rec._saving or rec._hidden_forward):
+                return None
+            return _eager(fn, *args)
+
+    elif when == "opt_pre":  # it opens a step no forward pass opened, or takes gradients
+
+        def hook(*args: Any) -> Any:
+            if _tracing():
+                return fn(*args)
+            if not (rec._saving or rec._hidden_forward) and rec._open:
+                return None
             return _eager(fn, *args)
 
     else:
@@ -270,8 +280,6 @@ def _guarded(fn: Callable[..., Any], saving_only: Any = None) -> Callable[..., A
         def hook(*args: Any) -> Any:
             if _tracing():
                 return fn(*args)
-            if not saving_only._saving:  # an attribute read: no frame for Dynamo to take
-                return None
             return _eager(fn, *args)
 
     return hook
@@ -839,14 +847,18 @@ class Recorder:
         self._handles.append(
             self.root.register_forward_pre_hook(_Hook(_guarded(self._root_pre_hook)))
         )
-        self._handles.append(self.root.register_forward_hook(_Hook(_guarded(self._root_hook))))
+        self._handles.append(
+            self.root.register_forward_hook(_Hook(_guarded(self._root_hook, self, "saving")))
+        )
         if self.loss_module is not None and self._could_ever_save(
             f"{self.loss_name}_input_0", f"{self.loss_name}_output_0"
         ):
             # kept at every step (it returns at once on a step that saves nothing): it also
             # keeps the steps of a model whose compiled forward pass cannot call its hooks
             self._handles.append(
-                self.loss_module.register_forward_hook(_Hook(_guarded(self._loss_hook)))
+                self.loss_module.register_forward_hook(
+                    _Hook(_guarded(self._loss_hook, self, "saving"))
+                )
             )
             self._loss_hooked = True
         # the ReLUs' too, for every ReLU call some collection saves at some step: Dynamo does
@@ -861,7 +873,7 @@ class Recorder:
                 self._make_relu_hooks(base, module, want_in, want_out)
         if self.optimizer is not None:
             self._handles.append(
-                self.optimizer.register_step_pre_hook(_guarded(self._opt_pre_hook))
+                self.optimizer.register_step_pre_hook(_guarded(self._opt_pre_hook, self, "opt_pre"))
             )
             self._handles.append(
                 self.optimizer.register_step_post_hook(_guarded(self._opt_post_hook))
@@ -1103,9 +1115,13 @@ class Recorder:
 
         self._relu_bases[key] = base
         if inputs:
-            self._handles.append(module.register_forward_pre_hook(_Hook(_guarded(pre_hook, self))))
+            self._handles.append(
+                module.register_forward_pre_hook(_Hook(_guarded(pre_hook, self, "saving")))
+            )
         if outputs:
-            self._handles.append(module.register_forward_hook(_Hook(_guarded(hook, self))))
+            self._handles.append(
+                module.register_forward_hook(_Hook(_guarded(hook, self, "saving")))
+            )
 
     def _queue_relu(self, output: torch.Tensor, stored: str) -> None:
         """Queue a ReLU output for the end of the forward pass (:meth:`_count_relu_batch`),
