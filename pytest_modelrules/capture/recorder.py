@@ -223,6 +223,7 @@ _tracing: Callable[[], bool] = getattr(_compiler, "is_compiling", lambda: False)
 
 
 def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``: what :data:`_eager` runs with Dynamo switched off."""
     return fn(*args)
 
 
