@@ -37,8 +37,9 @@ def fresh_dynamo():
 def _record(path, how: str | None, steps: int = 10, backend: str = "aot_eager", **compile_kw):
     """Train TinyNet for ``steps`` steps with a Recorder (save_interval 2, COLLECTIONS), the
     model compiled as ``how`` says: after the Recorder is attached, given to it compiled
-    (torch.compile's wrapper), compiled in place (model.compile()) or not at all (None).
-    Returns the losses and the Recorder."""
+    (torch.compile's wrapper), compiled in place (model.compile()), only a part of it
+    compiled ("part-before" / "part-after" attaching: its conv2 and its ReLU) or not at all
+    (None). Returns the losses and the Recorder."""
     torch.manual_seed(0)
     model = TinyNet()
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -50,6 +51,14 @@ def _record(path, how: str | None, steps: int = 10, backend: str = "aot_eager", 
     elif how == "in-place":
         model.compile(backend=backend, **compile_kw)
         rec = Recorder(path, model, **kw)
+        compiled = model
+    elif how in ("part-before", "part-after"):
+        if how == "part-after":
+            rec = Recorder(path, model, **kw)
+        model.conv2 = torch.compile(model.conv2, backend=backend, **compile_kw)
+        model.relu = torch.compile(model.relu, backend=backend, **compile_kw)
+        if how == "part-before":
+            rec = Recorder(path, model, **kw)
         compiled = model
     else:
         rec = Recorder(path, model, **kw)
@@ -248,25 +257,12 @@ def test_fullgraph_without_loss_or_optimizer_says_nothing_is_recorded(tmp_path):
     assert open_run(tmp_path / "run").steps() == []
 
 
-@pytest.mark.parametrize("when", ["after", "before"])
-def test_a_compiled_part_of_the_model_records_its_relu_outputs_under_plain_names(tmp_path, when):
+@pytest.mark.parametrize("how", ["part-after", "part-before"])
+def test_a_compiled_part_of_the_model_records_its_relu_outputs_under_plain_names(tmp_path, how):
     """Only a part compiled (``model.body = torch.compile(model.body)``), before or after
     the Recorder is attached: its ReLU outputs as uncompiled, named without ``_orig_mod``."""
     eager_losses, _ = _record(tmp_path / "eager", None)
-
-    torch.manual_seed(0)
-    model = TinyNet()
-    loss_fn = torch.nn.CrossEntropyLoss()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    kw = {"loss": loss_fn, "optimizer": opt, "save_interval": 2, "collections": COLLECTIONS}
-    if when == "before":
-        model.conv2 = torch.compile(model.conv2, backend="aot_eager")
-        model.relu = torch.compile(model.relu, backend="aot_eager")
-    rec = Recorder(tmp_path / "compiled", model, **kw)
-    if when == "after":
-        model.conv2 = torch.compile(model.conv2, backend="aot_eager")
-        model.relu = torch.compile(model.relu, backend="aot_eager")
-    losses = train(model, loss_fn, opt, batches(10))
-    rec.close()
+    losses, rec = _record(tmp_path / "compiled", how)
+    assert not rec.dead, rec.error
     assert losses == eager_losses
     assert_same_values(run_values(tmp_path / "compiled"), run_values(tmp_path / "eager"))

@@ -237,15 +237,7 @@ def epochs(train_losses, eval_losses, train_steps=5, eval_steps=3):
 def test_loss_not_decreasing_compares_pass_means(tmp_path):
     # EVAL batches of a class-sorted test set differ (1.0 / 3.0 / 2.0) more than the model
     # improves; the pass means fall 2.0 -> 1.9 -> 1.89
-    rows, g = [], 0
-    for shift in (0.0, -0.1, -0.11):
-        for _ in range(4):
-            rows.append((g, "TRAIN", 2.0))
-            g += 1
-        for v in (1.0, 3.0, 2.0):
-            rows.append((g, "EVAL", v + shift))
-            g += 1
-    run = write_losses(tmp_path / "r", rows)
+    run = _class_sorted_eval_passes(tmp_path)
     assert LossNotDecreasing(mode="EVAL", num_steps=2).evaluate(run).triggered  # batches differ
     ok = LossNotDecreasing(mode="EVAL", compare="passes").evaluate(run)
     assert not ok.triggered and ok.steps_evaluated == 2
