@@ -773,6 +773,9 @@ class Recorder:
             except Exception as exc:
                 self._fail(exc, "closing the run")
         self._remove_hooks(static=True)
+        # a compiled model keeps calling the hooks it traced: they find nothing to do
+        self._graph_saving, self._graph_relu = False, None
+        self._graph_counts.clear()
 
     def __enter__(self) -> Recorder:
         return self
@@ -939,9 +942,9 @@ class Recorder:
                 "pytest-modelrules Recorder: the model runs under torch.compile with "
                 f"fullgraph=True (seen {where}), where its hooks cannot leave the compiled "
                 "graph: steps are kept by the hooks of the loss module and the optimizer (a "
-                "Recorder given neither records none), and the model's input and outputs "
-                "and its ReLU outputs are not recorded. Compile without fullgraph=True to "
-                "record them (docs/recording.md)"
+                "Recorder given neither records none), and the model's input and outputs, "
+                "its ReLU outputs and a loss computed inside the compiled function are not "
+                "recorded. Compile without fullgraph=True to record them (docs/recording.md)"
             )
 
     def _root_hook(self, module: torch.nn.Module, args: Any, output: Any) -> None:
