@@ -352,8 +352,13 @@ def _unit_counts(x: torch.Tensor, name: str) -> tuple[torch.Tensor, _Counts]:
     putting its counts back in C order, on the device or on the writer thread, cost more. On
     the devices where its ``triton`` kernels are on the Recorder counts with a Triton kernel
     instead (:meth:`Recorder._count_relu_batch`)."""
-    flat = positive_counts(x).reshape(-1)
-    return flat, _Counts(((name, x.shape[0], flat.numel()),))
+    return _counts_entry(positive_counts(x).reshape(-1), name, x.shape[0])
+
+
+def _counts_entry(flat: torch.Tensor, name: str, batch: int) -> tuple[torch.Tensor, _Counts]:
+    """A pending entry for the flat per-unit positive counts of a batch of ``batch``
+    samples, stored as ``name``."""
+    return flat, _Counts(((name, batch, flat.numel()),))
 
 
 def _kernel_failed(
@@ -587,6 +592,7 @@ class Recorder:
         # (_spec), which collections still have to list the name (_to_mark), how to lay out
         # the reductions (_layouts)
         self._spec_saving: frozenset[int] = frozenset()
+        self._spec_graph_relu: str | None = None  # _graph_plan() for _spec_saving
         self._spec_cache: dict[str, tuple[bool, tuple[tuple[str, bool], ...]] | None] = {}
         self._marked: set[str] = set()
         self._layouts: dict[tuple[str, tuple[tuple[str, bool], ...]], Any] = {}
@@ -773,9 +779,7 @@ class Recorder:
             except Exception as exc:
                 self._fail(exc, "closing the run")
         self._remove_hooks(static=True)
-        # a compiled model keeps calling the hooks it traced: they find nothing to do
-        self._graph_saving, self._graph_relu = False, None
-        self._graph_counts.clear()
+        self._clear_graph_state()  # a compiled model keeps calling the hooks it traced
 
     def __enter__(self) -> Recorder:
         return self
@@ -812,8 +816,7 @@ class Recorder:
         )
         _report(message)
         self._pending.clear()
-        self._graph_saving, self._graph_relu = False, None  # a compiled pass: nothing more
-        self._graph_counts.clear()
+        self._clear_graph_state()  # a compiled pass: nothing more
         self._relu_batch.clear()
         self._relu_batch_bytes = 0
         self._grad_acc.clear()
@@ -1055,9 +1058,6 @@ class Recorder:
             except Exception as exc:
                 self._fail(exc, "recording a ReLU input")
 
-        calls = self._relu_calls
-        plans = self._relu_plan
-
         def hook(mod: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
             # every ReLU call of a saving step runs this: it is kept to a dictionary lookup and,
             # for the default positive_fraction, two kernels or a place in the step's Triton
@@ -1080,11 +1080,7 @@ class Recorder:
                 if calls_key is None:
                     return
                 replica = calls_key is not key
-                k = calls.get(calls_key, 0)
-                calls[calls_key] = k + 1
-                plan = plans.get((key, k))
-                if plan is None:
-                    plan = self._relu_output_plan(base, key, k)
+                k, plan = self._relu_call(calls_key, key, base)
                 if plan is False or not isinstance(output, torch.Tensor):
                     return
                 if plan is True or output.ndim == 0:
@@ -1135,25 +1131,26 @@ class Recorder:
         if self._relu_batch_bytes > RELU_QUEUE_BYTES:
             self._count_relu_batch()
 
+    def _clear_graph_state(self) -> None:
+        """No step open for a compiled forward pass: its traced hooks do nothing (the flags
+        their guards read), and no counts wait."""
+        self._graph_saving, self._graph_relu = False, None
+        self._graph_counts.clear()
+
     def _take_graph_counts(self, taken: list[tuple[int, int, torch.Tensor]]) -> None:
         """The positive counts a compiled forward pass computed at its ReLU calls, in call
         order: each call numbered and named as the eager hook does it, then queued as its
         counts (the eager path's float32 sums, bit for bit)."""
         try:
             for key, batch, counts in taken:
-                k = self._relu_calls.get(key, 0)
-                self._relu_calls[key] = k + 1
-                plan = self._relu_plan.get((key, k))
-                if plan is None:
-                    plan = self._relu_output_plan(self._relu_bases[key], key, k)
+                _k, plan = self._relu_call(key, key, self._relu_bases[key])
                 if not isinstance(plan, tuple):  # not saved, or not counts alone (_graph_plan)
                     continue
                 name, stored = plan
                 if name in self._captured:
                     continue
                 self._captured.add(name)
-                flat = counts.reshape(-1)
-                self._pending.append((flat, _Counts(((stored, batch, flat.numel()),))))
+                self._pending.append(_counts_entry(counts.reshape(-1), stored, batch))
         except Exception as exc:
             self._fail(exc, "recording the ReLU outputs of a compiled model")
 
@@ -1171,6 +1168,17 @@ class Recorder:
                     return "eager"
                 plan = "counts"
         return plan
+
+    def _relu_call(self, calls_key: Any, key: int, base: str) -> tuple[int, Any]:
+        """Number a call of the ReLU module ``key`` (its copy's: ``calls_key``) in this step
+        and give its plan (:meth:`_relu_output_plan`, kept per call index)."""
+        calls = self._relu_calls
+        k = calls.get(calls_key, 0)
+        calls[calls_key] = k + 1
+        plan = self._relu_plan.get((key, k))
+        if plan is None:
+            plan = self._relu_output_plan(base, key, k)
+        return k, plan
 
     def _relu_output_plan(self, base: str, key: int, k: int) -> Any:
         """What call ``k`` of a ReLU module saves while the current collections save: False
@@ -1417,16 +1425,19 @@ class Recorder:
         saving = frozenset(
             i for i, c in enumerate(self._collections) if c.save_config.should_save(mode, mode_step)
         )
-        if saving != self._spec_saving:
+        changed = saving != self._spec_saving
+        if changed:
             self._spec_cache.clear()
             self._marked.clear()
             self._relu_plan.clear()
             self._param_plans.clear()
             self._spec_saving = saving
         self._saving = saving
+        if changed:  # (_spec reads _saving)
+            self._spec_graph_relu = self._graph_plan() if saving else None
         self._graph_saving = bool(saving)
         self._graph_counts.clear()
-        self._graph_relu = self._graph_plan() if saving else None
+        self._graph_relu = self._spec_graph_relu
         key = (saving, self._steps_by_optimizer())
         if self._dyn_key is not None and self._dyn_key != key:
             self._remove_hooks()
@@ -1519,9 +1530,7 @@ class Recorder:
         finally:
             self._open = False
             self._saving = frozenset()
-            self._graph_saving = False
-            self._graph_relu = None
-            self._graph_counts.clear()
+            self._clear_graph_state()
             self._mode_steps[self.mode] = self._mode_steps.get(self.mode, 0) + 1
             self.global_step += 1
 
