@@ -8,12 +8,16 @@ at its own run whatever the project's configuration says.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 GROUP = "modelrules"
+
+#: what pytest 9 warns of a value that is not a string given to a string option
+_NOT_A_STRING_WARNING = getattr(pytest, "PytestRemovedIn10Warning", None)
 
 #: "NAME=LOCATION" gives a run a name of its own; NAME may hold no "/", ":" or "="
 _NAMED = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+)=(?P<loc>.+)$")
@@ -125,7 +129,21 @@ def _ini_file(config: pytest.Config) -> str:
 def ini_text(config: pytest.Config, name: str) -> str:
     """The ini option ``name`` as text; a UsageError naming the file and the key when the
     file gives it another type (a TOML list or table, say)."""
-    value = config.getini(name)
+    # pytest 9 warns of a TOML list given to a string option (PytestRemovedIn10Warning) and
+    # still returns it; pytest 10 raises a TypeError: either way the usage error below
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", pytest.PytestDeprecationWarning)
+        try:
+            value = config.getini(name)
+        except TypeError as exc:
+            raise pytest.UsageError(
+                f"{_ini_file(config)}: {name} = ...: expected one string (a path or URL): {exc}"
+            ) from None
+    for warning in caught:  # any other warning goes on as it came
+        if isinstance(value, str | None) or warning.category is not _NOT_A_STRING_WARNING:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
     if value is None:
         return ""
     if not isinstance(value, str):

@@ -206,16 +206,18 @@ def test_run_spec_parsing() -> None:
     ],
 )
 def test_an_ini_option_of_the_wrong_type_is_a_usage_error_naming_it(
-    pytester: pytest.Pytester, run_inner, line: str, key: str
+    pytester: pytest.Pytester, run_inner, recwarn: pytest.WarningsRecorder, line: str, key: str
 ) -> None:
     """A TOML list where a path belongs (or a table where lines belong) is one usage error
-    naming the file and the key, not an internal error."""
+    naming the file and the key, not an internal error, and not also pytest 9's deprecation
+    warning of a list given to a string option (pytest 10 makes that a TypeError)."""
     pytester.makepyprojecttoml(f"[tool.pytest.ini_options]\n{line}\n")
     pytester.makepyfile("def test_plain():\n    pass\n")
     result = run_inner()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*pyproject.toml: {key} = *: expected *"])
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    assert not [w for w in recwarn if issubclass(w.category, pytest.PytestDeprecationWarning)]
 
 
 @pytest.mark.parametrize(
@@ -241,3 +243,17 @@ def test_a_report_folder_that_is_a_file_is_refused_at_once(
     result = run_inner(f"--model-run={runs['good']}", f"--model-rules-report={target}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*--model-rules-report: {target} is a file*"])
+
+
+def test_pytest_10s_type_error_for_a_list_in_a_string_option_is_the_same_usage_error() -> None:
+    """pytest 10 raises where pytest 9 warns: the user still gets the file and the key."""
+    from types import SimpleNamespace
+
+    from pytest_modelrules.pytest.options import ini_text
+
+    def getini(name: str) -> str:
+        raise TypeError(f"ini option {name!r} expects a string")
+
+    config = SimpleNamespace(getini=getini, inipath=Path("/project/pyproject.toml"))
+    with pytest.raises(pytest.UsageError, match=r"pyproject.toml: model_run_baseline = .*string"):
+        ini_text(config, "model_run_baseline")  # type: ignore[arg-type]
