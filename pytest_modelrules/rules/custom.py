@@ -10,7 +10,8 @@ Built-in rules run step by step too: ``invoke_rule(LossNotDecreasing(), trial=ru
 run, threshold_layer=60)``). A built-in rule with its own incremental path (LossNotDecreasing,
 every parameter honoured, ``compare="passes"`` included) uses it; the others are evaluated over
 the run once and answer each step from their trigger steps. Either way walking every step of
-a run gives the triggers of ``evaluate()`` on it.
+a run gives the triggers of ``evaluate()`` on it; each :func:`invoke_rule` walk starts with
+fresh per-step state.
 """
 
 from __future__ import annotations
@@ -75,6 +76,17 @@ class BuiltinAsCustomRule(Rule):
         self.rule_name = type(rule).__name__
         self._triggers: set[int] = set()
         self._covered = -1
+        self.reset()
+
+    def reset(self) -> None:
+        """Start afresh: forget the built-in rule's per-step state (its ``reset()``, as
+        LossNotDecreasing's last checked steps) and the trigger steps of the last evaluation.
+        Called when the rule is bound to a run and at the start of each :func:`invoke_rule`."""
+        reset = getattr(self.rule, "reset", None)
+        if reset is not None:
+            reset()
+        self._triggers = set()
+        self._covered = -1
 
     def invoke_at_step(self, step: int) -> bool:
         incremental = getattr(self.rule, "invoke_at_step", None)
@@ -130,7 +142,10 @@ def invoke_rule(
     RuleEvaluationConditionMet(rule_name, step) (its ``result`` holds what was found so far);
     otherwise a RuleResult listing every trigger step comes back. A run still being written is
     refreshed once at the start; steps written later are not waited for. A built-in rule (an
-    instance, a registered name or a (name, params) pair) needs ``trial``.
+    instance, a registered name or a (name, params) pair) needs ``trial``; its per-step state
+    is reset at the start (:meth:`BuiltinAsCustomRule.reset`), so one rule object walked again,
+    on the same run or another, gives what a fresh one gives. A :class:`Rule` subclass keeps
+    its own state, as in SageMaker Debugger.
     """
     if not isinstance(rule, Rule) and _is_builtin_spec(rule):
         if trial is None:
@@ -138,6 +153,8 @@ def invoke_rule(
         rule = as_custom_rule(rule, trial)
     if not isinstance(rule, Rule):
         raise TypeError(f"invoke_rule needs a Rule (subclass with invoke_at_step), got {rule!r}")
+    if isinstance(rule, BuiltinAsCustomRule):
+        rule.reset()  # each walk starts afresh, whatever earlier walks left on the rule
     run = rule.base_trial
     if not run.has_ended:
         run.refresh()

@@ -19,6 +19,7 @@ from pytest_modelrules import (
     create_trial,
 )
 from pytest_modelrules.datasets.gtsrb_meta import CLASS_NAMES
+from pytest_modelrules.rules.base import BuiltinRule
 from pytest_modelrules.rules.classification import DirectionConfusion
 from pytest_modelrules.rules.custom import BuiltinAsCustomRule, Rule, as_custom_rule, invoke_rule
 from pytest_modelrules.rules.loss import LossNotDecreasing
@@ -212,6 +213,36 @@ def test_builtin_step_by_step_follows_a_run_being_written(tmp_path):
     write(3, 0)
     write(4, 1)
     assert stepwise.invoke_at_step(4) is True  # refreshed: the step was written after opening
+    w.close()
+
+
+class _VerdictAtLastStep(BuiltinRule):
+    """Judges the run as a whole and reports it at the run's last step (as rules that judge a
+    whole run do): its trigger moves when steps are added."""
+
+    name = "verdict_at_last_step"
+
+    def _evaluate(self, run):
+        triggers = self.trigger_steps(run, run.steps()[-1:])
+        return self.make_result(bool(triggers), "at the last step.", triggers=triggers)
+
+
+def test_a_wrapper_walked_again_forgets_the_verdicts_of_the_last_walk(tmp_path):
+    """invoke_rule on one as_custom_rule wrapper of a rule without a per-step path, after more
+    steps were written: the verdicts cached by the first walk are not reused."""
+    path = tmp_path / "live"
+    w = RunWriter(path)
+
+    def write(steps):
+        for g in steps:
+            w.write("loss", np.float32(1.0), g)
+            w.end_step()
+
+    write(range(5))
+    stepwise = as_custom_rule(_VerdictAtLastStep(), create_trial(path))
+    assert [t.step for t in invoke_rule(stepwise).triggers] == [4]
+    write(range(5, 10))
+    assert [t.step for t in invoke_rule(stepwise).triggers] == [9]  # not [4, 9]
     w.close()
 
 

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pytest_modelrules import MissingTensorError, RuleParameterError, RunWriter, open_run
-from pytest_modelrules.rules.custom import invoke_rule
+from pytest_modelrules.rules.custom import as_custom_rule, invoke_rule
 from pytest_modelrules.rules.loss import (
     LossNotDecreasing,
     Overfit,
@@ -61,6 +61,23 @@ def test_old_sequence_stepwise_on_one_rule_object(old_case):
     # a fresh object walking the whole run agrees with the vectorised evaluation
     walked = invoke_rule(LossNotDecreasing(num_steps=10), trial=old_case)
     assert [t.step for t in walked.triggers] == [12]
+
+
+def test_one_rule_object_in_several_invoke_rule_calls(tmp_path):
+    """Each invoke_rule walk starts afresh: the same LossNotDecreasing object gives, on the
+    same run again, on another run, and through one as_custom_rule wrapper walked twice, what a
+    fresh object gives."""
+    flat = write_losses(tmp_path / "flat", [(g, "TRAIN", 1.5) for g in range(35)])
+    # EVAL only: the mode the rule resolves differs from flat's TRAIN
+    rising = write_losses(tmp_path / "rising", [(g, "EVAL", 0.1 * g) for g in range(25)])
+    assert [t.step for t in invoke_rule(LossNotDecreasing(), trial=flat).triggers] == [10, 20, 30]
+    assert [t.step for t in invoke_rule(LossNotDecreasing(), trial=rising).triggers] == [10, 20]
+    rule = LossNotDecreasing()
+    for run, expected in ((flat, [10, 20, 30]), (flat, [10, 20, 30]), (rising, [10, 20])):
+        assert [t.step for t in invoke_rule(rule, trial=run).triggers] == expected
+    stepwise = as_custom_rule(rule, flat)
+    for _ in range(2):
+        assert [t.step for t in invoke_rule(stepwise).triggers] == [10, 20, 30]
 
 
 def test_decreasing_loss_passes(tmp_path):
