@@ -11,7 +11,8 @@ run, threshold_layer=60)``). A built-in rule with its own incremental path (Loss
 every parameter honoured, ``compare="passes"`` included) uses it; the others are evaluated over
 the run once and answer each step from their trigger steps. Either way walking every step of
 a run gives the triggers of ``evaluate()`` on it; each :func:`invoke_rule` walk starts with
-fresh per-step state.
+fresh per-step state, and a step the run does not hold yet (a run still being written) makes
+the run refresh first.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ class BuiltinAsCustomRule(Rule):
     def invoke_at_step(self, step: int) -> bool:
         incremental = getattr(self.rule, "invoke_at_step", None)
         if incremental is not None:
+            if not self.base_trial._has_step(int(step), None):
+                self.base_trial.refresh()  # a step written since the run was last read
             return bool(incremental(self.base_trial, step))
         if step > self._covered:
             if self._covered >= 0:

@@ -80,6 +80,27 @@ def test_one_rule_object_in_several_invoke_rule_calls(tmp_path):
         assert [t.step for t in invoke_rule(stepwise).triggers] == [10, 20, 30]
 
 
+def test_step_by_step_follows_a_run_being_written(tmp_path):
+    """as_custom_rule(LossNotDecreasing(), run).invoke_at_step sees steps written after the
+    run was opened (the run is refreshed), as invoke_rule and the other rules do."""
+    path = tmp_path / "live"
+    w = RunWriter(path)
+
+    def write(steps, loss):
+        for g in steps:
+            w.write(LOSS, np.float32(loss(g)), g, "TRAIN", mode_step=g)
+            w.end_step()
+
+    write(range(12), lambda g: 2.0 / (g + 1))  # decreasing
+    stepwise = as_custom_rule(LossNotDecreasing(num_steps=10), open_run(path))
+    assert [stepwise.invoke_at_step(g) for g in (10, 11)] == [False, False]
+    write(range(12, 25), lambda g: 5.0)  # the loss jumps up and stays flat
+    assert stepwise.invoke_at_step(20) is True
+    assert [t.step for t in invoke_rule(stepwise).triggers] == [20]
+    w.close()
+    assert [t.step for t in LossNotDecreasing(num_steps=10).evaluate(path).triggers] == [20]
+
+
 def test_decreasing_loss_passes(tmp_path):
     run = write_losses(tmp_path / "r", [(g, "TRAIN", 2.0 / (g + 1)) for g in range(60)])
     result = LossNotDecreasing().evaluate(run)
