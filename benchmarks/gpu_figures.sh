@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of docs/recording.md and docs/reference_job.md in one go, on a machine with
+# The GPU figures of docs/performance.md and docs/reference_job.md in one go, on a machine with
 # one CUDA GPU and PyTorch installed (the package is used from this checkout, not installed):
 #
 #   OUT=gpu-figures bash benchmarks/gpu_figures.sh                 # about 7 minutes on one H100
@@ -17,7 +17,7 @@
 #    collections in turn (--ablate) and with the writer in a process of its own, with and
 #    without the kernels (--writer-process); fp32; then diagnostics: bf16 with the writer thread idle,
 #    the CPU host-cost proxy on this machine's host (which calibrates the proxy that machines
-#    without a GPU measure, docs/recording.md), the writer's cost to a launch-bound thread as
+#    without a GPU measure, docs/performance.md), the writer's cost to a launch-bound thread as
 #    a thread and as a process (bench_writer_gil.py: the GIL's share, on this host) and fp32 with the full input images recorded
 #    (the reference job's set).
 # 3. Each capture run against the goals (capture_goals.py).

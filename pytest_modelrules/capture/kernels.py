@@ -27,7 +27,7 @@ tensors stay where they are (parameters do).
 
 Each is used where a Recorder is made with ``triton=True`` or on the devices in
 :data:`COUNT_KERNEL_DEVICES` / :data:`NORM_KERNEL_DEVICES` (CUDA by default where Triton is
-installed: docs/recording.md says what was measured), reads contiguous and channels_last
+installed: docs/performance.md says what was measured), reads contiguous and channels_last
 tensors (others go to the torch operations), and the Recorder switches a kernel off (for
 itself, or in that set), with one warning, if it fails to compile or launch: recording goes
 on.
@@ -50,7 +50,7 @@ from .reductions import _MASK_DTYPES
 
 #: device types on which Recorders made with ``triton=None`` (the default) count ReLU
 #: outputs with the Triton kernel: CUDA where Triton is installed (on an H100 it cut the saving
-#: step's added time about in half in fp32 and lowered it in bf16; docs/recording.md)
+#: step's added time about in half in fp32 and lowered it in bf16; docs/performance.md)
 COUNT_KERNEL_DEVICES: set[str] = {"cuda"} if importlib.util.find_spec("triton") else set()
 #: device types on which Recorders made with ``triton=None`` (the default) compute the default
 #: weight and gradient norms with :func:`multi_norms`: CUDA where Triton is installed (two

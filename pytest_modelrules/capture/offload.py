@@ -20,7 +20,7 @@ recorded at its call from then on (for the weights or gradients: all of that kin
 side-stream read is announced to the caching allocator (``record_stream``), so the memory of a
 tensor that training frees is not reused before the read is done.
 
-Empty by default: see docs/recording.md for what is measured and what is still to measure on
+Empty by default: see docs/performance.md for what is measured and what is still to measure on
 a GPU. On a CPU (``DEFER_DEVICES.add("cpu")``, what the tests and the host-cost proxy use) the
 thread computes the values itself and the training thread waits at the end of the step until it
 is done.

@@ -872,7 +872,7 @@ class Recorder:
         # not see a hook added to a module it has already traced (a compiled model, or a
         # compiled part of one), so hooks that followed the steps lost the ReLU outputs of
         # steps the first traced step did not save. Each returns at once on a step that saves
-        # nothing (1.5 microseconds a ReLU call on a 2-core VM: docs/recording.md).
+        # nothing (1.5 microseconds a ReLU call on a 2-core VM: docs/performance.md).
         for base, module in self._relus:
             want_in = self._could_ever_save(f"{base}_input_0")
             want_out = self._could_ever_save(f"{base}_output_0")
