@@ -99,6 +99,12 @@ class MissingTensorError(RuleError):
     """A rule needs a tensor (or a reduction of it) that the run does not hold."""
 
 
+class ClassAxisError(RuleError, ValueError):
+    """Logits and labels whose shapes do not fit PyTorch's class axis (axis 1 of (N, C, ...)
+    against labels (N, ...)), or logits with no class axis (one score per sample); the message
+    names the tensors, the step and the shapes."""
+
+
 class RuleEvaluationConditionMet(ModelRulesError):
     """Raised by `invoke_rule(..., raise_eval_cond=True)` at the first step where a rule triggers.
 
@@ -123,6 +129,7 @@ class RecorderError(ModelRulesError):
 
 
 __all__ = [
+    "ClassAxisError",
     "CorruptRunError",
     "MissingTensorError",
     "ModelRulesError",

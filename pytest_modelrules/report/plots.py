@@ -20,8 +20,8 @@ import numpy as np
 
 from ..exceptions import MissingTensorError, ModelRulesError
 from ..modes import ModeKeys, parse_mode
+from ..rules._labels import decode_classes, decode_labels, left_out_note, scores_width
 from ..rules._labels import in_range as _in_range
-from ..rules._labels import left_out_note
 from ..store.names import (
     compute_reduction,
     is_reduction,
@@ -152,21 +152,15 @@ def class_names_of(run: Run, num_classes: int, given: Sequence[str] | None = Non
     return [names[i] if i < len(names) else str(i) for i in range(num_classes)]
 
 
-def _labels_of(arrays: Iterable[np.ndarray]) -> np.ndarray:
-    """Integer labels from label batches (class ids, or one-hot / probability rows)."""
-    parts = []
-    for a in arrays:
-        a = np.asarray(a)
-        parts.append(a.argmax(axis=-1) if a.ndim >= 2 else np.atleast_1d(a))
+def _labels_of(arrays: Iterable[np.ndarray], predictions: Any | None = None) -> np.ndarray:
+    """Integer labels from label batches, flattened: class ids of any shape ((N,), a
+    segmentation mask (N, H, W)), or class probabilities / one-hot rows, whose argmax over the
+    class axis 1 is the class (``predictions``: a batch of the run's logits, which tells the
+    probabilities' shape; without it only (N, C) rows are read so)."""
+    parts = [decode_labels(a, predictions) for a in arrays]
     if not parts:
         return np.zeros(0, dtype=np.int64)
     return np.concatenate(parts).astype(np.int64)
-
-
-def _predictions_of(batch: np.ndarray) -> np.ndarray:
-    """Predicted classes of a batch: argmax of logits, or the ids themselves."""
-    a = np.asarray(batch)
-    return (a.argmax(axis=-1) if a.ndim >= 2 else np.atleast_1d(a)).astype(np.int64)
 
 
 # -- labels outside the classes ------------------------------------------------------------------
@@ -190,12 +184,6 @@ def _add_notes(fig: Figure, notes: Iterable[str]) -> list[str]:
     return kept
 
 
-def scores_width(batch: Any) -> int | None:
-    """How many classes a batch of class scores holds (its last axis); None for class ids."""
-    a = np.asarray(batch)
-    return int(a.shape[-1]) if a.ndim >= 2 and a.shape[-1] > 1 else None
-
-
 def _class_count(
     run: Run, num_classes: int | None, class_names: Sequence[str] | None, width: int | None
 ) -> int | None:
@@ -209,15 +197,16 @@ def _class_count(
     return len(names) if names else None
 
 
-def _logits_width(run: Run, mode: ModeKeys | None) -> int | None:
-    """The class count of the run's logits (one saved value read); None without logits."""
+def _logits_batch(run: Run, mode: ModeKeys | None) -> np.ndarray | None:
+    """One saved batch of the run's logits (its shape says the class count, axis 1, and the
+    shape of class probabilities as labels); None without (readable) logits."""
     try:
         name = find_tensor(run, _LOGIT_NAMES, "predictions/logits")
         t = run.tensor(name)
         steps = t.steps(mode)
         if not steps:
             mode, steps = None, t.steps()
-        return scores_width(t.value(steps[0], mode)) if steps else None
+        return t.value(steps[0], mode) if steps else None
     except (ModelRulesError, OSError, ValueError):  # no (readable) logits: no width
         return None
 
@@ -229,15 +218,14 @@ def _count_labels(
     num_classes: int | None,
     class_names: Sequence[str] | None,
 ) -> tuple[np.ndarray, dict[int, int], int | None]:
-    """(samples per class, {label left out: count}, number of classes or None) of a mode."""
+    """(samples per class, {label left out: count}, number of classes or None) of a mode; a
+    segmentation mask's pixels are samples."""
     series = run.tensor(name).series(mode)
     arrays = series.arrays
-    labels = (
-        series.concat().astype(np.int64)
-        if series.uniform and arrays and arrays[0].ndim <= 1
-        else _labels_of(arrays)
-    )
-    width = None if num_classes else _logits_width(run, mode)
+    plain = bool(series.uniform and arrays and arrays[0].ndim <= 1)
+    logits = None if plain and num_classes else _logits_batch(run, mode)
+    labels = series.concat().astype(np.int64) if plain else _labels_of(arrays, logits)
+    width = None if num_classes else scores_width(logits)
     n = _class_count(run, num_classes, class_names, width)
     ok, outside = _in_range(labels, n)
     return np.bincount(labels[ok], minlength=n or 0), outside, n
@@ -246,9 +234,10 @@ def _count_labels(
 def label_counts(
     run: Any, mode: Any = "TRAIN", *, tensor: str | None = None, num_classes: int | None = None
 ) -> np.ndarray:
-    """Samples per class seen in ``mode`` (all labels joined with ``Series.concat``); labels
-    outside classes 0..n-1 (n: ``num_classes``, else the logits' width, else the run's class
-    names) are left out, as negative ones (ignore_index) always are."""
+    """Samples per class seen in ``mode`` (all labels joined with ``Series.concat``; a mask's
+    pixels are samples); labels outside classes 0..n-1 (n: ``num_classes``, else the logits'
+    width, their axis 1, else the run's class names) are left out, as negative ones
+    (ignore_index) always are."""
     run = _open(run)
     name = find_tensor(run, _LABEL_NAMES, "labels", tensor)
     return _count_labels(run, _mode_with_data(run, mode), name, num_classes, None)[0]
@@ -262,9 +251,11 @@ def confusion_matrix(
     predictions_tensor: str | None = None,
     num_classes: int | None = None,
 ) -> tuple[np.ndarray, ModeKeys | None]:
-    """C[true][predicted] counts over the mode's saved steps (EVAL, else TRAIN, by default);
-    samples whose label (or predicted id) is outside classes 0..n-1 are left out (n:
-    ``num_classes``, else the logits' width, else the run's class names)."""
+    """C[true][predicted] counts over the mode's saved steps (EVAL, else TRAIN, by default),
+    the predicted class being the logits' argmax over the class axis 1 (a segmentation
+    model's pixels one by one); samples whose label (or predicted id) is outside classes
+    0..n-1 are left out (n: ``num_classes``, else the logits' width, else the run's class
+    names). Shapes that do not fit raise ClassAxisError (a ValueError)."""
     cm, m, _ = _confusion(run, mode, labels_tensor, predictions_tensor, num_classes, None)
     return cm, m
 
@@ -287,18 +278,22 @@ def _confusion(
     common = np.intersect1d(ls.global_steps, ps.global_steps)
     li = {int(g): i for i, g in enumerate(ls.global_steps)}
     pi = {int(g): i for i, g in enumerate(ps.global_steps)}
-    y = _labels_of(ls.arrays[li[int(g)]] for g in common)
-    p = (
-        np.concatenate([_predictions_of(ps.arrays[pi[int(g)]]) for g in common])
-        if len(common)
-        else np.zeros(0, np.int64)
-    )
-    if len(y) != len(p):
-        raise ValueError(
-            f"run {run.name!r}: {lab} holds {len(y)} labels but {pred} {len(p)} predictions "
-            f"over the same {_step_label(m)}s"
+    y_parts: list[np.ndarray] = []
+    p_parts: list[np.ndarray] = []
+    width: int | None = None
+    for k, g in enumerate(common):
+        y_step, p_step, w = decode_classes(
+            ls.arrays[li[int(g)]],
+            ps.arrays[pi[int(g)]],
+            labels_name=lab,
+            predictions_name=pred,
+            where=f"at global step {int(g)}",
         )
-    width = scores_width(ps.arrays[pi[int(common[0])]]) if len(common) else None
+        y_parts.append(y_step)
+        p_parts.append(p_step)
+        width = w if k == 0 else width
+    y = np.concatenate(y_parts).astype(np.int64) if y_parts else np.zeros(0, np.int64)
+    p = np.concatenate(p_parts) if p_parts else np.zeros(0, np.int64)
     n = _class_count(run, num_classes, class_names, width)
     ok, out_y = _in_range(y, n)
     ok_p, out_p = _in_range(np.where(ok, p, 0), n)  # a sample left out for its label counts once
@@ -656,7 +651,9 @@ def misclassified_samples(
     """Up to ``max_images`` mistakes as (mode step, index in batch, predicted, truth), newest
     steps first by default (the model as training left it); ``pairs`` keeps only confusions
     within those class pairs (either way); ``steps_with`` keeps the steps that saved that tensor.
-    A sample whose label is outside the classes (ignore_index) is no mistake: left out."""
+    A sample whose label is outside the classes (ignore_index) is no mistake: left out. With
+    per-pixel labels (logits (N, C, H, W), masks (N, H, W)) the index is the image's, each
+    (image, predicted, truth) listed once."""
     found, m, _ = _misclassified(
         run, mode, max_images, pairs, labels_tensor, predictions_tensor, steps_with, newest_first
     )
@@ -689,20 +686,35 @@ def _misclassified(
     n: int | None = None
     searched = 0
     for s in reversed(steps) if newest_first else steps:
-        y = _labels_of([lt.value(s, m)])
-        batch = pt.value(s, m)
-        p = _predictions_of(batch)
+        labels = lt.value(s, m)
+        y, p, width = decode_classes(
+            labels,
+            pt.value(s, m),
+            labels_name=lab,
+            predictions_name=pred,
+            where=f"at {_step_label(m)} {s}",
+        )
+        y = y.astype(np.int64)
         if searched == 0:  # the first batch of logits says how many classes there are
-            n = _class_count(run, None, class_names, scores_width(batch))
+            n = _class_count(run, None, class_names, width)
         searched += 1
         ok, out = _in_range(y, n)
         for v, c in out.items():
             outside[v] = outside.get(v, 0) + c
         ok &= _in_range(p, n)[0]  # predicted ids no class name can show
+        # a segmentation model's labels are pixels: a mistake is shown on its image, once per
+        # (image, predicted, truth)
+        images = np.shape(labels)[0] if np.ndim(labels) else 1
+        per_image = max(1, len(y) // max(images, 1))
+        seen: set[tuple[int, int, int]] = set()
         for i in np.nonzero(ok & (y != p))[0]:
             if wanted is not None and frozenset((int(p[i]), int(y[i]))) not in wanted:
                 continue
-            found.append((int(s), int(i), int(p[i]), int(y[i])))
+            key = (int(i) // per_image, int(p[i]), int(y[i]))
+            if key in seen:
+                continue
+            seen.add(key)
+            found.append((int(s), *key))
             if len(found) >= max_images:
                 break
         if len(found) >= max_images:

@@ -1,4 +1,10 @@
-"""Labels that are no class: which label values are left out, and the line that names them.
+"""Classes from labels and logits, and the labels that are no class.
+
+The class axis of class scores is axis 1, PyTorch's convention (CrossEntropyLoss takes logits
+(N, C) or (N, C, d1, d2, ...) with labels (N) or (N, d1, d2, ...)): :func:`decode_classes`
+turns one step's labels and predictions into class ids, flattened so that a segmentation
+model's pixels are samples one by one, and refuses shapes that do not fit (naming the tensors,
+the step and the shapes). The classification rules and the report's plots both decode with it.
 
 A label the model cannot predict (PyTorch's ignore_index -100, a -1 "unknown", 255 in
 segmentation masks, or an id at or past the logits' width) is no class. The classification
@@ -8,7 +14,132 @@ rules and the report's plots both leave such labels out and name them with
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+from ..exceptions import ClassAxisError
+
+#: the class axis of class scores (N, C, d1, ...): PyTorch's; for (N, C) also the last axis
+CLASS_AXIS = 1
+
+
+def scores_width(scores: Any) -> int | None:
+    """How many classes a batch of class scores holds (its axis 1); None for class ids (one
+    axis) and for one score per sample (axis 1 of length 1)."""
+    shape = np.shape(scores)
+    return int(shape[CLASS_AXIS]) if len(shape) >= 2 and shape[CLASS_AXIS] > 1 else None
+
+
+def _are_probabilities(lab: np.ndarray, predictions: Any | None) -> bool:
+    """Whether labels ``lab`` are class probabilities (CrossEntropyLoss's other target; one-hot
+    labels included): rows of values in [0, 1] summing to 1 over axis 1, of the shape of the
+    float class scores ``predictions`` or of that shape with predicted class ids (axis 1 left
+    out); with no predictions known (None), 2-D labels (N, C) only. Any batch of the
+    predictions will do: only the shape past axis 0 and the dtype are read."""
+    if lab.ndim < 2:
+        return False
+    if predictions is None:
+        fits = lab.ndim == 2
+    else:
+        per_sample = tuple(np.shape(predictions)[1:])
+        floats = np.asarray(predictions).dtype.kind == "f"
+        fits = (per_sample == lab.shape[1:] and floats) or per_sample == lab.shape[2:]
+    return fits and _probability_rows(lab)
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return str(tuple(int(d) for d in shape))
+
+
+def _probability_rows(a: np.ndarray) -> bool:
+    """Whether ``a`` (ndim >= 2) holds class probabilities along axis 1: values in [0, 1]
+    summing to 1 (one-hot labels included)."""
+    if a.ndim < 2 or a.shape[CLASS_AXIS] < 2 or a.size == 0 or a.dtype.kind not in "biuf":
+        return False
+    if a.min() < 0 or a.max() > 1:
+        return False
+    return bool(np.allclose(a.sum(axis=CLASS_AXIS, dtype=np.float64), 1.0, atol=1e-3))
+
+
+def _without_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A shape without its axes of length 1 (they do not change the order of the values)."""
+    return tuple(int(d) for d in shape if d != 1)
+
+
+def decode_labels(labels: Any, predictions: Any | None = None) -> np.ndarray:
+    """One step's labels as class ids, flattened: class probabilities (see
+    :func:`decode_classes`; ``predictions``, any batch of the run's predictions, tells their
+    shape) give their argmax over axis 1, class ids of any shape ((N,), (N, H, W)) are
+    returned as they are."""
+    a = np.asarray(labels)
+    if _are_probabilities(a, predictions):
+        return a.argmax(axis=CLASS_AXIS).reshape(-1)
+    return a.reshape(-1)
+
+
+def decode_classes(
+    labels: Any,
+    predictions: Any,
+    *,
+    labels_name: str,
+    predictions_name: str,
+    where: str,
+    argmax: bool = True,
+) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """(labels, predicted classes as int64, the scores' width or None for class ids) of one
+    step, both flattened in the same order (a segmentation model's pixels one by one).
+
+    Labels of the float scores' shape (or with one more axis than predicted class ids) whose
+    values lie in [0, 1] and sum to 1 over axis 1 are class probabilities (CrossEntropyLoss's
+    other target; one-hot labels): their argmax over axis 1 is the class. Predictions are
+    class scores when they hold one more axis than the (decoded) labels (or, with ``argmax``,
+    more values); the predicted class is their argmax over axis 1 (axis 0 of a single
+    sample's (C,) scores). Labels then must have the scores' shape without axis 1 (axes of
+    length 1 aside):
+    anything else, and scores with one value per sample (binary logits, as BCEWithLogitsLoss
+    takes), is a :class:`~pytest_modelrules.exceptions.ClassAxisError` naming the tensors,
+    ``where`` (e.g. "at global step 5") and the shapes. Otherwise predictions are class ids
+    holding as many values as the labels. Labels are returned as stored (dtype unchanged)."""
+    lab, pred = np.asarray(labels), np.asarray(predictions)
+    if _are_probabilities(lab, pred):
+        lab = lab.argmax(axis=CLASS_AXIS)  # class probabilities: their class
+    scores = pred.ndim == lab.ndim + 1 or (argmax and pred.ndim >= 1 and pred.size > lab.size)
+    if not scores:
+        if pred.size != lab.size:
+            hint = "; argmax=True reads them as class scores" if pred.size > lab.size else ""
+            raise ClassAxisError(
+                f"{predictions_name} {where} has shape {_shape(pred.shape)} but {labels_name} "
+                f"has shape {_shape(np.shape(labels))}: class ids hold one value per label, "
+                f"class scores one more axis (the class axis 1, as in PyTorch's (N, C, ...)){hint}"
+            )
+        flat = pred.reshape(-1)
+        if flat.dtype.kind == "f" and not np.all(flat == np.round(flat)):
+            raise ClassAxisError(
+                f"{predictions_name} {where} has shape {_shape(pred.shape)} and fractional "
+                f"values, as {labels_name} has shape {_shape(np.shape(labels))}: no class ids, "
+                "and no class axis to take argmax over (class scores are (N, C, ...) with "
+                "labels (N, ...)); one score per sample (binary logits, as BCEWithLogitsLoss "
+                "takes) names no class: save the predicted class ids instead"
+            )
+        return lab.reshape(-1), flat.astype(np.int64), None
+    axis = CLASS_AXIS if pred.ndim >= 2 else 0
+    width = int(pred.shape[axis])
+    if width == 1:
+        raise ClassAxisError(
+            f"{predictions_name} {where} has shape {_shape(pred.shape)}: one score per sample "
+            f"on the class axis {axis} (binary logits, as BCEWithLogitsLoss takes) names no "
+            "class to take argmax over; save CrossEntropyLoss's (N, C, ...) logits or the "
+            "predicted class ids (the labels' shape) instead"
+        )
+    expected = pred.shape[:axis] + pred.shape[axis + 1 :]
+    if _without_ones(lab.shape) != _without_ones(expected):
+        raise ClassAxisError(
+            f"{predictions_name} {where} has shape {_shape(pred.shape)}, whose class axis is "
+            f"{axis} (PyTorch's (N, C, d1, ...)): it needs labels of shape {_shape(expected)}, "
+            f"but {labels_name} has shape {_shape(np.shape(labels))}"
+        )
+    return lab.reshape(-1), pred.argmax(axis=axis).reshape(-1).astype(np.int64), width
 
 
 def class_mask(values: np.ndarray, n: int | None) -> np.ndarray:
@@ -52,4 +183,14 @@ def with_note(text: str, note: str) -> str:
     return f"{text} {note}." if text.endswith(".") else f"{text}; {note}"
 
 
-__all__ = ["class_mask", "in_range", "left_out_note", "value_counts", "with_note"]
+__all__ = [
+    "CLASS_AXIS",
+    "class_mask",
+    "decode_classes",
+    "decode_labels",
+    "in_range",
+    "left_out_note",
+    "scores_width",
+    "value_counts",
+    "with_note",
+]

@@ -4,8 +4,9 @@ RecallFloor and NoisyLabels (this project's).
 They read labels and predictions. SageMaker's regex defaults (``.*labels``,
 ``.*predictions``) match nothing in a PyTorch run, so when a default regex matches nothing
 the rules fall back to the inputs of the loss: ``CrossEntropyLoss_input_1`` (labels) and
-``CrossEntropyLoss_input_0`` (logits, reduced by argmax). Each step's arrays are decoded once
-per run and shared between the rules (``run_cache``).
+``CrossEntropyLoss_input_0`` (logits, reduced by argmax over the class axis 1, PyTorch's:
+(N, C, H, W) logits against (N, H, W) labels are judged pixel by pixel). Each step's arrays
+are decoded once per run and shared between the rules (``run_cache``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ import numpy as np
 
 from ..exceptions import RuleError
 from ..modes import ModeKeys
-from ._labels import class_mask, left_out_note, value_counts, with_note
+from ._labels import (
+    class_mask,
+    decode_classes,
+    decode_labels,
+    left_out_note,
+    value_counts,
+    with_note,
+)
 from .base import BuiltinRule, Param, register
 from .loss import fmt, phases, run_cache, where
 from .result import RuleResult
@@ -119,10 +127,13 @@ def read_label_data(
     mode: ModeKeys | None,
     argmax: bool = True,
 ) -> LabelData:
-    """Decode labels (and predictions: argmax over the last axis when they hold one more axis
-    than the labels, or when ``argmax`` and they hold more values than the labels) at every
-    step holding both, every worker's shard, once per run. Labels below 0 (ignore_index), and
-    with class scores labels at or past their width, are no class: kept apart, not counted."""
+    """Decode labels and predictions at every step holding both, every worker's shard, once
+    per run, with :func:`~pytest_modelrules.rules._labels.decode_classes`: class scores
+    (predictions with one more axis than the labels, or, with ``argmax``, more values) give
+    their argmax over the class axis 1, PyTorch's, and a segmentation model's (N, C, H, W)
+    logits against (N, H, W) labels give one sample per pixel; shapes that do not fit raise
+    ClassAxisError naming the step. Labels below 0 (ignore_index), and with class scores
+    labels at or past their width, are no class: kept apart, not counted."""
     mode_arg = None if mode in (None, ModeKeys.GLOBAL) else mode
     key = ("labels", labels_name, preds_name, int(mode_arg or 0), bool(argmax))
     cache = run_cache(run)
@@ -131,7 +142,8 @@ def read_label_data(
     # every worker's shard counts (data parallel: each worker sees its own batches); values
     # are matched by (global step, worker)
     lab = run.tensor(labels_name).series(mode_arg, all_workers=True)
-    width = max(len(run.workers()), 1)
+    workers = run.workers()
+    width = max(len(workers), 1)
     lab_keys = lab.global_steps * width + lab.workers
     lab_idx = np.arange(len(lab_keys))
     pred_classes, n_scores = None, None
@@ -142,16 +154,21 @@ def read_label_data(
     lab_arrays = [lab.arrays[i] for i in lab_idx]
     if preds_name is not None:
         pred_arrays = [pred.arrays[i] for i in pred_idx]
-        pred_classes, n_scores = _predicted_classes(pred_arrays, lab_arrays, argmax, preds_name)
+        places = [
+            f"at global step {int(lab.global_steps[i])}"
+            + (f" (worker {workers[int(lab.workers[i])]})" if len(workers) > 1 else "")
+            for i in lab_idx
+        ]
+        lab_arrays, pred_classes, n_scores = _predicted_classes(
+            pred_arrays, lab_arrays, argmax, preds_name, labels_name, places
+        )
+    else:
+        lab_arrays = [decode_labels(a) for a in lab_arrays]
     steps, first, which = np.unique(
         lab.global_steps[lab_idx], return_index=True, return_inverse=True
     )
-    lengths = np.array([np.asarray(a).size for a in lab_arrays], dtype=np.int64)
-    labels = (
-        np.concatenate([np.asarray(a).reshape(-1) for a in lab_arrays])
-        if lab_arrays
-        else np.zeros(0, np.int64)
-    )
+    lengths = np.array([a.size for a in lab_arrays], dtype=np.int64)
+    labels = np.concatenate(lab_arrays) if lab_arrays else np.zeros(0, np.int64)
     if labels.dtype.kind == "f" and not np.all(labels == np.round(labels)):
         raise RuleError(f"{labels_name} holds non-integer class labels")
     labels = labels.astype(np.int64)
@@ -185,24 +202,34 @@ def read_label_data(
 
 
 def _predicted_classes(
-    pred_arrays: list[np.ndarray], lab_arrays: list[np.ndarray], argmax: bool, name: str
-) -> tuple[np.ndarray, int | None]:
-    """(predicted class per sample, the class scores' width or None for class ids)."""
+    pred_arrays: list[np.ndarray],
+    lab_arrays: list[np.ndarray],
+    argmax: bool,
+    name: str,
+    labels_name: str,
+    places: list[str],
+) -> tuple[list[np.ndarray], np.ndarray, int | None]:
+    """(each step's labels flattened, predicted class per sample, the class scores' width
+    (the first step's) or None for class ids); every step decoded on its own, argmax taken
+    over the views of the file bytes (no copy of all the logits)."""
     if not pred_arrays:
-        return np.zeros(0, np.int64), None
-    first_p, first_l = np.asarray(pred_arrays[0]), np.asarray(lab_arrays[0])
-    scores = first_p.ndim == first_l.ndim + 1 or (argmax and first_p.size > first_l.size)
-    if scores:
-        if first_p.ndim == 0:
-            raise RuleError(f"{name} holds scalars; cannot take argmax over a class axis")
-        # argmax of each step's array (views of the file bytes): no copy of all the logits
-        per_step = [np.asarray(a).argmax(axis=-1).reshape(-1) for a in pred_arrays]
-        width = int(first_p.shape[-1])
-        return np.concatenate(per_step).astype(np.int64), width if width > 1 else None
-    joined = np.concatenate([np.asarray(a).reshape(-1) for a in pred_arrays])
-    if joined.dtype.kind == "f" and not np.all(joined == np.round(joined)):
-        raise RuleError(f"{name} holds fractional values: pass argmax=True for class scores")
-    return joined.astype(np.int64), None
+        return [], np.zeros(0, np.int64), None
+    labels: list[np.ndarray] = []
+    per_step: list[np.ndarray] = []
+    widths: list[int | None] = []
+    for p, lab_a, place in zip(pred_arrays, lab_arrays, places):
+        lab_flat, classes, w = decode_classes(
+            lab_a,
+            p,
+            labels_name=labels_name,
+            predictions_name=name,
+            where=place,
+            argmax=argmax,
+        )
+        labels.append(lab_flat)
+        per_step.append(classes)
+        widths.append(w)
+    return labels, np.concatenate(per_step), widths[0]
 
 
 def per_step_counts(data: LabelData, mask: np.ndarray | None, num_classes: int) -> np.ndarray:
