@@ -439,7 +439,6 @@ class Confusion(BuiltinRule):
                 data,
                 pname,
                 given=f"is {self.category_no}",
-                by_names=False,
             )
         if n == 0 or len(data.labels) == 0:
             return self.make_result(
@@ -531,13 +530,14 @@ def _check_classes(
     data: LabelData | None = None,
     scores: str | None = None,
     given: str | None = None,
-    by_names: bool = True,
 ) -> None:
-    """A class a parameter names that the run's class names (``by_names``) or, given ``data``
-    read from class scores, the logits ``scores`` do not have is a typo, not a class without
-    samples: refused, naming the parameter (``given``: its value shown) and the classes."""
+    """A class a parameter names that the run's class names (its metadata's, if stored) or,
+    given ``data`` read from class scores, the logits ``scores`` do not have is a typo, not a
+    class without samples: refused, naming the parameter (``given``: its value shown) and the
+    number of classes. Used for ``pairs``, ``classes`` and ``category_no`` (its last class,
+    ``category_no - 1``)."""
     limits: list[tuple[int, str]] = []
-    names = run.class_names if by_names else None
+    names = run.class_names
     if names:
         limits.append((len(names), f"the run's {len(names)} classes are 0 to {len(names) - 1}"))
     width = data.width if data is not None else None

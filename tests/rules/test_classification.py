@@ -538,6 +538,25 @@ def test_classes_the_run_does_not_have_are_refused_not_passed(tmp_path):
     assert DirectionConfusion(pairs=[(1, 2)], limit=100).evaluate(run).triggered is False
 
 
+def test_category_no_past_the_run_s_class_names_is_refused(tmp_path):
+    """category_no above the run's class names is a typo as a pair past them is: an error naming
+    the parameter, its value and the number of classes, where it passed when the logits were
+    wider than the names (43 here) or the predictions were class ids (no width)."""
+    names = ["a", "b", "c", "d", "e"]
+    steps = [("EVAL", [1, 2] * 20, [1, 2] * 20)]
+    run = write_steps(tmp_path / "r", steps, metadata={"class_names": names})
+    refused = r"'category_no' is 6; the run's 5 classes are 0 to 4"
+    with pytest.raises(RuleParameterError, match=refused):
+        Confusion(category_no=6).evaluate(run)
+    assert not Confusion(category_no=5).evaluate(run).triggered
+    with RunWriter(tmp_path / "ids", metadata={"class_names": names}) as w:
+        w.write("labels", np.array([0, 1, 2]), 0)
+        w.write("predictions", np.array([0, 1, 2]), 0)
+    with pytest.raises(RuleParameterError, match=refused):
+        Confusion(category_no=6).evaluate(tmp_path / "ids")
+    assert not Confusion(category_no=5).evaluate(tmp_path / "ids").triggered
+
+
 # -- labels that are no class ---------------------------------------------------------------------
 
 NO_CLASS = np.array([-100, -1, 7, 7, 7])  # ignore_index, "unknown", an id past 5 logits
