@@ -173,13 +173,20 @@ def check_run(run_path: str, baseline: str | None, rules: Sequence[str] | None) 
     default profile (rules/profiles.py; a rule whose tensors the run lacks is "not judged").
     With a baseline, rules that take one (``baseline`` or ``other_trials``) get it.
     """
+    return _check_run(run_path, baseline, rules)[1]
+
+
+def _check_run(
+    run_path: str, baseline: str | None, rules: Sequence[str] | None
+) -> tuple[Any, list[Any]]:
+    """:func:`check_run`, with the run it opened: (run, results)."""
     from .rules import registry as reg
     from .store.run import open_run
 
     run = open_run(run_path)
     base = open_run(baseline) if baseline else None
     if not rules:
-        return reg.evaluate_defaults(run, baseline=base)
+        return run, reg.evaluate_defaults(run, baseline=base)
     specs = [_parse_rule_spec(s) for s in rules]
     results = []
     for name, params in specs:
@@ -189,7 +196,7 @@ def check_run(run_path: str, baseline: str | None, rules: Sequence[str] | None) 
                 if key in accepted:
                     params.setdefault(key, value)
         results.append(reg.evaluate_or_not_judged(run, reg.rule_class(name), params))
-    return results
+    return run, results
 
 
 def _parse_rule_spec(spec: str) -> tuple[str, dict[str, str]]:
@@ -209,7 +216,10 @@ def _parse_rule_spec(spec: str) -> tuple[str, dict[str, str]]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    results = check_run(args.run, args.baseline, args.rule)
+    """Exit 1 when a rule triggers; 2 ("not judged") when no rule could judge the run or, with
+    the default profile, when the run holds no loss tensor or only the rules that judge any
+    run (exploding_tensor, stalled_training_rule) judged it; else 0."""
+    run, results = _check_run(args.run, args.baseline, args.rule)
     _results_table(results, f"rules on {args.run}")
     if args.json:
         Path(args.json).write_text(json.dumps([r.to_dict() for r in results], default=str))
@@ -222,6 +232,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     if results and skipped == len(results):  # an empty or unrelated run must not pass a gate
         _err(f"no rule could judge {args.run}: it holds none of what they read ({judged})")
         return 2
+    if not args.rule:  # the default profile: a run missing its loss must not pass either
+        from .rules.registry import default_profile_gap
+
+        gap = default_profile_gap(run, results)
+        if gap is not None:
+            _err(f"not judged: {gap} ({judged}; name the rules to run with --rule)")
+            return 2
     print(f"no rule triggered ({judged})")
     return 0
 

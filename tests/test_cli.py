@@ -194,6 +194,34 @@ def test_check_errors_are_exit_2_and_one_line(tmp_path, capsys, tiny_run):
     assert code in (0, 1) and "1 judged, 1 not judged" in out
 
 
+def test_check_of_a_run_without_loss_is_not_judged(tmp_path: Path, capsys):
+    """The default profile on a run holding only an unrelated tensor exited 0 ("2 judged":
+    exploding_tensor and stalled_training_rule judge any run with steps): a gate passed a run
+    missing its loss. It is "not judged" (exit 2), one line saying what is missing; rules
+    named with --rule still judge it, and a run with a loss passes."""
+    foo = tmp_path / "foo"
+    with RunWriter(foo) as w:
+        for g in range(5):
+            w.write("foo", np.ones(3) * g, g)
+    assert cli.main(["check", str(foo)]) == 2
+    captured = capsys.readouterr()
+    assert "no rule triggered" not in captured.out
+    assert captured.err == (
+        "modelrules: not judged: the run 'foo' holds no loss tensor (no losses collection, no "
+        "scalar named *loss*): the loss rules (loss_not_decreasing, overfit, overtraining) "
+        "judged no loss; the run holds foo (2 judged, 13 not judged; name the rules to run "
+        "with --rule)\n"
+    )
+    assert cli.main(["check", str(foo), "--rule", "exploding_tensor"]) == 0
+    assert "no rule triggered (1 judged, 0 not judged)" in capsys.readouterr().out
+    loss = tmp_path / "loss"
+    with RunWriter(loss) as w:
+        for g in range(5):
+            w.write("CrossEntropyLoss_output_0", np.float32(1.0 / (g + 1)), g, "TRAIN")
+    assert cli.main(["check", str(loss)]) == 0
+    assert "no rule triggered" in capsys.readouterr().out
+
+
 def _empty_run(path: Path) -> Path:
     with RunWriter(path) as w:
         w.write("CrossEntropyLoss_output_0", np.float32(1.0), 0, "TRAIN")

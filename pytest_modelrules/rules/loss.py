@@ -61,6 +61,22 @@ def is_scalar_tensor(run: Any, name: str) -> bool:
     return int(np.prod(shape, dtype=np.int64)) == 1
 
 
+def named_losses(run: Any) -> list[str]:
+    """The tensors a run holds as losses: its ``losses`` collection, else the scalar tensors
+    whose name contains "loss" (reductions excluded). What the loss rules read by default
+    short of their last fallback (every scalar tensor, whatever it is), so an unrelated scalar
+    ("foo", a learning rate) is no loss here."""
+    if "losses" in run.collections():
+        names = run.tensor_names(collection="losses")
+        if names:
+            return sorted(names)
+    return sorted(
+        n
+        for n in run.tensor_names()
+        if _LOSS_NAME.search(n) and not is_reduction(n) and is_scalar_tensor(run, n)
+    )
+
+
 def select_loss_tensors(
     rule: Any,
     run: Any,

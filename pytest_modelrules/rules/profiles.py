@@ -63,6 +63,14 @@ WHEN_RECORDED: frozenset[str] = frozenset(
     {"saturated_activation", "transfer_learning", "weight_update_ratio", "unchanged_tensor"}
 )
 
+#: the profile's loss rules: a run holding no loss tensor (``loss.named_losses``) is not judged
+#: by a check of the default profile as a whole (``registry.default_profile_gap``)
+LOSS_RULES: tuple[str, ...] = ("loss_not_decreasing", "overfit", "overtraining")
+
+#: rules of the profile that judge any run with steps (NaN/inf in any tensor, the time between
+#: steps): a run only they could judge was checked for nothing its training is about
+ANY_RUN: frozenset[str] = frozenset({"exploding_tensor", "stalled_training_rule"})
+
 #: one line each: why these values (figures in docs/zoo.md)
 REASONS: dict[str, str] = {
     "loss_not_decreasing": (
@@ -141,7 +149,9 @@ def profile_rules(
 
 
 __all__ = [
+    "ANY_RUN",
     "DEFAULT_PROFILE",
+    "LOSS_RULES",
     "OPT_IN",
     "REASONS",
     "WHEN_RECORDED",

@@ -93,6 +93,38 @@ def evaluate_defaults(run: Any, *, baseline: Any = None) -> list[RuleResult]:
     return results
 
 
+def default_profile_gap(run: Any, results: list[RuleResult]) -> str | None:
+    """Why a check of ``run`` by the default profile (``results``, from
+    :func:`evaluate_defaults`) judged nothing its training is about, in one line; None when it
+    did. A gate must not pass such a run: ``modelrules check`` exits 2 ("not judged").
+
+    - the run holds no loss tensor (no ``losses`` collection, no scalar named "loss":
+      ``loss.named_losses``), so the loss rules judged nothing or an unrelated scalar;
+    - or only the rules that judge any run with steps (``profiles.ANY_RUN``: exploding_tensor,
+      stalled_training_rule) could judge it.
+    """
+    from ..store.run import open_run
+    from ._select import describe_holdings
+    from .loss import named_losses
+    from .profiles import ANY_RUN, LOSS_RULES
+
+    run = open_run(run)
+    judged = sorted(r.name for r in results if not r.skipped)
+    holds = describe_holdings(run)
+    if not named_losses(run):
+        return (
+            f"the run {run.name!r} holds no loss tensor (no losses collection, no scalar named "
+            f"*loss*): the loss rules ({', '.join(LOSS_RULES)}) judged no loss; {holds}"
+        )
+    if not set(judged) - ANY_RUN:
+        only = ", ".join(judged) or "none"
+        return (
+            f"no rule that reads what a training records could judge the run {run.name!r}, "
+            f"only ones that judge any run with steps ({only}); {holds}"
+        )
+    return None
+
+
 def evaluate_or_not_judged(run: Any, cls: Any, params: dict[str, Any]) -> RuleResult:
     """``cls(**params).evaluate(run)``, or, where the run lacks the rule's tensors, a "not
     judged" result (``skipped=True``) naming what is missing: one rule's missing tensors do
@@ -123,6 +155,7 @@ def evaluate(run: Any, name: Any, **params: Any) -> RuleResult:
 __all__ = [
     "available_rules",
     "default_profile",
+    "default_profile_gap",
     "default_rules",
     "evaluate",
     "make_rule",

@@ -117,3 +117,32 @@ def test_evaluate_defaults_runs_the_profile_and_marks_what_it_cannot_judge(flat_
     assert saturated.explanation.startswith("not judged: ")
     # the loss rule did judge the run, with the profile's parameters
     assert not by_name["loss_not_decreasing"].skipped
+
+
+def test_default_profile_gap_names_a_run_without_loss_or_judged_only_by_any_run_rules(
+    flat_run, tmp_path
+):
+    """A run of an unrelated tensor ("foo", a vector or a scalar the loss rules fall back on)
+    has no loss: the profile's check of it has a gap. A run with a loss has none, unless only
+    the rules that judge any run with steps (exploding_tensor, stalled_training_rule) did."""
+    from pytest_modelrules.rules.profiles import ANY_RUN
+    from pytest_modelrules.rules.registry import default_profile_gap, evaluate_defaults
+
+    for name, value in (("vector", np.ones(3)), ("scalar", np.float32(2.0))):
+        with RunWriter(tmp_path / name) as w:
+            for g in range(5):
+                w.write("foo", value * g, g)
+        gap = default_profile_gap(tmp_path / name, evaluate_defaults(tmp_path / name))
+        assert gap == (
+            f"the run {name!r} holds no loss tensor (no losses collection, no scalar named "
+            "*loss*): the loss rules (loss_not_decreasing, overfit, overtraining) judged no "
+            "loss; the run holds foo"
+        )
+    results = evaluate_defaults(flat_run)
+    assert default_profile_gap(flat_run, results) is None
+    generic = [r for r in results if r.name in ANY_RUN or r.skipped]
+    assert default_profile_gap(flat_run, generic) == (
+        "no rule that reads what a training records could judge the run 'r', only ones that "
+        "judge any run with steps (exploding_tensor, stalled_training_rule); the run holds "
+        "CrossEntropyLoss_output_0"
+    )
