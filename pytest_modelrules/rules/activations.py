@@ -140,7 +140,9 @@ class DeadRelu(_UnitActivityRule):
     name = "dead_relu"
     figure_label = "dead"
     params: ClassVar[dict[str, Param]] = {
-        "tensor_regex": Param(".*relu_output", "regex", "ReLU outputs to check", optional=False),
+        "tensor_regex": Param(
+            ".*relu_output", "regex_union", "ReLU outputs to check", optional=False
+        ),
         "threshold_inactivity": Param(
             1.0, "float", "percent of samples under which a unit is dead"
         ),
@@ -196,7 +198,7 @@ class SaturatedActivation(_UnitActivityRule):
     default_enabled = False
     figure_label = "saturated"
     params: ClassVar[dict[str, Param]] = {
-        "tensor_regex": Param(".*tanh_input|.*sigmoid_input", "regex", optional=False),
+        "tensor_regex": Param(".*tanh_input|.*sigmoid_input", "regex_union", optional=False),
         "threshold_tanh_min": Param(-9.4999, "float"),
         "threshold_tanh_max": Param(9.4999, "float"),
         "threshold_sigmoid_min": Param(-23.0, "float"),

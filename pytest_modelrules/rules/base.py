@@ -24,10 +24,13 @@ _NONE_STRINGS = {"none", "null", ""}
 class Param:
     """One rule parameter: its default and its kind.
 
-    kinds: "int", "float", "bool", "str", "regex" (a regex, validated), "regex_list" (a str or
-    a list of regexes; strings with commas are NOT split since regexes may contain them),
-    "str_list" (list or comma-separated string), "mode" (ModeKeys or its name), "pairs"
-    (list of 2-item int lists, or "19-20,33-34" / JSON), "int_list", "any".
+    kinds: "int", "float", "bool", "str", "regex" (a regex, validated), "regex_list" (a list of
+    regexes, or a string of them separated by commas as SageMaker documents it: split at the
+    commas outside brackets and braces, so ``a{1,3}`` and ``[,;]`` stay whole), "regex_union"
+    (the same input joined into one regex string: a single regex is kept as it is),
+    "str_list" (list, or a string separated by commas or semicolons), "mode" (ModeKeys or
+    its name), "pairs" (list of 2-item int lists, or "19-20,33-34" / "19-20;33-34" / JSON),
+    "int_list", "any".
     """
 
     default: Any
@@ -41,7 +44,7 @@ def coerce(rule: str, pname: str, spec: Param, value: Any) -> Any:
     if value is None or (
         isinstance(value, str)
         and value.strip().lower() in _NONE_STRINGS
-        and spec.kind not in ("str", "regex")
+        and spec.kind not in ("str", "regex", "regex_union")
     ):
         if spec.optional or spec.default is None:
             return None
@@ -84,11 +87,15 @@ def coerce(rule: str, pname: str, spec: Param, value: Any) -> Any:
                 raise ValueError(f"{value!r} is not a regex string")
             re.compile(value)
             return value
-        if kind == "regex_list":
-            items = _as_list(value, split_commas=False)
+        if kind in ("regex_list", "regex_union"):
+            items = _regex_items(value)
             for item in items:
                 re.compile(item)
-            return items
+            if kind == "regex_list":
+                return items
+            if not items:
+                raise ValueError("no regex given")
+            return items[0] if len(items) == 1 else "|".join(f"(?:{i})" for i in items)
         if kind == "str_list":
             return _as_list(value, split_commas=True)
         if kind == "int_list":
@@ -118,7 +125,7 @@ def _as_list(value: Any, *, split_commas: bool) -> list[str]:
                 raise ValueError("expected a JSON list")
             return [str(v) for v in loaded]
         if split_commas:
-            return [p.strip() for p in text.split(",") if p.strip()]
+            return [p.strip() for p in re.split(r"[,;]", text) if p.strip()]
         return [text]
     if isinstance(value, (list, tuple, set)):
         return [str(v) for v in value]
@@ -131,12 +138,70 @@ def _as_pairs(value: Any) -> list[tuple[int, int]]:
         if text.startswith("["):
             value = json.loads(text)
         else:
-            value = [tuple(p.replace(":", "-").split("-")) for p in text.split(",") if p.strip()]
+            value = [p.strip() for p in re.split(r"[,;]", text) if p.strip()]
     pairs = []
     for item in value:
-        a, b = item
+        parts = item.replace(":", "-").split("-") if isinstance(item, str) else item
+        if isinstance(parts, bytes) or len(parts) != 2:
+            raise ValueError(f"{item!r} is not a pair of classes (write 19-20)")
+        a, b = parts
         pairs.append((int(a), int(b)))
     return pairs
+
+
+def split_regexes(text: str) -> list[str]:
+    """A comma-separated string of regexes (SageMaker's "list of strings or a comma-separated
+    string") as a list: split at the commas outside ``[...]``, ``{...}`` and ``(...)``, each
+    part stripped (``".*tanh_input, .*sigmoid_input"``: two); ``a{1,3}`` stays one."""
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
+    in_class = escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif in_class:
+            in_class = ch != "]" or not current or current[-1] == "["
+        elif ch == "[":
+            in_class = True
+        elif ch in "({":
+            depth += 1
+        elif ch in ")}":
+            depth = max(depth - 1, 0)
+        elif ch == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _regex_items(value: Any) -> list[str]:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                loaded = json.loads(text)
+            except ValueError:
+                loaded = None  # a character class, not a JSON list
+            if isinstance(loaded, list):
+                return [str(v) for v in loaded]
+        return split_regexes(text)
+    if isinstance(value, (list, tuple, set)):
+        items = []
+        for v in value:
+            if not isinstance(v, str):
+                raise ValueError(f"{v!r} is not a regex string")
+            items.append(v)
+        return items
+    raise ValueError(f"{value!r} is not a regex string or a list of them")
+
+
+def _folded(name: str) -> str:
+    return name.strip().lower().replace("_", "").replace("-", "")
 
 
 class BuiltinRule(ABC):
@@ -155,6 +220,15 @@ class BuiltinRule(ABC):
 
     def __init__(self, **params: Any) -> None:
         rule = type(self).__name__
+        invoked = params.pop("rule_to_invoke", None)
+        if invoked is not None and _folded(str(invoked)) not in (
+            _folded(rule),
+            _folded(self.name),
+        ):
+            # SageMaker's RuleParameters carry the rule's own name: kept when it is this rule
+            raise RuleParameterError(
+                f"{rule}: parameter 'rule_to_invoke' = {invoked!r} names another rule"
+            )
         unknown = sorted(set(params) - set(self.params))
         if unknown:
             raise RuleParameterError(

@@ -559,7 +559,7 @@ class PoorWeightInitialization(BuiltinRule):
     name = "poor_weight_initialization"
     default_enabled = False
     params: ClassVar[dict[str, Param]] = {
-        "activation_inputs_regex": Param(".*relu_input", "regex", optional=False),
+        "activation_inputs_regex": Param(".*relu_input", "regex_union", optional=False),
         "threshold": Param(10.0, "float"),
         "distribution_range": Param(0.001, "float"),
         "patience": Param(5, "int"),

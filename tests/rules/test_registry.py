@@ -146,3 +146,66 @@ def test_default_profile_gap_names_a_run_without_loss_or_judged_only_by_any_run_
         "judge any run with steps (exploding_tensor, stalled_training_rule); the run holds "
         "CrossEntropyLoss_output_0"
     )
+
+
+def test_regex_lists_as_sagemaker_documents_them(tmp_path):
+    """SageMaker documents tensor_regex / collection_names / activation_inputs_regex as "a list
+    of strings or a comma-separated string" (its SaturatedActivation default is
+    ".*tanh_input, .*sigmoid_input"): commas outside brackets and braces split, a list is taken
+    by the rules that read one regex too, and a regex's own commas stay whole."""
+    from pytest_modelrules.rules.activations import DeadRelu, SaturatedActivation
+    from pytest_modelrules.rules.base import split_regexes
+    from pytest_modelrules.rules.tensors import ExplodingTensor, PoorWeightInitialization
+
+    assert split_regexes(".*tanh_input, .*sigmoid_input") == [".*tanh_input", ".*sigmoid_input"]
+    assert split_regexes(r"a{1,3},b[,;]c,(x|y,z)\,w") == ["a{1,3}", "b[,;]c", "(x|y,z)\\,w"]
+    assert split_regexes("[],]x,y") == ["[],]x", "y"]
+
+    with RunWriter(tmp_path / "r") as w:
+        for g in range(3):
+            relu = np.zeros((4, 8), np.float32)
+            w.write("layer1.relu_output_0", relu + 1, g)
+            w.write("layer2.relu_output_0", relu, g)
+            w.write("CrossEntropyLoss_output_0", np.float32(np.nan), g)
+    run = str(tmp_path / "r")
+    for given in ("layer1.relu_output,layer2.relu_output", ["layer1.relu", "layer2.relu"]):
+        result = evaluate(run, "dead_relu", tensor_regex=given)
+        assert result.triggered and result.evidence["layers"] == [
+            "layer1.relu_output_0",
+            "layer2.relu_output_0",
+        ]
+    assert DeadRelu(tensor_regex="layer2.relu").parameters["tensor_regex"] == "layer2.relu"
+    assert SaturatedActivation(tensor_regex=".*tanh_input, .*sigmoid_input").tensor_regex == (
+        "(?:.*tanh_input)|(?:.*sigmoid_input)"
+    )
+    assert PoorWeightInitialization(activation_inputs_regex=["a", "b"]).activation_inputs_regex
+    found = evaluate(run, "exploding_tensor", tensor_regex="CrossEntropyLoss_output_0, layer1")
+    assert found.triggered
+    assert ExplodingTensor(tensor_regex="a{1,3}").tensor_regex == ["a{1,3}"]
+    assert ExplodingTensor(collection_names="losses; weights").collection_names == [
+        "losses",
+        "weights",
+    ]
+    with pytest.raises(RuleParameterError, match=r"tensor_regex.*not a regex string"):
+        DeadRelu(tensor_regex=[1, 2])
+
+
+def test_pairs_and_lists_separated_by_semicolons():
+    from pytest_modelrules.rules.classification import DirectionConfusion, RecallFloor
+
+    assert DirectionConfusion(pairs="19-20;33-34").pairs == [(19, 20), (33, 34)]
+    assert RecallFloor(classes="19; 20").classes == [19, 20]
+    with pytest.raises(RuleParameterError, match=r"pairs.*'19-20-21' is not a pair"):
+        DirectionConfusion(pairs="19-20-21")
+
+
+def test_sagemaker_rule_to_invoke_parameter_is_accepted_for_the_same_rule(flat_run):
+    """SageMaker's RuleParameters always hold "rule_to_invoke" (the base config's name):
+    parameters copied from a training job's DebugRuleConfigurations work as they are."""
+    params = {"rule_to_invoke": "LossNotDecreasing", "num_steps": "10"}
+    result = evaluate(flat_run, "loss_not_decreasing", **params)
+    assert result.triggered and "rule_to_invoke" not in result.parameters
+    assert make_rule(("LossNotDecreasing", params)).num_steps == 10
+    assert evaluate(flat_run, "loss_not_decreasing", rule_to_invoke="loss_not_decreasing")
+    with pytest.raises(RuleParameterError, match="'rule_to_invoke' = 'DeadRelu' names another"):
+        evaluate(flat_run, "loss_not_decreasing", rule_to_invoke="DeadRelu")
