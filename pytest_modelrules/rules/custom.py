@@ -34,29 +34,113 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
 
 
+class RequiredTensors:
+    """smdebug's ``self.req_tensors``: what a rule's ``set_required_tensors(step)`` declares it
+    reads. :func:`invoke_rule` clears it, calls ``set_required_tensors(step)``, then
+    :meth:`fetch` reads every declared (tensor, step) before ``invoke_at_step(step)``, so a step
+    where one was not saved is skipped (TensorUnavailableForStep), as in SageMaker Debugger."""
+
+    def __init__(self, base_trial: Any, other_trials: list[Any] | None = None) -> None:
+        self.base_trial = base_trial
+        self._per_trial: dict[int, tuple[Any, dict[str, list[int]]]] = {
+            id(t): (t, {}) for t in [base_trial, *(other_trials or [])]
+        }
+
+    def _steps_of(self, trial: Any) -> dict[str, list[int]]:
+        trial = self.base_trial if trial is None else trial
+        if id(trial) not in self._per_trial:
+            self._per_trial[id(trial)] = (trial, {})
+        return self._per_trial[id(trial)][1]
+
+    def add(
+        self, name: str, steps: list[int], trial: Any = None, should_match_regex: bool = False
+    ) -> None:
+        """Declare that the rule reads ``name`` (a regex with ``should_match_regex``) at
+        ``steps`` (global steps); a name the run does not hold is TensorUnavailable."""
+        run = self.base_trial if trial is None else trial
+        names = run.tensor_names(regex=[name]) if should_match_regex else [name]
+        if not should_match_regex:
+            run.tensor(name)  # TensorUnavailable (with close names) when absent
+        table = self._steps_of(run)
+        for n in names:
+            table.setdefault(n, []).extend(int(s) for s in steps)
+
+    def get_tensor_steps(self, name: str, trial: Any = None) -> list[int]:
+        return self._steps_of(trial)[name]
+
+    def get_names(self, trial: Any = None) -> list[str]:
+        return list(self._steps_of(trial))
+
+    def get(self, trial: Any = None) -> list[Any]:
+        """The declared tensors (Tensor objects) of a trial (default: the base trial)."""
+        run = self.base_trial if trial is None else trial
+        return [run.tensor(n) for n in self._steps_of(run)]
+
+    def clear(self) -> None:
+        for _trial, table in self._per_trial.values():
+            table.clear()
+
+    def fetch(self) -> None:
+        """Read every declared tensor at its steps: TensorUnavailableForStep or
+        StepUnavailable when one is not there (the step is then skipped)."""
+        for trial, table in self._per_trial.values():
+            for name, steps in table.items():
+                tensor = trial.tensor(name)
+                for step in steps:
+                    tensor.value(step)
+
+
 class Rule:
     """Base of a custom rule, as smdebug's ``smdebug.rules.Rule``.
 
     ``self.base_trial`` is the run (a path is opened), ``self.other_trials`` further runs to
-    compare with, ``self.logger`` a logger named after the rule. Subclasses implement
-    :meth:`invoke_at_step`, returning True where their condition holds.
+    compare with (``self.trials`` all of them), ``self.logger`` a logger named after the rule,
+    ``self.req_tensors`` smdebug's required tensors. Subclasses implement
+    :meth:`invoke_at_step`, returning True where their condition holds, and may implement
+    ``set_required_tensors(step)``.
+
+    The constructor takes smdebug 1.0's ``(base_trial, action_str, other_trials=None)`` as
+    well as ``(base_trial, other_trials)``: a second argument that is not a string is taken as
+    the other trials. ``action_str`` (SageMaker's rule actions: stop the training job, send an
+    e-mail) is kept as ``self.action_str`` and does nothing here; stop training with
+    :class:`~pytest_modelrules.rules.monitor.RuleMonitor`.
     """
 
-    def __init__(self, base_trial: Any, other_trials: list[Any] | None = None) -> None:
+    def __init__(
+        self, base_trial: Any, action_str: Any = "", other_trials: list[Any] | None = None
+    ) -> None:
         from ..store.run import open_run
 
+        if other_trials is None and action_str is not None and not isinstance(action_str, str):
+            other_trials, action_str = action_str, ""
         self.base_trial = open_run(base_trial)
         self.other_trials = [open_run(t) for t in (other_trials or [])]
+        self.trials = [self.base_trial, *self.other_trials]
+        self.action_str = action_str or ""
         self.rule_name = type(self).__name__
         self.logger = logging.getLogger(f"pytest_modelrules.rules.{self.rule_name}")
+        self.req_tensors = RequiredTensors(self.base_trial, self.other_trials)
+
+    def set_required_tensors(self, step: int) -> None:
+        """smdebug's hook: declare with ``self.req_tensors.add(name, steps=[step])`` what
+        :meth:`invoke_at_step` reads at ``step``; a step missing one is skipped."""
 
     def invoke_at_step(self, step: int) -> bool:
         """True iff the rule's condition holds at global ``step``."""
         raise NotImplementedError(f"{type(self).__name__} must implement invoke_at_step(step)")
 
+    def _invoke_at_step(self, step: int) -> bool:
+        """The required tensors declared for ``step`` read, then :meth:`invoke_at_step`."""
+        req = getattr(self, "req_tensors", None)
+        if req is not None:
+            req.clear()
+            self.set_required_tensors(step)
+            req.fetch()
+        return bool(self.invoke_at_step(step))
+
     def invoke(self, step: int) -> None:
         """smdebug's entry point: raise RuleEvaluationConditionMet when the condition holds."""
-        if self.invoke_at_step(step):
+        if self._invoke_at_step(step):
             raise RuleEvaluationConditionMet(self.rule_name, step)
 
     def __repr__(self) -> str:
@@ -198,7 +282,7 @@ def invoke_rule(
 
     for step in steps:
         try:
-            met = bool(rule.invoke_at_step(step))
+            met = rule._invoke_at_step(step)
         except (TensorUnavailableForStep, StepUnavailable) as exc:
             skipped.append(int(step))
             _LOG.debug("%s: step %d skipped: %s", name, step, exc)
@@ -213,4 +297,4 @@ def invoke_rule(
     return result()
 
 
-__all__ = ["BuiltinAsCustomRule", "Rule", "as_custom_rule", "invoke_rule"]
+__all__ = ["BuiltinAsCustomRule", "RequiredTensors", "Rule", "as_custom_rule", "invoke_rule"]

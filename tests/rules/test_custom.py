@@ -180,6 +180,49 @@ def test_rule_invoke_raises_condition_met(tmp_path):
         Rule(trial).invoke_at_step(0)
 
 
+def test_smdebug_1_0_rule_constructor_and_required_tensors(tmp_path):
+    """A rule written against smdebug 1.0 (its Rule(base_trial, action_str, other_trials) and
+    its docs' set_required_tensors / req_tensors) runs as it is: a step where a declared
+    tensor was not saved is skipped before invoke_at_step is called."""
+    trial = write_confusions(tmp_path / "run", PER_STEP, missing_logits_at=(4, 8))
+
+    class Declared(Rule):
+        def __init__(self, base_trial, threshold="2", action_str=""):
+            super().__init__(base_trial, action_str=action_str)
+            self.threshold = int(threshold)
+            self.seen = []
+
+        def set_required_tensors(self, step):
+            for name in self.base_trial.tensor_names(regex="CrossEntropyLoss_input"):
+                self.req_tensors.add(name, steps=[step])
+
+        def invoke_at_step(self, step):
+            self.seen.append(step)
+            assert sorted(t.name for t in self.req_tensors.get()) == [
+                "CrossEntropyLoss_input_0",
+                "CrossEntropyLoss_input_1",
+            ]
+            labels = self.base_trial.tensor("CrossEntropyLoss_input_1").value(step)
+            return int(np.isin(labels, (19, 20)).sum()) > self.threshold
+
+    rule = Declared(trial, threshold="3", action_str="stoptraining")
+    assert rule.action_str == "stoptraining" and rule.trials == [trial]
+    result = invoke_rule(rule, start_step=0, end_step=None)
+    assert rule.seen == [0, 1, 2, 3, 5, 6, 7, 9, 10, 11]  # 4 and 8 lack the logits
+    assert result.evidence["skipped_steps"] == [4, 8] and result.triggers == []
+    with pytest.raises(RuleEvaluationConditionMet, match="rule Declared at step 1"):
+        invoke_rule(Declared(trial, threshold="2"), raise_eval_cond=True)
+    with pytest.raises(TensorUnavailable, match="did you mean"):
+        rule.req_tensors.add("CrossEntropyLoss_input_2", steps=[0])
+
+    class Positional(Rule):
+        def invoke_at_step(self, step):
+            return False
+
+    assert Positional(trial, "", [trial]).other_trials == [trial]
+    assert Positional(trial, [trial]).other_trials == [trial]  # (base_trial, other_trials)
+
+
 def test_builtin_rules_step_by_step(tmp_path):
     trial = write_confusions(tmp_path / "run", PER_STEP)
     whole = DirectionConfusion().evaluate(trial)
