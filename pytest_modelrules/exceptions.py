@@ -80,8 +80,28 @@ class TensorUnavailableForStep(RunError, KeyError):
         return str(self.args[0])
 
 
-class NoMoreData(RunError):
-    """The run ended and holds nothing past the requested step."""
+class StepNotYetAvailable(StepUnavailable):
+    """The step lies past the last one saved and the run has not ended: it may still come
+    (SageMaker Debugger's name; a StepUnavailable, so code catching either works)."""
+
+
+class NoMoreData(StepUnavailable):
+    """The step lies past the last one saved and the run has ended: no more steps will come
+    (SageMaker Debugger's name, raised where it raises it; a StepUnavailable too)."""
+
+
+class InvalidWorker(RunError, KeyError):
+    """The run has no worker of that name; the message lists its workers."""
+
+    def __init__(self, worker: str, hint: str = "") -> None:
+        msg = f"the run has no worker {worker!r}"
+        if hint:
+            msg += f"; {hint}"
+        super().__init__(msg)
+        self.worker = worker
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 # -- rules ------------------------------------------------------------------------------------
@@ -131,6 +151,7 @@ class RecorderError(ModelRulesError):
 __all__ = [
     "ClassAxisError",
     "CorruptRunError",
+    "InvalidWorker",
     "MissingTensorError",
     "ModelRulesError",
     "NoMoreData",
@@ -140,6 +161,7 @@ __all__ = [
     "RuleParameterError",
     "RunError",
     "RunNotFoundError",
+    "StepNotYetAvailable",
     "StepUnavailable",
     "TensorUnavailable",
     "TensorUnavailableForStep",

@@ -21,8 +21,11 @@ from typing import Any
 import numpy as np
 
 from ..exceptions import (
+    InvalidWorker,
     ModelRulesError,
+    NoMoreData,
     RunNotFoundError,
+    StepNotYetAvailable,
     StepUnavailable,
     TensorUnavailable,
     TensorUnavailableForStep,
@@ -225,7 +228,8 @@ class Tensor:
         try:
             return self.run._backend.workers().index(worker)
         except ValueError:
-            raise StepUnavailable(-1, hint=f"the run has no worker {worker!r}") from None
+            workers = ", ".join(self.run._backend.workers()) or "none"
+            raise InvalidWorker(worker, hint=f"its workers: {workers}") from None
 
     def steps(self, mode: ModeKeys | str | None = None, worker: str | None = None) -> list[int]:
         """The steps at which the tensor was saved (mode steps for a mode, else global)."""
@@ -244,7 +248,7 @@ class Tensor:
         i = mapping.get(int(step_num))
         if i is None:
             if not self.run._has_step(int(step_num), m):
-                raise StepUnavailable(int(step_num), m, hint=self.run._steps_hint(m))
+                raise self.run._step_error(int(step_num), m)
             raise TensorUnavailableForStep(
                 self.name, int(step_num), m, hint=_saved_hint(list(mapping))
             )
@@ -385,7 +389,7 @@ class ReducedTensor(Tensor):
         run does not have) naming the stored reductions."""
         m = _mode_arg(mode)
         if not self.run._has_step(int(step_num), m):
-            raise StepUnavailable(int(step_num), m, hint=self.run._steps_hint(m))
+            raise self.run._step_error(int(step_num), m)
         raise TensorUnavailableForStep(self.name, int(step_num), m, hint=self._hint)
 
     def _no_values(self, mode: ModeKeys | str | None, worker: str | None) -> None:
@@ -549,6 +553,18 @@ class Run:
             pos = int(np.searchsorted(self._complete, step))
             return pos < len(self._complete) and int(self._complete[pos]) == step
         return step in self._mode_lookup.get(int(mode), {})
+
+    def _step_error(self, step: int, mode: ModeKeys | None) -> StepUnavailable:
+        """The error for a step the run does not have, as SageMaker Debugger tells them apart:
+        past the last saved step NoMoreData once the run has ended, else StepNotYetAvailable
+        (both StepUnavailable); a gap or a negative step StepUnavailable."""
+        steps = self.steps(mode)
+        hint = self._steps_hint(mode)
+        if step > (steps[-1] if steps else -1):
+            if self.has_ended:
+                return NoMoreData(step, mode, hint=f"{hint}; the run has ended")
+            return StepNotYetAvailable(step, mode, hint=f"{hint}; the run has not ended")
+        return StepUnavailable(step, mode, hint=hint)
 
     def _steps_hint(self, mode: ModeKeys | None) -> str:
         steps = self.steps(mode)

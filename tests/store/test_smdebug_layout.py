@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pytest_modelrules.exceptions import CorruptRunError, StepUnavailable
+from pytest_modelrules.exceptions import (
+    CorruptRunError,
+    InvalidWorker,
+    NoMoreData,
+    StepNotYetAvailable,
+    StepUnavailable,
+)
+from pytest_modelrules.rules.custom import Rule, invoke_rule
 from pytest_modelrules.store import open_run
 from pytest_modelrules.store.smdebug_writer import SMDebugWriter
 from pytest_modelrules.store.tfrecord import (
@@ -193,6 +200,39 @@ def test_step_complete_only_when_every_worker_wrote_it(tmp_path):
     run.refresh()
     assert run.steps() == [0, 1, 2, 3]
     assert run.tensor("loss").value(3, worker="worker_1").item() == 13.0
+
+
+def test_missing_steps_and_workers_raise_smdebugs_exceptions(tmp_path, smdebug_fixture_dir):
+    """As SageMaker Debugger: past the last saved step NoMoreData once the run ended (the
+    documented way to stop a polling loop), StepNotYetAvailable while it grows, both a
+    StepUnavailable; an unknown worker is InvalidWorker naming the workers (it was a
+    StepUnavailable for "step -1", which invoke_rule skipped silently at every step)."""
+    run = open_run(smdebug_fixture_dir)
+    loss = run.tensor("CrossEntropyLoss_output_0")
+    with pytest.raises(NoMoreData, match="no TRAIN step 24; its TRAIN steps run from 0 to 23"):
+        loss.value(24, mode="TRAIN")
+    with pytest.raises(NoMoreData, match=r"no step 40; .*the run has ended"):
+        loss.value(40)
+    with pytest.raises(StepUnavailable) as gap:
+        loss.value(-1)
+    assert type(gap.value) is StepUnavailable
+    with pytest.raises(InvalidWorker, match="no worker 'worker_9'; its workers: worker_0"):
+        loss.value(0, worker="worker_9")
+
+    class ReadsWorker9(Rule):
+        def invoke_at_step(self, step):
+            return loss.value(step, worker="worker_9") > 0
+
+    with pytest.raises(InvalidWorker):
+        invoke_rule(ReadsWorker9(run))
+
+    w = SMDebugWriter(tmp_path / "live")
+    w.write("loss", np.float32(1), 0)
+    w.end_step()
+    live = open_run(tmp_path / "live")
+    with pytest.raises(StepNotYetAvailable, match=r"no step 1; .*the run has not ended"):
+        live.tensor("loss").value(1)
+    w.close()
 
 
 def test_refresh_sees_new_steps_and_ignores_tmp_files(tmp_path):
