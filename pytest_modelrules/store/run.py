@@ -231,10 +231,38 @@ class Tensor:
             workers = ", ".join(self.run._backend.workers()) or "none"
             raise InvalidWorker(worker, hint=f"its workers: {workers}") from None
 
-    def steps(self, mode: ModeKeys | str | None = None, worker: str | None = None) -> list[int]:
-        """The steps at which the tensor was saved (mode steps for a mode, else global)."""
+    def steps(
+        self,
+        mode: ModeKeys | str | None = None,
+        show_incomplete_steps: bool = False,
+        worker: str | None = None,
+    ) -> list[int]:
+        """The steps at which the tensor was saved (mode steps for a mode, else global), in
+        SageMaker Debugger's argument order; ``show_incomplete_steps`` adds the steps not
+        every worker has written yet."""
         m = _mode_arg(mode)
-        return list(self._index_map(m, self._worker_index(worker)))
+        w = self._worker_index(worker)
+        if show_incomplete_steps and not isinstance(self, ReducedTensor):
+            recs = self._records()
+            sel = np.ones(len(recs.steps), bool) if m is None else recs.modes == int(m)
+            if w is not None:
+                sel &= recs.workers == w
+            return sorted(set((recs.mode_steps if m else recs.steps)[sel].tolist()))
+        return list(self._index_map(m, w))
+
+    def prev_steps(
+        self, step: int, n: int | None = None, mode: ModeKeys | str | None = None
+    ) -> list[int]:
+        """SageMaker Debugger's ``prev_steps``: the saved steps up to and including ``step``
+        (the last ``n`` of them when ``n`` is given)."""
+        steps = [s for s in self.steps(mode) if s <= int(step)]
+        return steps[-int(n) :] if n else steps
+
+    def shape(
+        self, step_num: int, mode: ModeKeys | str | None = None, worker: str | None = None
+    ) -> tuple[int, ...]:
+        """The shape of the value at a step (SageMaker Debugger's ``shape``)."""
+        return tuple(self.value(step_num, mode, worker).shape)
 
     def value(
         self,

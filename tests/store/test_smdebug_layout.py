@@ -424,3 +424,26 @@ def test_oversized_index_is_refused_before_reading_it(tmp_path, monkeypatch):
     with pytest.raises(CorruptRunError, match="larger than 64 bytes") as err:
         open_run(root)
     assert str(_index(root)) in str(err.value)
+
+
+def test_tensor_steps_prev_steps_and_shape_as_smdebug(tmp_path, smdebug_fixture_dir):
+    """smdebug's Tensor.steps(mode, show_incomplete_steps), prev_steps(step, n, mode) and
+    shape(step): a positional True was read as a worker name."""
+    run = open_run(smdebug_fixture_dir)
+    loss = run.tensor("CrossEntropyLoss_output_0")
+    assert loss.steps("EVAL", True) == loss.steps("EVAL") == list(range(16))
+    assert loss.prev_steps(5, 2, mode="EVAL") == [4, 5]
+    assert loss.prev_steps(2) == [0, 1, 2]
+    assert run.tensor("layer1.relu_output_0").shape(3, mode="EVAL") == (64, 128)
+
+    root = tmp_path / "r"
+    w0 = SMDebugWriter(root, "worker_0", num_workers=2)
+    w1 = SMDebugWriter(root, "worker_1", num_workers=2)
+    w0.write("loss", np.float32(0), 0)
+    w1.write("loss", np.float32(0), 0)
+    w0.write("loss", np.float32(1), 1)
+    w0.close()
+    w1.close()
+    t = open_run(root).tensor("loss")
+    assert t.steps() == [0] and t.steps(show_incomplete_steps=True) == [0, 1]
+    assert t.steps(None, True, worker="worker_1") == [0]
