@@ -240,6 +240,12 @@ class Tensor:
         """The steps at which the tensor was saved (mode steps for a mode, else global), in
         SageMaker Debugger's argument order; ``show_incomplete_steps`` adds the steps not
         every worker has written yet."""
+        if not isinstance(show_incomplete_steps, bool | np.bool_):
+            # steps(mode, "worker_1"), this API's order before it took smdebug's
+            raise TypeError(
+                f"steps(): show_incomplete_steps must be True or False, got "
+                f"{show_incomplete_steps!r}; give a worker as steps(mode, worker=...)"
+            )
         m = _mode_arg(mode)
         w = self._worker_index(worker)
         if show_incomplete_steps and not isinstance(self, ReducedTensor):

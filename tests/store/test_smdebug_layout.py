@@ -447,3 +447,5 @@ def test_tensor_steps_prev_steps_and_shape_as_smdebug(tmp_path, smdebug_fixture_
     t = open_run(root).tensor("loss")
     assert t.steps() == [0] and t.steps(show_incomplete_steps=True) == [0, 1]
     assert t.steps(None, True, worker="worker_1") == [0]
+    with pytest.raises(TypeError, match=r"worker=\.\.\."):  # this API's order before smdebug's
+        t.steps(None, "worker_1")
