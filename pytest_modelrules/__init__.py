@@ -39,6 +39,7 @@ _LAZY: dict[str, str] = {
     "create_trial": "pytest_modelrules.store.run",
     "Run": "pytest_modelrules.store.run",
     "Tensor": "pytest_modelrules.store.run",
+    "StepState": "pytest_modelrules.store.run",
     "RunWriter": "pytest_modelrules.store.writer",
     "Recorder": "pytest_modelrules.capture.recorder",
     "Rule": "pytest_modelrules.rules.custom",
@@ -110,5 +111,5 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
-    from .store.run import Run, Tensor, create_trial, open_run  # noqa: F401
+    from .store.run import Run, StepState, Tensor, create_trial, open_run  # noqa: F401
     from .store.writer import RunWriter  # noqa: F401

@@ -1,7 +1,7 @@
 """Reading and writing runs: the native format, SageMaker Debugger's layout, the Run API."""
 
 from .format import Fraction
-from .run import Collection, Run, Series, Tensor, create_trial, open_run
+from .run import Collection, Run, Series, StepState, Tensor, create_trial, open_run
 from .writer import RunWriter
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "Run",
     "RunWriter",
     "Series",
+    "StepState",
     "Tensor",
     "create_trial",
     "open_run",

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterable
+from enum import IntEnum
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,16 @@ from ..exceptions import (
 from ..modes import ModeKeys, parse_mode
 from .base import Backend
 from .names import parse_reduction_name
+
+
+class StepState(IntEnum):
+    """Whether a step can be read yet (SageMaker Debugger's ``StepState``, same values), as
+    :meth:`Run.has_passed_step` tells: AVAILABLE (every worker wrote it, or the run ended
+    with it), NOT_YET_AVAILABLE (it may still come) or UNAVAILABLE (it never will)."""
+
+    UNAVAILABLE = 0
+    AVAILABLE = 1
+    NOT_YET_AVAILABLE = 2
 
 
 def _regex_union(regex: str | Iterable[str] | None, what: str = "regex") -> re.Pattern[str] | None:
@@ -376,6 +388,25 @@ class Tensor:
             return self.run.tensor(stored).value(step_num, mode, worker)
         return compute_reduction(self.value(step_num, mode, worker), reduction_name, abs)
 
+    def reduction_values(
+        self,
+        step_num: int,
+        mode: ModeKeys | str | None = None,
+        worker: str | None = None,
+    ) -> dict[tuple[str, bool], np.ndarray]:
+        """Every reduction of this tensor stored at a step, as SageMaker Debugger's
+        ``reduction_values``: {(reduction name, abs): value}; {} when none is stored there
+        (StepUnavailable for a step the run does not have)."""
+        m = _mode_arg(mode)
+        if not self.run._has_step(int(step_num), m):
+            raise self.run._step_error(int(step_num), m)
+        out: dict[tuple[str, bool], np.ndarray] = {}
+        for name, reduction, absolute in self.run._reductions_of(self.name):
+            tensor = self.run.tensor(name)
+            if int(step_num) in tensor._index_map(m, tensor._worker_index(worker)):
+                out[(reduction, absolute)] = tensor.value(step_num, mode, worker)
+        return out
+
 
 class ReducedTensor(Tensor):
     """A tensor stored only as reductions (e.g. ``smdebug/reductions/l2/gradient/x`` for
@@ -582,6 +613,15 @@ class Run:
             self._reduced_cache = out
         return self._reduced_cache
 
+    def _reductions_of(self, base: str) -> list[tuple[str, str, bool]]:
+        """(stored name, reduction, abs) of every stored reduction of tensor ``base``."""
+        found = []
+        for name in self._backend.tensor_names():
+            parsed = parse_reduction_name(name)
+            if parsed is not None and parsed[0] == base:
+                found.append((name, parsed[1], parsed[2]))
+        return sorted(found)
+
     def _has_step(self, step: int, mode: ModeKeys | None) -> bool:
         if mode is None:
             pos = int(np.searchsorted(self._complete, step))
@@ -632,6 +672,65 @@ class Run:
         if m is None:
             return list(self._global_list)
         return list(self._steps_of.get(int(m), ()))
+
+    @property
+    def last_complete_step(self) -> int:
+        """The last global step every worker has written (SageMaker Debugger's attribute; -1
+        before any). A step only some workers wrote is never read, even after the end (where
+        smdebug would read it): it stays out here too."""
+        return int(self._complete[-1]) if len(self._complete) else -1
+
+    def has_passed_step(self, step: int, mode: ModeKeys | str | None = None) -> StepState:
+        """Whether ``step`` (a mode step for a mode, else global) can be read, as SageMaker
+        Debugger's ``has_passed_step`` answers from what was read at the last refresh:
+        AVAILABLE when every worker wrote it, UNAVAILABLE when it never will be (the run has
+        ended without it, or every worker is past it without it; a step only some workers
+        wrote before the end is not read, where smdebug would read it), else
+        NOT_YET_AVAILABLE. Call :meth:`refresh` first to see new steps, or use
+        :meth:`wait_for_steps`."""
+        m = _mode_arg(mode)
+        step = int(step)
+        if self._has_step(step, m):
+            return StepState.AVAILABLE
+        ended = self.has_ended
+        if step in self.steps(m, show_incomplete_steps=True):  # some workers wrote it
+            return StepState.UNAVAILABLE if ended else StepState.NOT_YET_AVAILABLE
+        complete = self.steps(m)
+        if ended or (complete and complete[-1] > step):
+            return StepState.UNAVAILABLE  # every worker is past it: it was not saved
+        return StepState.NOT_YET_AVAILABLE
+
+    def wait_for_steps(
+        self,
+        required_steps: Iterable[int],
+        mode: ModeKeys | str | None = None,
+        *,
+        timeout: float | None = None,
+        poll_interval: float = 2.0,
+    ) -> None:
+        """Wait until every one of ``required_steps`` can be read (SageMaker Debugger's
+        ``wait_for_steps``), refreshing the run every ``poll_interval`` seconds. A step that
+        never will be raises StepUnavailable, or NoMoreData when the run has ended before
+        it; ``timeout`` (seconds, None: wait as long as the run is written, as smdebug does)
+        raises StepNotYetAvailable."""
+        m = _mode_arg(mode)
+        deadline = None if timeout is None else time.monotonic() + float(timeout)
+        self.refresh()
+        for step in required_steps:
+            while True:
+                state = self.has_passed_step(step, m)
+                if state is StepState.AVAILABLE:
+                    break
+                if state is StepState.UNAVAILABLE:
+                    raise self._step_error(int(step), m)
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise StepNotYetAvailable(
+                        int(step),
+                        m,
+                        hint=f"{self._steps_hint(m)}; still not written after {timeout} s",
+                    )
+                time.sleep(poll_interval)
+                self.refresh()
 
     def modes(self) -> list[ModeKeys]:
         """The modes that have at least one saved step."""
