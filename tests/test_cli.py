@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -220,6 +221,24 @@ def test_check_of_a_run_without_loss_is_not_judged(tmp_path: Path, capsys):
             w.write("CrossEntropyLoss_output_0", np.float32(1.0 / (g + 1)), g, "TRAIN")
     assert cli.main(["check", str(loss)]) == 0
     assert "no rule triggered" in capsys.readouterr().out
+
+
+def test_check_of_a_regression_run_judges_it(tmp_path: Path, capsys):
+    """An MSELoss run: the classification rules are "not judged" rows naming the loss, and
+    the check judges the rest (it used to stop at exit 2 on "MSELoss_input_0 holds
+    fractional values")."""
+    rng = np.random.default_rng(0)
+    with RunWriter(tmp_path / "reg") as w:
+        for g in range(30):
+            w.write("MSELoss_input_0", rng.normal(size=(16, 1)).astype(np.float32), g, "TRAIN")
+            w.write("MSELoss_input_1", rng.normal(size=(16, 1)).astype(np.float32), g, "TRAIN")
+            w.write("MSELoss_output_0", np.float32(1.0 / (g + 1)), g, "TRAIN")
+    assert cli.main(["check", str(tmp_path / "reg"), "--json", str(tmp_path / "r.json")]) == 0
+    assert capsys.readouterr().err == ""
+    rows = {r["name"]: r for r in json.loads((tmp_path / "r.json").read_text())}
+    assert rows["class_imbalance"]["skipped"] and rows["noisy_labels"]["skipped"]
+    assert "MSELoss takes no class labels" in rows["class_imbalance"]["explanation"]
+    assert not rows["loss_not_decreasing"]["skipped"]
 
 
 def _empty_run(path: Path) -> Path:

@@ -37,6 +37,23 @@ _FALLBACK_LABELS = (rf"^{PYTORCH_LABELS}$", r"Loss_input_1$")
 _FALLBACK_PREDICTIONS = (rf"^{PYTORCH_PREDICTIONS}$", r"Loss_input_0$")
 # SageMaker's defaults: when one of them matches nothing, the PyTorch loss inputs are used
 _DEFAULT_REGEXES = (".*labels", ".*predictions", "labels", "predictions")
+# torch.nn's losses whose target is no class index (regression, multi-label, ranking,
+# distributions, sequences): the fallback never reads their inputs as labels / class scores
+NOT_CLASS_LOSSES = frozenset(
+    {
+        "L1Loss", "MSELoss", "SmoothL1Loss", "HuberLoss", "BCELoss", "BCEWithLogitsLoss",
+        "KLDivLoss", "PoissonNLLLoss", "GaussianNLLLoss", "CosineEmbeddingLoss",
+        "MarginRankingLoss", "HingeEmbeddingLoss", "SoftMarginLoss",
+        "MultiLabelSoftMarginLoss", "MultiLabelMarginLoss", "TripletMarginLoss",
+        "TripletMarginWithDistanceLoss", "CTCLoss",
+    }
+)  # fmt: skip
+
+
+def _class_loss_input(name: str) -> bool:
+    """Whether a ``<Loss>_input_<i>`` tensor may hold class labels / scores (its loss is not
+    one of torch.nn's regression or multi-label losses)."""
+    return name.rpartition("_input_")[0] not in NOT_CLASS_LOSSES
 
 
 def _find(run: Any, regex: str | None, collection: str | None, fallbacks: tuple[str, ...]):
@@ -52,11 +69,21 @@ def _find(run: Any, regex: str | None, collection: str | None, fallbacks: tuple[
             return names[0], f"regex {regex!r}"
         if regex not in _DEFAULT_REGEXES:  # the user's own regex: no silent fallback
             return None, f"regex {regex!r}"
+    passed: list[str] = []
     for fb in fallbacks:
         names = run.tensor_names(regex=fb)
+        passed += [n for n in names if not _class_loss_input(n) and n not in passed]
+        names = [n for n in names if _class_loss_input(n)]
         if names:
             return names[0], f"PyTorch loss input ({regex!r} matched nothing)"
-    return None, f"regex {regex!r}, nor the PyTorch loss input {fallbacks[0][1:-1]!r}"
+    how = f"regex {regex!r}, nor the PyTorch loss input {fallbacks[0][1:-1]!r}"
+    if passed:
+        losses = sorted({n.rpartition("_input_")[0] for n in passed})
+        how += (
+            f"; {', '.join(passed)} not read: {', '.join(losses)} takes no class labels "
+            "(name them with labels_regex / predictions_regex)"
+        )
+    return None, how
 
 
 def resolve_labels_predictions(

@@ -678,3 +678,37 @@ def test_helpers_and_baseline_name_the_labels_left_out(tmp_path):
     note = "10 labels outside classes 0-4 left out in the last EVAL pass: -100 ×2, -1 ×2, 7 ×6"
     assert not base.triggered
     assert base.explanation.endswith(f" {note}; baseline 'r': {note}.")
+
+
+@pytest.mark.parametrize("loss", ["MSELoss", "BCEWithLogitsLoss", "L1Loss", "HuberLoss"])
+def test_no_fallback_to_the_inputs_of_a_loss_without_class_labels(tmp_path, loss):
+    """A regression or multi-label loss's target is no class label: the classification rules
+    are not judged on it (they used to read MSELoss_input_1 as labels and fail with "holds
+    fractional values", which stopped `modelrules check` of a regression run)."""
+    rng = np.random.default_rng(0)
+    with RunWriter(tmp_path / "r") as w:
+        for g in range(20):
+            w.write(f"{loss}_input_0", rng.normal(size=(32, 3)).astype(np.float32), g, "TRAIN")
+            target = (rng.random((32, 3)) > 0.5).astype(np.float32)  # integer-valued, too
+            w.write(f"{loss}_input_1", target, g, "TRAIN")
+            w.write(f"{loss}_output_0", np.float32(1.0), g, "TRAIN")
+    for rule in (ClassImbalance(), NoisyLabels(), RecallFloor(mode="TRAIN")):
+        with pytest.raises(MissingTensorError) as info:
+            rule.evaluate(tmp_path / "r")
+        assert f"{loss} takes no class labels" in str(info.value)
+    # labels named by the user are read (here the 0/1 targets, as classes 0 and 1)
+    named = ClassImbalance(labels_regex=f"{loss}_input_1", predictions_regex="^none$")
+    result = named.evaluate(tmp_path / "r")
+    assert result.evidence["labels_tensor"] == f"{loss}_input_1" and not result.skipped
+
+
+def test_fallback_to_a_custom_loss_still_reads_its_labels(tmp_path):
+    run = write_steps(
+        tmp_path / "r",
+        [("TRAIN", np.arange(64) % 4, np.arange(64) % 4)] * 10,
+        names=("FocalLoss_input_1", "FocalLoss_input_0"),
+        k=4,
+    )
+    result = ClassImbalance().evaluate(run)
+    assert result.evidence["labels_tensor"] == "FocalLoss_input_1"
+    assert not result.triggered
