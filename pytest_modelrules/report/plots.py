@@ -373,6 +373,20 @@ def _mark_first_triggers(
 # -- the plots ----------------------------------------------------------------------------------
 
 
+def _loss_tensor(run: Run, given: str | None) -> str:
+    """The loss to plot: ``given``, else a tensor named as a loss, else the first full tensor
+    of the ``losses`` collection (a model that returns its own loss: ``<Model>_output_0``)."""
+    try:
+        return find_tensor(run, _LOSS_NAMES, "loss", given)
+    except MissingTensorError:
+        if given is not None or "losses" not in run.collections():
+            raise
+        names = [n for n in run.tensor_names(collection="losses") if not is_reduction(n)]
+        if not names:
+            raise
+        return names[0]
+
+
 def plot_loss(
     run: Any,
     *,
@@ -386,7 +400,7 @@ def plot_loss(
     """Loss over mode steps, one panel per mode (TRAIN, EVAL, ...), the baseline dashed, and
     the steps where loss rules (``results``) triggered marked in red."""
     run = _open(run)
-    name = find_tensor(run, _LOSS_NAMES, "loss", tensor)
+    name = _loss_tensor(run, tensor)
     base = _open(baseline) if baseline is not None else None
     wanted = (
         [_mode(m) for m in modes] if modes else [m for m in run.modes() if m is not ModeKeys.GLOBAL]

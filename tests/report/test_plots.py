@@ -465,3 +465,19 @@ def test_the_class_count_comes_from_num_classes_logits_or_class_names(tmp_path):
     named = plots.plot_label_counts(tmp_path / "named")
     assert plots.figure_notes(named) == ["2 labels outside classes 0-2 left out: 3 ×1, 9 ×1"]
     assert plots.figure_notes(plots.plot_label_counts(tmp_path / "named", num_classes=10)) == []
+
+
+def test_loss_plot_of_a_model_that_returns_its_own_loss(tmp_path):
+    """A model computing its loss (HuggingFace's ``outputs.loss``) is recorded as
+    ``<Model>_output_0`` in the ``losses`` collection: the loss rules judge it and the plot
+    draws it (it used to say "no loss tensor")."""
+    with RunWriter(tmp_path / "hf") as w:
+        w.set_collections({"losses": {"tensor_names": ["TinyLM_output_0"]}})
+        for s in range(5):
+            w.write("TinyLM_output_0", np.float32(1.0 / (s + 1)), s, "TRAIN")
+            w.write("TinyLM_output_1", np.zeros((2, 3), np.float32), s, "TRAIN")
+    fig = plots.plot_loss(tmp_path / "hf", path=tmp_path / "hf.png")
+    assert fig.axes[0].get_title() == "TRAIN loss (TinyLM_output_0)"
+    assert list(fig.axes[0].get_lines()[0].get_ydata()) == pytest.approx(
+        [1.0 / (s + 1) for s in range(5)]
+    )
