@@ -90,6 +90,22 @@ class CheckInputImages(BuiltinRule):
 
         sources = [(n, run.tensor(n).series(), sums) for n in names]
         sources += [(n, run.tensor(red).series(), from_means) for n, red in reduced.items()]
+        # integers are indices (token ids, class ids) or raw bytes the model converts itself:
+        # no values to normalise
+        integer = {
+            n: s.arrays[0].dtype
+            for n, s, _ in sources
+            if s.arrays and s.arrays[0].dtype.kind in "iub"
+        }
+        not_judged = [f"{n} not judged: it holds integers ({dt})" for n, dt in integer.items()]
+        sources = [src for src in sources if src[0] not in integer]
+        if integer and not sources:
+            raise sel.missing(
+                "CheckInputImages",
+                "; ".join(f"{n} holds integers ({dt})" for n, dt in integer.items())
+                + ": ids or raw bytes, not values to normalise (the rule judges float inputs)",
+                run,
+            )
         for name, s, fn in sources:
             if not s.arrays:
                 continue
@@ -132,6 +148,7 @@ class CheckInputImages(BuiltinRule):
                 + ", ".join(sel.fmt(m, 3) for m in means[-1])
                 + f" over {int(seen[-1])} samples"
             )
+        lines += not_judged
         if not judged:
             return self.make_result(
                 False,

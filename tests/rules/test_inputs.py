@@ -92,6 +92,26 @@ def test_default_regex_picks_the_root_model_input() -> None:
         assert not pattern.search(name), name
 
 
+def test_integer_input_is_not_judged(tmp_path: Path) -> None:
+    """Token ids (an embedding model's int64 input, recorded in full) are indices, not values
+    to normalise: not judged (it used to trigger, "channel 2 mean 515: the input does not look
+    normalised"); a float input beside them is still judged."""
+    rng = np.random.default_rng(5)
+    ids = {g: {"TextClf_input_0": rng.integers(1, 1000, (64, 12))} for g in range(10)}
+    with pytest.raises(MissingTensorError, match=r"TextClf_input_0 holds integers \(int64\)"):
+        CheckInputImages().evaluate(write_run(tmp_path / "ids", ids))
+    both = {
+        g: {
+            "TextClf_input_0": rng.integers(1, 1000, (64, 12)),
+            "Net_input_0": images(rng, 64, (0, 0, 0)),
+        }
+        for g in range(10)
+    }
+    result = CheckInputImages().evaluate(write_run(tmp_path / "both", both))
+    assert result.evidence["tensors"] == ["Net_input_0"] and not result.triggered
+    assert "TextClf_input_0 not judged: it holds integers (int64)" in result.explanation
+
+
 def test_missing_input_and_bad_parameters(tmp_path: Path) -> None:
     run = write_run(
         tmp_path / "run", {0: {"CrossEntropyLoss_input_0": np.zeros((4, 3), np.float32)}}
