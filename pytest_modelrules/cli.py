@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -393,6 +394,16 @@ def _empty_path_arg(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's flush at exit finds no closed pipe
+    (Python's recipe for SIGPIPE: https://docs.python.org/3/library/signal.html)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a captured stream)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     empty = _empty_path_arg(args)
@@ -400,7 +411,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(f"{empty} is empty (an unset variable?): give a path")
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, where a reader gone away is caught, not at exit
+        return code
+    except BrokenPipeError:  # `modelrules info RUN | head`: the reader went away, no error
+        _silence_stdout()
+        return 141  # a shell's status for a writer stopped by SIGPIPE
     except (OSError, ValueError, ModelRulesError) as exc:  # also an output path that is a file
         _err(str(exc))
         return 2

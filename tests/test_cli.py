@@ -288,3 +288,20 @@ def test_an_empty_path_argument_is_a_usage_error(argv, flag, tmp_path: Path, mon
     err = capsys.readouterr().err
     assert err == f"modelrules: {flag} is empty (an unset variable?): give a path\n"
     assert ran == []
+
+
+def test_output_cut_short_by_the_reader_is_no_error(tmp_path: Path):
+    """`modelrules info RUN | head -1`: the reader going away is no bad input. It used to
+    print "modelrules: [Errno 32] Broken pipe" and exit 2; now nothing on stderr, exit 141
+    (a shell's status for a writer stopped by SIGPIPE)."""
+    import subprocess
+
+    run = _empty_run(tmp_path / "run")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest_modelrules.cli", "info", str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # before the command writes: its first write finds no reader
+    _, err = proc.communicate(timeout=120)
+    assert err.decode() == "" and proc.returncode == 141
