@@ -648,6 +648,7 @@ class Recorder:
         self._graph_counts: list[tuple[int, int, torch.Tensor]] = []
         self._hidden_forward = False
         self._hidden_said = False
+        self._no_grad_said = False  # a no_grad forward pass in an optimizer's TRAIN step
         self._handles: list[Any] = []
         self._collections_dirty = False
         self._last_sync = time.monotonic()
@@ -914,6 +915,12 @@ class Recorder:
                 self._remove_hooks(static=True)
             return
         try:
+            if (
+                not self._no_grad_said
+                and self._steps_by_optimizer()
+                and not torch.is_grad_enabled()
+            ):
+                self._said_no_grad()
             if self._steps_by_optimizer() and self._open:
                 if self._forward_index == 0 and not self._first_done and self._restart_forward():
                     pass  # the step's first forward pass raised: this one is its first
@@ -933,6 +940,18 @@ class Recorder:
                             self._capture(f"{self.root_name}_input_{i}", value, defer=True)
         except Exception as exc:
             self._fail(exc, "recording the model input")
+
+    def _said_no_grad(self) -> None:
+        """A forward pass under no_grad in TRAIN mode with an optimizer: most likely
+        validation without ``set_mode(EVAL)``, which would be recorded as training (once)."""
+        self._no_grad_said = True
+        _report(
+            "pytest-modelrules Recorder: the model ran under torch.no_grad() (or "
+            "inference_mode) in TRAIN mode: if this is validation, call "
+            "rec.set_mode(modes.EVAL) before it (and rec.set_mode(modes.TRAIN) after): in "
+            "TRAIN mode its batches belong to the next optimizer step, and their loss is "
+            "recorded as that step's training loss (docs/recording.md#steps)"
+        )
 
     def _forward_was_hidden(self, where: str) -> None:
         """A forward pass ran compiled with ``fullgraph=True``, where the model's hooks cannot

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from capture_helpers import TinyNet, assert_same_values, batches, run_values, train
@@ -284,6 +286,29 @@ def test_train_and_eval_modes_count_their_own_steps(tmp_path, tiny):
     ] * 2
     assert run.global_step(modes.EVAL, 1) == 4 and run.global_step(modes.TRAIN, 3) == 5
     assert run.tensor("CrossEntropyLoss_input_0").steps(modes.EVAL) == [0, 1]
+
+
+def test_validation_left_in_train_mode_is_said_once(tmp_path, tiny):
+    """A loop that forgets rec.set_mode(modes.EVAL) records its validation batches as the
+    next TRAIN step's first forward pass (their loss as a training loss): a forward pass
+    under no_grad in a TRAIN step of the optimizer's gets one warning saying so. Evaluation
+    in EVAL mode gets none."""
+    model, loss_fn, opt = tiny
+    forgot = Recorder(tmp_path / "forgot", model, loss=loss_fn, optimizer=opt, save_interval=1)
+    with pytest.warns(RuntimeWarning, match=r"rec\.set_mode\(modes\.EVAL\)") as record, forgot:
+        for _ in range(2):
+            train(model, loss_fn, opt, batches(2))
+            with torch.no_grad():
+                for x, y in batches(2, seed=5):
+                    loss_fn(model(x), y)
+    assert sum("no_grad" in str(w.message) for w in record) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with Recorder(tmp_path / "ok", model, loss=loss_fn, optimizer=opt, save_interval=1) as r:
+            train(model, loss_fn, opt, batches(2))
+            r.set_mode(modes.EVAL)
+            with torch.no_grad():
+                loss_fn(model(batches(1)[0][0]), batches(1)[0][1])
 
 
 def test_save_interval_and_save_steps_per_collection_and_mode(tmp_path, tiny):
