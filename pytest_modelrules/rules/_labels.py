@@ -31,7 +31,7 @@ def scores_width(scores: Any) -> int | None:
     return int(shape[CLASS_AXIS]) if len(shape) >= 2 and shape[CLASS_AXIS] > 1 else None
 
 
-def _are_probabilities(lab: np.ndarray, predictions: Any | None) -> bool:
+def are_probabilities(lab: np.ndarray, predictions: Any | None) -> bool:
     """Whether labels ``lab`` are class probabilities (CrossEntropyLoss's other target; one-hot
     labels included): rows of values in [0, 1] summing to 1 over axis 1, of the shape of the
     float class scores ``predictions`` or of that shape with predicted class ids (axis 1 left
@@ -73,7 +73,7 @@ def decode_labels(labels: Any, predictions: Any | None = None) -> np.ndarray:
     shape) give their argmax over axis 1, class ids of any shape ((N,), (N, H, W)) are
     returned as they are."""
     a = np.asarray(labels)
-    if _are_probabilities(a, predictions):
+    if are_probabilities(a, predictions):
         return a.argmax(axis=CLASS_AXIS).reshape(-1)
     return a.reshape(-1)
 
@@ -102,7 +102,7 @@ def decode_classes(
     ``where`` (e.g. "at global step 5") and the shapes. Otherwise predictions are class ids
     holding as many values as the labels. Labels are returned as stored (dtype unchanged)."""
     lab, pred = np.asarray(labels), np.asarray(predictions)
-    if _are_probabilities(lab, pred):
+    if are_probabilities(lab, pred):
         lab = lab.argmax(axis=CLASS_AXIS)  # class probabilities: their class
     scores = pred.ndim == lab.ndim + 1 or (argmax and pred.ndim >= 1 and pred.size > lab.size)
     if not scores:
@@ -185,6 +185,7 @@ def with_note(text: str, note: str) -> str:
 
 __all__ = [
     "CLASS_AXIS",
+    "are_probabilities",
     "class_mask",
     "decode_classes",
     "decode_labels",

@@ -17,9 +17,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..exceptions import RuleError
+from ..exceptions import MissingTensorError, RuleError
 from ..modes import ModeKeys
 from ._labels import (
+    are_probabilities,
     class_mask,
     decode_classes,
     decode_labels,
@@ -179,8 +180,9 @@ def read_label_data(
         pred_keys = pred.global_steps * width + pred.workers
         _, lab_idx, pred_idx = np.intersect1d(lab_keys, pred_keys, return_indices=True)
     lab_arrays = [lab.arrays[i] for i in lab_idx]
+    pred_arrays = [pred.arrays[i] for i in pred_idx] if preds_name is not None else []
+    _class_ids_or_missing(lab_arrays, pred_arrays, labels_name)
     if preds_name is not None:
-        pred_arrays = [pred.arrays[i] for i in pred_idx]
         places = [
             f"at global step {int(lab.global_steps[i])}"
             + (f" (worker {workers[int(lab.workers[i])]})" if len(workers) > 1 else "")
@@ -196,8 +198,6 @@ def read_label_data(
     )
     lengths = np.array([a.size for a in lab_arrays], dtype=np.int64)
     labels = np.concatenate(lab_arrays) if lab_arrays else np.zeros(0, np.int64)
-    if labels.dtype.kind == "f" and not np.all(labels == np.round(labels)):
-        raise RuleError(f"{labels_name} holds non-integer class labels")
     labels = labels.astype(np.int64)
     if pred_classes is not None and len(pred_classes) != len(labels):
         raise RuleError(
@@ -226,6 +226,38 @@ def read_label_data(
     )
     cache[key] = data
     return data
+
+
+def _class_ids_or_missing(lab_arrays: list[Any], pred_arrays: list[Any], labels_name: str) -> None:
+    """Float labels that hold no class ids are a MissingTensorError: the run holds no labels
+    these rules read (a "not judged" row), not a verdict on nonsense. That is labels of the
+    class scores' shape that are no class probabilities (multi-hot targets of a multi-label
+    loss) and non-integer values (a custom regression loss's targets). Class probabilities
+    (one-hot labels, mixup's or cutmix's soft targets) are read: their argmax over the class
+    axis is the class (``_labels.decode_classes``)."""
+    if not lab_arrays or np.asarray(lab_arrays[0]).dtype.kind != "f":
+        return
+    first = np.asarray(lab_arrays[0])
+    scores = pred_arrays[0] if pred_arrays else None
+    if are_probabilities(first, scores):
+        return
+    if (
+        scores is not None
+        and first.ndim >= 2
+        and first.shape[1] > 1
+        and first.shape == np.shape(scores)
+    ):
+        raise MissingTensorError(
+            f"{labels_name} holds one value per class (shape {first.shape}) that are no class "
+            "probabilities (multi-label targets?), not class ids: the classification rules "
+            "read class ids or one-hot labels (name them with labels_regex)"
+        )
+    if not all(np.all(a == np.round(a)) for a in map(np.asarray, lab_arrays)):
+        raise MissingTensorError(
+            f"{labels_name} holds non-integer values, not class ids (a regression target?): "
+            "the classification rules read class ids or one-hot labels (name them with "
+            "labels_regex)"
+        )
 
 
 def _predicted_classes(

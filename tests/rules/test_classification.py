@@ -712,3 +712,36 @@ def test_fallback_to_a_custom_loss_still_reads_its_labels(tmp_path):
     result = ClassImbalance().evaluate(run)
     assert result.evidence["labels_tensor"] == "FocalLoss_input_1"
     assert not result.triggered
+
+
+def test_float_labels_that_hold_no_class_ids_are_not_judged(tmp_path):
+    """A custom regression loss's float targets and a multi-label loss's multi-hot targets
+    hold no class ids: the rules are not judged (MissingTensorError, a "not judged" row of
+    `modelrules check`), where they raised "holds fractional values" / "holds non-integer
+    class labels" and stopped the check. Mixup's soft targets are class probabilities: read,
+    their class the one of largest weight."""
+    rng = np.random.default_rng(0)
+    classes = rng.integers(0, 5, (20, 64))
+    with RunWriter(tmp_path / "mixup") as w:
+        for g in range(20):
+            onehot = np.eye(5, dtype=np.float32)[classes[g]]
+            w.write(LOGITS, rng.normal(size=(64, 5)).astype(np.float32), g, "TRAIN")
+            w.write(LABELS, 0.7 * onehot + 0.3 * onehot[::-1], g, "TRAIN")
+    with RunWriter(tmp_path / "rmse") as w:
+        for g in range(20):
+            w.write("RMSELoss_input_0", rng.normal(size=(64, 1)).astype(np.float32), g, "TRAIN")
+            w.write("RMSELoss_input_1", rng.normal(size=(64, 1)).astype(np.float32), g, "TRAIN")
+    with RunWriter(tmp_path / "multihot") as w:
+        for g in range(20):
+            hot = (rng.random((64, 5)) < 0.4).astype(np.float32)
+            w.write("AsymmetricLoss_input_0", rng.normal(size=(64, 5)).astype(np.float32), g)
+            w.write("AsymmetricLoss_input_1", hot, g)
+    for run, match in (
+        ("rmse", r"RMSELoss_input_1 holds non-integer values"),
+        ("multihot", r"AsymmetricLoss_input_1 holds one value per class \(shape \(64, 5\)\)"),
+    ):
+        for rule in (ClassImbalance(), NoisyLabels(), RecallFloor(mode="TRAIN"), Confusion()):
+            with pytest.raises(MissingTensorError, match=match):
+                rule.evaluate(tmp_path / run)
+    counts = ClassImbalance().evaluate(tmp_path / "mixup").evidence["class_counts"]
+    assert counts.tolist() == np.bincount(classes.reshape(-1), minlength=5).tolist()
