@@ -95,11 +95,28 @@ def relu_tensor_base(path: str) -> str:
     Every ReLU's tensors end up named ``<...>relu_output_<k>`` so that smdebug's regex
     ``.*relu_output`` finds them, whatever the module is called.
     """
+    return activation_tensor_base(path, "relu")
+
+
+def activation_tensor_base(path: str, kind: str) -> str:
+    """The base name of an activation module's tensors: its path, with ``.<kind>`` added
+    unless the path already ends in it (``encoder.act`` -> ``encoder.act.tanh``), so that
+    smdebug's regexes (``.*tanh_input``, ``.*sigmoid_input``) find them."""
     if not path:
-        return "relu"
-    if path.rsplit(".", 1)[-1] == "relu":
+        return kind
+    if path.rsplit(".", 1)[-1] == kind:
         return path
-    return f"{path}.relu"
+    return f"{path}.{kind}"
+
+
+#: activation modules besides ``nn.ReLU`` whose calls the Recorder can record, by the kind
+#: that names their tensors (``<path>.tanh_input_<k>``, ``<path>.sigmoid_output_<k>``):
+#: SaturatedActivation reads the tanh and sigmoid inputs. No collection selects them by
+#: default, so no hook is installed unless one does (``include_regex=".*tanh_input"``).
+ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
+    "tanh": torch.nn.Tanh,
+    "sigmoid": torch.nn.Sigmoid,
+}
 
 
 def _flatten_tensors(value: Any) -> list[tuple[int, torch.Tensor]]:
@@ -575,6 +592,12 @@ class Recorder:
             for path, m in self.model.named_modules()
             if isinstance(m, torch.nn.ReLU)
         ]
+        self._acts = [
+            (activation_tensor_base(_plain_path(path), kind), m)
+            for path, m in self.model.named_modules()
+            for kind, cls in ACTIVATIONS.items()
+            if isinstance(m, cls)
+        ]
         self._membership: dict[str, tuple[int, ...]] = {}
 
         # step state
@@ -593,6 +616,7 @@ class Recorder:
         # the reductions (_layouts)
         self._spec_saving: frozenset[int] = frozenset()
         self._spec_graph_relu: str | None = None  # _graph_plan() for _spec_saving
+        self._spec_graph_acts = False  # _saves_activations() for _spec_saving
         self._spec_cache: dict[str, tuple[bool, tuple[tuple[str, bool], ...]] | None] = {}
         self._marked: set[str] = set()
         self._layouts: dict[tuple[str, tuple[tuple[str, bool], ...]], Any] = {}
@@ -632,6 +656,7 @@ class Recorder:
         self._params_at_call: set[str] = set()
         self._relu_calls: dict[int, int] = {}
         self._relu_in_calls: dict[int, int] = {}
+        self._act_calls: dict[tuple[Any, bool], int] = {}  # (module key, input?) -> calls
         self._dyn_handles: list[Any] = []
         self._loss_hooked = False  # the loss module's hook is installed (from the start)
         # the (collections saving, steps by optimizer) the dynamic hooks were installed for:
@@ -645,6 +670,9 @@ class Recorder:
         # (their positive counts, computed in the graph, kept in _graph_counts for the root's
         # hook) or "eager" (the hooks run outside the graph); a guard, like _graph_saving
         self._graph_relu: str | None = None
+        # whether a compiled forward pass's Tanh / Sigmoid hooks run outside the graph (this
+        # step saves some of their tensors); a guard, like _graph_saving
+        self._graph_acts = False
         self._graph_counts: list[tuple[int, int, torch.Tensor]] = []
         self._hidden_forward = False
         self._hidden_said = False
@@ -879,6 +907,11 @@ class Recorder:
             want_out = self._could_ever_save(f"{base}_output_0")
             if want_in or want_out:
                 self._make_relu_hooks(base, module, want_in, want_out)
+        for base, module in self._acts:  # Tanh, Sigmoid: only where a collection wants them
+            want_in = self._could_ever_save(f"{base}_input_0")
+            want_out = self._could_ever_save(f"{base}_output_0")
+            if want_in or want_out:
+                self._make_activation_hooks(base, module, want_in, want_out)
         if self.optimizer is not None:
             self._handles.append(
                 self.optimizer.register_step_pre_hook(_guarded(self._opt_pre_hook, self, "opt_pre"))
@@ -1142,6 +1175,66 @@ class Recorder:
                 module.register_forward_hook(_Hook(_guarded(hook, self, "saving")))
             )
 
+    def _make_activation_hooks(
+        self, base: str, module: torch.nn.Module, inputs: bool, outputs: bool
+    ) -> None:
+        """Hooks recording a Tanh's or Sigmoid's calls (:data:`ACTIVATIONS`) through the
+        general path (:meth:`_capture`: full tensors and / or reductions, as the collections
+        that select ``<base>_input_<k>`` / ``<base>_output_<k>`` say), numbered by call
+        within the step as the ReLUs' are. A DataParallel replica counts its own calls (the
+        first replica's value of a call is kept); another copy of the module (an EMA or
+        teacher model made with copy.deepcopy) is not the model and is ignored."""
+        key = id(module)
+
+        def record(mod: torch.nn.Module, is_input: bool, value: Any) -> None:
+            if self.dead or self._forward_index or not self._saving or _recomputing():
+                return
+            try:
+                if mod is module:
+                    calls_key: Any = key
+                elif getattr(mod, "_is_replica", False):
+                    calls_key = (key, id(mod))
+                else:
+                    return
+                k = self._act_calls.get((calls_key, is_input), 0)
+                self._act_calls[(calls_key, is_input)] = k + 1
+                if isinstance(value, torch.Tensor):
+                    with torch.no_grad():
+                        self._capture(f"{base}_{'input' if is_input else 'output'}_{k}", value)
+            except Exception as exc:
+                self._fail(exc, f"recording {base}'s {'input' if is_input else 'output'}")
+
+        def pre_hook(mod: torch.nn.Module, args: tuple[Any, ...]) -> None:
+            if _tracing():  # torch.compile: outside its graph, on steps that save these
+                if self._graph_acts and _breaks_allowed():
+                    _eager(pre_hook, mod, args)
+                return
+            record(mod, True, args[0] if args else None)
+
+        def hook(mod: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if _tracing():
+                if self._graph_acts and _breaks_allowed():
+                    _eager(hook, mod, args, output)
+                return
+            record(mod, False, output)
+
+        if inputs:
+            self._handles.append(
+                module.register_forward_pre_hook(_Hook(_guarded(pre_hook, self, "saving")))
+            )
+        if outputs:
+            self._handles.append(
+                module.register_forward_hook(_Hook(_guarded(hook, self, "saving")))
+            )
+
+    def _saves_activations(self) -> bool:
+        """Whether the collections saving now take a Tanh's or Sigmoid's tensor."""
+        return any(
+            self._spec(f"{base}_{which}_0") is not None
+            for base, _module in self._acts
+            for which in ("input", "output")
+        )
+
     def _queue_relu(self, output: torch.Tensor, stored: str) -> None:
         """Queue a ReLU output for the end of the forward pass (:meth:`_count_relu_batch`),
         or count the queue now past RELU_QUEUE_BYTES."""
@@ -1153,7 +1246,7 @@ class Recorder:
     def _clear_graph_state(self) -> None:
         """No step open for a compiled forward pass: its traced hooks do nothing (the flags
         their guards read), and no counts wait."""
-        self._graph_saving, self._graph_relu = False, None
+        self._graph_saving, self._graph_relu, self._graph_acts = False, None, False
         self._graph_counts.clear()
 
     def _take_graph_counts(self, taken: list[tuple[int, int, torch.Tensor]]) -> None:
@@ -1454,9 +1547,11 @@ class Recorder:
         self._saving = saving
         if changed:  # (_spec reads _saving)
             self._spec_graph_relu = self._graph_plan() if saving else None
+            self._spec_graph_acts = bool(saving) and self._saves_activations()
         self._graph_saving = bool(saving)
         self._graph_counts.clear()
         self._graph_relu = self._spec_graph_relu
+        self._graph_acts = self._spec_graph_acts
         key = (saving, self._steps_by_optimizer())
         if self._dyn_key is not None and self._dyn_key != key:
             self._remove_hooks()
@@ -1473,6 +1568,7 @@ class Recorder:
         self._plans_done.clear()
         self._relu_calls.clear()
         self._relu_in_calls.clear()
+        self._act_calls.clear()
         if self._dyn_key is None:
             self._install_step_hooks()
             self._dyn_key = key
@@ -1508,6 +1604,7 @@ class Recorder:
         self._captured = set(captured)
         self._relu_calls.clear()
         self._relu_in_calls.clear()
+        self._act_calls.clear()
         return True
 
     def _install_step_hooks(self) -> None:

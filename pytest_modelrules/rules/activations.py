@@ -30,6 +30,8 @@ class _UnitActivityRule(BuiltinRule):
     """Common part of DeadRelu and SaturatedActivation: inactive units per layer and step."""
 
     figure_label: ClassVar[str] = "inactive"
+    #: how a Recorder records what the rule reads, said when the run lacks it
+    record_hint: ClassVar[str] = ""
 
     def _validate(self) -> None:
         for p in ("threshold_inactivity", "threshold_layer"):  # percents
@@ -45,9 +47,8 @@ class _UnitActivityRule(BuiltinRule):
     def _layers(self, run: Any) -> list[str]:
         names = sel.select(run, tensor_regex=self.tensor_regex)
         if not names:
-            raise sel.missing(
-                type(self).__name__, f"no tensor matches tensor_regex {self.tensor_regex!r}", run
-            )
+            what = f"no tensor matches tensor_regex {self.tensor_regex!r}"
+            raise sel.missing(type(self).__name__, what + self.record_hint, run)
         return names
 
     def _evaluate(self, run: Any) -> RuleResult:
@@ -197,6 +198,10 @@ class SaturatedActivation(_UnitActivityRule):
     name = "saturated_activation"
     default_enabled = False
     figure_label = "saturated"
+    record_hint = (
+        " (a Recorder records the Tanh and Sigmoid inputs when asked: Recorder(..., "
+        "include_regex=['.*tanh_input', '.*sigmoid_input']))"
+    )
     params: ClassVar[dict[str, Param]] = {
         "tensor_regex": Param(".*tanh_input|.*sigmoid_input", "regex_union", optional=False),
         "threshold_tanh_min": Param(-9.4999, "float"),

@@ -407,26 +407,6 @@ def zoo_collections(save_interval: int = SAVE_INTERVAL) -> list[Any]:
     ]
 
 
-def _hook_sigmoids(model: Any, recorder: Any) -> list[Any]:
-    """Save the input of every nn.Sigmoid as ``<path>.sigmoid_input_0`` (the Recorder hooks
-    only ReLUs; SaturatedActivation needs the full input)."""
-    import torch
-
-    handles = []
-    for path, m in model.named_modules():
-        if isinstance(m, torch.nn.Sigmoid):
-            name = f"{path}.sigmoid_input_0"
-
-            def pre(mod: Any, args: tuple[Any, ...], name: str = name) -> None:
-                if recorder.dead or not args:
-                    return
-                with torch.no_grad():
-                    recorder._capture(name, args[0])
-
-            handles.append(m.register_forward_pre_hook(pre))
-    return handles
-
-
 def train_with_faults(
     f: Fault | str,
     out_dir: str | Path,
@@ -519,14 +499,12 @@ def train_with_faults(
     from .. import modes
 
     recorder = None
-    handles: list[Any] = []
     if record:
         from ..capture.recorder import Recorder
 
         recorder = Recorder(out, model, loss=loss_fn, optimizer=optimizer,
                             save_interval=save_interval, collections=zoo_collections(save_interval),
                             metadata=metadata)  # fmt: skip
-        handles = _hook_sigmoids(model, recorder)
     t0 = time.perf_counter()
     last_loss = float("nan")
     nan_loss = False
@@ -561,8 +539,6 @@ def train_with_faults(
             labels_all, preds_all = np.concatenate(labs), np.concatenate(preds)
             epoch_acc.append(float((labels_all == preds_all).mean()))
     finally:
-        for h in handles:
-            h.remove()
         if recorder is not None:
             recorder.__exit__(*sys.exc_info())
     seconds = time.perf_counter() - t0
