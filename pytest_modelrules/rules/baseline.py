@@ -103,9 +103,15 @@ class BaselineComparison(BuiltinRule):
                 ours = make_rule(rname, **rule_params).evaluate(run)
                 theirs = make_rule(rname, **rule_params).evaluate(base)
             except (MissingTensorError, RuleError) as exc:
-                notes.append(f"{rname} not compared ({exc})")
+                notes.append(f"{rname} ({exc})")
                 continue
             if ours.skipped or theirs.skipped:
+                which = (
+                    "both runs"
+                    if ours.skipped and theirs.skipped
+                    else ("this run" if ours.skipped else "the baseline")
+                )
+                notes.append(f"{rname} (skipped on {which})")
                 continue
             compared += 1
             table[rname] = {"figure": ours.figure, "baseline_figure": theirs.figure}

@@ -102,3 +102,18 @@ def test_bad_parameters():
         BaselineComparison(baseline="x", rules="no_such_rule")
     with pytest.raises(RuleParameterError, match="recall_margin"):
         BaselineComparison(baseline="x", recall_margin="-1")
+
+
+def test_a_rule_skipped_on_a_run_is_named_as_not_compared(tmp_path):
+    """direction_confusion has no pairs to check on runs without class names (skipped): the
+    explanation says it was not compared, as docs/rules.md promises, where it was dropped."""
+    base = write_run(tmp_path / "base")
+    run = write_run(tmp_path / "new")
+    result = BaselineComparison(baseline=base, rules="direction_confusion,recall_floor").evaluate(
+        run
+    )
+    assert not result.triggered
+    assert "Not compared: direction_confusion (skipped on both runs)" in (
+        result.explanation
+    )
+    assert set(result.evidence["rules"]) == {"recall_floor"}
