@@ -1166,14 +1166,7 @@ class Recorder:
                 self._fail(exc, "recording a ReLU output")
 
         self._relu_bases[key] = base
-        if inputs:
-            self._handles.append(
-                module.register_forward_pre_hook(_Hook(_guarded(pre_hook, self, "saving")))
-            )
-        if outputs:
-            self._handles.append(
-                module.register_forward_hook(_Hook(_guarded(hook, self, "saving")))
-            )
+        self._hook_module(module, pre_hook if inputs else None, hook if outputs else None)
 
     def _make_activation_hooks(
         self, base: str, module: torch.nn.Module, inputs: bool, outputs: bool
@@ -1218,11 +1211,21 @@ class Recorder:
                 return
             record(mod, False, output)
 
-        if inputs:
+        self._hook_module(module, pre_hook if inputs else None, hook if outputs else None)
+
+    def _hook_module(
+        self,
+        module: torch.nn.Module,
+        pre_hook: Callable[..., Any] | None,
+        hook: Callable[..., Any] | None,
+    ) -> None:
+        """Install an activation module's forward pre-hook and / or forward hook for the run
+        (guarded: a step that saves nothing returns before calling them)."""
+        if pre_hook is not None:
             self._handles.append(
                 module.register_forward_pre_hook(_Hook(_guarded(pre_hook, self, "saving")))
             )
-        if outputs:
+        if hook is not None:
             self._handles.append(
                 module.register_forward_hook(_Hook(_guarded(hook, self, "saving")))
             )
