@@ -7,6 +7,7 @@ at its own run whatever the project's configuration says.
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -110,12 +111,13 @@ def is_url(location: str) -> bool:
 
 
 def _resolve(location: str, base: Path) -> str:
-    """Relative local paths are taken from ``base``; URLs are left alone."""
+    """Relative local paths are taken from ``base`` and normalised (``proj/../runs/a`` is
+    ``runs/a`` in the session's header and reports; symlinks are kept); URLs are left alone."""
     location = location.strip()
     if is_url(location):
         return location
     path = Path(location).expanduser()
-    return str(path if path.is_absolute() else (base / path))
+    return os.path.normpath(path if path.is_absolute() else (base / path))
 
 
 def _ini_base(config: pytest.Config) -> Path:

@@ -189,6 +189,8 @@ def test_run_spec_parsing() -> None:
     assert parse_run_spec("runs/a", base).location == "/base/runs/a"
     named = parse_run_spec("main=runs/a/", base)
     assert (named.name, named.location) == ("main", "/base/runs/a")
+    up = parse_run_spec("proj/../runs/./b", base)  # as the header and the reports show it
+    assert (up.name, up.location) == ("b", "/base/runs/b")
     url = parse_run_spec("s3://bucket/job/debug-output?x=1", base)
     assert url.location == "s3://bucket/job/debug-output?x=1"
     assert url.name == "debug-output?x=1"

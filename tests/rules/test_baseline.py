@@ -113,7 +113,5 @@ def test_a_rule_skipped_on_a_run_is_named_as_not_compared(tmp_path):
         run
     )
     assert not result.triggered
-    assert "Not compared: direction_confusion (skipped on both runs)" in (
-        result.explanation
-    )
+    assert "Not compared: direction_confusion (skipped on both runs)" in (result.explanation)
     assert set(result.evidence["rules"]) == {"recall_floor"}
