@@ -283,10 +283,12 @@ def _imbalance_lines(result: RuleResult, run: Any) -> list[str]:
     lines.extend(
         f"  {x}" for x in bar_chart([(_class(run, c), counts[c]) for c in seen[:3]], maximum=top)
     )
-    lines.append("least frequent:")
-    lines.extend(
-        f"  {x}" for x in bar_chart([(_class(run, c), counts[c]) for c in seen[-3:]], maximum=top)
-    )
+    rest = seen[3:][-3:]  # the least frequent not already listed (few classes: none left)
+    if rest:
+        lines.append("least frequent:")
+        lines.extend(
+            f"  {x}" for x in bar_chart([(_class(run, c), counts[c]) for c in rest], maximum=top)
+        )
     unseen = [c for c in order if counts[c] == 0]
     if unseen:
         lines.append(f"never seen: {', '.join(_class(run, c) for c in unseen[:10])}")

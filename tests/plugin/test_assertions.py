@@ -216,3 +216,21 @@ def test_a_helper_argument_with_a_bad_value_is_named_as_written(tmp_path) -> Non
         assertions.assert_dead_relu_below(tmp_path / "run", percent="fifty")
     with pytest.raises(RuleParameterError, match=r"minimum=3: .*'min_recall' \(minimum\)"):
         assertions.assert_recall_above(tmp_path / "run", minimum=3)
+
+
+def test_few_classes_are_listed_once(tmp_path) -> None:
+    """With 3 classes or fewer the most frequent list holds them all: no "least frequent"
+    list repeating them."""
+    import numpy as np
+
+    from pytest_modelrules import RunWriter
+
+    with RunWriter(tmp_path / "three") as w:
+        for g in range(5):
+            labels = np.array([0] * 60 + [1] * 3 + [2])
+            w.write("CrossEntropyLoss_input_1", labels, g, "TRAIN")
+    with pytest.raises(ModelRuleFailure) as info:
+        assertions.assert_class_balance(tmp_path / "three", samples=1)
+    text = str(info.value)
+    assert "most frequent:" in text and "least frequent:" not in text
+    assert text.count("class 2 ") == 1
