@@ -322,7 +322,9 @@ class Tensor:
         return dict(zip(mapping, (_read_only(a) for a in recs.values(idx))))
 
     def workers(self, step_num: int, mode: ModeKeys | str | None = None) -> list[str]:
-        """The workers that saved this tensor at a step."""
+        """The workers that saved this tensor at a step; as SageMaker Debugger,
+        TensorUnavailableForStep where none did (StepUnavailable for a step the run does not
+        have)."""
         m = _mode_arg(mode)
         recs = self._records()
         valid = self._valid()
@@ -330,7 +332,14 @@ class Tensor:
         if m:
             sel &= recs.modes[valid] == int(m)
         names = self.run._backend.workers()
-        return [names[w] for w in sorted(set(recs.workers[valid][sel].tolist()))]
+        found = [names[w] for w in sorted(set(recs.workers[valid][sel].tolist()))]
+        if not found:
+            if not self.run._has_step(int(step_num), m):
+                raise self.run._step_error(int(step_num), m)
+            raise TensorUnavailableForStep(
+                self.name, int(step_num), m, hint=_saved_hint(list(self._index_map(m, None)))
+            )
+        return found
 
     def series(
         self,
@@ -483,10 +492,19 @@ class ReducedTensor(Tensor):
         return Series(self.name, _mode_arg(mode), empty, empty, np.zeros(0, np.uint8), empty, [])
 
     def workers(self, step_num: int, mode: ModeKeys | str | None = None) -> list[str]:
-        """The workers that saved a reduction of this tensor at a step."""
+        """The workers that saved a reduction of this tensor at a step (TensorUnavailableForStep
+        where none did)."""
         found: set[str] = set()
         for n in self.stored:
-            found.update(self.run.tensor(n).workers(step_num, mode))
+            try:
+                found.update(self.run.tensor(n).workers(step_num, mode))
+            except TensorUnavailableForStep:
+                continue  # this reduction is not stored there; another may be
+        if not found:
+            m = _mode_arg(mode)
+            if not self.run._has_step(int(step_num), m):
+                raise self.run._step_error(int(step_num), m)
+            raise TensorUnavailableForStep(self.name, int(step_num), m, hint=self._hint)
         return sorted(found, key=self.run._backend.workers().index)
 
     def reduction_value(

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from pytest_modelrules import StepState, modes
-from pytest_modelrules.exceptions import NoMoreData, StepNotYetAvailable, StepUnavailable
+from pytest_modelrules.exceptions import (
+    NoMoreData,
+    StepNotYetAvailable,
+    StepUnavailable,
+    TensorUnavailableForStep,
+)
 from pytest_modelrules.store import RunWriter, open_run
 
 
@@ -114,3 +119,22 @@ def test_reduction_values_gives_every_stored_reduction_at_a_step(tmp_path):
     assert run.tensor("fc.weight").reduction_values(1) == {}  # only its full value is stored
     with pytest.raises(StepUnavailable):
         grad.reduction_values(7)
+
+
+def test_workers_of_a_step_where_the_tensor_was_not_saved_is_an_error(tmp_path):
+    """As SageMaker Debugger: TensorUnavailableForStep, not an empty list that reads as "no
+    worker wrote it" (and StepUnavailable for a step the run does not have)."""
+    with RunWriter(tmp_path / "r") as w:
+        w.write("loss", np.float32(0), 0)
+        w.write("smdebug/reductions/l2/gradient/w", np.float64(1.0), 0)
+        w.write("loss", np.float32(1), 1)
+        w.write("labels", np.arange(3), 1)
+    run = open_run(tmp_path / "r")
+    assert run.tensor("labels").workers(1) == ["worker_0"]
+    with pytest.raises(TensorUnavailableForStep, match="saved at steps"):
+        run.tensor("labels").workers(0)
+    with pytest.raises(TensorUnavailableForStep):
+        run.tensor("gradient/w").workers(1)  # stored only as a reduction, at step 0
+    assert run.tensor("gradient/w").workers(0) == ["worker_0"]
+    with pytest.raises(NoMoreData):
+        run.tensor("labels").workers(5)
