@@ -126,7 +126,17 @@ def make_items(
             base = f"{base}-{used[base]}"
         for run in runs or [None]:
             name = f"{base}[{run.name}]" if run is not None else base
-            item = RuleItem.from_parent(collector, name=name, spec=spec, run_spec=run)
+            # the id given whole, as a string: pytest 9 parses it as it parses the ids it reads
+            # back from its cache ("rule[run]": name and parameter), so that --lf and
+            # --deselect match these items (an id derived from the parent would take the
+            # brackets for part of the name and match nothing)
+            item = RuleItem.from_parent(
+                collector,
+                name=name,
+                nodeid=f"{COLLECTOR_NAME}::{name}",
+                spec=spec,
+                run_spec=run,
+            )
             if spec.xfail:
                 item.add_marker(
                     pytest.mark.xfail(

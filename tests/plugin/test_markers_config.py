@@ -234,3 +234,25 @@ def test_pyproject_rules_may_be_one_line_strings_as_in_the_ini(tmp_path) -> None
     path.write_text("[tool.pytest_modelrules]\nrules = [3]\n")
     with pytest.raises(ConfigRuleError, match=r"rules\[0\] must be a table or a 'NAME"):
         from_pyproject(path)
+
+
+def test_last_failed_reruns_the_declared_rules_that_failed(
+    pytester: pytest.Pytester, run_inner, runs
+) -> None:
+    # `pytest --lf` in CI after a red build: the failed rule items are rerun, not deselected
+    pytester.makepyprojecttoml(
+        PYPROJECT.replace(', xfail = "layer1 dies in the bad run (issue 7)"', "")
+    )
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    args = (f"--model-run={runs['good']}", f"--model-run={runs['bad']}", "-p", "no:randomly")
+    first = run_inner(*args)
+    first.assert_outcomes(passed=4, failed=3)
+    again = run_inner(*args, "--lf", "-rA")
+    again.assert_outcomes(failed=3, deselected=4)
+    again.stdout.fnmatch_lines_random(
+        [
+            "FAILED modelrules::class_imbalance[[]bad[]]*",
+            "FAILED modelrules::dead_relu[[]bad[]]*",
+            "FAILED modelrules::train_loss[[]bad[]]*",
+        ]
+    )
