@@ -105,7 +105,15 @@ def add_declared_rules(session: pytest.Session, config: pytest.Config, items: li
     if not specs or only_node_ids(config):
         return
     source = pyproject_path(config) or config.inipath or config.rootpath
-    items.extend(make_items(session, specs, get_session(config).runs, Path(source)))
+    made = make_items(session, specs, get_session(config).runs, Path(source))
+    items.extend(made)
+    # reported as collected, as pytest reports a module's items: the terminal's "collected N
+    # items / M deselected / K selected" then counts them (it counted the Python tests only,
+    # and `-k modelrules` read "0 selected", `-k "dead_relu and bad"` "-5 selected")
+    if made:
+        config.hook.pytest_collectreport(
+            report=pytest.CollectReport(COLLECTOR_NAME, "passed", None, list(made))
+        )
 
 
 def make_items(

@@ -256,3 +256,19 @@ def test_last_failed_reruns_the_declared_rules_that_failed(
             "FAILED modelrules::train_loss[[]bad[]]*",
         ]
     )
+
+
+def test_the_collected_line_counts_the_declared_rules(
+    pytester: pytest.Pytester, run_inner, runs
+) -> None:
+    # CI logs read "collected 7 items / 5 deselected / 2 selected", not "-3 selected"
+    pytester.makepyprojecttoml(PYPROJECT)
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    args = (f"--model-run={runs['good']}", f"--model-run={runs['bad']}", "--tb=no")
+    result = run_inner(*args, "-k", "dead_relu or train_loss and bad")
+    result.stdout.fnmatch_lines(["collected 7 items / 4 deselected / 3 selected"])
+    result.assert_outcomes(failed=2, xfailed=1, deselected=4)
+    only_rules = run_inner(*args, "-k", "modelrules")
+    only_rules.stdout.fnmatch_lines(["collected 7 items / 1 deselected / 6 selected"])
+    listed = run_inner(*args, "--collect-only", "-q")
+    listed.stdout.fnmatch_lines(["7 tests collected*"])
