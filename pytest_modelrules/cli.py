@@ -223,7 +223,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     run, results = _check_run(args.run, args.baseline, args.rule)
     _results_table(results, f"rules on {args.run}")
     if args.json:
-        Path(args.json).write_text(json.dumps([r.to_dict() for r in results], default=str))
+        from .strict_json import dumps  # a NaN loss: null, not NaN (which jq refuses)
+
+        Path(args.json).write_text(dumps([r.to_dict() for r in results]))
     triggered = [r.name for r in results if r.triggered and not r.skipped]
     skipped = sum(1 for r in results if r.skipped)
     judged = f"{len(results) - skipped} judged, {skipped} not judged"

@@ -305,3 +305,21 @@ def test_output_cut_short_by_the_reader_is_no_error(tmp_path: Path):
     proc.stdout.close()  # before the command writes: its first write finds no reader
     _, err = proc.communicate(timeout=120)
     assert err.decode() == "" and proc.returncode == 141
+
+
+def test_check_json_of_a_nan_loss_is_strict_json(tmp_path: Path, capsys):
+    """A run whose loss went NaN - the run a gate must catch - wrote `NaN` into --json (the
+    rules' evidence holds the loss values), which jq and JavaScript refuse: null now."""
+    with RunWriter(tmp_path / "nan") as w:
+        for g in range(20):
+            loss = np.float32("nan") if g >= 12 else np.float32(2.0 - 0.1 * g)
+            w.write("CrossEntropyLoss_output_0", loss, g, "TRAIN")
+    out = tmp_path / "r.json"
+    assert cli.main(["check", str(tmp_path / "nan"), "--json", str(out)]) == 1
+
+    def refuse(constant: str):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    rows = {r["name"]: r for r in json.loads(out.read_text(), parse_constant=refuse)}
+    assert rows["exploding_tensor"]["triggered"]
+    assert None in rows["loss_not_decreasing"]["evidence"]["CrossEntropyLoss_output_0/values"]

@@ -238,7 +238,9 @@ class ModelRulesSession:
         self.report_dir.mkdir(parents=True, exist_ok=True)
         path = self.report_dir / "verdicts.json"
         tmp = path.with_name(f".verdicts.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str), encoding="utf-8")
+        from ..strict_json import dumps  # NaN and infinities as null: strict JSON
+
+        tmp.write_text(dumps(data, indent=1, sort_keys=True), encoding="utf-8")
         os.replace(tmp, path)
         return path
 

@@ -201,3 +201,29 @@ def test_open_run_hook_can_provide_the_run(pytester: pytest.Pytester, run_inner,
     result = run_inner("--model-run=prod=registry://prod/latest", "-rA")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["PASSED *::test_a[[]prod[]]", "PASSED *::test_b[[]prod[]]"])
+
+
+def _strict(text: str):
+    """json.loads refusing NaN / Infinity, as jq and JavaScript's JSON.parse do."""
+
+    def refuse(constant: str):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_verdicts_json_is_strict_json_with_non_finite_numbers(
+    pytester: pytest.Pytester, run_inner, runs
+) -> None:
+    # a limit of infinity (report the figure, never fail) was written as `Infinity`
+    pytester.makepyfile(
+        "from pytest_modelrules import assert_rule\n"
+        "def test_balance(model_run):\n"
+        "    assert_rule(model_run, 'class_imbalance', threshold_imbalance=float('inf'))\n"
+    )
+    report = pytester.path / "out"
+    result = run_inner(f"--model-run={runs['bad']}", f"--model-rules-report={report}")
+    result.assert_outcomes(passed=1)
+    (entry,) = _strict((report / "verdicts.json").read_text())["results"]
+    assert entry["limit"] is None and entry["parameters"]["threshold_imbalance"] is None
+    assert entry["figure"] > 100 and entry["triggered"] is False
