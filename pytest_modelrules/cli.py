@@ -172,7 +172,8 @@ def _results_table(results: list[Any], title: str) -> None:
 def check_run(run_path: str, baseline: str | None, rules: Sequence[str] | None) -> list[Any]:
     """Evaluate rules on a run: the named ones (``name`` or ``name:k=v;k=v``), else the
     default profile (rules/profiles.py; a rule whose tensors the run lacks is "not judged").
-    With a baseline, rules that take one (``baseline`` or ``other_trials``) get it.
+    With a baseline, rules that take one (``baseline`` or ``other_trials``) get it, and the
+    default profile is followed by ``baseline_comparison`` against it.
     """
     return _check_run(run_path, baseline, rules)[1]
 
@@ -187,7 +188,11 @@ def _check_run(
     run = open_run(run_path)
     base = open_run(baseline) if baseline else None
     if not rules:
-        return run, reg.evaluate_defaults(run, baseline=base)
+        results = reg.evaluate_defaults(run, baseline=base)
+        if base is not None:  # no rule of the profile takes a baseline: compare with it too
+            cls = reg.rule_class("baseline_comparison")
+            results.append(reg.evaluate_or_not_judged(run, cls, {"baseline": base}))
+        return run, results
     specs = [_parse_rule_spec(s) for s in rules]
     results = []
     for name, params in specs:
@@ -238,7 +243,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not args.rule:  # the default profile: a run missing its loss must not pass either
         from .rules.registry import default_profile_gap
 
-        gap = default_profile_gap(run, results)
+        profile = [r for r in results if r.name != "baseline_comparison"]  # --baseline's
+        gap = default_profile_gap(run, profile)
         if gap is not None:
             _err(f"not judged: {gap} ({judged}; name the rules to run with --rule)")
             return 2
@@ -358,7 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="evaluate rules on a run (exit 1 when one triggers)")
     c.add_argument("run")
-    c.add_argument("--baseline", default=None)
+    c.add_argument("--baseline", default=None,
+                   help="run to compare with: rules that take a baseline get it; with the "
+                        "default profile, baseline_comparison is added")  # fmt: skip
     c.add_argument("--rule", action="append", default=None,
                    help="rule name, or name:key=value;key=value (repeatable)")  # fmt: skip
     c.add_argument("--json", default=None, help="also write the results as JSON here")

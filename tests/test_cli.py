@@ -323,3 +323,35 @@ def test_check_json_of_a_nan_loss_is_strict_json(tmp_path: Path, capsys):
     rows = {r["name"]: r for r in json.loads(out.read_text(), parse_constant=refuse)}
     assert rows["exploding_tensor"]["triggered"]
     assert None in rows["loss_not_decreasing"]["evidence"]["CrossEntropyLoss_output_0/values"]
+
+
+def _relu_run(path: Path, dead_units: int) -> Path:
+    """24 TRAIN steps of a falling loss, balanced labels and a 20-unit ReLU layer of which
+    ``dead_units`` never fire."""
+    rng = np.random.default_rng(7)
+    with RunWriter(path, metadata={"class_names": [f"c{i}" for i in range(6)]}) as w:
+        for g in range(24):
+            labels = np.arange(64) % 6
+            w.write("CrossEntropyLoss_output_0", np.float32(2.0 - 0.05 * g), g, "TRAIN")
+            w.write("CrossEntropyLoss_input_1", labels.astype(np.int64), g, "TRAIN")
+            w.write("CrossEntropyLoss_input_0", np.eye(6, dtype=np.float32)[labels], g, "TRAIN")
+            act = rng.random((32, 20)).astype(np.float32)
+            act[:, :dead_units] = 0.0
+            w.write("layer1.relu_output_0", act, g, "TRAIN")
+    return path
+
+
+def test_check_with_a_baseline_compares_with_it(tmp_path: Path, capsys):
+    """`modelrules check RUN --baseline MAIN` with the default profile opened the baseline
+    and compared nothing (no rule of the profile takes one): a run with 40% dead ReLUs against
+    a baseline with none - under dead_relu's 50% limit, but a regression - exited 0."""
+    main = _relu_run(tmp_path / "main", dead_units=0)
+    worse = _relu_run(tmp_path / "worse", dead_units=8)
+    assert cli.main(["check", str(worse)]) == 0  # on its own it passes every rule
+    capsys.readouterr()
+    out_json = tmp_path / "r.json"
+    assert cli.main(["check", str(worse), "--baseline", str(main), "--json", str(out_json)]) == 1
+    assert "1 rule(s) triggered: baseline_comparison" in capsys.readouterr().out
+    rows = {r["name"]: r for r in json.loads(out_json.read_text())}
+    assert rows["baseline_comparison"]["triggered"] and not rows["dead_relu"]["triggered"]
+    assert cli.main(["check", str(main), "--baseline", str(main)]) == 0
