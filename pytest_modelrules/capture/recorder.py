@@ -53,7 +53,7 @@ from .reductions import (
     fused_norm_path,
     positive_counts,
 )
-from .writer_process import ProcessWriter
+from .writer_process import ProcessWriter, WriterProcessError
 
 logger = logging.getLogger("pytest_modelrules.capture")
 
@@ -728,7 +728,7 @@ class Recorder:
             self.writer.set_collections(self._collections_json())
         except FileExistsError as exc:
             raise RecorderError(str(exc)) from exc
-        except OSError as exc:
+        except (OSError, WriterProcessError) as exc:  # the disk (the process's, with it)
             self._fail(exc, "opening the run")
         self._install_static_hooks()
         if self.monitor is not None and not self.dead:

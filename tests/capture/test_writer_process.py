@@ -124,6 +124,43 @@ def test_a_run_the_process_cannot_write_is_one_error(tmp_path):
     assert str(process.value) == str(thread.value)
 
 
+@pytest.mark.parametrize("writer_process", [False, True], ids=["thread", "process"])
+def test_a_disk_error_while_opening_the_run_is_reported_not_raised(
+    tmp_path, monkeypatch, writer_process
+):
+    """The run's folder is made, then the first write of its collections fails (a disk
+    error: here worker.json cannot be replaced). The writer thread's Recorder reported it and
+    recorded nothing; the writer process's raised its WriterProcessError out of the
+    Recorder's construction, so that the training script failed before its first step."""
+    from pytest_modelrules.capture import writer_process as writer_process_module
+    from pytest_modelrules.store import writer as writer_module
+
+    cls = writer_process_module.ProcessWriter if writer_process else writer_module.RunWriter
+    real_init = cls.__init__
+
+    def opened_then_broken(self, path, *args, **kwargs):
+        real_init(self, path, *args, **kwargs)
+        worker_file = Path(path) / "workers" / "worker_0" / "worker.json"
+        worker_file.unlink()
+        (worker_file / "in-the-way").mkdir(parents=True)  # a folder: no file replaces it
+
+    monkeypatch.setattr(cls, "__init__", opened_then_broken)
+    data = batches(3)
+    model, loss_fn, opt = _fresh()
+    baseline = train(model, loss_fn, opt, data)
+    model, loss_fn, opt = _fresh()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1,
+                      writer_process=writer_process) as rec:  # fmt: skip
+            losses = train(model, loss_fn, opt, data)
+    assert losses == baseline
+    ours = [str(w.message) for w in caught if "Recorder" in str(w.message)]
+    assert len(ours) == 1, ours
+    assert "opening the run" in ours[0] and "Is a directory" in ours[0]
+    assert rec.dead and rec.writer.closed
+
+
 def test_writer_process_configuration_errors(tmp_path):
     model, loss_fn, _ = _fresh()
     with pytest.raises(RecorderError, match="local run"):
