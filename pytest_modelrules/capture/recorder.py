@@ -827,16 +827,17 @@ class Recorder:
 
     # -- failure handling ----------------------------------------------------------------------
 
-    def _fail(self, exc: BaseException, where: str) -> None:
+    def _fail(self, exc: BaseException, where: str, at_step: bool = False) -> None:
         """Report the first recording error once, stop recording, keep training going. The
         steps already handed to the writer thread are still written, unless the writer itself
-        failed (the disk): nothing recorded before the error is lost."""
+        failed (the disk): nothing recorded before the error is lost. ``at_step``: ``where``
+        names its step already (a job's; ``async_write=False`` runs it here)."""
         if self.dead:
             return
         self.dead = True
         self.error = exc
         here = threading.current_thread()
-        if here not in (self._thread, self._launcher):
+        if here not in (self._thread, self._launcher) and not at_step:
             step = f"global step {self.global_step} ({self.mode.name} step {self.mode_step})"
             where = f"{where} at {step}"
         message = (
@@ -2118,9 +2119,10 @@ class Recorder:
             what = {"_launch": "computing a step's values on the Recorder's thread",
                     "_write_step": "writing step {}", "_transfer_handed_off": "moving step {} "
                     "to the host"}.get(name, name)  # fmt: skip
-            if "{}" in what:
+            at_step = "{}" in what
+            if at_step:
                 what = what.format(f"{args[0]} ({ModeKeys(args[1]).name} step {args[2]})")
-            self._fail(exc, what)
+            self._fail(exc, what, at_step)
 
     def _drain(self) -> None:
         """Wait until the threads have done everything submitted so far (the launcher first:

@@ -65,6 +65,30 @@ def test_disk_full_during_training_is_reported_once_and_training_goes_on(tmp_pat
     assert open_run(tmp_path / "run").steps() == [0, 1, 2]
 
 
+@pytest.mark.skipif(not hasattr(os, "writev"), reason="simulates the failure in os.writev")
+def test_a_disk_error_without_the_writer_thread_names_its_step_once(tmp_path, monkeypatch):
+    """async_write=False writes each step on the training thread: the report named the step
+    twice ('while writing step 2 (TRAIN step 2) at global step 2 (TRAIN step 2)')."""
+
+    def failing_writev(fd, parts):
+        if RECORD_HEADER.unpack_from(b"".join(bytes(p) for p in parts)[:48])[2] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_writev(fd, parts)
+
+    real_writev = os.writev
+    monkeypatch.setattr(writer_module, "_WRITEV", failing_writev)
+    model, loss_fn, opt = _fresh()
+    with (
+        pytest.warns(RuntimeWarning, match="No space left") as record,
+        Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1,
+                 async_write=False) as rec,
+    ):  # fmt: skip
+        train(model, loss_fn, opt, batches(4))
+    (message,) = [str(w.message) for w in record if "Recorder" in str(w.message)]
+    assert "while writing step 2 (TRAIN step 2) (OSError" in message, message
+    assert message.count("step 2") == 2 and rec.dead
+
+
 def test_read_only_run_folder_after_start(tmp_path, monkeypatch):
     """The run's files vanish into a folder that refuses new files (as chmod a-w would for a
     normal user; the tests may run as root, so the refusal is simulated at open())."""
