@@ -771,7 +771,10 @@ class Recorder:
             self._forward_was_hidden("at set_mode")
         if not self.dead:
             try:
-                self._finalize_step()
+                if self._open and self._steps_by_optimizer():
+                    self._discard_step()  # no optimizer step yet: the step is not over
+                else:
+                    self._finalize_step()
             except Exception as exc:
                 self._fail(exc, "ending a step")
         self.mode = new  # type: ignore[assignment]
@@ -1653,6 +1656,30 @@ class Recorder:
             self._clear_graph_state()
             self._mode_steps[self.mode] = self._mode_steps.get(self.mode, 0) + 1
             self.global_step += 1
+
+    def _discard_step(self) -> None:
+        """Leave TRAIN inside an optimizer's step (validation in the middle of gradient
+        accumulation, or after micro-batches the loop never steps): what the step captured is
+        dropped and no step is counted. The optimizer step that follows (back in TRAIN) ends
+        the step, opened again by its next forward pass; without one, none is recorded."""
+        try:
+            # wait for what went to the Recorder's thread, as at a step's end: training may
+            # change or free it from here on
+            for work in self._works + self._settled:
+                work.launched.wait()
+                for device, done in work.done.items():
+                    torch.cuda.current_stream(device).wait_event(done)
+                work.param_checks = []
+        finally:
+            self._works, self._settled, self._dropped = [], [], set()
+            self._pending.clear()
+            self._items, self._checks, self._item_devices = [], [], set()
+            self._param_checks = []
+            self._relu_batch, self._relu_batch_bytes = [], 0
+            self._grad_acc.clear()
+            self._open = False
+            self._saving = frozenset()
+            self._clear_graph_state()
 
     # -- capture -------------------------------------------------------------------------------
 

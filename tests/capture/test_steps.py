@@ -288,6 +288,75 @@ def test_train_and_eval_modes_count_their_own_steps(tmp_path, tiny):
     assert run.tensor("CrossEntropyLoss_input_0").steps(modes.EVAL) == [0, 1]
 
 
+@pytest.mark.parametrize("offload", [False, True], ids=["training thread", "offload"])
+def test_validation_inside_an_accumulation_window_is_no_train_step(tmp_path, tiny, offload):
+    """Validation every 5 micro-batches, 2 micro-batches an optimizer step: set_mode(EVAL)
+    comes between the halves of a step. Before, it ended the open TRAIN step there (the
+    first half's loss, no gradients) and the second half made another: 5 TRAIN steps for 4
+    optimizer steps, the later ones numbered one too high. Now the open step is dropped at
+    set_mode, and the optimizer step after the validation ends the step its first
+    micro-batch after it opened, with the gradients the optimizer used."""
+    model, loss_fn, opt = tiny
+    data, val = batches(8), batches(1, seed=9)[0]
+    losses, grads = [], []
+    opt.register_step_pre_hook(lambda o, a, k: grads.append(model.fc.weight.grad.norm().item()))
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1,
+                  offload=offload) as rec:  # fmt: skip
+        for i, (x, y) in enumerate(data):
+            if i % 2 == 0:
+                opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            (loss / 2).backward()
+            losses.append(loss.item())
+            if i == 4:
+                rec.set_mode(modes.EVAL)
+                with torch.no_grad():
+                    eval_loss = loss_fn(model(val[0]), val[1]).item()
+                rec.set_mode(modes.TRAIN)
+            if i % 2 == 1:
+                opt.step()
+        assert rec.global_step == 5 and rec.mode_step == 4
+    run = open_run(tmp_path / "run")
+    assert run.steps(modes.TRAIN) == [0, 1, 2, 3] and run.steps(modes.EVAL) == [0]
+    assert [run.mode(g) for g in range(5)] == [modes.TRAIN] * 2 + [modes.EVAL] + [modes.TRAIN] * 2
+    loss = run.tensor("CrossEntropyLoss_output_0")
+    np.testing.assert_allclose(
+        [loss.value(s, modes.TRAIN) for s in range(4)], [losses[i] for i in (0, 2, 5, 6)]
+    )
+    np.testing.assert_allclose(loss.value(0, modes.EVAL), eval_loss)
+    np.testing.assert_array_equal(
+        run.tensor("CrossEntropyLoss_input_1").value(2, modes.TRAIN), data[5][1].numpy()
+    )
+    l2 = run.tensor(reduction_tensor_name("gradient/fc.weight", "l2"))
+    assert l2.steps(modes.TRAIN) == [0, 1, 2, 3]
+    np.testing.assert_allclose([l2.value(s, modes.TRAIN) for s in range(4)], grads, rtol=1e-5)
+
+
+def test_micro_batches_no_optimizer_step_follows_are_no_step(tmp_path, tiny):
+    """An epoch of 5 micro-batches, 2 an optimizer step, whose last one is never stepped
+    (its gradients zeroed at the next epoch's start): set_mode(EVAL) drops it, so that each
+    epoch holds 2 TRAIN steps, as the optimizer stepped. Before, it was a TRAIN step of its
+    own, without gradients."""
+    model, loss_fn, opt = tiny
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1) as rec:
+        for epoch in range(2):
+            rec.set_mode(modes.TRAIN)
+            for i, (x, y) in enumerate(batches(5, seed=epoch)):
+                if i % 2 == 0:
+                    opt.zero_grad()
+                loss_fn(model(x), y).backward()
+                if i % 2 == 1:
+                    opt.step()
+            rec.set_mode(modes.EVAL)
+            with torch.no_grad():
+                x, y = batches(1, seed=9)[0]
+                loss_fn(model(x), y)
+    run = open_run(tmp_path / "run")
+    assert run.steps(modes.TRAIN) == [0, 1, 2, 3] and run.steps(modes.EVAL) == [0, 1]
+    gradient = run.tensor(reduction_tensor_name("gradient/fc.weight", "l2"))
+    assert gradient.steps(modes.TRAIN) == [0, 1, 2, 3]
+
+
 def test_validation_left_in_train_mode_is_said_once(tmp_path, tiny):
     """A loop that forgets rec.set_mode(modes.EVAL) records its validation batches as the
     next TRAIN step's first forward pass (their loss as a training loss): a forward pass
