@@ -142,9 +142,14 @@ def open_step(
 
 def _atomic_write_json(path: str, data: dict) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True, default=_json_default)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True, default=_json_default)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: the half-written copy would only take more of it
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def _json_default(obj: Any) -> Any:

@@ -159,6 +159,8 @@ def test_a_disk_error_while_opening_the_run_is_reported_not_raised(
     assert len(ours) == 1, ours
     assert "opening the run" in ours[0] and "Is a directory" in ours[0]
     assert rec.dead and rec.writer.closed
+    # the copy of worker.json that could not replace it is not left in the run's folder
+    assert [p.name for p in (tmp_path / "run" / "workers" / "worker_0").glob("*.tmp")] == []
 
 
 def test_writer_process_configuration_errors(tmp_path):
