@@ -57,6 +57,14 @@ def add_options(parser: pytest.Parser) -> None:
         "layout); repeat it to run every model test once per run. NAME=PATH sets the test id.",
     )
     group.addoption(
+        "--model-run-required",
+        action="store_true",
+        dest="model_run_required",
+        default=None,
+        help="a usage error when no run is given (by --model-run or the ini), instead of "
+        "skipping every model test: for CI jobs, where an unset run variable must not pass",
+    )
+    group.addoption(
         "--model-run-baseline",
         action="store",
         dest="model_run_baseline",
@@ -78,6 +86,12 @@ def add_options(parser: pytest.Parser) -> None:
         "model runs (one per line), as --model-run; the command line wins",
         type="linelist",
         default=[],
+    )
+    parser.addini(
+        "model_run_required",
+        "as --model-run-required: no run given is a usage error, not skipped model tests",
+        type="bool",
+        default=False,
     )
     parser.addini(
         "model_run_baseline",
@@ -212,7 +226,24 @@ def run_specs(config: pytest.Config) -> list[RunSpec]:
         base = Path(config.invocation_params.dir)
         return _unique([parse_run_spec(t, base) for t in cli])
     lines = ini_lines(config, "model_run")
-    return _unique([parse_run_spec(t, _ini_base(config)) for t in lines if t.strip()])
+    specs = _unique([parse_run_spec(t, _ini_base(config)) for t in lines if t.strip()])
+    if not specs and _run_required(config):
+        raise pytest.UsageError(
+            "no model run given, and one is required (--model-run-required or "
+            "model_run_required in the ini): pass --model-run=PATH_OR_URL or set model_run "
+            "in the ini; without the requirement every model test would be skipped"
+        )
+    return specs
+
+
+def _run_required(config: pytest.Config) -> bool:
+    """``--model-run-required``, else the ini's ``model_run_required``."""
+    if config.getoption("model_run_required"):
+        return True
+    try:
+        return bool(config.getini("model_run_required"))
+    except (ValueError, pytest.UsageError) as exc:  # not a boolean: say where
+        raise pytest.UsageError(f"{_ini_file(config)}: model_run_required: {exc}") from None
 
 
 def baseline_spec(config: pytest.Config) -> RunSpec | None:

@@ -51,6 +51,7 @@ def test_the_gate_command_runs_as_written(pytester: pytest.Pytester, run_inner, 
     args = _gate_command()
     assert args[0] == "examples/gtsrb"
     assert "--model-run=candidate=run" in args and "--model-run-baseline=main=baseline" in args
+    assert "--model-run-required" in args  # a job that lost its run fails, not skips
     shutil.copytree(runs["bad"], pytester.path / "run")
     shutil.copytree(runs["good"], pytester.path / "baseline")
     pytester.mkpydir("examples")

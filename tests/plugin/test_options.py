@@ -259,3 +259,36 @@ def test_pytest_10s_type_error_for_a_list_in_a_string_option_is_the_same_usage_e
     config = SimpleNamespace(getini=getini, inipath=Path("/project/pyproject.toml"))
     with pytest.raises(pytest.UsageError, match=r"pyproject.toml: model_run_baseline = .*string"):
         ini_text(config, "model_run_baseline")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("how", ["flag", "ini"])
+def test_a_required_run_that_is_not_given_is_a_usage_error(
+    pytester: pytest.Pytester, run_inner, runs, how: str
+) -> None:
+    """A CI job whose run variable is unset (the option left out altogether) skipped every
+    model test and passed; with the requirement it stops at once, and a given run is tested."""
+    pytester.makepyfile(
+        "def test_model(model_run):\n    assert model_run.steps()\ndef test_plain():\n    pass\n"
+    )
+    assert run_inner().ret == pytest.ExitCode.OK  # by default: model tests skipped, exit 0
+    if how == "ini":
+        pytester.makeini("[pytest]\nmodel_run_required = true\n")
+        args: tuple[str, ...] = ()
+    else:
+        args = ("--model-run-required",)
+    result = run_inner(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*no model run given, and one is required*--model-run=*"])
+    given = run_inner(*args, f"--model-run={runs['good']}")
+    assert given.ret == pytest.ExitCode.OK
+    given.assert_outcomes(passed=2)
+
+
+def test_a_required_run_given_in_the_ini_is_enough(pytester: pytest.Pytester, run_inner, runs):
+    pytester.makeini(f"[pytest]\nmodel_run_required = true\nmodel_run = {runs['good']}\n")
+    pytester.makepyfile("def test_model(model_run):\n    assert model_run.steps()\n")
+    run_inner().assert_outcomes(passed=1)
+    pytester.makeini("[pytest]\nmodel_run_required = perhaps\n")
+    bad = run_inner()
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*model_run_required*perhaps*"])
