@@ -8,6 +8,7 @@ Heavy libraries (torch, rich) load only inside the subcommand that needs them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -140,8 +141,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     summary = summarize(open_run(args.run), regex=args.regex)
     print(format_summary(summary))
     if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=1, default=str))
+        _write_json(args, json.dumps(summary, indent=1, default=str))
     return 0
+
+
+def _write_json(args: argparse.Namespace, text: str) -> None:
+    """``--json PATH`` writes the file; ``--json -`` writes to standard output, where it is
+    the only thing written (:func:`main` sends the rest to standard error), for a pipe into
+    jq."""
+    if args.json == "-":
+        out = getattr(args, "json_stdout", None) or sys.stdout
+        out.write(text + "\n")
+        out.flush()
+    else:
+        Path(args.json).write_text(text)
 
 
 # -- check -----------------------------------------------------------------------------------
@@ -230,7 +243,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         from .strict_json import dumps  # a NaN loss: null, not NaN (which jq refuses)
 
-        Path(args.json).write_text(dumps([r.to_dict() for r in results]))
+        _write_json(args, dumps([r.to_dict() for r in results]))
     triggered = [r.name for r in results if r.triggered and not r.skipped]
     skipped = sum(1 for r in results if r.skipped)
     judged = f"{len(results) - skipped} judged, {skipped} not judged"
@@ -359,7 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="what a run holds: workers, steps, metadata, tensors")
     i.add_argument("run", help="run folder or fsspec URL (either layout)")
     i.add_argument("--regex", default=None, help="only the tensors this regex finds")
-    i.add_argument("--json", default=None, help="also write the summary as JSON here")
+    i.add_argument("--json", default=None,
+                   help="also write the summary as JSON here ('-': standard output, the "
+                        "text going to standard error)")  # fmt: skip
     i.set_defaults(func=cmd_info)
 
     c = sub.add_parser("check", help="evaluate rules on a run (exit 1 when one triggers)")
@@ -369,7 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default profile, baseline_comparison is added")  # fmt: skip
     c.add_argument("--rule", action="append", default=None,
                    help="rule name, or name:key=value;key=value (repeatable)")  # fmt: skip
-    c.add_argument("--json", default=None, help="also write the results as JSON here")
+    c.add_argument("--json", default=None,
+                   help="also write the results as JSON here ('-': standard output, the "
+                        "table going to standard error)")  # fmt: skip
     c.set_defaults(func=cmd_check)
 
     r = sub.add_parser("report", help="write the HTML report of a run")
@@ -421,7 +438,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(f"{empty} is empty (an unset variable?): give a path")
         return 2
     try:
-        code = int(args.func(args) or 0)
+        if getattr(args, "json", None) == "-":  # JSON alone on stdout, the rest on stderr
+            args.json_stdout = sys.stdout
+            with contextlib.redirect_stdout(sys.stderr):
+                code = int(args.func(args) or 0)
+        else:
+            code = int(args.func(args) or 0)
         sys.stdout.flush()  # here, where a reader gone away is caught, not at exit
         return code
     except BrokenPipeError:  # `modelrules info RUN | head`: the reader went away, no error

@@ -355,3 +355,17 @@ def test_check_with_a_baseline_compares_with_it(tmp_path: Path, capsys):
     rows = {r["name"]: r for r in json.loads(out_json.read_text())}
     assert rows["baseline_comparison"]["triggered"] and not rows["dead_relu"]["triggered"]
     assert cli.main(["check", str(main), "--baseline", str(main)]) == 0
+
+
+def test_json_dash_writes_the_json_alone_to_stdout(tiny_run: Path, tmp_path: Path, capsys):
+    """`modelrules check RUN --json - | jq ...`: stdout holds the JSON and nothing else (the
+    table and the verdict line go to stderr), for info too; before, a file named "-"."""
+    code = cli.main(["check", str(tiny_run), "--json", "-"])
+    out, err = capsys.readouterr()
+    rows = json.loads(out)
+    assert {r["name"] for r in rows} >= {"loss_not_decreasing", "class_imbalance"}
+    assert "judged" in err and code in (0, 1)
+    assert cli.main(["info", str(tiny_run), "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["workers"] and "tensors:" in err
+    assert not (Path.cwd() / "-").exists()
