@@ -33,51 +33,46 @@ class CorruptRunError(RunError, ValueError):
         self.offset = offset
 
 
-class TensorUnavailable(RunError, KeyError):
-    """The run holds no tensor of that name."""
+class _LookupError(RunError, KeyError):
+    """A name or step the run does not have: a KeyError (as SageMaker Debugger's are caught)
+    whose message is ``what`` and, after "; ", a ``hint``, shown unquoted."""
 
-    def __init__(self, name: str, hint: str = "") -> None:
-        msg = f"the run holds no tensor named {name!r}"
-        if hint:
-            msg += f"; {hint}"
-        super().__init__(msg)
-        self.tensor_name = name
+    def __init__(self, what: str, hint: str = "") -> None:
+        super().__init__(f"{what}; {hint}" if hint else what)
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
 
 
-class StepUnavailable(RunError, KeyError):
+def _at(step: int, mode: object) -> str:
+    return f"step {step}" if mode is None else f"{mode} step {step}"
+
+
+class TensorUnavailable(_LookupError):
+    """The run holds no tensor of that name."""
+
+    def __init__(self, name: str, hint: str = "") -> None:
+        super().__init__(f"the run holds no tensor named {name!r}", hint)
+        self.tensor_name = name
+
+
+class StepUnavailable(_LookupError):
     """The run has no such (completed) step."""
 
     def __init__(self, step: int, mode: object = None, hint: str = "") -> None:
-        where = f"step {step}" if mode is None else f"{mode} step {step}"
-        msg = f"the run has no {where}"
-        if hint:
-            msg += f"; {hint}"
-        super().__init__(msg)
+        super().__init__(f"the run has no {_at(step, mode)}", hint)
         self.step = step
         self.mode = mode
 
-    def __str__(self) -> str:
-        return str(self.args[0])
 
-
-class TensorUnavailableForStep(RunError, KeyError):
+class TensorUnavailableForStep(_LookupError):
     """The tensor exists but was not saved at that step."""
 
     def __init__(self, name: str, step: int, mode: object = None, hint: str = "") -> None:
-        where = f"step {step}" if mode is None else f"{mode} step {step}"
-        msg = f"tensor {name!r} was not saved at {where}"
-        if hint:
-            msg += f"; {hint}"
-        super().__init__(msg)
+        super().__init__(f"tensor {name!r} was not saved at {_at(step, mode)}", hint)
         self.tensor_name = name
         self.step = step
         self.mode = mode
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class StepNotYetAvailable(StepUnavailable):
@@ -90,18 +85,12 @@ class NoMoreData(StepUnavailable):
     (SageMaker Debugger's name, raised where it raises it; a StepUnavailable too)."""
 
 
-class InvalidWorker(RunError, KeyError):
+class InvalidWorker(_LookupError):
     """The run has no worker of that name; the message lists its workers."""
 
     def __init__(self, worker: str, hint: str = "") -> None:
-        msg = f"the run has no worker {worker!r}"
-        if hint:
-            msg += f"; {hint}"
-        super().__init__(msg)
+        super().__init__(f"the run has no worker {worker!r}", hint)
         self.worker = worker
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 # -- rules ------------------------------------------------------------------------------------
