@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import shutil
 import sys
 import tempfile
 from contextlib import nullcontext
@@ -121,7 +122,7 @@ def _check(args: argparse.Namespace, device: str, size: int, batch: int) -> int:
         deferred.close()
     for rec in (inline, deferred):
         if rec.error is not None:
-            print(f"recording failed: {rec.error!r}")
+            print(f"recording failed: {rec.error!r} (the runs are kept in {tmp})")
             return 1
     a, b = _values(tmp / "inline"), _values(tmp / "deferred")
     name = torch.cuda.get_device_name() if kind == "cuda" else "cpu"
@@ -145,8 +146,10 @@ def _check(args: argparse.Namespace, device: str, size: int, batch: int) -> int:
     print(
         "equal: every value bit for bit"
         if ok
-        else f"{len(differ)} different, {len(missing)} missing"
+        else f"{len(differ)} different, {len(missing)} missing (the two runs are kept in {tmp})"
     )
+    if ok:  # a check that passed leaves nothing behind in the temporary folder
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0 if ok else 1
 
 

@@ -233,16 +233,21 @@ def test_spin_wait_adds_a_variant_and_restores_the_blocking_wait(capsys):
     assert recorder.BLOCKING_WAIT is True
 
 
-def test_gpu_offload_check_quick_finds_the_two_recordings_equal(capsys):
+def test_gpu_offload_check_quick_finds_the_two_recordings_equal(capsys, tmp_path, monkeypatch):
     """The GPU script's ``--quick`` form: two Recorders on one ResNet-18 loop, one handing its
-    work to its thread, every stored value equal; the switches are off again after."""
+    work to its thread, every stored value equal; the switches are off again after, and the
+    two runs are removed (each run of the suite left a folder in /tmp)."""
+    import tempfile
+
     from pytest_modelrules.capture import kernels, offload
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     before = set(kernels.COUNT_KERNEL_DEVICES)
     assert _script("gpu_offload_check").main(["--quick", "--no-triton"]) == 0
     out = capsys.readouterr().out
     assert "equal: every value bit for bit" in out and "207 tensors" in out
     assert not offload.DEFER_DEVICES and set(kernels.COUNT_KERNEL_DEVICES) == before
+    assert not list(tmp_path.glob("modelrules-offload-check-*"))
 
 
 def test_gpu_offload_check_names_what_counted(capsys, monkeypatch):
