@@ -278,9 +278,14 @@ def test_gpu_offload_check_names_what_counted(capsys, monkeypatch):
         assert "equal: every value bit for bit" in out
 
 
-def test_gpu_offload_check_reports_a_difference(capsys, monkeypatch):
-    """A thread that stored other values is caught: the script names them and exits 1."""
+def test_gpu_offload_check_reports_a_difference(capsys, monkeypatch, tmp_path):
+    """A thread that stored other values is caught: the script names them and exits 1, and
+    keeps the two runs where it says."""
+    import tempfile
+
     from pytest_modelrules.capture import recorder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # kept there, not in /tmp
 
     real = recorder._unit_counts
 
@@ -292,6 +297,8 @@ def test_gpu_offload_check_reports_a_difference(capsys, monkeypatch):
     assert _script("gpu_offload_check").main(["--quick", "--no-triton"]) == 1
     out = capsys.readouterr().out
     assert "DIFFERENT" in out and "relu_output" in out
+    (kept,) = tmp_path.glob("modelrules-offload-check-*")
+    assert f"the two runs are kept in {kept}" in out and (kept / "inline").is_dir()
 
 
 def _figures(device: str, ratios: dict[str, float], paired=None, **args) -> dict:
