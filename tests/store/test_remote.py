@@ -136,7 +136,10 @@ def test_s3_smdebug_run(s3, tmp_path, smdebug_fixture_dir, smdebug_truth):
     assert live.tensor("loss").value(1).item() == 2.0
 
 
-def test_failed_upload_keeps_the_staged_run(tmp_path):
+def test_failed_upload_keeps_the_staged_run(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # staged here, not left in /tmp
     w = RunWriter("memory://modelrules-fail/run")
     w.write("x", np.zeros(2), 0)
 
@@ -147,7 +150,7 @@ def test_failed_upload_keeps_the_staged_run(tmp_path):
     with pytest.raises(OSError, match="the recorded run is kept in") as err:
         w.close()
     staged = Path(w.root)
-    assert staged.is_dir() and str(staged) in str(err.value)
+    assert staged.is_dir() and str(staged) in str(err.value) and staged.parent == tmp_path
     run = open_run(staged)
     assert run.steps() == [0]
 
