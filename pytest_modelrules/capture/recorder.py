@@ -423,6 +423,15 @@ def _with_closure(
     return (args[0], closure, *args[2:]), kwargs
 
 
+def _wait_launched(works: list[offload.Work]) -> None:
+    """Wait until the Recorder's thread has launched each hand-off's device work, and make
+    training's stream wait for its reads: training may change or free what was handed off."""
+    for work in works:
+        work.launched.wait()
+        for device, done in work.done.items():
+            torch.cuda.current_stream(device).wait_event(done)
+
+
 class _Hook(functools.partial):
     """A module hook of the Recorder: called as the function it wraps (a C-level call). A
     deepcopy of the model (an EMA or teacher copy) keeps it as it is, bound to this Recorder,
@@ -848,13 +857,7 @@ class Recorder:
             f"({type(exc).__name__}: {exc}); training continues unrecorded"
         )
         _report(message)
-        self._pending.clear()
-        self._clear_graph_state()  # a compiled pass: nothing more
-        self._relu_batch.clear()
-        self._relu_batch_bytes = 0
-        self._grad_acc.clear()
-        self._items, self._checks, self._item_devices = [], [], set()
-        self._param_checks = []
+        self._drop_captured()
         if self.writer is None:
             return
         if here is self._thread:  # the writer's own failure (the disk): stop writing now
@@ -866,6 +869,17 @@ class Recorder:
             self._submit(self._abort_writer)
         else:
             self._abort_writer()
+
+    def _drop_captured(self) -> None:
+        """Forget what the open step captured and has not handed on for writing (after a
+        failure, or a step given up): its values, queued ReLU outputs, accumulated gradients,
+        hand-off items and their checks, a compiled pass's counts."""
+        self._pending.clear()
+        self._clear_graph_state()
+        self._relu_batch, self._relu_batch_bytes = [], 0
+        self._grad_acc.clear()
+        self._items, self._checks, self._item_devices = [], [], set()
+        self._param_checks = []
 
     def _abort_writer(self) -> None:
         """Close the run's files without marking it ended (after an error)."""
@@ -1664,22 +1678,15 @@ class Recorder:
         the step, opened again by its next forward pass; without one, none is recorded."""
         try:
             # wait for what went to the Recorder's thread, as at a step's end: training may
-            # change or free it from here on
-            for work in self._works + self._settled:
-                work.launched.wait()
-                for device, done in work.done.items():
-                    torch.cuda.current_stream(device).wait_event(done)
+            # change or free it from here on (the settled hand-offs were waited for already)
+            _wait_launched(self._works)
+            for work in self._works:  # its gradients are not held past the step
                 work.param_checks = []
         finally:
             self._works, self._settled, self._dropped = [], [], set()
-            self._pending.clear()
-            self._items, self._checks, self._item_devices = [], [], set()
-            self._param_checks = []
-            self._relu_batch, self._relu_batch_bytes = [], 0
-            self._grad_acc.clear()
+            self._drop_captured()
             self._open = False
             self._saving = frozenset()
-            self._clear_graph_state()
 
     # -- capture -------------------------------------------------------------------------------
 
@@ -1938,11 +1945,7 @@ class Recorder:
         reads: from here on training may change or free what was handed off. At the optimizer
         step (before it changes the weights) and at the end of the step."""
         works, self._works = self._works, []
-        for work in works:
-            work.launched.wait()
-            # also after a failure: the parameters are released below, past these reads
-            for device, done in work.done.items():
-                torch.cuda.current_stream(device).wait_event(done)
+        _wait_launched(works)  # also after a failure: the parameters are released past these reads
         self._settled.extend(works)
         if self.dead:
             for work in works:
