@@ -243,6 +243,16 @@ class Tensor:
             workers = ", ".join(self.run._backend.workers()) or "none"
             raise InvalidWorker(worker, hint=f"its workers: {workers}") from None
 
+    def _not_saved(
+        self, step: int, mode: ModeKeys | None, hint: str
+    ) -> StepUnavailable | TensorUnavailableForStep:
+        """The error for a step at which this tensor has no value: the run's own for a step
+        it does not have (:meth:`Run._step_error`), else TensorUnavailableForStep with
+        ``hint``."""
+        if not self.run._has_step(step, mode):
+            return self.run._step_error(step, mode)
+        return TensorUnavailableForStep(self.name, step, mode, hint=hint)
+
     def steps(
         self,
         mode: ModeKeys | str | None = None,
@@ -293,11 +303,7 @@ class Tensor:
         mapping = self._index_map(m, self._worker_index(worker))
         i = mapping.get(int(step_num))
         if i is None:
-            if not self.run._has_step(int(step_num), m):
-                raise self.run._step_error(int(step_num), m)
-            raise TensorUnavailableForStep(
-                self.name, int(step_num), m, hint=_saved_hint(list(mapping))
-            )
+            raise self._not_saved(int(step_num), m, _saved_hint(list(mapping)))
         recs = self._records()
         value = recs.value(i)
         return value if getattr(recs, "fresh_values", False) else np.array(value)
@@ -334,11 +340,8 @@ class Tensor:
         names = self.run._backend.workers()
         found = [names[w] for w in sorted(set(recs.workers[valid][sel].tolist()))]
         if not found:
-            if not self.run._has_step(int(step_num), m):
-                raise self.run._step_error(int(step_num), m)
-            raise TensorUnavailableForStep(
-                self.name, int(step_num), m, hint=_saved_hint(list(self._index_map(m, None)))
-            )
+            hint = _saved_hint(list(self._index_map(m, None)))
+            raise self._not_saved(int(step_num), m, hint)
         return found
 
     def series(
@@ -461,10 +464,7 @@ class ReducedTensor(Tensor):
     ) -> np.ndarray:
         """Never available: raises TensorUnavailableForStep (StepUnavailable for a step the
         run does not have) naming the stored reductions."""
-        m = _mode_arg(mode)
-        if not self.run._has_step(int(step_num), m):
-            raise self.run._step_error(int(step_num), m)
-        raise TensorUnavailableForStep(self.name, int(step_num), m, hint=self._hint)
+        raise self._not_saved(int(step_num), _mode_arg(mode), self._hint)
 
     def _no_values(self, mode: ModeKeys | str | None, worker: str | None) -> None:
         m = _mode_arg(mode)
@@ -501,10 +501,7 @@ class ReducedTensor(Tensor):
             except TensorUnavailableForStep:
                 continue  # this reduction is not stored there; another may be
         if not found:
-            m = _mode_arg(mode)
-            if not self.run._has_step(int(step_num), m):
-                raise self.run._step_error(int(step_num), m)
-            raise TensorUnavailableForStep(self.name, int(step_num), m, hint=self._hint)
+            raise self._not_saved(int(step_num), _mode_arg(mode), self._hint)
         return sorted(found, key=self.run._backend.workers().index)
 
     def reduction_value(
