@@ -287,7 +287,7 @@ def _confusion(
             ps.arrays[pi[int(g)]],
             labels_name=lab,
             predictions_name=pred,
-            where=f"at global step {int(g)}",
+            where=lambda g=g: f"at global step {int(g)}",
         )
         y_parts.append(y_step)
         p_parts.append(p_step)

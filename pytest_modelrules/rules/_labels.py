@@ -14,6 +14,7 @@ rules and the report's plots both leave such labels out and name them with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -84,7 +85,7 @@ def decode_classes(
     *,
     labels_name: str,
     predictions_name: str,
-    where: str,
+    where: str | Callable[[], str],
     argmax: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, int | None]:
     """(labels, predicted classes as int64, the scores' width or None for class ids) of one
@@ -99,9 +100,14 @@ def decode_classes(
     length 1 aside):
     anything else, and scores with one value per sample (binary logits, as BCEWithLogitsLoss
     takes), is a :class:`~pytest_modelrules.exceptions.ClassAxisError` naming the tensors,
-    ``where`` (e.g. "at global step 5") and the shapes. Otherwise predictions are class ids
-    holding as many values as the labels. Labels are returned as stored (dtype unchanged)."""
+    ``where`` (e.g. "at global step 5", or a function giving it: asked only for an error) and
+    the shapes. Otherwise predictions are class ids holding as many values as the labels.
+    Labels are returned as stored (dtype unchanged)."""
     lab, pred = np.asarray(labels), np.asarray(predictions)
+
+    def at() -> str:
+        return where if isinstance(where, str) else where()
+
     if are_probabilities(lab, pred):
         lab = lab.argmax(axis=CLASS_AXIS)  # class probabilities: their class
     scores = pred.ndim == lab.ndim + 1 or (argmax and pred.ndim >= 1 and pred.size > lab.size)
@@ -109,14 +115,14 @@ def decode_classes(
         if pred.size != lab.size:
             hint = "; argmax=True reads them as class scores" if pred.size > lab.size else ""
             raise ClassAxisError(
-                f"{predictions_name} {where} has shape {_shape(pred.shape)} but {labels_name} "
+                f"{predictions_name} {at()} has shape {_shape(pred.shape)} but {labels_name} "
                 f"has shape {_shape(np.shape(labels))}: class ids hold one value per label, "
                 f"class scores one more axis (the class axis 1, as in PyTorch's (N, C, ...)){hint}"
             )
         flat = pred.reshape(-1)
         if flat.dtype.kind == "f" and not np.all(flat == np.round(flat)):
             raise ClassAxisError(
-                f"{predictions_name} {where} has shape {_shape(pred.shape)} and fractional "
+                f"{predictions_name} {at()} has shape {_shape(pred.shape)} and fractional "
                 f"values, as {labels_name} has shape {_shape(np.shape(labels))}: no class ids, "
                 "and no class axis to take argmax over (class scores are (N, C, ...) with "
                 "labels (N, ...)); one score per sample (binary logits, as BCEWithLogitsLoss "
@@ -127,7 +133,7 @@ def decode_classes(
     width = int(pred.shape[axis])
     if width == 1:
         raise ClassAxisError(
-            f"{predictions_name} {where} has shape {_shape(pred.shape)}: one score per sample "
+            f"{predictions_name} {at()} has shape {_shape(pred.shape)}: one score per sample "
             f"on the class axis {axis} (binary logits, as BCEWithLogitsLoss takes) names no "
             "class to take argmax over; save CrossEntropyLoss's (N, C, ...) logits or the "
             "predicted class ids (the labels' shape) instead"
@@ -135,7 +141,7 @@ def decode_classes(
     expected = pred.shape[:axis] + pred.shape[axis + 1 :]
     if _without_ones(lab.shape) != _without_ones(expected):
         raise ClassAxisError(
-            f"{predictions_name} {where} has shape {_shape(pred.shape)}, whose class axis is "
+            f"{predictions_name} {at()} has shape {_shape(pred.shape)}, whose class axis is "
             f"{axis} (PyTorch's (N, C, d1, ...)): it needs labels of shape {_shape(expected)}, "
             f"but {labels_name} has shape {_shape(np.shape(labels))}"
         )

@@ -12,6 +12,7 @@ are decoded once per run and shared between the rules (``run_cache``).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -183,13 +184,14 @@ def read_label_data(
     pred_arrays = [pred.arrays[i] for i in pred_idx] if preds_name is not None else []
     _class_ids_or_missing(lab_arrays, pred_arrays, labels_name)
     if preds_name is not None:
-        places = [
-            f"at global step {int(lab.global_steps[i])}"
-            + (f" (worker {workers[int(lab.workers[i])]})" if len(workers) > 1 else "")
-            for i in lab_idx
-        ]
+
+        def place(k: int) -> str:  # where step k is, for an error message only
+            i = int(lab_idx[k])
+            on = f" (worker {workers[int(lab.workers[i])]})" if len(workers) > 1 else ""
+            return f"at global step {int(lab.global_steps[i])}{on}"
+
         lab_arrays, pred_classes, n_scores = _predicted_classes(
-            pred_arrays, lab_arrays, argmax, preds_name, labels_name, places
+            pred_arrays, lab_arrays, argmax, preds_name, labels_name, place
         )
     else:
         lab_arrays = [decode_labels(a) for a in lab_arrays]
@@ -266,29 +268,30 @@ def _predicted_classes(
     argmax: bool,
     name: str,
     labels_name: str,
-    places: list[str],
+    place: Callable[[int], str],
 ) -> tuple[list[np.ndarray], np.ndarray, int | None]:
     """(each step's labels flattened, predicted class per sample, the class scores' width
     (the first step's) or None for class ids); every step decoded on its own, argmax taken
-    over the views of the file bytes (no copy of all the logits)."""
+    over the views of the file bytes (no copy of all the logits). ``place(k)`` says where
+    step k is, for an error message."""
     if not pred_arrays:
         return [], np.zeros(0, np.int64), None
     labels: list[np.ndarray] = []
     per_step: list[np.ndarray] = []
-    widths: list[int | None] = []
-    for p, lab_a, place in zip(pred_arrays, lab_arrays, places):
+    width: int | None = None
+    for k, (p, lab_a) in enumerate(zip(pred_arrays, lab_arrays)):
         lab_flat, classes, w = decode_classes(
             lab_a,
             p,
             labels_name=labels_name,
             predictions_name=name,
-            where=place,
+            where=lambda k=k: place(k),
             argmax=argmax,
         )
         labels.append(lab_flat)
         per_step.append(classes)
-        widths.append(w)
-    return labels, np.concatenate(per_step), widths[0]
+        width = w if k == 0 else width
+    return labels, np.concatenate(per_step), width
 
 
 def per_step_counts(data: LabelData, mask: np.ndarray | None, num_classes: int) -> np.ndarray:
