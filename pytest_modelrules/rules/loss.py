@@ -70,11 +70,12 @@ def named_losses(run: Any) -> list[str]:
         names = run.tensor_names(collection="losses")
         if names:
             return sorted(names)
-    return sorted(
-        n
-        for n in run.tensor_names()
-        if _LOSS_NAME.search(n) and not is_reduction(n) and is_scalar_tensor(run, n)
-    )
+    return sorted(n for n in _scalar_tensors(run) if _LOSS_NAME.search(n))
+
+
+def _scalar_tensors(run: Any) -> list[str]:
+    """The run's scalar tensors, reductions excluded: where a loss is looked for by name."""
+    return [n for n in run.tensor_names() if not is_reduction(n) and is_scalar_tensor(run, n)]
 
 
 def select_loss_tensors(
@@ -99,9 +100,7 @@ def select_loss_tensors(
     if tensor_regex:
         names.update(run.tensor_names(regex=tensor_regex))
     if not names and not collection_names and not tensor_regex:
-        scalars = [
-            n for n in run.tensor_names() if not is_reduction(n) and is_scalar_tensor(run, n)
-        ]
+        scalars = _scalar_tensors(run)
         names.update([n for n in scalars if _LOSS_NAME.search(n)] or scalars)
     if not names:
         wanted = []
