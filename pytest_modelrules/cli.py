@@ -240,6 +240,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     run (exploding_tensor, stalled_training_rule) judged it; else 0."""
     run, results = _check_run(args.run, args.baseline, args.rule)
     _results_table(results, f"rules on {args.run}")
+    from .store.summary import not_ended_note
+
+    note = not_ended_note(run)
+    if note is not None:  # a killed job's half run must not pass unremarked
+        _err(f"warning: {args.run}: {note}")
     if args.json:
         from .strict_json import dumps  # a NaN loss: null, not NaN (which jq refuses)
 

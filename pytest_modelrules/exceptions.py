@@ -33,6 +33,12 @@ class CorruptRunError(RunError, ValueError):
         self.offset = offset
 
 
+class RunNotEndedWarning(UserWarning):
+    """A run under test has not ended (its training still writes it, or was killed): the
+    plugin and ``modelrules check`` judge the steps written so far and say so. Make it an
+    error with ``-W error::pytest_modelrules.RunNotEndedWarning``."""
+
+
 class _LookupError(RunError, KeyError):
     """A name or step the run does not have: a KeyError (as SageMaker Debugger's are caught)
     whose message is ``what`` and, after "; ", a ``hint``, shown unquoted."""
@@ -149,6 +155,7 @@ __all__ = [
     "RuleEvaluationConditionMet",
     "RuleParameterError",
     "RunError",
+    "RunNotEndedWarning",
     "RunNotFoundError",
     "StepNotYetAvailable",
     "StepUnavailable",

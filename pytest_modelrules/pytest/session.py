@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -151,8 +152,30 @@ class ModelRulesSession:
                 failed = ""
             if failed:  # raised outside the except: no "during handling" chain in the log
                 pytest.fail(failed, pytrace=False)
+            self._warn_not_ended(spec, role, run)
             self._opened[key] = run
         return run
+
+    @staticmethod
+    def _warn_not_ended(spec: RunSpec, role: str, run: Run) -> None:
+        """One RunNotEndedWarning per process for a run that has not ended; where warnings
+        are errors (``-W error::pytest_modelrules.RunNotEndedWarning``), the test that
+        opens it fails with the warning's one line instead of a traceback."""
+        __tracebackhide__ = True
+        from ..exceptions import RunNotEndedWarning
+        from ..store.summary import not_ended_note
+
+        note = not_ended_note(run)
+        if note is None:
+            return
+        text = f"{role} {spec.name} ({spec.location}): {note}"
+        try:
+            warnings.warn(RunNotEndedWarning(text), stacklevel=2)
+        except RunNotEndedWarning:
+            failed = f"RunNotEndedWarning: {text}"
+        else:
+            return
+        pytest.fail(failed, pytrace=False)
 
     def open_baseline(self) -> Run:
         __tracebackhide__ = True

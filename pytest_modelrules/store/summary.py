@@ -53,6 +53,25 @@ def summarize(run: Run, regex: str | None = None) -> dict[str, Any]:
     }
 
 
+def not_ended_note(run: Run) -> str | None:
+    """Why a run that has not ended must be read with care (None when it has ended): its
+    training is still writing it, or stopped without closing the Recorder (killed, out of
+    memory), and rules judge only the steps written so far - a gate that passes on half a
+    run passes a model nobody finished training."""
+    if getattr(run, "has_ended", True):
+        return None
+    steps = run.steps()
+    held = f"{len(steps)} complete step{'s' if len(steps) != 1 else ''}"
+    if steps:
+        held += f" (last global step {steps[-1]})"
+    marker = "training_job_end.ts" if getattr(run, "layout", "") == "smdebug" else "END file"
+    return (
+        f"the run has not ended (no {marker} from every worker): its training is still "
+        f"writing it, or stopped without closing the Recorder (killed, out of memory); "
+        f"rules judge the {held} written so far"
+    )
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The text ``modelrules info`` prints."""
     steps = summary["steps"]
@@ -91,4 +110,4 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["format_summary", "summarize"]
+__all__ = ["format_summary", "not_ended_note", "summarize"]

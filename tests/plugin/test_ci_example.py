@@ -52,6 +52,8 @@ def test_the_gate_command_runs_as_written(pytester: pytest.Pytester, run_inner, 
     assert args[0] == "examples/gtsrb"
     assert "--model-run=candidate=run" in args and "--model-run-baseline=main=baseline" in args
     assert "--model-run-required" in args  # a job that lost its run fails, not skips
+    # a run its training did not finish is an error, not judged on its first part
+    assert args[args.index("-W") + 1] == "error::pytest_modelrules.RunNotEndedWarning"
     shutil.copytree(runs["bad"], pytester.path / "run")
     shutil.copytree(runs["good"], pytester.path / "baseline")
     pytester.mkpydir("examples")
@@ -72,3 +74,26 @@ def test_the_gate_command_runs_as_written(pytester: pytest.Pytester, run_inner, 
     report = pytester.path / "modelrules-report"
     assert (report / "verdicts.json").is_file() and (report / "junit.xml").is_file()
     assert "Compared with baseline 'main'" in result.stdout.str()
+
+
+def test_the_gate_refuses_a_run_whose_training_did_not_end(
+    pytester: pytest.Pytester, run_inner, runs
+) -> None:
+    shutil.copytree(runs["good"], pytester.path / "run")
+    (pytester.path / "run" / "workers" / "worker_0" / "END").unlink()  # a killed job's run
+    shutil.copytree(runs["good"], pytester.path / "baseline")
+    (pytester.path / "examples" / "gtsrb").mkdir(parents=True)
+    (pytester.path / "examples" / "gtsrb" / "test_model.py").write_text(
+        __import__("textwrap").dedent(MODEL_TESTS)
+    )
+    result = run_inner(*_gate_command())
+    assert result.ret == 1
+    result.stdout.fnmatch_lines_random(
+        [
+            "ERROR examples/gtsrb/test_model.py::test_loss[[]candidate[]]*",
+            "FAILED modelrules::baseline_comparison[[]candidate[]]*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        ["RunNotEndedWarning: --model-run candidate (*/run): the run has not ended*"]
+    )
