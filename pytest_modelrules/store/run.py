@@ -18,6 +18,7 @@ import re
 import time
 from collections.abc import Iterable
 from enum import IntEnum
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -272,7 +273,9 @@ class Tensor:
         w = self._worker_index(worker)
         if show_incomplete_steps and not isinstance(self, ReducedTensor):
             recs = self._records()
-            sel = np.ones(len(recs.steps), bool) if m is None else recs.modes == int(m)
+            sel = self.run._in_range(recs.steps)
+            if m is not None:
+                sel &= recs.modes == int(m)
             if w is not None:
                 sel &= recs.workers == w
             return sorted(set((recs.mode_steps if m else recs.steps)[sel].tolist()))
@@ -559,16 +562,36 @@ def _saved_hint(steps: list[int]) -> str:
 class Run:
     """A recorded training run (SageMaker Debugger's "trial"), in any supported layout."""
 
-    def __init__(self, backend: Backend, name: str | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        name: str | None = None,
+        range_steps: tuple[int | None, int | None] | None = None,
+    ) -> None:
         self._backend = backend
         self.path = backend.location
         self.name = name or _default_name(backend.location)
+        #: (first, end): only global steps ``first <= step < end`` are read (either may be
+        #: None: unbounded); SageMaker Debugger's ``create_trial(range_steps=...)``
+        self.range_steps = _check_range_steps(range_steps)
         self._generation = 0
         self._tensors: dict[str, Tensor] = {}
         self._index()
 
     def __repr__(self) -> str:
-        return f"Run({self.path!r}, layout={self.layout!r}, steps={len(self._complete)})"
+        limit = "" if self.range_steps is None else f", range_steps={self.range_steps!r}"
+        return f"Run({self.path!r}, layout={self.layout!r}, steps={len(self._complete)}{limit})"
+
+    def _in_range(self, steps: np.ndarray) -> np.ndarray:
+        """Which of these global steps ``range_steps`` keeps (all of them without one)."""
+        keep = np.ones(len(steps), bool)
+        if self.range_steps is not None:
+            first, end = self.range_steps
+            if first is not None:
+                keep &= steps >= first
+            if end is not None:
+                keep &= steps < end
+        return keep
 
     # -- internal step index -------------------------------------------------------------------
 
@@ -579,12 +602,20 @@ class Run:
             uniq, first, counts = np.unique(table.steps, return_index=True, return_counts=True)
             # distinct workers per step: rows are unique per (worker, step) in every layout
             done = counts >= need
+            # past the range's end no step will be read (has_passed_step's "never")
+            self._range_closed = bool(
+                self.range_steps is not None
+                and self.range_steps[1] is not None
+                and (uniq[done] >= self.range_steps[1] - 1).any()
+            )
+            done &= self._in_range(uniq)
             self._complete = uniq[done]
             rows = first[done]
             self._modes = table.modes[rows].astype(np.uint8)
             self._mode_steps = table.mode_steps[rows].astype(np.int64)
             self._wall_rows = rows
         else:
+            self._range_closed = False
             self._complete = np.zeros(0, np.int64)
             self._modes = np.zeros(0, np.uint8)
             self._mode_steps = np.zeros(0, np.int64)
@@ -649,6 +680,12 @@ class Run:
         (both StepUnavailable); a gap or a negative step StepUnavailable."""
         steps = self.steps(mode)
         hint = self._steps_hint(mode)
+        if self.range_steps is not None:
+            hint += f" within range_steps={self.range_steps!r}"
+            if mode is None and not self._in_range(np.array([step]))[0]:
+                return StepUnavailable(step, mode, hint=f"{hint}, which leaves it out")
+            if self._range_closed and step > (steps[-1] if steps else -1):
+                return NoMoreData(step, mode, hint=f"{hint}, whose last step has been written")
         if step > (steps[-1] if steps else -1):
             if self.has_ended:
                 return NoMoreData(step, mode, hint=f"{hint}; the run has ended")
@@ -681,7 +718,9 @@ class Run:
         m = _mode_arg(mode)
         if show_incomplete_steps:
             table = self._backend.step_table()
-            sel = np.ones(len(table.steps), bool) if m is None else table.modes == int(m)
+            sel = self._in_range(table.steps)
+            if m is not None:
+                sel &= table.modes == int(m)
             arr = table.mode_steps[sel] if m else table.steps[sel]
             return sorted(set(arr.tolist()))
         if m is None:
@@ -707,6 +746,8 @@ class Run:
         step = int(step)
         if self._has_step(step, m):
             return StepState.AVAILABLE
+        if self._range_closed or (m is None and not self._in_range(np.array([step]))[0]):
+            return StepState.UNAVAILABLE  # range_steps leaves it out, or no later step is read
         ended = self.has_ended
         if step in self.steps(m, show_incomplete_steps=True):  # some workers wrote it
             return StepState.UNAVAILABLE if ended else StepState.NOT_YET_AVAILABLE
@@ -945,19 +986,43 @@ def detect_layout(location: str, storage=None) -> str:
     )
 
 
+def _check_range_steps(value: Any) -> tuple[int | None, int | None] | None:
+    """``range_steps`` as SageMaker Debugger takes it: None, or ``(first, end)`` with either
+    None; ``first <= step < end``."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise ValueError(f"range_steps must be (first, end), either of them None, got {value!r}")
+    bounds: list[int | None] = []
+    for bound in value:
+        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, Integral)):
+            raise ValueError(f"range_steps bounds must be integers or None, got {value!r}")
+        bounds.append(None if bound is None else int(bound))
+    first, end = bounds
+    if first is not None and end is not None and end < first:
+        raise ValueError(f"range_steps={value!r}: the end is before the first step")
+    return first, end
+
+
 def open_run(
     path: str | os.PathLike | Run,
     *,
     name: str | None = None,
     storage_options: dict[str, Any] | None = None,
     layout: str | None = None,
+    range_steps: tuple[int | None, int | None] | None = None,
 ) -> Run:
     """Open a run (native or SageMaker Debugger layout, detected) from a folder or fsspec URL.
+    ``range_steps=(first, end)`` reads only the global steps ``first <= step < end`` (either
+    bound None: open), as SageMaker Debugger's ``create_trial`` does.
 
     Loading never executes code from the run: see docs/security.md.
     """
     if isinstance(path, Run):
+        if range_steps is not None:
+            raise ValueError("range_steps applies when a run is opened, not to an open Run")
         return path
+    range_steps = _check_range_steps(range_steps)
     from .fs import Storage, is_url
 
     if not isinstance(path, (str, os.PathLike)):
@@ -989,9 +1054,22 @@ def open_run(
         backend = SMDebugBackend(location, storage)
     else:
         raise ValueError(f"unknown layout {kind!r}: expected 'native' or 'smdebug'")
-    return Run(backend, name=name)
+    return Run(backend, name=name, range_steps=range_steps)
 
 
-def create_trial(path: str | os.PathLike, name: str | None = None, **kwargs: Any) -> Run:
-    """SageMaker Debugger's name for :func:`open_run`."""
-    return open_run(path, name=name, **kwargs)
+def create_trial(
+    path: str | os.PathLike,
+    name: str | None = None,
+    range_steps: tuple[int | None, int | None] | None = None,
+    check: bool = False,
+    index_mode: bool = True,
+    cache: bool = False,
+    **kwargs: Any,
+) -> Run:
+    """SageMaker Debugger's name for :func:`open_run`, with its keywords: ``range_steps`` as
+    there; ``check`` (verify checksums: both readers always do), ``index_mode`` (read the
+    index files: the smdebug-layout reader always does, and reads every event file's values
+    from them) and ``cache`` (keep values read: values are kept until a refresh) are
+    accepted so that smdebug code runs unchanged, and change nothing."""
+    del check, index_mode, cache
+    return open_run(path, name=name, range_steps=range_steps, **kwargs)
