@@ -166,7 +166,8 @@ def _results_table(results: list[Any], title: str) -> None:
         print(title)
         for r in results:
             state = "skipped" if r.skipped else ("FAIL" if r.triggered else "ok")
-            print(f"  {state:4} {r.name:28} {r.explanation}")
+            state = "ERROR" if r.error else state
+            print(f"  {state:7} {r.name:28} {r.explanation}")
         return
     table = Table(title=title, show_lines=False)
     table.add_column("rule")
@@ -176,7 +177,7 @@ def _results_table(results: list[Any], title: str) -> None:
     for r in results:
         verdict = "[red]TRIGGERED[/]" if r.triggered else "[green]ok[/]"
         if r.skipped:
-            verdict = "[yellow]skipped[/]"
+            verdict = "[bold red]ERROR[/]" if r.error else "[yellow]skipped[/]"
         first = "" if r.first_trigger is None else str(r.first_trigger.step)
         table.add_row(r.name, verdict, first, r.explanation)
     Console().print(table)
@@ -235,9 +236,10 @@ def _parse_rule_spec(spec: str) -> tuple[str, dict[str, str]]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Exit 1 when a rule triggers; 2 ("not judged") when no rule could judge the run or, with
-    the default profile, when the run holds no loss tensor or only the rules that judge any
-    run (exploding_tensor, stalled_training_rule) judged it; else 0."""
+    """Exit 2 when a rule could not read the run (its row says why; the other rules are still
+    judged and shown), else 1 when a rule triggers; 2 ("not judged") when no rule could judge
+    the run or, with the default profile, when the run holds no loss tensor or only the rules
+    that judge any run (exploding_tensor, stalled_training_rule) judged it; else 0."""
     run, results = _check_run(args.run, args.baseline, args.rule)
     _results_table(results, f"rules on {args.run}")
     from .store.summary import not_ended_note
@@ -250,10 +252,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
         _write_json(args, dumps([r.to_dict() for r in results]))
     triggered = [r.name for r in results if r.triggered and not r.skipped]
+    errors = [r.name for r in results if r.error]
     skipped = sum(1 for r in results if r.skipped)
     judged = f"{len(results) - skipped} judged, {skipped} not judged"
     if triggered:
         print(f"{len(triggered)} rule(s) triggered: {', '.join(triggered)} ({judged})")
+    if errors:  # the run could not be checked whole: bad input, whatever the others found
+        _err(f"{len(errors)} rule(s) could not read {args.run}: {', '.join(errors)} ({judged})")
+        return 2
+    if triggered:
         return 1
     if results and skipped == len(results):  # an empty or unrelated run must not pass a gate
         _err(f"no rule could judge {args.run}: it holds none of what they read ({judged})")

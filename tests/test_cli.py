@@ -241,6 +241,40 @@ def test_check_of_a_regression_run_judges_it(tmp_path: Path, capsys):
     assert not rows["loss_not_decreasing"]["skipped"]
 
 
+def test_a_rule_that_cannot_read_the_run_is_an_error_row_and_the_rest_are_judged(
+    tmp_path: Path, capsys
+):
+    """Channel-last logits (a custom loss's) are a ClassAxisError for the classification
+    rules: each is an ERROR row saying why, the loss rules are still judged and shown, and
+    the check exits 2 (it used to stop at the first such rule, with no table)."""
+    rng = np.random.default_rng(0)
+    with RunWriter(tmp_path / "nhwc") as w:
+        for g in range(30):
+            logits = rng.normal(size=(4, 2, 3, 5)).astype(np.float32)  # (N, H, W, C)
+            w.write("CrossEntropyLoss_input_0", logits, g, "TRAIN")
+            w.write("CrossEntropyLoss_input_1", rng.integers(0, 5, (4, 2, 3)), g, "TRAIN")
+            w.write("CrossEntropyLoss_output_0", np.float32(1.0 / (g + 1)), g, "TRAIN")
+    out_json = tmp_path / "r.json"
+    assert cli.main(["check", str(tmp_path / "nhwc"), "--json", str(out_json)]) == 2
+    captured = capsys.readouterr()
+    rows = {r["name"]: r for r in json.loads(out_json.read_text())}
+    assert rows["class_imbalance"]["error"].startswith("ClassAxisError: CrossEntropyLoss_input_0")
+    assert rows["class_imbalance"]["skipped"] and not rows["class_imbalance"]["triggered"]
+    assert rows["loss_not_decreasing"]["error"] == "" and not rows["loss_not_decreasing"]["skipped"]
+    assert "ERROR" in captured.out and "loss_not_decreasing" in captured.out
+    errored = sorted(name for name, r in rows.items() if r["error"])
+    assert "class_imbalance" in errored
+    assert f"rule(s) could not read {tmp_path / 'nhwc'}: {', '.join(errored)}" in (
+        captured.err.replace("\n", " ")
+    )
+
+
+def test_wrong_rule_parameters_still_stop_the_check(tmp_path: Path, capsys):
+    run = _empty_run(tmp_path / "run")
+    assert cli.main(["check", str(run), "--rule", "dead_relu:threshold_layer=abc"]) == 2
+    assert "threshold_layer" in capsys.readouterr().err
+
+
 def _empty_run(path: Path) -> Path:
     with RunWriter(path) as w:
         w.write("CrossEntropyLoss_output_0", np.float32(1.0), 0, "TRAIN")

@@ -132,6 +132,7 @@ def _row_of(r: RuleResult | _Row, nodeid: str = "") -> _Row:
     if isinstance(r, _Row):
         return r
     verdict = "TRIGGERED" if r.triggered else ("skipped" if r.skipped else "ok")
+    verdict = "error" if getattr(r, "error", "") else verdict
     first = ""
     if r.first_trigger is not None:
         ft = r.first_trigger

@@ -128,22 +128,33 @@ def default_profile_gap(run: Any, results: list[RuleResult]) -> str | None:
 def evaluate_or_not_judged(run: Any, cls: Any, params: dict[str, Any]) -> RuleResult:
     """``cls(**params).evaluate(run)``, or, where the run lacks the rule's tensors, a "not
     judged" result (``skipped=True``) naming what is missing: one rule's missing tensors do
-    not stop a check of many."""
-    from ..exceptions import MissingTensorError
+    not stop a check of many. A rule that cannot read what the run holds (logits without a
+    class axis, a damaged tensor file: a RuleError or RunError) comes back the same way with
+    ``error`` set, so the other rules are still judged; wrong parameters still raise."""
+    from ..exceptions import MissingTensorError, RuleError, RuleParameterError, RunError
 
-    try:
-        return cls(**params).evaluate(run)
-    except MissingTensorError as exc:
+    def not_judged(explanation: str, error: str = "") -> RuleResult:
         return RuleResult(
             rule=cls.__name__,
             name=cls.name,
             triggered=False,
             skipped=True,
             parameters=params,
-            explanation=f"not judged: {exc}",
+            explanation=explanation,
             run_name=run.name,
             run_path=run.path,
+            error=error,
         )
+
+    try:
+        return cls(**params).evaluate(run)
+    except MissingTensorError as exc:
+        return not_judged(f"not judged: {exc}")
+    except RuleParameterError:
+        raise
+    except (RuleError, RunError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        return not_judged(f"error: {error}", error)
 
 
 def evaluate(run: Any, name: Any, **params: Any) -> RuleResult:

@@ -45,6 +45,9 @@ class RuleResult:
     run_path: str = ""
     duration_s: float = 0.0
     skipped: bool = False  # the run held nothing this rule could look at
+    #: why the rule could not evaluate the run ("ClassAxisError: ..."; with skipped=True), where
+    #: a check of many rules goes on without it (registry.evaluate_or_not_judged)
+    error: str = ""
     evidence_text: str = ""  # pre-rendered text evidence for CI logs (filled by assertions)
 
     @property
@@ -61,6 +64,8 @@ class RuleResult:
 
     def summary(self) -> str:
         """One line: rule, verdict, where, figure."""
+        if self.error:
+            return f"{self.name}: ERROR {self.error}"
         verdict = "TRIGGERED" if self.triggered else "ok"
         where = ""
         if self.first_trigger is not None:
