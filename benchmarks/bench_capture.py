@@ -23,7 +23,11 @@ variants: ``--ablate`` save_interval 1 without one group of the default collecti
 ReLU outputs; the parameters; the inputs and losses), and with ``--triton`` without the norms
 kernel (the default kernels otherwise); ``--spin-wait`` the writer thread spinning
 while it waits for a step's copy to the host (CUDA's default wait; the Recorder's is asleep,
-``recorder.BLOCKING_WAIT``). ``--profile DIR`` writes the profiler's op tables and traces of
+``recorder.BLOCKING_WAIT``). ``--stub-kernels`` (with ``--host-proxy --triton``) runs the
+Triton variant on the CPU with every kernel launch replaced by a no-op: the host work of the
+GPU's default path (tables, queues, hooks, transfers) without the launches' own cost (about
+20-40 microseconds each on a GPU host) or any counting, to compare with the bf16 budget.
+``--profile DIR`` writes the profiler's op tables and traces of
 a few steps, the device's busy time per step and the training thread's Python by function.
 CPU default: 32 px. On a GPU at the seed's scale (all the GPU figures: gpu_figures.sh):
 
@@ -61,6 +65,34 @@ ABLATIONS = {
 }
 #: --ablate with --triton: the default kernels but the parameter norms by torch operations
 NORMS_ABLATION = "save_interval=1 without Triton norms"
+
+
+class _NoLaunch:
+    """A Triton kernel whose launches (``kernel[grid](...)``) do nothing."""
+
+    def __getitem__(self, grid: Any) -> Any:
+        return lambda *args, **kwargs: None
+
+
+def stub_kernel_launches(kernels: Any) -> Any:
+    """--stub-kernels: the Recorder's Triton kernels become no-op launches (capture/kernels.py
+    builds them through ``_kernel`` and ``_norm_kernels``), so that the GPU's code path runs
+    on a CPU, launches excluded. The values recorded are garbage: a timing diagnostic only.
+    Returns a function that puts the real kernel builders back."""
+    import types
+
+    def next_power_of_2(n: int) -> int:
+        return 1 << max(0, int(n) - 1).bit_length()
+
+    saved = kernels._kernel, kernels._norm_kernels
+    triton = types.SimpleNamespace(next_power_of_2=next_power_of_2)
+    kernels._kernel = lambda: (triton, _NoLaunch())
+    kernels._norm_kernels = lambda: (_NoLaunch(), _NoLaunch())
+
+    def restore() -> None:
+        kernels._kernel, kernels._norm_kernels = saved
+
+    return restore
 
 
 def _sync(device: str) -> None:
@@ -294,6 +326,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "and the parameter norms (capture/kernels.py; the Recorder's default on CUDA)",
     )
     parser.add_argument(
+        "--stub-kernels",
+        action="store_true",
+        help="diagnostic, with --host-proxy --triton: the Triton variant runs on the CPU with "
+        "every kernel launch a no-op (the host work of the GPU's path, launches excluded)",
+    )
+    parser.add_argument(
         "--deferred",
         action="store_true",
         help="add a variant: save_interval=1 with the step's device work launched by the "
@@ -345,6 +383,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     if args.host_proxy:
         reductions.FUSED_NORM_DEVICES.add("cpu")
+    if args.stub_kernels:
+        if not (args.host_proxy and args.triton) or args.device != "cpu":
+            parser.error("--stub-kernels needs --host-proxy --triton on the CPU")
+        unstub = stub_kernel_launches(kernels)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -447,6 +489,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         rec.close()
     for switch, default in zip(switches, defaults):
         switch.update(default)
+    if args.stub_kernels:
+        unstub()
     shutil.rmtree(tmp, ignore_errors=True)
 
     base = statistics.median(samples["no recorder"])

@@ -438,3 +438,28 @@ def test_bench_compile_quick(capsys, tmp_path):
     assert "graphs compiled while timed: 0" in out
     saved = json.loads((tmp_path / "f.json").read_text())
     assert saved["added_s"]["compiled, no recorder"] == 0
+
+
+def test_stub_kernels_runs_the_gpu_path_without_launches_and_puts_the_kernels_back(capsys):
+    """``--stub-kernels`` (with ``--host-proxy --triton``): the Triton variant runs on the CPU
+    with no-op launches (no interpreter: the host work alone), and the module's kernel
+    builders are the real ones after."""
+    pytest.importorskip("triton")
+    from pytest_modelrules.capture import kernels
+
+    builders = kernels._kernel, kernels._norm_kernels
+    module = _script()
+    launched = []
+    real_getitem = module._NoLaunch.__getitem__
+
+    def counting(self, grid):
+        launched.append(grid)
+        return real_getitem(self, grid)
+
+    module._NoLaunch.__getitem__ = counting
+    ratios = module.main(["--quick", "--host-proxy", "--triton", "--stub-kernels"])
+    assert module.TRITON_LABEL in ratios and module.TRITON_LABEL in capsys.readouterr().out
+    assert launched  # the variant went through the kernels' launches, stubbed
+    assert (kernels._kernel, kernels._norm_kernels) == builders
+    with pytest.raises(SystemExit):
+        module.main(["--quick", "--stub-kernels"])  # needs --host-proxy --triton
