@@ -49,10 +49,23 @@ def _first_step(entry: dict[str, Any]) -> str:
     return text
 
 
+#: the most characters of a skipped verdict's reason shown in its row of the summary
+REASON_WIDTH = 100
+
+
+def _reason(entry: dict[str, Any]) -> str:
+    """A skipped verdict's explanation on one line, cut to ``REASON_WIDTH`` characters."""
+    text = " ".join(str(entry.get("explanation") or "").split())
+    if len(text) > REASON_WIDTH:
+        text = text[: REASON_WIDTH - 3].rstrip() + "..."
+    return text or "-"
+
+
 def _figure(entry: dict[str, Any]) -> str:
     fig = entry.get("figure")
     if fig is None:
-        return "-"
+        # a skipped verdict has no figure: its row says why nothing was judged instead
+        return _reason(entry) if entry.get("skipped") else "-"
     text = f"{entry.get('figure_name') or 'figure'} = {fmt_number(fig)}"
     if entry.get("limit") is not None:
         text += f" (limit {fmt_number(entry['limit'])})"

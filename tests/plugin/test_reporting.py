@@ -227,3 +227,32 @@ def test_verdicts_json_is_strict_json_with_non_finite_numbers(
     (entry,) = _strict((report / "verdicts.json").read_text())["results"]
     assert entry["limit"] is None and entry["parameters"]["threshold_imbalance"] is None
     assert entry["figure"] > 100 and entry["triggered"] is False
+
+
+def test_summary_row_of_a_skipped_verdict_gives_its_reason(
+    pytester: pytest.Pytester, run_inner, runs
+) -> None:
+    """docs/assertions.md: a skipped result's row in the summary says why (it showed "-")."""
+    pytester.makepyfile(
+        "from pytest_modelrules import assert_recall_above\n"
+        "def test_recall(model_run):\n"
+        "    assert_recall_above(model_run)\n"  # the run has no EVAL steps: skipped
+    )
+    result = run_inner(f"--model-run={runs['good']}", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "recall_floor*good*skipped*-*The run has no EVAL steps with "
+            "CrossEntropyLoss_input_1; nothing judged.*test_recall[[]good[]]",
+        ]
+    )
+
+
+def test_a_long_skip_reason_is_cut_in_the_summary() -> None:
+    from pytest_modelrules.pytest.report import REASON_WIDTH, _figure
+
+    entry = {"skipped": True, "figure": None, "explanation": "word " * 60}
+    cell = _figure(entry)
+    assert len(cell) <= REASON_WIDTH and cell.endswith("...")
+    assert _figure({"skipped": True, "figure": None, "explanation": ""}) == "-"
+    assert _figure({"skipped": False, "figure": None, "explanation": "x"}) == "-"
