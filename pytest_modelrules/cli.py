@@ -82,7 +82,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", choices=("shuffle", "weighted"), default=None,
                    help="plain shuffling or WeightedRandomSampler (recipe)")  # fmt: skip
     p.add_argument("--crop-scale", dest="crop_scale", type=float, nargs=2, default=None,
-                   metavar=("MIN", "MAX"), help="RandomResizedCrop scale (0.08 1.0)")  # fmt: skip
+                   metavar=("MIN", "MAX"),
+                   help="RandomResizedCrop scale (GPU 0.08 1.0, CPU 0.5 1.0)")  # fmt: skip
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default on GPU)")  # fmt: skip
     p.add_argument("--channels-last", dest="channels_last",

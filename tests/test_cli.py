@@ -403,3 +403,17 @@ def test_json_dash_writes_the_json_alone_to_stdout(tiny_run: Path, tmp_path: Pat
     out, err = capsys.readouterr()
     assert json.loads(out)["workers"] and "tensors:" in err
     assert not (Path.cwd() / "-").exists()
+
+
+def test_crop_scale_help_names_each_scales_default(capsys):
+    """`modelrules train --help` said (0.08 1.0), the GPU default only: the CPU runs crop at
+    (0.5, 1.0) (training/recipes.py, docs/reference_job.md)."""
+    from pytest_modelrules.training.recipes import CPU_DEFAULTS, GPU_DEFAULTS
+
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    help_ = text.split("--crop-scale MIN MAX", 2)[2].split(" --", 1)[0]
+    for scale, defaults in (("GPU", GPU_DEFAULTS), ("CPU", CPU_DEFAULTS)):
+        low, high = defaults["crop_scale"]
+        assert f"{scale} {low} {high}" in help_, help_
