@@ -29,7 +29,7 @@ def _err(msg: str) -> None:
 
 # -- generate --------------------------------------------------------------------------------
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .datasets.synthetic import SignsConfig, split_labels, write_gtsrb
+    from .datasets.synthetic import SignsConfig, is_generated, split_labels, write_gtsrb
 
     cfg = SignsConfig(
         train_images=args.train_images,
@@ -39,9 +39,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         size=args.size,
         seed=args.seed,
     )
+    n = len(split_labels(cfg, "train")) + len(split_labels(cfg, "test"))
+    if is_generated(args.out, cfg):  # write_gtsrb would return at once: say so, not "wrote"
+        print(f"{Path(args.out) / 'gtsrb'} already holds these {n} images ({args.size} px): "
+              "nothing written")  # fmt: skip
+        return 0
     t0 = time.perf_counter()
     write_gtsrb(args.out, cfg, show_progress=not args.quiet)
-    n = len(split_labels(cfg, "train")) + len(split_labels(cfg, "test"))
     print(f"wrote {n} images ({args.size} px) to {Path(args.out) / 'gtsrb'} "
           f"in {time.perf_counter() - t0:.1f} s")  # fmt: skip
     return 0

@@ -35,6 +35,18 @@ def test_generate_writes_the_official_layout(tmp_path: Path, capsys):
     assert len(list((tmp_path / "gtsrb/GTSRB/Final_Test/Images").glob("*.ppm"))) == 43
 
 
+def test_generate_again_says_nothing_was_written(tmp_path: Path, capsys):
+    """The same config a second time is a no-op (docs/reference_job.md); it said "wrote"."""
+    argv = ["generate", "--out", str(tmp_path), "--train-images", "43", "--test-per-class", "1",
+            "--size", "16", "--quiet"]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "wrote 86 images (16 px)" in capsys.readouterr().out
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "wrote" not in out
+    assert "already holds these 86 images (16 px): nothing written" in out
+
+
 def test_train_prints_accuracies_and_records(tiny_run: Path, capsys):
     from pytest_modelrules import open_run
 
