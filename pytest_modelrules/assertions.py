@@ -341,7 +341,8 @@ def _baseline_lines(result: RuleResult, run: Any) -> list[str]:
             if not isinstance(row, dict):
                 continue
             before, now = row.get("baseline_figure"), row.get("figure")
-            mark = "  <- changed" if before != now else ""
+            change = row.get("change") or ("changed" if before != now else "same")
+            mark = "" if change == "same" else f"  <- {change}"
             lines.append(
                 f"{str(name).ljust(width)}  {fmt_number(before):>10}  {fmt_number(now):>10}{mark}"
             )

@@ -114,8 +114,11 @@ class BaselineComparison(BuiltinRule):
                 notes.append(f"{rname} (skipped on {which})")
                 continue
             compared += 1
-            table[rname] = {"figure": ours.figure, "baseline_figure": theirs.figure}
+            # "change": how the figure moved, for the evidence table (regression, worse within
+            # the margin, better, same; "changed" where the figures cannot be compared)
+            row = table[rname] = {"figure": ours.figure, "baseline_figure": theirs.figure}
             if ours.triggered and not theirs.triggered:
+                row["change"] = "regression"
                 regressions.append(
                     f"{rname} triggers now but not in the baseline: {ours.summary()}"
                 )
@@ -123,9 +126,19 @@ class BaselineComparison(BuiltinRule):
             cls = rule_class(rname)
             worse = _worse_by(cls, ours, theirs)
             if worse is None:
+                row["change"] = "same" if ours.figure == theirs.figure else "changed"
                 continue
             tolerance = self.figure_margin * max(
                 abs(theirs.figure or 0.0), abs(ours.limit or 0.0), 1e-12
+            )
+            row["change"] = (
+                "regression"
+                if worse > tolerance
+                else "worse, within margin"
+                if worse > 0
+                else "better"
+                if worse < 0
+                else "same"
             )
             if worse > tolerance:
                 regressions.append(

@@ -115,3 +115,31 @@ def test_a_rule_skipped_on_a_run_is_named_as_not_compared(tmp_path):
     assert not result.triggered
     assert "Not compared: direction_confusion (skipped on both runs)" in (result.explanation)
     assert set(result.evidence["rules"]) == {"recall_floor"}
+
+
+def test_the_evidence_says_how_each_figure_moved(tmp_path):
+    """Each compared rule's row says regression / worse within the margin / better / same,
+    and the assertion's table shows it (every changed figure read "<- changed", improvements
+    included)."""
+    from pytest_modelrules.assertions import _baseline_lines
+
+    base = write_run(tmp_path / "base", confusions=2)
+    params = {"direction_confusion": {"pairs": "1-2"}}
+
+    def change(run):
+        result = BaselineComparison(
+            baseline=base, rules="direction_confusion", rule_parameters=params
+        ).evaluate(run)
+        return result, result.evidence["rules"]["direction_confusion"]["change"]
+
+    result, moved = change(write_run(tmp_path / "worse", confusions=5))  # 5 vs 2, margin 1
+    assert moved == "regression"
+    assert any(ln.endswith("<- regression") for ln in _baseline_lines(result, base))
+    assert change(write_run(tmp_path / "bit", confusions=3))[1] == "worse, within margin"
+    result, moved = change(write_run(tmp_path / "better", confusions=0))
+    assert moved == "better" and not result.triggered
+    assert any(ln.endswith("<- better") for ln in _baseline_lines(result, base))
+    result, moved = change(base)
+    assert moved == "same"
+    rows = [ln for ln in _baseline_lines(result, base) if ln.startswith("direction_confusion")]
+    assert rows and "<-" not in rows[0]
