@@ -87,8 +87,13 @@ class RuleItem(pytest.Item):
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Path, int, str]:
+        """Where the rule was declared: pyproject.toml, or the ini file for its lines (skips
+        are reported there)."""
         run = f" on {self.run_spec.name}" if self.run_spec else ""
-        return self.path, 0, f"model rule {self.spec.rule}{run} ({self.spec.source})"
+        path, inipath = self.path, self.config.inipath
+        if inipath is not None and self.spec.source.startswith(f"{inipath} model_rules line"):
+            path = Path(inipath)
+        return path, 0, f"model rule {self.spec.rule}{run} ({self.spec.source})"
 
 
 def only_node_ids(config: pytest.Config) -> bool:

@@ -134,6 +134,23 @@ def test_declared_rules_without_a_run_skip_and_bad_declarations_name_the_file(
     )
 
 
+def test_skips_are_reported_at_the_file_that_declared_each_rule(
+    pytester: pytest.Pytester, run_inner
+) -> None:
+    """With rules in pyproject.toml and in the ini file, each skip names its own file (the ini's
+    were reported at pyproject.toml)."""
+    pytester.makepyprojecttoml('[tool.pytest_modelrules]\nrules = [{ rule = "dead_relu" }]\n')
+    pytester.makeini("[pytest]\nmodel_rules =\n    class_imbalance samples=10\n")
+    result = run_inner("-rs")
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines_random(
+        [
+            "SKIPPED [[]1[]] pyproject.toml:1: no model run given*",
+            "SKIPPED [[]1[]] tox.ini:1: no model run given*",  # makeini writes tox.ini
+        ]
+    )
+
+
 def test_an_unknown_rule_or_parameter_errors_with_the_rule_message(
     pytester: pytest.Pytester, run_inner, runs
 ) -> None:
