@@ -124,6 +124,39 @@ class Storage:
         except OSError as exc:  # a link loop, no permission
             raise CorruptRunError(path, f"cannot be listed ({exc.strerror or exc})") from None
 
+    def list_sizes(self, path: str) -> dict[str, int | None]:
+        """Names in a folder (sorted) with their sizes: None for what is not a regular file
+        or cannot be looked at (reading it says why); empty when the folder does not exist.
+        Remote: the one listing request ``listdir`` makes (object stores list sizes with
+        names); local: a stat per entry."""
+        if self.remote:
+            try:
+                entries = self.fs.ls(path, detail=True)
+            except (FileNotFoundError, NotADirectoryError):
+                return {}
+            found = {}
+            for e in entries:
+                size = e.get("size")
+                regular = e.get("type") == "file" and isinstance(size, int) and size >= 0
+                found[e["name"].rstrip("/").rsplit("/", 1)[-1]] = size if regular else None
+            return dict(sorted(found.items()))
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        except OSError as exc:  # a link loop, no permission
+            raise CorruptRunError(path, f"cannot be listed ({exc.strerror or exc})") from None
+        out: dict[str, int | None] = {}
+        for entry in entries:
+            try:
+                info = entry.stat()  # through a link, as a read would go
+            except OSError:
+                out[entry.name] = None
+                continue
+            out[entry.name] = info.st_size if stat.S_ISREG(info.st_mode) else None
+        return out
+
     def size(self, path: str) -> int:
         if self.remote:
             return int(self.fs.size(path))

@@ -29,6 +29,8 @@ from .format import (
 from .fs import Storage
 
 MAX_JSON_BYTES = 64 << 20
+#: END's file lengths are integers below 2^53 (exact in every JSON parser)
+MAX_END_LENGTH = (1 << 53) - 1
 
 
 def load_json(storage: Storage, path: str) -> dict[str, Any]:
@@ -56,6 +58,58 @@ def parse_json_object(raw: bytes, path: str) -> dict[str, Any]:
 _load_json = load_json  # the name other modules used before
 
 
+def end_files(end: dict[str, Any], path: str) -> dict[str, int] | None:
+    """END's ``"files"`` (path below the worker folder -> length), checked: None when END has
+    no such key (every run written before it existed). A name is ``steps.mrt`` or
+    ``tensors/<file>.mrt`` / ``rows/<file>.mrt`` (no other folder, no ``..``, nothing
+    absolute): names are only ever compared with the folder's listing, never opened."""
+    if "files" not in end:
+        return None
+    files = end["files"]
+    if not isinstance(files, dict):
+        raise CorruptRunError(
+            path, f"'files' must be a JSON object of file -> length, found {type(files).__name__}"
+        )
+    for rel, length in files.items():
+        folder, _, fname = rel.rpartition("/")
+        if rel != layout.STEPS_FILE and not (
+            folder in (layout.TENSORS_DIR, layout.ROWS_DIR) and _listed_file(fname)
+        ):
+            raise CorruptRunError(
+                path,
+                f"'files' names {rel[:200]!r}: expected {layout.STEPS_FILE}, "
+                f"{layout.TENSORS_DIR}/<name>{layout.TENSOR_SUFFIX} or "
+                f"{layout.ROWS_DIR}/<name>{layout.TENSOR_SUFFIX}",
+            )
+        if type(length) is not int or not 0 <= length <= MAX_END_LENGTH:
+            raise CorruptRunError(
+                path,
+                f"'files' gives {rel!r} the length {str(length)[:40]}: "
+                "expected an integer in [0, 2^53)",
+            )
+    return files
+
+
+def _listed_file(fname: str) -> bool:
+    """Whether a name in a worker's tensors/ or rows/ folder is one of the run's files (what
+    the reader reads): ``*.mrt``, not hidden, one path component."""
+    return (
+        fname.endswith(layout.TENSOR_SUFFIX)
+        and not fname.startswith(".")
+        and "/" not in fname
+        and "\\" not in fname
+        and "\0" not in fname
+    )
+
+
+def _cut(worker: str, length: int, size: int) -> str:
+    """The problem of a file shorter than its worker's END says."""
+    return (
+        f"cut: END of {worker} records {length} bytes, the file has {size} "
+        "(copied or downloaded only in part?)"
+    )
+
+
 class _LogFile:
     """One append-only file of records, read incrementally (one chunk per refresh)."""
 
@@ -71,6 +125,8 @@ class _LogFile:
         self.names: list[str] | None = None  # a rows file's tensor names
         self.limit: int | None = None  # the commit limit of the last read
         self.error: CorruptRunError | None = None  # the damage found, once found
+        # (worker, length) where the worker's END lists the file: shorter is damage
+        self.end_length: tuple[str, int] | None = None
 
     def update(self, commit_limit: int | None) -> bool:
         """Read what was appended; True when new records arrived. A short tail (a record
@@ -91,7 +147,21 @@ class _LogFile:
         try:
             size = self.storage.size(self.path)
         except FileNotFoundError:
+            if self.end_length is not None:
+                worker, length = self.end_length
+                raise CorruptRunError(
+                    self.path, f"missing: END of {worker} records {length} bytes for it"
+                ) from None
             return False
+        new = self._read(size, commit_limit)
+        # after the read: damage inside a record is named more precisely by it
+        if self.end_length is not None and size < self.end_length[1]:
+            worker, length = self.end_length
+            raise CorruptRunError(self.path, _cut(worker, length, size))
+        return new
+
+    def _read(self, size: int, commit_limit: int | None) -> bool:
+        """Read the bytes past the last whole record of a file of ``size`` bytes."""
         if size < self.read_to:
             raise CorruptRunError(self.path, "file shrank while the run was being read")
         if size == self.read_to and not self._tail_to_check(commit_limit):
@@ -329,6 +399,11 @@ class NativeBackend(Backend):
         self._rows_seen: set[str] = set()
         self._rows_read: set[str] = set()  # rows files read since the last refresh
         self._logs: dict[str, _LogFile] = {}  # path -> log
+        # path -> (worker, length) of the files listed in an END's "files"; and the workers
+        # whose listing is yet to be compared with their END's "files"
+        self._end_lengths: dict[str, tuple[str, int]] = {}
+        self._unchecked: dict[str, dict[str, int]] = {}
+        self._prefixes: dict[str, str] = {}  # worker -> its folder's path, ending in sep
         self._records: dict[str, NativeRecords] = {}
         self._table = StepTable.empty()
         self.refresh()
@@ -367,18 +442,23 @@ class NativeBackend(Backend):
             if worker not in self._ended:
                 end = j(layout.WORKERS_DIR, worker, layout.END_FILE)
                 if self.storage.exists(end):
-                    self._ended[worker] = load_json(self.storage, end)
+                    self._end(worker, end, load_json(self.storage, end))
             self._steps[worker].update(None)
         for worker in self._worker_info:
             tdir = j(layout.WORKERS_DIR, worker, layout.TENSORS_DIR)
-            for fname in self.storage.listdir(tdir):
-                if not fname.endswith(layout.TENSOR_SUFFIX) or fname.startswith("."):
-                    continue
+            rdir = j(layout.WORKERS_DIR, worker, layout.ROWS_DIR)
+            if worker in self._unchecked:  # END was just seen: this listing is complete
+                tensor_sizes = self.storage.list_sizes(tdir)
+                rows_sizes = self.storage.list_sizes(rdir)
+                self._check_listing(worker, tensor_sizes, rows_sizes)
+                tensor_files, rows_files = list(tensor_sizes), list(rows_sizes)
+            else:
+                tensor_files, rows_files = self.storage.listdir(tdir), self.storage.listdir(rdir)
+            for fname in filter(_listed_file, tensor_files):
                 path = j(layout.WORKERS_DIR, worker, layout.TENSORS_DIR, fname)
                 stem = fname[: -len(layout.TENSOR_SUFFIX)]
                 if "~" in stem:  # hashed long name: the header knows the real one
-                    log = self._logs.get(path) or _LogFile(self.storage, path, "tensor")
-                    self._logs[path] = log
+                    log = self._log(path, "tensor")
                     if log.header is None:
                         log.update(None)
                     if log.header is None:
@@ -387,7 +467,7 @@ class NativeBackend(Backend):
                 else:
                     name = unquote(stem)
                 self._tensor_files.setdefault(name, {})[worker] = path
-            self._find_rows(worker)
+            self._find_rows(worker, rows_files)
         self._workers = sorted(self._worker_info, key=lambda w: (self._worker_info[w]["rank"], w))
         tables = []
         for widx, worker in enumerate(self._workers):
@@ -406,20 +486,16 @@ class NativeBackend(Backend):
         self._table = StepTable.concat(tables)
         self._records.clear()
 
-    def _find_rows(self, worker: str) -> None:
-        """Index the tensor names of the worker's rows files not seen yet (format version 2):
-        each file's header lists them; a file whose header is not complete yet is left for
-        the next refresh."""
+    def _find_rows(self, worker: str, listed: list[str]) -> None:
+        """Index the tensor names of the worker's rows files not seen yet (format version 2),
+        ``listed``: the names in its rows folder. Each file's header lists them; a file whose
+        header is not complete yet is left for the next refresh."""
         j = self.storage.join
-        rdir = j(layout.WORKERS_DIR, worker, layout.ROWS_DIR)
-        for fname in self.storage.listdir(rdir):
-            if not fname.endswith(layout.TENSOR_SUFFIX) or fname.startswith("."):
-                continue
+        for fname in filter(_listed_file, listed):
             path = j(layout.WORKERS_DIR, worker, layout.ROWS_DIR, fname)  # j adds the root
             if path in self._rows_seen:
                 continue
-            log = self._logs.get(path) or _LogFile(self.storage, path, "rows")
-            self._logs[path] = log
+            log = self._log(path, "rows")
             log.update(self._last_committed(worker))
             self._rows_read.add(path)
             if log.names is None:
@@ -427,6 +503,80 @@ class NativeBackend(Backend):
             self._rows_seen.add(path)
             for column, name in enumerate(log.names):
                 self._row_columns.setdefault(name, {}).setdefault(worker, []).append((path, column))
+
+    def _log(self, path: str, kind: str) -> _LogFile:
+        """The reader of a tensor or rows file (made on first use, with the length END
+        records for it, if any)."""
+        log = self._logs.get(path)
+        if log is None:
+            log = self._logs[path] = _LogFile(self.storage, path, kind)
+            log.end_length = self._end_lengths.get(path)
+        return log
+
+    def _end(self, worker: str, path: str, end: dict[str, Any]) -> None:
+        """Take in a worker's END: with ``"files"``, the length of every file its writer
+        wrote. The next listing must hold exactly those files, none shorter; a file is
+        checked again whenever it is read (a cut made after the listing)."""
+        files = end_files(end, path)
+        self._ended[worker] = {k: v for k, v in end.items() if k != "files"}
+        if files is None:
+            return
+        for rel, length in files.items():
+            fpath = self._worker_path(worker, rel)
+            self._end_lengths[fpath] = (worker, length)
+            log = self._logs.get(fpath)
+            if log is not None:  # read before END was there (a run being followed)
+                log.end_length = (worker, length)
+        if layout.STEPS_FILE in files:
+            self._steps[worker].end_length = (worker, files[layout.STEPS_FILE])
+        self._unchecked[worker] = files
+
+    def _worker_path(self, worker: str, rel: str) -> str:
+        """The path of a file given by its path below a worker's folder ('/' separated):
+        what ``join`` makes of the parts, without a join per file."""
+        prefix = self._prefixes.get(worker)
+        if prefix is None:
+            prefix = self._prefixes[worker] = self.storage.join(layout.WORKERS_DIR, worker, "")
+        return prefix + rel.replace("/", self.storage.sep)
+
+    def _check_listing(
+        self,
+        worker: str,
+        tensor_sizes: dict[str, int | None],
+        rows_sizes: dict[str, int | None],
+    ) -> None:
+        """Compare a worker's tensors/ and rows/ folders (names and sizes) with its END's
+        ``"files"``: a file END lists is there (else it was deleted, or never copied), and
+        not shorter (cut); every file there is listed (else it was added after the worker
+        ended: not the run's data). The steps file was checked as it was read."""
+        files = self._unchecked[worker]
+        listed = {
+            f"{layout.TENSORS_DIR}/{f}": n for f, n in tensor_sizes.items() if _listed_file(f)
+        }
+        listed.update(
+            (f"{layout.ROWS_DIR}/{f}", n) for f, n in rows_sizes.items() if _listed_file(f)
+        )
+        missing = [rel for rel in files if rel not in listed and rel != layout.STEPS_FILE]
+        if missing:
+            rel = min(missing)
+            raise CorruptRunError(
+                self._worker_path(worker, rel),
+                f"missing: END of {worker} records {files[rel]} bytes for it",
+            )
+        extra = sorted(listed.keys() - files.keys())
+        if extra:
+            raise CorruptRunError(
+                self._worker_path(worker, extra[0]),
+                f"not written by {worker}'s writer: its END, which lists every file it wrote, "
+                "does not list it (added after the worker ended?)",
+            )
+        short = [rel for rel, size in listed.items() if size is not None and size < files[rel]]
+        for rel in short:  # (None: not a plain file, which its read refuses)
+            # read it now: damage inside a record gets its own, more precise message;
+            # else the read ends with the cut (the log has END's length)
+            kind = "rows" if rel.startswith(f"{layout.ROWS_DIR}/") else "tensor"
+            self._log(self._worker_path(worker, rel), kind).update(self._last_committed(worker))
+        del self._unchecked[worker]  # once: a later cut or deletion is found when it is read
 
     @staticmethod
     def _validate_worker(path: str, info: dict[str, Any]) -> None:
@@ -470,9 +620,7 @@ class NativeBackend(Backend):
         for widx, worker in enumerate(self._workers):
             path = files.get(worker)
             if path is not None:
-                log = self._logs.get(path)
-                if log is None:
-                    log = self._logs[path] = _LogFile(self.storage, path, "tensor")
+                log = self._log(path, "tensor")
                 log.update(self._last_committed(worker))
                 if log.header is not None and log.header.get("name") != name:
                     raise CorruptRunError(

@@ -211,6 +211,9 @@ class RunWriter:
         self._metadata: dict[str, Any] = dict(metadata or {})
         self._collections: dict[str, Any] = {}
         self._files: OrderedDict[str, Any] = OrderedDict()
+        # path -> length when last closed (a file closed at the open-file limit, or one whose
+        # header write failed): with the open files' lengths at close, END's "files"
+        self._lengths: dict[str, int] = {}
         self._known: dict[str, str] = {}  # tensor name -> file path
         # a row's names -> its rows files: (first index, end index, path, file header fields)
         self._rows: dict[tuple[str, ...], list[tuple[int, int, str, dict[str, Any]]]] = {}
@@ -242,7 +245,13 @@ class RunWriter:
         fh = open(path, "ab", buffering=0)  # noqa: SIM115 (kept open across writes)
         if fh.tell() == 0:
             header = {"kind": kind, "name": name, "worker": self.worker, **fields}
-            fh.write(encode_file_header(header))
+            try:
+                fh.write(encode_file_header(header))
+            except BaseException:  # a full disk: the file exists, END must still list it
+                with contextlib.suppress(OSError):
+                    self._lengths[path] = os.fstat(fh.fileno()).st_size
+                fh.close()
+                raise
         return fh
 
     def _tensor_fh(self, name: str):
@@ -285,7 +294,8 @@ class RunWriter:
                 files.move_to_end(path)
             return fh
         if len(files) >= self.max_open_files:
-            _, old = files.popitem(last=False)
+            old_path, old = files.popitem(last=False)
+            self._lengths[old_path] = os.fstat(old.fileno()).st_size
             if self.fsync:  # the commit's fsync only reaches files still open
                 os.fsync(old.fileno())
             old.close()
@@ -485,7 +495,8 @@ class RunWriter:
             self._uploaded[rel] = stamp
 
     def close(self, reason: str | None = None) -> None:
-        """Commit the last step, mark this worker ended (with an optional stop reason), sync.
+        """Commit the last step, mark this worker ended (END: an optional stop reason and the
+        length of every file written, so that a reader can tell a cut or deleted file), sync.
 
         For a URL, the staging folder is removed only once everything is uploaded; when the
         upload fails the error names the folder that still holds the run.
@@ -493,13 +504,15 @@ class RunWriter:
         if self.closed:
             return
         self.end_step()
+        lengths = self._final_lengths()
         for fh in self._files.values():
             fh.close()
         self._files.clear()
         self._steps_fh.close()
-        end = {"wall_time": time.time(), "last_step": self._last_committed}
+        end: dict[str, Any] = {"wall_time": time.time(), "last_step": self._last_committed}
         if reason:
             end["reason"] = reason
+        end["files"] = lengths
         _atomic_write_json(os.path.join(self.worker_dir, layout.END_FILE), end)
         self.closed = True
         if self.remote:
@@ -511,6 +524,21 @@ class RunWriter:
                     f"the recorded run is kept in {self.root}"
                 ) from exc
             shutil.rmtree(self.root, ignore_errors=True)
+
+    def _final_lengths(self) -> dict[str, int]:
+        """END's ``"files"``: every file this writer wrote (tensor files, rows files,
+        steps.mrt), by its path below the worker folder ('/' separated), with its length now,
+        after the last commit. The length is what is on disk through the writer's own
+        descriptors (fstat), so a torn record a failed write left at a file's end is counted:
+        a reader then finds exactly this length, and only a later cut or deletion is short."""
+        lengths = dict(self._lengths)
+        for path, fh in self._files.items():
+            lengths[path] = os.fstat(fh.fileno()).st_size
+        lengths[self._steps_fh.name] = os.fstat(self._steps_fh.fileno()).st_size
+        base = self.worker_dir
+        return {
+            os.path.relpath(path, base).replace(os.sep, "/"): size for path, size in lengths.items()
+        }
 
     def abort(self) -> None:
         """Close files without committing the open step or marking the end (used after errors)."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -30,6 +33,19 @@ def assert_same_values(got, expected, rtol: float = 0.0, atol: float = 0.0) -> N
             np.testing.assert_allclose(got[key], value, rtol=rtol, atol=atol, err_msg=str(key))
         else:
             np.testing.assert_array_equal(got[key], value, err_msg=str(key))
+
+
+def assert_end_lists_every_file(path) -> None:
+    """Each worker's END lists every file of its commit log, tensors/ and rows/ folders, with
+    the length the file has (docs/format.md, "File lengths in END")."""
+    workers = sorted((Path(path) / "workers").iterdir())
+    assert workers
+    for wdir in workers:
+        on_disk = {
+            p.relative_to(wdir).as_posix(): p.stat().st_size
+            for p in [wdir / "steps.mrt", *wdir.glob("tensors/*.mrt"), *wdir.glob("rows/*.mrt")]
+        }
+        assert json.loads((wdir / "END").read_text())["files"] == on_disk, wdir.name
 
 
 class TinyNet(nn.Module):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from capture_helpers import assert_end_lists_every_file
 
 from pytest_modelrules import modes, open_run
 from pytest_modelrules.store.names import reduction_tensor_name
@@ -37,6 +38,7 @@ def test_ddp_two_ranks_write_one_run(tmp_path):
     assert run.workers() == ["worker_0", "worker_1"] and run.num_workers == 2
     assert run.steps() == [0, 1, 2] and run.steps(show_incomplete_steps=True) == [0, 1, 2]
     assert run.has_ended
+    assert_end_lists_every_file(out)  # each rank's END lists its own worker's files
     labels = run.tensor("CrossEntropyLoss_input_1")
     for step in range(3):
         assert labels.workers(step) == ["worker_0", "worker_1"]

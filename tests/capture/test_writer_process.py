@@ -15,7 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from capture_helpers import TinyNet, assert_same_values, batches, run_values, train
+from capture_helpers import (
+    TinyNet,
+    assert_end_lists_every_file,
+    assert_same_values,
+    batches,
+    run_values,
+    train,
+)
 
 from pytest_modelrules import Recorder, modes, open_run
 from pytest_modelrules.exceptions import RecorderError
@@ -54,6 +61,7 @@ def test_the_process_writes_the_run_the_thread_writes(tmp_path):
     assert b.steps() == a.steps() and b.steps(modes.EVAL) == a.steps(modes.EVAL) == [0, 1]
     assert b.metadata == a.metadata and b.metadata["classes"] == ["a", "b", "c", "d", "e"]
     assert b.has_ended
+    assert_end_lists_every_file(tmp_path / "process")
     assert {n: c.tensor_names for n, c in b.collections().items()} == {
         n: c.tensor_names for n, c in a.collections().items()
     }

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pytest_modelrules.exceptions import CorruptRunError
 from pytest_modelrules.store import RunWriter, open_run
 from pytest_modelrules.store.smdebug_writer import SMDebugWriter
 
@@ -187,3 +188,37 @@ def test_rows_files_read_back_however_the_run_is_named(where, tmp_path, monkeypa
         1: 4.0,
         2: 6.0,
     }
+
+
+def test_s3_end_lengths_cost_no_request_per_file_and_name_a_cut(s3, monkeypatch):
+    """The lengths END lists are compared with the sizes S3's listing returns anyway: opening
+    a run of 12 tensor files makes the requests a run of 2 makes (docs/format.md, "File
+    lengths in END"), and a file cut there is named."""
+    import s3fs
+
+    for n in (2, 12):
+        with RunWriter(f"s3://runs/files-{n}", storage_options=s3) as w:
+            for g in range(2):
+                for i in range(n):
+                    w.write(f"t{i}", np.full(3, g, np.float32), g)
+    calls: list[str] = []
+    real = s3fs.S3FileSystem._call_s3
+
+    async def counting(self, method, *args, **kwargs):
+        calls.append(str(method))
+        return await real(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counting)
+    requests = []
+    for n in (2, 12):
+        calls.clear()
+        assert open_run(f"s3://runs/files-{n}", storage_options=s3).has_ended
+        requests.append(sorted(calls))
+    assert requests[0] == requests[1]
+    fs = s3fs.S3FileSystem(**s3)
+    key = "runs/files-12/workers/worker_0/tensors/t7.mrt"
+    data = fs.cat_file(key)
+    fs.pipe_file(key, data[: -(48 + 8 + 3 * 4)])  # the last record (header, shape, payload)
+    with pytest.raises(CorruptRunError, match="cut: END of worker_0") as err:
+        open_run("s3://runs/files-12", storage_options=s3)
+    assert err.value.path.endswith("tensors/t7.mrt")
