@@ -1112,7 +1112,7 @@ class Recorder:
         def pre_hook(mod: torch.nn.Module, args: tuple[Any, ...]) -> None:
             if _tracing():  # torch.compile: outside its graph, where the step saves inputs
                 if self._graph_relu == "eager" and _breaks_allowed():
-                    _eager(pre_hook, mod, args)
+                    _eager(pre_hook_ref(), mod, args)
                 return
             if self.dead or self._forward_index or not self._saving or _recomputing():
                 return
@@ -1141,7 +1141,7 @@ class Recorder:
                         counts = output.gt(0).sum(0, dtype=torch.float32)
                         self._graph_counts.append((key, output.shape[0], counts))
                 elif relu == "eager" and _breaks_allowed():
-                    _eager(hook, mod, args, output)
+                    _eager(hook_ref(), mod, args, output)
                 return
             if self.dead or self._forward_index or not self._saving or _recomputing():
                 return
@@ -1183,6 +1183,10 @@ class Recorder:
             except Exception as exc:
                 self._fail(exc, "recording a ReLU output")
 
+        # the hooks call themselves through weak references: a closure that held itself would
+        # be a reference cycle, which keeps the Recorder (and the model, a DDP model's process
+        # group with it) alive until a garbage collection - at exit, too late for gloo's threads
+        pre_hook_ref, hook_ref = weakref.ref(pre_hook), weakref.ref(hook)
         self._relu_bases[key] = base
         self._hook_module(module, pre_hook if inputs else None, hook if outputs else None)
 
@@ -1218,17 +1222,18 @@ class Recorder:
         def pre_hook(mod: torch.nn.Module, args: tuple[Any, ...]) -> None:
             if _tracing():  # torch.compile: outside its graph, on steps that save these
                 if self._graph_acts and _breaks_allowed():
-                    _eager(pre_hook, mod, args)
+                    _eager(pre_hook_ref(), mod, args)
                 return
             record(mod, True, args[0] if args else None)
 
         def hook(mod: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
             if _tracing():
                 if self._graph_acts and _breaks_allowed():
-                    _eager(hook, mod, args, output)
+                    _eager(hook_ref(), mod, args, output)
                 return
             record(mod, False, output)
 
+        pre_hook_ref, hook_ref = weakref.ref(pre_hook), weakref.ref(hook)  # no cycle: above
         self._hook_module(module, pre_hook if inputs else None, hook if outputs else None)
 
     def _hook_module(
@@ -1462,7 +1467,7 @@ class Recorder:
         def hook(grad: torch.Tensor) -> None:
             if _tracing():  # a compiled backward pass: outside its graph
                 if self._graph_saving and _breaks_allowed():
-                    _eager(hook, grad)
+                    _eager(hook_ref(), grad)
                 return
             if self.dead or not self._saving:
                 return
@@ -1473,6 +1478,7 @@ class Recorder:
             except Exception as exc:
                 self._fail(exc, "recording a gradient")
 
+        hook_ref = weakref.ref(hook)  # no cycle (see _make_relu_hooks)
         return hook
 
     def _opt_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
