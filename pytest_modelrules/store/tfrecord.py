@@ -10,6 +10,7 @@ against the bytes that hold it before anything is allocated, and nothing is eval
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,12 +174,12 @@ def _signed64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def fields(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int]]:
-    """The fields of a message as (number, wire type, a, b): for varints and fixed-size fields
-    ``a`` is the value, for length-delimited ones ``buf[a:b]`` is the payload. Groups and
-    field number 0 are refused; every length is checked against ``end``."""
-    out = []
-    append = out.append
+def fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """The fields of a message, one at a time, as (number, wire type, a, b): for varints and
+    fixed-size fields ``a`` is the value, for length-delimited ones ``buf[a:b]`` is the
+    payload. Groups and field number 0 are refused; every length is checked against ``end``.
+    A generator, not a list: a hostile message of a million two-byte fields would otherwise
+    cost a tuple (some 80 bytes) per two bytes of file."""
     while pos < end:
         key = buf[pos]
         if key < 0x80:
@@ -199,7 +200,7 @@ def fields(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int]]:
                 ln, pos = _varint(buf, pos, end)
             if ln > end - pos:
                 raise FramingError(f"field {num} claims {ln} bytes past its message", pos)
-            append((num, 2, pos, pos + ln))
+            yield num, 2, pos, pos + ln
             pos += ln
         elif wt == 0:
             if pos >= end:
@@ -209,20 +210,19 @@ def fields(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int]]:
                 pos += 1
             else:
                 val, pos = _varint(buf, pos, end)
-            append((num, 0, val, 0))
+            yield num, 0, val, 0
         elif wt == 1:
             if end - pos < 8:
                 raise FramingError("truncated fixed64", pos)
-            append((num, 1, int.from_bytes(buf[pos : pos + 8], "little"), 0))
+            yield num, 1, int.from_bytes(buf[pos : pos + 8], "little"), 0
             pos += 8
         elif wt == 5:
             if end - pos < 4:
                 raise FramingError("truncated fixed32", pos)
-            append((num, 5, int.from_bytes(buf[pos : pos + 4], "little"), 0))
+            yield num, 5, int.from_bytes(buf[pos : pos + 4], "little"), 0
             pos += 4
         else:
             raise FramingError(f"unsupported protobuf wire type {wt} (field {num})", pos)
-    return out
 
 
 # TensorFlow's DataType enum -> numpy (every one that numpy has; quantised types as their ints)
@@ -311,7 +311,8 @@ def decode_event(
         raise FramingError(f"negative step {step}", start)
     want = want_tag.encode() if want_tag is not None else None
     found = None
-    for num, wt, a, b in fields(buf, *summary):
+    svalues = fields(buf, *summary)
+    for num, wt, a, b in svalues:
         if num != 1:
             continue
         if wt != 2:
@@ -325,12 +326,16 @@ def decode_event(
         if tag is None:
             raise FramingError("summary value without a tag", a)
         if want is None or tag == want:
-            found = (tag, a, vfields)
+            found = (tag, a, b)
             break
+        for _ in vfields:  # the rest of a value passed over is checked all the same
+            pass
     if found is None:
         what = "no value" if want_tag is None else f"no value tagged {want_tag!r}"
         raise FramingError(f"event holds {what}", summary[0])
-    raw_tag, vs, vfields = found
+    for _ in svalues:  # as is the rest of the summary
+        pass
+    raw_tag, vs, ve = found
     try:
         tag = want_tag if want_tag is not None else raw_tag.decode("utf-8")
     except UnicodeDecodeError:
@@ -338,7 +343,7 @@ def decode_event(
     mode = mode_step = None
     tensor = None
     simple = None
-    for num, wt, a, b in vfields:
+    for num, wt, a, b in fields(buf, vs, ve):
         if num == 8 and wt == 2:
             tensor = (a, b)
         elif num == 9 and wt == 2:
@@ -489,8 +494,8 @@ def decode_tensor(buf: bytes, start: int, end: int) -> np.ndarray:
     dims: list[int] = []
     shaped = False
     content = None
-    strings: list[tuple[int, int]] = []
-    packed: dict[int, list[tuple[int, int, int]]] = {}
+    n_strings = longest = 0
+    typed: set[int] = set()  # typed value fields seen: read in a second pass
     for num, wt, a, b in fields(buf, start, end):
         if num == 1 and wt == 0:
             dtype_code = a
@@ -526,14 +531,15 @@ def decode_tensor(buf: bytes, start: int, end: int) -> np.ndarray:
         elif num == 4 and wt == 2:
             content = (a, b)
         elif num == 8 and wt == 2:
-            strings.append((a, b))
-        elif num in (5, 6, 7, 10, 11, 13, 16, 17):
-            packed.setdefault(num, []).append((wt, a, b))
+            n_strings += 1
+            longest = max(longest, b - a)
+        elif num in _TYPED_FIELDS:
+            typed.add(num)
     count = 1
     for d in dims:
         count *= d
-    if dtype_code in (0, DT_STRING) and (strings or content is None):
-        return _strings(buf, strings, dims, count, start)
+    if dtype_code in (0, DT_STRING) and (n_strings or content is None):
+        return _strings(buf, start, end, n_strings, longest, dims, count)
     if dtype_code == DT_BFLOAT16:
         if content is None and not count:
             return np.zeros(dims, np.float32)
@@ -553,71 +559,100 @@ def decode_tensor(buf: bytes, start: int, end: int) -> np.ndarray:
                 content[0],
             )
         return np.frombuffer(buf, dtype, count=count, offset=content[0]).reshape(dims)
-    if not packed:
+    if not typed:
         if count:
             raise FramingError(f"tensor of shape {tuple(dims)} holds no values", start)
         return np.zeros(dims, dtype)
-    return _typed_values(buf, packed, dtype, dims, count, start)
+    return _typed_values(buf, start, end, typed, dtype, dims, count)
 
 
-def _typed_values(buf, packed, dtype: np.dtype, dims, count: int, where: int) -> np.ndarray:
-    """TensorFlow's typed value fields (float_val, int_val, ...): exact element count only."""
-    if len(packed) != 1:
-        raise FramingError("tensor mixes several value fields", where)
-    ((num, entries),) = packed.items()
-    fixed = {5: "<f4", 6: "<f8"}
-    if num in fixed:
-        parts = []
-        item = np.dtype(fixed[num]).itemsize
-        for wt, s, e in entries:
-            if wt == 2:
-                if (e - s) % item:
-                    raise FramingError("packed values of a partial width", s)
-                parts.append(np.frombuffer(buf, fixed[num], count=(e - s) // item, offset=s))
-            else:
-                raise FramingError("unpacked float values are not supported", where)
-        vals = np.concatenate(parts) if parts else np.zeros(0)
-    else:
-        ints = []
-        for wt, s, e in entries:
-            if wt == 0:
-                ints.append(s)
-                continue
-            pos = s
-            while pos < e:
-                v, pos = _varint(buf, pos, e)
-                ints.append(v)
-                if len(ints) > count:
-                    break
-        if num in (7, 10):  # int32 / int64 are two's complement varints
-            ints = [_signed64(v) for v in ints]
-        if num == 13:  # half_val holds float16 bit patterns
-            if any(v > 0xFFFF for v in ints):
-                raise FramingError("half_val entry wider than 16 bits", where)
-            vals = np.asarray(ints, np.uint16).view(np.float16)
-        else:
-            vals = np.asarray(ints, dtype=np.int64 if num in (7, 10) else np.uint64)
-    if len(vals) != count:
-        raise FramingError(f"tensor of shape {tuple(dims)} holds {len(vals)} values", where)
+#: TensorProto's typed value fields: float_val, double_val, int_val, int64_val, bool_val,
+#: half_val, uint32_val, uint64_val
+_TYPED_FIELDS = frozenset((5, 6, 7, 10, 11, 13, 16, 17))
+_FIXED_FIELDS = {5: np.dtype("<f4"), 6: np.dtype("<f8")}
+
+
+def _typed_values(
+    buf, start: int, end: int, nums: set[int], dtype: np.dtype, dims, count: int
+) -> np.ndarray:
+    """TensorFlow's typed value fields (float_val, int_val, ...) of the TensorProto at
+    ``buf[start:end]``: exact element count only. A second pass over the message reads them
+    straight into one array of ``count`` elements, which the message must have room for (a
+    value takes a byte at least): memory in proportion to the values, never a Python object
+    per value or per field (a hostile tensor of a million one-byte values cost ~80 MB)."""
+    if len(nums) != 1:
+        raise FramingError("tensor mixes several value fields", start)
+    (num,) = nums
+    if count > end - start:
+        raise FramingError(
+            f"tensor of shape {tuple(dims)} cannot hold {count} values in {end - start} bytes",
+            start,
+        )
+    fixed = _FIXED_FIELDS.get(num)
+    vals = np.empty(count, np.float64 if fixed is not None else np.uint64)
+    n = 0
+    for fnum, wt, a, b in fields(buf, start, end):
+        if fnum != num:
+            continue
+        if fixed is not None:
+            if wt != 2:
+                raise FramingError("unpacked float values are not supported", start)
+            if (b - a) % fixed.itemsize:
+                raise FramingError("packed values of a partial width", a)
+            k = (b - a) // fixed.itemsize
+            if n + k > count:
+                n += k
+                break
+            vals[n : n + k] = np.frombuffer(buf, fixed, count=k, offset=a)
+            n += k
+        elif wt == 0:
+            if n == count:
+                n += 1
+                break
+            vals[n] = a
+            n += 1
+        elif wt == 2:  # packed varints (other wire types hold no value here, as before)
+            pos = a
+            while pos < b and n < count:
+                vals[n], pos = _varint(buf, pos, b)
+                n += 1
+            if pos < b:
+                n += 1
+                break
+    if n != count:
+        held = f"more than {count}" if n > count else str(n)
+        raise FramingError(f"tensor of shape {tuple(dims)} holds {held} values", start)
+    if num in (7, 10):  # int32 / int64 are two's complement varints
+        vals = vals.view(np.int64)
+    elif num == 13:  # half_val holds float16 bit patterns
+        if count and int(vals.max()) > 0xFFFF:
+            raise FramingError("half_val entry wider than 16 bits", start)
+        vals = vals.astype(np.uint16).view(np.float16)
     return vals.astype(dtype).reshape(dims)
 
 
-def _strings(buf: bytes, spans: list[tuple[int, int]], dims, count: int, where: int):
-    """A string tensor: str when every value is UTF-8, else bytes (never object dtype)."""
+def _strings(buf, start: int, end: int, n: int, longest: int, dims, count: int) -> np.ndarray:
+    """A string tensor: str when every value is UTF-8, else bytes (never object dtype). Its
+    ``n`` string_val fields (at most ``longest`` bytes each) are read in a second pass over
+    the TensorProto at ``buf[start:end]`` straight into one fixed-width array: no Python
+    object per value (a hostile tensor of a million empty strings cost ~70 MB)."""
     if not dims:
-        dims = [len(spans)]
-    if count != len(spans):
-        raise FramingError(f"string tensor of shape {dims} holds {len(spans)} values", where)
-    longest = max((e - s for s, e in spans), default=0)
-    if 4 * longest * len(spans) > MAX_STRING_ARRAY_BYTES:
-        raise FramingError("string tensor too large to hold as a fixed-width array", where)
-    raw = [bytes(buf[s:e]) for s, e in spans]  # (a bytearray slice is a sequence to numpy)
+        dims = [n]
+    if count != n:
+        raise FramingError(f"string tensor of shape {dims} holds {n} values", start)
+    width = max(longest, 1)
+    if 4 * longest * n > MAX_STRING_ARRAY_BYTES:
+        raise FramingError("string tensor too large to hold as a fixed-width array", start)
+    raw = np.zeros(n, f"S{width}")
+    i = 0
+    for num, wt, a, b in fields(buf, start, end):
+        if num == 8 and wt == 2:
+            raw[i] = bytes(buf[a:b])
+            i += 1
     try:
-        return np.array([r.decode("utf-8") for r in raw], dtype=f"<U{max(longest, 1)}").reshape(
-            dims
-        )
+        return np.char.decode(raw, "utf-8").astype(f"<U{width}").reshape(dims)
     except UnicodeDecodeError:
-        return np.array(raw, dtype=f"S{max(longest, 1)}").reshape(dims)
+        return raw.reshape(dims)
 
 
 # -- encoding (used by SMDebugWriter) ------------------------------------------------------------

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +159,53 @@ def test_a_step_indexed_twice_for_one_worker_is_not_a_second_worker(tmp_path):
     shutil.copy(_index(root, 1), copy)
     with pytest.raises(CorruptRunError, match="indexed a second time"):
         open_run(root).steps()
+
+
+def _peak_of(read: Callable[[], object]) -> tuple[object, int]:
+    """``read()``'s result and the peak of what it allocated (tracemalloc sees numpy's)."""
+    tracemalloc.start()
+    try:
+        result = read()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return result, peak
+
+
+_VECTOR = _field(2, _dim(2**18))  # shape [2**18]: 262,144 values
+
+
+def test_a_tensor_of_unpacked_int_values_costs_memory_in_proportion_to_its_values(tmp_path):
+    """262,144 int_val fields of two bytes each (512 KiB): a tuple and a Python int per field
+    made it ~40 MB (a 50 MB event file: a MemoryError under 3 GiB); now the values' int64s."""
+    root = _one_step(tmp_path / "run")
+    _only_record(root, _event(b"\x08\x03" + _VECTOR + b"\x38\x07" * 2**18))
+    value, peak = _peak_of(lambda: open_run(root).tensor("loss").value(0))
+    assert value.dtype == np.int32 and value.shape == (2**18,) and bool(np.all(value == 7))
+    assert peak < 8 << 20, f"reading 512 KiB of int_val allocated {peak} bytes"
+
+
+def test_unknown_fields_of_an_event_cost_no_memory_per_field(tmp_path):
+    """Protobuf skips unknown fields; a list of every field of the message (an 80-byte tuple
+    per two-byte field) made 512 KiB of them cost ~20 MB: fields are walked one at a time."""
+    root = _one_step(tmp_path / "run")
+    tensor = b"\x08\x01" + _field(2, _dim(1)) + _field(4, struct.pack("<f", 0.5))
+    _only_record(root, _event(tensor + b"\x78\x00" * 2**18) + b"\x18\x00" * 2**18)
+    value, peak = _peak_of(lambda: open_run(root).tensor("loss").value(0))
+    assert value.tolist() == [0.5]
+    assert peak < 4 << 20, f"reading 1 MiB of unknown fields allocated {peak} bytes"
+
+
+def test_a_string_tensor_of_many_values_costs_no_python_object_per_value(tmp_path):
+    """262,144 string_val fields (an empty string, then "é" every 4th): a tuple, a bytes and
+    a str per value made them cost ~30 MB; now one fixed-width array (and values as before:
+    str where all are UTF-8, bytes otherwise)."""
+    root = _one_step(tmp_path / "run")
+    strings = (b"\x42\x00" * 3 + b"\x42\x02\xc3\xa9") * 2**16
+    _only_record(root, _event(b"\x08\x07" + _VECTOR + strings))
+    value, peak = _peak_of(lambda: open_run(root).tensor("loss").value(0))
+    assert value.dtype == np.dtype("<U2") and value.shape == (2**18,)
+    assert value[:4].tolist() == ["", "", "", "é"] and bool(np.all(value[3::4] == "é"))
+    assert peak < 12 << 20, f"reading 512 KiB of string_val allocated {peak} bytes"
+    _only_record(root, _event(b"\x08\x07" + _field(2, _dim(2)) + b"\x42\x01\xff\x42\x00"))
+    assert open_run(root).tensor("loss").value(0).tolist() == [b"\xff", b""]
