@@ -570,6 +570,7 @@ def decode_tensor(buf: bytes, start: int, end: int) -> np.ndarray:
 #: half_val, uint32_val, uint64_val
 _TYPED_FIELDS = frozenset((5, 6, 7, 10, 11, 13, 16, 17))
 _FIXED_FIELDS = {5: np.dtype("<f4"), 6: np.dtype("<f8")}
+_FIELD_NAMES = {5: "float_val", 6: "double_val"}
 
 
 def _typed_values(
@@ -628,6 +629,14 @@ def _typed_values(
         if count and int(vals.max()) > 0xFFFF:
             raise FramingError("half_val entry wider than 16 bits", start)
         vals = vals.astype(np.uint16).view(np.float16)
+    if vals.dtype.kind == "f" and dtype.kind in "iub" and count:
+        # float_val / double_val in an integer or bool tensor: a NaN, an infinity or a value
+        # past the type's range has no value there (numpy's cast would warn, and make one up)
+        info = np.iinfo(dtype) if dtype.kind != "b" else np.iinfo(np.uint8)
+        if not (np.isfinite(vals).all() and vals.min() >= info.min and vals.max() <= info.max):
+            raise FramingError(
+                f"{_FIELD_NAMES[num]} values that a {dtype} tensor cannot hold", start
+            )
     return vals.astype(dtype).reshape(dims)
 
 

@@ -7,6 +7,7 @@ import json
 import shutil
 import struct
 import tracemalloc
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -125,6 +126,22 @@ def test_a_half_value_wider_than_16_bits(tmp_path):
     _only_record(root, _event(b"\x08\x13" + shape + b"\x6a\x03" + _varint(70000)))
     with pytest.raises(CorruptRunError, match="half_val entry wider than 16 bits"):
         open_run(root).tensor("loss").value(0)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e30, -3e9])
+def test_float_values_an_integer_tensor_cannot_hold_are_refused_without_a_warning(tmp_path, value):
+    """float_val in an int32 tensor: a value it holds reads back; NaN, an infinity or a value
+    out of its range was cast by numpy with a RuntimeWarning (an exception under ``-W
+    error``) into a made-up integer."""
+    root = _one_step(tmp_path / "run")
+    shape = b"\x12\x04\x12\x02\x08\x01"  # [1]
+    _only_record(root, _event(b"\x08\x03" + shape + b"\x2a\x04" + struct.pack("<f", value)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CorruptRunError, match="float_val values that a int32 tensor cannot"):
+            open_run(root).tensor("loss").value(0)
+    _only_record(root, _event(b"\x08\x03" + shape + b"\x2a\x04" + struct.pack("<f", -7.0)))
+    assert open_run(root).tensor("loss").value(0).tolist() == [-7]
 
 
 def test_a_tensor_with_two_shapes_is_refused_and_leaves_other_runs_alone(tmp_path):
