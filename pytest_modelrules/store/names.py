@@ -8,7 +8,34 @@ fraction, histogram, 5th/95th percentile).
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+
+#: characters no tensor or collection name holds: C0 and C1 controls (a newline, an escape)
+#: and lone surrogates. A run comes from a pull request and its names reach CI logs, where a
+#: newline could start a line of the CI system's own commands (GitHub's ``::...::``) and an
+#: escape sequence rewrite what the log shows.
+UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def unprintable_name(names: list[str]) -> str | None:
+    """The first of ``names`` holding a character :data:`UNPRINTABLE` matches, or None
+    (one search over all of them)."""
+    if not UNPRINTABLE.search("".join(names)):
+        return None
+    return next(n for n in names if UNPRINTABLE.search(n))
+
+
+def printable(text: str) -> str:
+    """``text`` with every :data:`UNPRINTABLE` character written as its escape (``\\x1b``):
+    for text a run supplies (class names) shown in messages and logs."""
+    if not UNPRINTABLE.search(text):
+        return text
+    return UNPRINTABLE.sub(
+        lambda m: m.group().encode("unicode_escape", "backslashreplace").decode(), text
+    )
+
 
 SMDEBUG_REDUCTIONS = ("min", "max", "mean", "std", "variance", "sum", "prod", "l1", "l2")
 OUR_REDUCTIONS = (

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..exceptions import (
+    CorruptRunError,
     InvalidWorker,
     ModelRulesError,
     NoMoreData,
@@ -35,7 +36,7 @@ from ..exceptions import (
 )
 from ..modes import ModeKeys, parse_mode
 from .base import Backend
-from .names import parse_reduction_name
+from .names import parse_reduction_name, printable, unprintable_name
 
 
 class StepState(IntEnum):
@@ -596,6 +597,7 @@ class Run:
     # -- internal step index -------------------------------------------------------------------
 
     def _index(self) -> None:
+        self._check_names()
         table = self._backend.step_table()
         need = self._backend.num_workers()
         if len(table.steps):
@@ -635,6 +637,22 @@ class Run:
         }
         self._global_list = self._complete.tolist()
         self._generation += 1
+
+    def _check_names(self) -> None:
+        """Refuse a tensor or collection name with a control character or a lone surrogate
+        (names.UNPRINTABLE): no writer makes one, and names reach CI logs, where a newline
+        could start a line of the CI system's own commands. One search a refresh."""
+        for what, names in (
+            ("tensor", self._backend.tensor_names()),
+            ("collection", list(self._backend.collections())),
+        ):
+            bad = unprintable_name(names)
+            if bad is not None:
+                raise CorruptRunError(
+                    self.path,
+                    f"{what} name {bad!r} holds a control character or a lone surrogate: no "
+                    "writer makes such a name, and it would reach CI logs as it is",
+                )
 
     @property
     def _walls(self) -> np.ndarray:
@@ -868,7 +886,7 @@ class Run:
         """Class names from the metadata (``class_names``), if the job stored them."""
         names = self.metadata.get("class_names")
         if isinstance(names, list) and all(isinstance(n, str) for n in names):
-            return names
+            return [printable(n) for n in names]  # shown in messages: no control characters
         return None
 
     def collections(self) -> dict[str, Collection]:

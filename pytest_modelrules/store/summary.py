@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .names import printable
 from .run import Run
 
 
@@ -78,6 +79,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     workers = summary["workers"]
     end = summary["end"]
     reason = end.get("reason") if isinstance(end, dict) else None
+    reason = printable(str(reason)) if reason else None  # the run's text: no control characters
     lines = [
         f"run: {summary['path']} ({summary['layout']} layout), {len(workers)} worker"
         f"{'s' if len(workers) != 1 else ''} ({', '.join(workers)}), "
@@ -90,7 +92,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"steps: {steps['count']} global ({steps['first']}-{steps['last']}); {modes}")
     else:
         lines.append("steps: none complete")
-    meta = ", ".join(summary["metadata_keys"]) or "none"
+    meta = ", ".join(printable(str(k)) for k in summary["metadata_keys"]) or "none"
     if summary["class_names"]:
         meta += f" ({summary['class_names']} class names)"
     lines.append(f"metadata: {meta}")

@@ -31,6 +31,7 @@ from .format import (
     encode_record_parts,
 )
 from .fs import is_url, local_path
+from .names import unprintable_name
 
 #: bounds of the default number of tensor files a writer keeps open
 MIN_OPEN_FILES = 64
@@ -99,6 +100,17 @@ def stored_value(value: Any) -> np.ndarray | Fraction:
     return to_numpy(value)
 
 
+def _check_printable(names: list[str]) -> None:
+    """ValueError for a name with a control character or a lone surrogate: readers refuse
+    such names (they would reach CI logs: store/names.py, UNPRINTABLE)."""
+    bad = unprintable_name(names)
+    if bad is not None:
+        raise ValueError(
+            f"tensor name {bad!r} holds a control character or a lone surrogate, which no "
+            "reader accepts"
+        )
+
+
 def check_write(
     name: str,
     step: int,
@@ -113,6 +125,7 @@ def check_write(
     """
     if not isinstance(name, str) or not name:
         raise ValueError("a tensor name must be a non-empty string")
+    _check_printable([name])
     step = int(step)
     mode_key = int(parse_mode(mode, allow_none=False))
     if current is None or step != current[0]:
@@ -215,6 +228,7 @@ class RunWriter:
         # header write failed): with the open files' lengths at close, END's "files"
         self._lengths: dict[str, int] = {}
         self._known: dict[str, str] = {}  # tensor name -> file path
+        self._names_checked: set[str] = set()  # names write_step found printable
         # a row's names -> its rows files: (first index, end index, path, file header fields)
         self._rows: dict[tuple[str, ...], list[tuple[int, int, str, dict[str, Any]]]] = {}
         self._current: tuple[int, int, int, float] | None = None  # step, mode, mode_step, wall
@@ -382,6 +396,9 @@ class RunWriter:
         # (set operations, in C: a default ResNet-18 step has about 200 names)
         if set(map(type, names)) != {str} or "" in (unique := set(names)):
             raise ValueError("a tensor name must be a non-empty string")
+        if not unique <= self._names_checked:  # names new to this writer: printable?
+            _check_printable(list(unique - self._names_checked))
+            self._names_checked |= unique
         step, mode_key, new_step = check_write(
             names[0], step, mode, mode_step, self._current, self._last_committed
         )
