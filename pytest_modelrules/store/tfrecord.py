@@ -570,7 +570,7 @@ def decode_tensor(buf: bytes, start: int, end: int) -> np.ndarray:
 #: half_val, uint32_val, uint64_val
 _TYPED_FIELDS = frozenset((5, 6, 7, 10, 11, 13, 16, 17))
 _FIXED_FIELDS = {5: np.dtype("<f4"), 6: np.dtype("<f8")}
-_FIELD_NAMES = {5: "float_val", 6: "double_val"}
+_FIELD_NAMES = {5: "float_val", 6: "double_val", 13: "half_val"}
 
 
 def _typed_values(
@@ -630,10 +630,14 @@ def _typed_values(
             raise FramingError("half_val entry wider than 16 bits", start)
         vals = vals.astype(np.uint16).view(np.float16)
     if vals.dtype.kind == "f" and dtype.kind in "iub" and count:
-        # float_val / double_val in an integer or bool tensor: a NaN, an infinity or a value
-        # past the type's range has no value there (numpy's cast would warn, and make one up)
+        # float_val / double_val / half_val in an integer or bool tensor: a NaN, an infinity
+        # or a value past the type's range has no value there (numpy's cast would warn, and
+        # make one up). The bounds are float64 powers of two, exact: 2.0**63 is past int64's
+        # range, though float(2**63 - 1) rounds up to it
         info = np.iinfo(dtype) if dtype.kind != "b" else np.iinfo(np.uint8)
-        if not (np.isfinite(vals).all() and vals.min() >= info.min and vals.max() <= info.max):
+        f = vals.astype(np.float64, copy=False)
+        lo, hi = float(info.min), float(info.max + 1)
+        if not (np.isfinite(f).all() and f.min() >= lo and f.max() < hi):
             raise FramingError(
                 f"{_FIELD_NAMES[num]} values that a {dtype} tensor cannot hold", start
             )

@@ -144,6 +144,27 @@ def test_float_values_an_integer_tensor_cannot_hold_are_refused_without_a_warnin
     assert open_run(root).tensor("loss").value(0).tolist() == [-7]
 
 
+@pytest.mark.parametrize(
+    "dtype, field, payload",
+    [
+        (9, 6, struct.pack("<d", 2.0**63)),  # int64: 2^63 is past its range (max 2^63 - 1)
+        (23, 6, struct.pack("<d", 2.0**64)),  # uint64: 2^64 likewise
+        (3, 13, _varint(0x7E00)),  # int32: half_val NaN
+        (3, 13, _varint(0x7C00)),  # int32: half_val infinity
+    ],
+)
+def test_values_just_past_an_integer_type_or_half_nans_are_refused(tmp_path, dtype, field, payload):
+    """A double_val of exactly 2^63 passed the range check (float(2^63 - 1) is 2^63) and was
+    cast to -2^63 with a RuntimeWarning; a half_val NaN in an integer tensor was a KeyError."""
+    root = _one_step(tmp_path / "run")
+    shape = b"\x12\x04\x12\x02\x08\x01"  # [1]
+    _only_record(root, _event(bytes([8, dtype]) + shape + _field(field, payload)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CorruptRunError, match=r"_val values that a u?int(32|64) tensor"):
+            open_run(root).tensor("loss").value(0)
+
+
 def test_a_tensor_with_two_shapes_is_refused_and_leaves_other_runs_alone(tmp_path):
     """The shape cache is shared by every run of the process: a hostile tensor's second shape
     must neither be added to its first nor cached for the clean run read next."""
