@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..modes import ModeKeys, parse_mode
-from ..store.names import OUR_REDUCTIONS, SMDEBUG_REDUCTIONS
+from ..store.names import OUR_REDUCTIONS, SMDEBUG_REDUCTIONS, UNPRINTABLE
 
 _SAVED_MODES = (ModeKeys.TRAIN, ModeKeys.EVAL, ModeKeys.PREDICT, ModeKeys.GLOBAL)
 
@@ -216,6 +216,11 @@ class CollectionConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError("a collection needs a non-empty name")
+        if UNPRINTABLE.search(self.name):  # readers refuse the run (store/names.py)
+            raise ValueError(
+                f"collection name {self.name!r} holds a control character or a lone "
+                "surrogate, which no reader accepts"
+            )
         params = dict(self.parameters or {})
         known = {
             "include_regex", "tensor_names", "save_interval", "save_steps", "start_step",

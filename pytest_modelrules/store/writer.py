@@ -100,13 +100,14 @@ def stored_value(value: Any) -> np.ndarray | Fraction:
     return to_numpy(value)
 
 
-def _check_printable(names: list[str]) -> None:
-    """ValueError for a name with a control character or a lone surrogate: readers refuse
-    such names (they would reach CI logs: store/names.py, UNPRINTABLE)."""
+def _check_printable(names: list[str], what: str = "tensor") -> None:
+    """ValueError for a (``what``: tensor or collection) name with a control character or a
+    lone surrogate: readers refuse such names (they would reach CI logs: store/names.py,
+    UNPRINTABLE)."""
     bad = unprintable_name(names)
     if bad is not None:
         raise ValueError(
-            f"tensor name {bad!r} holds a control character or a lone surrogate, which no "
+            f"{what} name {bad!r} holds a control character or a lone surrogate, which no "
             "reader accepts"
         )
 
@@ -456,8 +457,10 @@ class RunWriter:
         self._write_worker_file()
 
     def set_collections(self, collections: dict[str, Any]) -> None:
-        """Record which tensors belong to which collection (name -> {"tensor_names": [...]})."""
+        """Record which tensors belong to which collection (name -> {"tensor_names": [...]}).
+        A collection name no reader accepts (a control character) is a ValueError."""
         self._check_open()
+        _check_printable([str(name) for name in collections], "collection")
         self._collections = dict(collections)
         self._write_worker_file()
 

@@ -79,3 +79,22 @@ def test_class_names_metadata_keys_and_the_end_reason_are_shown_escaped(
     out = capsys.readouterr().out
     assert "ended (stopped\\n::error::by rule)" in out and "key\\x1b[31m" in out
     assert not any(line.startswith("::") for line in out.splitlines())
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_a_collection_name_no_reader_accepts_is_refused_when_given(
+    tmp_path: Path, name: str
+) -> None:
+    """The writer wrote such a collection name and the Recorder took it, making a run that
+    its own reader then refused as corrupt."""
+    from pytest_modelrules.capture.config import CollectionConfig
+
+    with pytest.raises(ValueError, match=r"collection name .* holds a control character"):
+        CollectionConfig(name=name, include_regex=".*")
+    w = RunWriter(tmp_path / "r")
+    with pytest.raises(ValueError, match=r"collection name .* holds a control character"):
+        w.set_collections({name: {"tensor_names": ["loss"]}})
+    w.set_collections({"losses": {"tensor_names": ["loss"]}})
+    w.write("loss", np.float32(1.0), 0)
+    w.close()
+    assert list(open_run(tmp_path / "r").collections()) == ["losses"]
