@@ -80,7 +80,9 @@ def make_rule(spec: Any, **params: Any) -> BuiltinRule:
 def evaluate_defaults(run: Any, *, baseline: Any = None) -> list[RuleResult]:
     """Evaluate the default profile on a run (what ``modelrules check`` and the HTML report
     run when no rule is named). A rule whose tensors the run does not hold comes back as a
-    "not judged" result (``skipped=True``) that names what is missing, not as a failure."""
+    "not judged" result (``skipped=True``) that names what is missing, not as a failure; a
+    rule that cannot read what the run holds (a ClassAxisError, a damaged tensor file) comes
+    back so too, with ``error`` saying why (:func:`evaluate_or_not_judged`)."""
     from ..store.run import open_run
 
     run = open_run(run)

@@ -639,7 +639,7 @@ def _typed_values(
         lo, hi = float(info.min), float(info.max + 1)
         if not (np.isfinite(f).all() and f.min() >= lo and f.max() < hi):
             raise FramingError(
-                f"{_FIELD_NAMES[num]} values that a {dtype} tensor cannot hold", start
+                f"{_FIELD_NAMES[num]} values that a tensor of dtype {dtype} cannot hold", start
             )
     return vals.astype(dtype).reshape(dims)
 

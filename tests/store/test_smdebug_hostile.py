@@ -138,7 +138,9 @@ def test_float_values_an_integer_tensor_cannot_hold_are_refused_without_a_warnin
     _only_record(root, _event(b"\x08\x03" + shape + b"\x2a\x04" + struct.pack("<f", value)))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(CorruptRunError, match="float_val values that a int32 tensor cannot"):
+        with pytest.raises(
+            CorruptRunError, match="float_val values that a tensor of dtype int32 cannot"
+        ):
             open_run(root).tensor("loss").value(0)
     _only_record(root, _event(b"\x08\x03" + shape + b"\x2a\x04" + struct.pack("<f", -7.0)))
     assert open_run(root).tensor("loss").value(0).tolist() == [-7]
@@ -161,7 +163,9 @@ def test_values_just_past_an_integer_type_or_half_nans_are_refused(tmp_path, dty
     _only_record(root, _event(bytes([8, dtype]) + shape + _field(field, payload)))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(CorruptRunError, match=r"_val values that a u?int(32|64) tensor"):
+        with pytest.raises(
+            CorruptRunError, match=r"_val values that a tensor of dtype u?int(32|64) cannot"
+        ):
             open_run(root).tensor("loss").value(0)
 
 
