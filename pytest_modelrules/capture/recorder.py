@@ -407,6 +407,27 @@ def _full_copy(name: str, x: torch.Tensor) -> tuple[torch.Tensor, _Full]:
     return copy.view(-1), _Full(name, tuple(x.shape))
 
 
+def _hooked_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The optimizer whose step hooks run at each real step. A wrapper that subclasses
+    ``torch.optim.Optimizer`` without running its ``__init__`` and keeps the optimizer it
+    wraps as ``.optimizer`` (Hugging Face Accelerate's ``AcceleratedOptimizer``, whose
+    ``step()`` calls the wrapped one's only where gradients are synchronised, i.e. once per
+    accumulation cycle) holds no step hooks: the wrapped optimizer's are used. PyTorch
+    Lightning's ``LightningOptimizer`` shares the wrapped optimizer's hooks: kept as it is."""
+    seen = set()
+    while "_optimizer_step_pre_hooks" not in vars(optimizer) and id(optimizer) not in seen:
+        seen.add(id(optimizer))
+        inner = getattr(optimizer, "optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer):
+            raise RecorderError(
+                f"optimizer {type(optimizer).__name__} is a torch.optim.Optimizer that never "
+                "ran Optimizer.__init__ (a wrapper?), so it has no step hooks; give the "
+                "Recorder the optimizer it wraps"
+            )
+        optimizer = inner
+    return optimizer
+
+
 def _closure_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[..., Any] | None:
     """The closure of an ``optimizer.step(closure)`` call, passed by name or positionally, as
     a step pre-hook sees the call's arguments (``args[0]`` is the optimizer itself)."""
@@ -513,6 +534,8 @@ class Recorder:
             raise RecorderError(
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
+        if optimizer is not None:
+            optimizer = _hooked_optimizer(optimizer)
         if int(save_interval) < 0:
             raise RecorderError(f"save_interval must be >= 0, got {save_interval}")
         if writer_process and is_url(out_dir):
@@ -618,6 +641,9 @@ class Recorder:
         # whether the step's first forward pass returned (a pass that raised did not), and
         # how far the step's captures had come before it began (_restart_forward)
         self._first_done = False
+        # a step(closure) whose gradients are read after the closure's first evaluation
+        # (or, where the optimizer never calls it, at the step's end)
+        self._grads_pending = False
         self._marks: tuple[int, int, int, int, frozenset[str]] = (0, 0, 0, 0, frozenset())
         self._saving: frozenset[int] = frozenset()
         # per tensor name, valid for the collections saving in _spec_saving: what to store
@@ -1482,11 +1508,14 @@ class Recorder:
         return hook
 
     def _opt_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
-        """Before ``optimizer.step()``: the step's gradients. A step called with a closure and
-        no forward pass before it (LBFGS; the optimizer evaluates the model itself) gets its
-        closure wrapped: the first evaluation is the step's forward pass, recorded as any,
-        and its gradients are the step's; later evaluations (a line search) are not recorded.
-        Returns the new (args, kwargs) then, as optimizer step pre-hooks may."""
+        """Before ``optimizer.step()``: the step's gradients. A step called with a closure gets
+        its closure wrapped, and the gradients are read once its first evaluation has run
+        (the optimizer reads them then): with no forward pass before it (LBFGS; the optimizer
+        evaluates the model itself) that evaluation is the step's forward pass, recorded as
+        any; after one (PyTorch Lightning's last micro-batch of gradient accumulation, whose
+        backward adds to the gradients inside the closure) it is another micro-batch. Later
+        evaluations (a line search) are not recorded. Returns the new (args, kwargs) then, as
+        optimizer step pre-hooks may."""
         if _tracing():  # a compiled optimizer step (or training step): outside its graph
             if _breaks_allowed():
                 return _eager(self._opt_pre_hook, optimizer, args, kwargs)
@@ -1494,14 +1523,23 @@ class Recorder:
         if self.dead or self.mode != ModeKeys.TRAIN:
             return None
         try:
+            closure = _closure_of(args, kwargs)
             if not self._open:
-                closure = _closure_of(args, kwargs)
                 if self._hidden_forward:  # a compiled forward pass that kept out its hooks
                     self._forward_was_hidden("at the optimizer's step")
                 self._open_step()
                 if closure is not None:
                     self._forward_index = -1  # the closure's first forward pass makes it 0
+                    self._grads_pending = bool(self._saving)
                     return _with_closure(args, kwargs, self._first_evaluation(closure))
+            if self._saving and closure is not None:
+                # what was handed off (the weights) is read before the optimizer changes
+                # them, even by an optimizer that never calls the closure
+                self._handoff()
+                if self._works:
+                    self._settle()
+                self._grads_pending = True
+                return _with_closure(args, kwargs, self._first_evaluation(closure))
             if self._saving:
                 self._capture_gradients()
         except Exception as exc:
@@ -1532,7 +1570,8 @@ class Recorder:
             result = closure(*args, **kwargs)
             if first:
                 first = False
-                if not self.dead and self._saving and self.mode == ModeKeys.TRAIN:
+                if self._grads_pending and not self.dead and self.mode == ModeKeys.TRAIN:
+                    self._grads_pending = False
                     try:
                         self._capture_gradients()
                     except Exception as exc:
@@ -1549,6 +1588,10 @@ class Recorder:
         if self.dead or self.mode != ModeKeys.TRAIN:
             return
         try:
+            if self._grads_pending:  # an optimizer that took a closure and never called it
+                self._grads_pending = False
+                if self._saving:
+                    self._capture_gradients()
             self._finalize_step()
         except Exception as exc:
             self._fail(exc, "writing a step")
@@ -1559,6 +1602,7 @@ class Recorder:
         self._open = True
         self._forward_index = 0
         self._first_done = False
+        self._grads_pending = False
         mode_step = self._mode_steps.get(self.mode, 0)
         mode = self.mode
         saving = frozenset(

@@ -10,6 +10,7 @@ from capture_helpers import TinyNet, assert_same_values, batches, run_values, tr
 
 from pytest_modelrules import Recorder, modes, open_run
 from pytest_modelrules.capture import CollectionConfig, SaveConfig, SaveConfigMode
+from pytest_modelrules.exceptions import RecorderError
 from pytest_modelrules.store.names import reduction_tensor_name
 
 torch = pytest.importorskip("torch")
@@ -169,6 +170,127 @@ def test_a_closure_after_a_forward_pass_is_another_micro_batch(tmp_path, tiny):
     np.testing.assert_allclose([loss[0], loss[1]], losses, rtol=1e-6)
     l2 = run.tensor(reduction_tensor_name("gradient/fc.weight", "l2")).values()
     np.testing.assert_allclose([l2[0], l2[1]], grads, rtol=1e-5)
+
+
+def test_accumulation_whose_last_micro_batch_runs_in_the_closure(tmp_path, tiny):
+    """PyTorch Lightning's loop with ``accumulate_grad_batches=2`` (and any precision but
+    fp16's GradScaler): the first micro-batch runs as ``closure()`` outside the optimizer,
+    the last one inside ``optimizer.step(closure)``, where its backward adds to the
+    gradients before the optimizer reads them. The gradients recorded are the accumulated
+    ones the optimizer used; before, they were the first micro-batch's alone."""
+    model, loss_fn, opt = tiny
+    data = batches(8)
+    used, first_losses = [], []
+    opt.register_step_post_hook(lambda o, a, k: used.append(model.fc.weight.grad.norm().item()))
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1) as rec:
+        for i, (x, y) in enumerate(data):
+
+            def closure(x=x, y=y):
+                loss = loss_fn(model(x), y) / 2
+                loss.backward()
+                return loss
+
+            if i % 2 == 0:
+                first_losses.append(closure().item() * 2)
+            else:
+                opt.step(closure)
+                opt.zero_grad()
+        assert rec.global_step == 4 and not rec.dead
+    run = open_run(tmp_path / "run")
+    assert run.steps(modes.TRAIN) == [0, 1, 2, 3]
+    loss = run.tensor("CrossEntropyLoss_output_0").values(modes.TRAIN)
+    np.testing.assert_allclose([loss[s] for s in range(4)], first_losses, rtol=1e-6)
+    l2 = run.tensor(reduction_tensor_name("gradient/fc.weight", "l2")).values(modes.TRAIN)
+    np.testing.assert_allclose([l2[s] for s in range(4)], used, rtol=1e-5)
+
+
+def test_a_closure_the_optimizer_never_calls_still_gives_the_gradients(tmp_path, tiny):
+    """An optimizer that takes a closure and does not call it: the step's gradients are
+    read after it stepped (weights are read before it changes them)."""
+    model, loss_fn, _ = tiny
+
+    class Ignores(torch.optim.SGD):
+        def step(self, closure=None):
+            return super().step()
+
+    opt = Ignores(model.parameters(), lr=0.1)
+    data = batches(2)
+    grads, weights = [], []
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1):
+        for x, y in data:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            grads.append(model.fc.weight.grad.norm().item())
+            weights.append(model.fc.weight.norm().item())
+            opt.step(lambda: None)
+    run = open_run(tmp_path / "run")
+    l2 = run.tensor(reduction_tensor_name("gradient/fc.weight", "l2")).values()
+    np.testing.assert_allclose([l2[0], l2[1]], grads, rtol=1e-5)
+    w = run.tensor(reduction_tensor_name("fc.weight", "l2")).values()
+    np.testing.assert_allclose([w[0], w[1]], weights, rtol=1e-5)
+
+
+class _SkippingWrapper(torch.optim.Optimizer):
+    """Accelerate's ``AcceleratedOptimizer`` in miniature: an Optimizer subclass that never
+    runs ``Optimizer.__init__`` (so it has no step hooks of its own) and calls the wrapped
+    optimizer's ``step()`` only on the last micro-batch of each accumulation cycle."""
+
+    def __init__(self, optimizer, every):
+        self.optimizer, self.every, self.calls = optimizer, every, 0
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    def step(self, closure=None):
+        self.calls += 1
+        if self.calls % self.every == 0:
+            self.optimizer.step(closure)
+
+    def zero_grad(self, set_to_none=True):
+        if self.calls % self.every == 0:
+            self.optimizer.zero_grad(set_to_none=set_to_none)
+
+
+def test_an_optimizer_wrapper_without_hooks_is_recorded_through_the_optimizer_it_wraps(
+    tmp_path, tiny
+):
+    """The prepared optimizer of Hugging Face Accelerate, given to the Recorder, was an
+    AttributeError (``_optimizer_step_pre_hooks``) at ``Recorder(...)``: the hooks go on
+    the optimizer it wraps, which steps once per accumulation cycle."""
+    model, loss_fn, inner = tiny
+    opt = _SkippingWrapper(inner, every=2)
+    data = batches(8)
+    used, first_losses = [], []
+    inner.register_step_pre_hook(lambda o, a, k: used.append(model.fc.weight.grad.norm().item()))
+    with Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=opt, save_interval=1) as rec:
+        assert rec.optimizer is inner
+        for i, (x, y) in enumerate(data):
+            loss = loss_fn(model(x), y)
+            if i % 2 == 0:
+                first_losses.append(loss.item())
+            (loss / 2).backward()
+            opt.step()
+            opt.zero_grad()
+        assert rec.global_step == 4 and not rec.dead
+    run = open_run(tmp_path / "run")
+    assert run.steps(modes.TRAIN) == [0, 1, 2, 3]
+    loss = run.tensor("CrossEntropyLoss_output_0").values(modes.TRAIN)
+    np.testing.assert_allclose([loss[s] for s in range(4)], first_losses, rtol=1e-6)
+    l2 = run.tensor(reduction_tensor_name("gradient/fc.weight", "l2")).values(modes.TRAIN)
+    np.testing.assert_allclose([l2[s] for s in range(4)], used, rtol=1e-5)
+
+
+def test_an_optimizer_without_hooks_or_a_wrapped_one_is_refused(tmp_path, tiny):
+    model, loss_fn, _ = tiny
+
+    class Hookless(torch.optim.Optimizer):
+        def __init__(self):
+            pass
+
+    with pytest.raises(RecorderError, match=r"never ran Optimizer\.__init__"):
+        Recorder(tmp_path / "run", model, loss=loss_fn, optimizer=Hookless())
+    assert not (tmp_path / "run").exists()
 
 
 class _Checkpointed(torch.nn.Module):
