@@ -712,6 +712,7 @@ class Recorder:
         self._hidden_forward = False
         self._hidden_said = False
         self._no_grad_said = False  # a no_grad forward pass in an optimizer's TRAIN step
+        self._no_forward_said = False  # an optimizer step with no forward pass of the model
         self._handles: list[Any] = []
         self._collections_dirty = False
         self._last_sync = time.monotonic()
@@ -1028,6 +1029,23 @@ class Recorder:
             "rec.set_mode(modes.EVAL) before it (and rec.set_mode(modes.TRAIN) after): in "
             "TRAIN mode its batches belong to the next optimizer step, and their loss is "
             "recorded as that step's training loss (docs/recording.md#steps)"
+        )
+
+    def _no_forward_seen(self) -> None:
+        """A saving TRAIN step ended at ``optimizer.step()`` with no forward pass of the
+        recorded model: its training step calls another module (a LightningModule's
+        ``self.net``, say). Steps then hold the weights and gradients alone, which is said
+        once, instead of a run that silently lacks its loss, inputs and activations."""
+        if self._no_forward_said:
+            return
+        self._no_forward_said = True
+        _report(
+            "pytest-modelrules Recorder: optimizer.step() ended a step in which the recorded "
+            f"model ({type(self.root).__name__}) ran no forward pass: a step records the loss, "
+            "the inputs and the activations of that model's forward pass, so this run holds "
+            "its weights and gradients only. Give the Recorder the module your training step "
+            "calls (with PyTorch Lightning, pl_module.net where training_step calls "
+            "self.net(x); docs/recording.md)"
         )
 
     def _forward_was_hidden(self, where: str) -> None:
@@ -1592,6 +1610,8 @@ class Recorder:
                 self._grads_pending = False
                 if self._saving:
                     self._capture_gradients()
+            if self._saving and not self._first_done and not self._hidden_said:
+                self._no_forward_seen()
             self._finalize_step()
         except Exception as exc:
             self._fail(exc, "writing a step")

@@ -502,6 +502,53 @@ def test_validation_left_in_train_mode_is_said_once(tmp_path, tiny):
                 loss_fn(model(batches(1)[0][0]), batches(1)[0][1])
 
 
+class _Module(torch.nn.Module):
+    """A LightningModule's shape: the model is ``self.net``, its step calls ``self.net(x)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = TinyNet()
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("closure", [False, True], ids=["plain step", "step(closure)"])
+def test_a_model_whose_forward_never_runs_is_said_once(tmp_path, closure):
+    """Given the outer module while the training step calls its submodule, the Recorder saw
+    no forward pass: the run held weights and gradients alone, silently. One warning says
+    so, with or without a closure step (Lightning's); given the submodule, none."""
+    outer = _Module()
+    opt = torch.optim.SGD(outer.parameters(), lr=0.1)
+
+    def fit(rec_model, out):
+        with Recorder(out, rec_model, loss=outer.loss_fn, optimizer=opt, save_interval=1):
+            for x, y in batches(3):
+
+                def step_closure(x=x, y=y):
+                    opt.zero_grad()
+                    loss = outer.loss_fn(outer.net(x), y)
+                    loss.backward()
+                    return loss
+
+                if closure:
+                    opt.step(step_closure)
+                else:
+                    step_closure()
+                    opt.step()
+
+    with pytest.warns(RuntimeWarning, match=r"recorded model \(_Module\) ran no forward") as rec:
+        fit(outer, tmp_path / "outer")
+    assert sum("ran no forward pass" in str(w.message) for w in rec) == 1  # once, 3 steps
+    assert open_run(tmp_path / "outer").tensor_names(regex="CrossEntropyLoss") == []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(outer.net, tmp_path / "net")
+    assert not [w for w in caught if "ran no forward pass" in str(w.message)]
+    assert open_run(tmp_path / "net").tensor("CrossEntropyLoss_output_0").steps() == [0, 1, 2]
+
+
 def test_save_interval_and_save_steps_per_collection_and_mode(tmp_path, tiny):
     model, loss_fn, opt = tiny
     cols = [
