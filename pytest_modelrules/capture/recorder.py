@@ -1041,11 +1041,12 @@ class Recorder:
         self._no_forward_said = True
         _report(
             "pytest-modelrules Recorder: optimizer.step() ended a step in which the recorded "
-            f"model ({type(self.root).__name__}) ran no forward pass: a step records the loss, "
-            "the inputs and the activations of that model's forward pass, so this run holds "
-            "its weights and gradients only. Give the Recorder the module your training step "
-            "calls (with PyTorch Lightning, pl_module.net where training_step calls "
-            "self.net(x); docs/recording.md)"
+            f"model ({type(self.root).__name__}) ran no forward pass of its own: a step records "
+            "the loss, the inputs and the activations of that model's forward pass, so this "
+            "run holds its weights and gradients only. If your training step calls another "
+            "module, give the Recorder that one (with PyTorch Lightning, pl_module.net where "
+            "training_step calls self.net(x)); calls under torch.func transforms (vmap, grad) "
+            "are no forward pass (docs/recording.md)"
         )
 
     def _forward_was_hidden(self, where: str) -> None:

@@ -172,6 +172,17 @@ def test_a_closure_after_a_forward_pass_is_another_micro_batch(tmp_path, tiny):
     np.testing.assert_allclose([l2[0], l2[1]], grads, rtol=1e-5)
 
 
+def _assert_four_accumulated_steps(path, first_losses: list[float], used: list[float]) -> None:
+    """A run of 4 TRAIN steps of 2 micro-batches each: each step's loss is its first
+    micro-batch's, and its fc gradient norm the one the optimizer used."""
+    run = open_run(path)
+    assert run.steps(modes.TRAIN) == [0, 1, 2, 3]
+    loss = run.tensor("CrossEntropyLoss_output_0").values(modes.TRAIN)
+    np.testing.assert_allclose([loss[s] for s in range(4)], first_losses, rtol=1e-6)
+    l2 = run.tensor(reduction_tensor_name("gradient/fc.weight", "l2")).values(modes.TRAIN)
+    np.testing.assert_allclose([l2[s] for s in range(4)], used, rtol=1e-5)
+
+
 def test_accumulation_whose_last_micro_batch_runs_in_the_closure(tmp_path, tiny):
     """PyTorch Lightning's loop with ``accumulate_grad_batches=2`` (and any precision but
     fp16's GradScaler): the first micro-batch runs as ``closure()`` outside the optimizer,
@@ -196,12 +207,7 @@ def test_accumulation_whose_last_micro_batch_runs_in_the_closure(tmp_path, tiny)
                 opt.step(closure)
                 opt.zero_grad()
         assert rec.global_step == 4 and not rec.dead
-    run = open_run(tmp_path / "run")
-    assert run.steps(modes.TRAIN) == [0, 1, 2, 3]
-    loss = run.tensor("CrossEntropyLoss_output_0").values(modes.TRAIN)
-    np.testing.assert_allclose([loss[s] for s in range(4)], first_losses, rtol=1e-6)
-    l2 = run.tensor(reduction_tensor_name("gradient/fc.weight", "l2")).values(modes.TRAIN)
-    np.testing.assert_allclose([l2[s] for s in range(4)], used, rtol=1e-5)
+    _assert_four_accumulated_steps(tmp_path / "run", first_losses, used)
 
 
 def test_a_closure_the_optimizer_never_calls_still_gives_the_gradients(tmp_path, tiny):
@@ -273,12 +279,7 @@ def test_an_optimizer_wrapper_without_hooks_is_recorded_through_the_optimizer_it
             opt.step()
             opt.zero_grad()
         assert rec.global_step == 4 and not rec.dead
-    run = open_run(tmp_path / "run")
-    assert run.steps(modes.TRAIN) == [0, 1, 2, 3]
-    loss = run.tensor("CrossEntropyLoss_output_0").values(modes.TRAIN)
-    np.testing.assert_allclose([loss[s] for s in range(4)], first_losses, rtol=1e-6)
-    l2 = run.tensor(reduction_tensor_name("gradient/fc.weight", "l2")).values(modes.TRAIN)
-    np.testing.assert_allclose([l2[s] for s in range(4)], used, rtol=1e-5)
+    _assert_four_accumulated_steps(tmp_path / "run", first_losses, used)
 
 
 def test_an_optimizer_without_hooks_or_a_wrapped_one_is_refused(tmp_path, tiny):
@@ -665,7 +666,9 @@ def test_per_sample_gradients_by_torch_func_are_no_forward_pass(tmp_path):
         return torch.nn.functional.cross_entropy(out, yi[None])
 
     norms = []
-    with Recorder(tmp_path / "run", model, optimizer=opt, save_interval=1) as rec:
+    rec = Recorder(tmp_path / "run", model, optimizer=opt, save_interval=1)
+    # the run holds no loss and no activations, which one warning says
+    with pytest.warns(RuntimeWarning, match="torch.func transforms") as said, rec:
         for _ in range(3):
             params = {k: v.detach() for k, v in model.named_parameters()}
             per_sample = vmap(grad(loss_one), in_dims=(None, 0, 0))(params, x, y)
@@ -673,6 +676,7 @@ def test_per_sample_gradients_by_torch_func_are_no_forward_pass(tmp_path):
                 p.grad = per_sample[k].mean(0)
             norms.append(model[0].weight.grad.norm().item())
             opt.step()
+    assert sum("ran no forward pass" in str(w.message) for w in said) == 1
     assert not rec.dead, rec.error
     run = open_run(tmp_path / "run")
     assert run.steps(modes.TRAIN) == [0, 1, 2]
