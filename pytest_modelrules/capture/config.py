@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..modes import ModeKeys, parse_mode
-from ..store.names import OUR_REDUCTIONS, SMDEBUG_REDUCTIONS, UNPRINTABLE
+from ..store.names import OUR_REDUCTIONS, SMDEBUG_REDUCTIONS, check_printable
 
 _SAVED_MODES = (ModeKeys.TRAIN, ModeKeys.EVAL, ModeKeys.PREDICT, ModeKeys.GLOBAL)
 
@@ -216,11 +216,7 @@ class CollectionConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError("a collection needs a non-empty name")
-        if UNPRINTABLE.search(self.name):  # readers refuse the run (store/names.py)
-            raise ValueError(
-                f"collection name {self.name!r} holds a control character or a lone "
-                "surrogate, which no reader accepts"
-            )
+        check_printable([self.name], "collection")  # readers refuse the run (store/names.py)
         params = dict(self.parameters or {})
         known = {
             "include_regex", "tensor_names", "save_interval", "save_steps", "start_step",

@@ -27,6 +27,17 @@ def unprintable_name(names: list[str]) -> str | None:
     return next(n for n in names if UNPRINTABLE.search(n))
 
 
+def check_printable(names: list[str], what: str = "tensor") -> None:
+    """ValueError for a (``what``: tensor or collection) name holding an :data:`UNPRINTABLE`
+    character: what writers refuse, since readers refuse the run that holds it."""
+    bad = unprintable_name(names)
+    if bad is not None:
+        raise ValueError(
+            f"{what} name {bad!r} holds a control character or a lone surrogate, which no "
+            "reader accepts"
+        )
+
+
 def printable(text: str) -> str:
     """``text`` with every :data:`UNPRINTABLE` character written as its escape (``\\x1b``):
     for text a run supplies (class names) shown in messages and logs."""

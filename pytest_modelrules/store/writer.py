@@ -31,7 +31,7 @@ from .format import (
     encode_record_parts,
 )
 from .fs import is_url, local_path
-from .names import unprintable_name
+from .names import check_printable
 
 #: bounds of the default number of tensor files a writer keeps open
 MIN_OPEN_FILES = 64
@@ -100,18 +100,6 @@ def stored_value(value: Any) -> np.ndarray | Fraction:
     return to_numpy(value)
 
 
-def _check_printable(names: list[str], what: str = "tensor") -> None:
-    """ValueError for a (``what``: tensor or collection) name with a control character or a
-    lone surrogate: readers refuse such names (they would reach CI logs: store/names.py,
-    UNPRINTABLE)."""
-    bad = unprintable_name(names)
-    if bad is not None:
-        raise ValueError(
-            f"{what} name {bad!r} holds a control character or a lone surrogate, which no "
-            "reader accepts"
-        )
-
-
 def check_write(
     name: str,
     step: int,
@@ -126,7 +114,7 @@ def check_write(
     """
     if not isinstance(name, str) or not name:
         raise ValueError("a tensor name must be a non-empty string")
-    _check_printable([name])
+    check_printable([name])
     step = int(step)
     mode_key = int(parse_mode(mode, allow_none=False))
     if current is None or step != current[0]:
@@ -398,7 +386,7 @@ class RunWriter:
         if set(map(type, names)) != {str} or "" in (unique := set(names)):
             raise ValueError("a tensor name must be a non-empty string")
         if not unique <= self._names_checked:  # names new to this writer: printable?
-            _check_printable(list(unique - self._names_checked))
+            check_printable(list(unique - self._names_checked))
             self._names_checked |= unique
         step, mode_key, new_step = check_write(
             names[0], step, mode, mode_step, self._current, self._last_committed
@@ -460,7 +448,7 @@ class RunWriter:
         """Record which tensors belong to which collection (name -> {"tensor_names": [...]}).
         A collection name no reader accepts (a control character) is a ValueError."""
         self._check_open()
-        _check_printable([str(name) for name in collections], "collection")
+        check_printable([str(name) for name in collections], "collection")
         self._collections = dict(collections)
         self._write_worker_file()
 
