@@ -594,6 +594,10 @@ class Run:
                 keep &= steps < end
         return keep
 
+    def _step_in_range(self, step: int) -> bool:
+        """Whether ``range_steps`` keeps global step ``step``."""
+        return bool(self._in_range(np.array([step]))[0])
+
     # -- internal step index -------------------------------------------------------------------
 
     def _index(self) -> None:
@@ -700,7 +704,7 @@ class Run:
         hint = self._steps_hint(mode)
         if self.range_steps is not None:
             hint += f" within range_steps={self.range_steps!r}"
-            if mode is None and not self._in_range(np.array([step]))[0]:
+            if mode is None and not self._step_in_range(step):
                 return StepUnavailable(step, mode, hint=f"{hint}, which leaves it out")
             if self._range_closed and step > (steps[-1] if steps else -1):
                 return NoMoreData(step, mode, hint=f"{hint}, whose last step has been written")
@@ -764,7 +768,7 @@ class Run:
         step = int(step)
         if self._has_step(step, m):
             return StepState.AVAILABLE
-        if self._range_closed or (m is None and not self._in_range(np.array([step]))[0]):
+        if self._range_closed or (m is None and not self._step_in_range(step)):
             return StepState.UNAVAILABLE  # range_steps leaves it out, or no later step is read
         ended = self.has_ended
         if step in self.steps(m, show_incomplete_steps=True):  # some workers wrote it
