@@ -133,6 +133,8 @@ class MemoryWorkerWriter:
         """Commit the last step and mark this worker ended (with an optional stop reason)."""
         if self.closed:
             return
+        if reason is not None and not isinstance(reason, str):
+            raise TypeError(f"the end reason must be a string, got {type(reason).__name__}")
         self.end_step()
         end: dict[str, Any] = {"last_step": self._last_committed}
         if reason:

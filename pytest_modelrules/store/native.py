@@ -8,6 +8,7 @@ O(new data) per refresh. Values are read-only views of those bytes.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 from urllib.parse import unquote
 
@@ -88,6 +89,22 @@ def end_files(end: dict[str, Any], path: str) -> dict[str, int] | None:
                 "expected an integer in [0, 2^53)",
             )
     return files
+
+
+def check_end_fields(end: dict[str, Any], path: str) -> None:
+    """END's other keys, each optional: ``last_step`` an integer in [-1, 2^63) (-1: no step
+    committed), ``wall_time`` a finite number of seconds, ``reason`` a string."""
+    last = end.get("last_step")
+    if last is not None and (type(last) is not int or not -1 <= last < 2**63):
+        raise CorruptRunError(
+            path, f"'last_step' must be an integer from -1 up, found {str(last)[:40]}"
+        )
+    wall = end.get("wall_time")
+    if wall is not None and (type(wall) not in (int, float) or not math.isfinite(wall)):
+        raise CorruptRunError(path, f"'wall_time' must be a number, found {str(wall)[:40]}")
+    reason = end.get("reason")
+    if reason is not None and type(reason) is not str:
+        raise CorruptRunError(path, f"'reason' must be a string, found {type(reason).__name__}")
 
 
 def _listed_file(fname: str) -> bool:
@@ -226,6 +243,30 @@ class _LogFile:
         if commit_limit is None or self.index is None or self.read_to <= self.index.end:
             return False
         return self.limit is None or commit_limit > self.limit
+
+
+def _check_one_record_a_step(name: str, parts: list[tuple[int, _LogFile, int | None]]) -> None:
+    """Refuse a tensor saved twice at one step of a worker: in its own file and a rows file,
+    or in two rows files (the writer never does; within one file steps increase, so only a
+    worker with several files of the tensor is compared)."""
+    by_worker: dict[int, list[_LogFile]] = {}
+    for widx, log, _ in parts:
+        if log.index is not None and len(log.index):
+            by_worker.setdefault(widx, []).append(log)
+    for logs in by_worker.values():
+        if len(logs) < 2:
+            continue
+        steps = np.concatenate([log.index.steps for log in logs])
+        owner = np.concatenate([np.full(len(log.index), i) for i, log in enumerate(logs)])
+        order = np.argsort(steps, kind="stable")
+        same = np.flatnonzero(steps[order][1:] == steps[order][:-1])
+        if len(same):
+            first, second = order[same[0]], order[same[0] + 1]
+            raise CorruptRunError(
+                logs[int(owner[second])].path,
+                f"tensor {name!r} at step {int(steps[first])} is also in "
+                f"{logs[int(owner[first])].path} (a tensor has one record a step)",
+            )
 
 
 class NativeRecords(TensorRecords):
@@ -439,11 +480,16 @@ class NativeBackend(Backend):
                 )
             # END before the commit log: END is written after the last commit, so once it
             # is seen, the commit log read next holds every step
+            end = None
             if worker not in self._ended:
                 end = j(layout.WORKERS_DIR, worker, layout.END_FILE)
                 if self.storage.exists(end):
                     self._end(worker, end, load_json(self.storage, end))
+                else:
+                    end = None
             self._steps[worker].update(None)
+            if end is not None:  # END just seen: the commit log just read is final
+                self._check_last_step(worker, end)
         for worker in self._worker_info:
             tdir = j(layout.WORKERS_DIR, worker, layout.TENSORS_DIR)
             rdir = j(layout.WORKERS_DIR, worker, layout.ROWS_DIR)
@@ -466,7 +512,10 @@ class NativeBackend(Backend):
                     name = log.header["name"]
                 else:
                     name = unquote(stem)
-                self._tensor_files.setdefault(name, {})[worker] = path
+                held = self._tensor_files.setdefault(name, {})
+                other = held.setdefault(worker, path)
+                if other != path:  # e.g. "loss.mrt" and "lo%73s.mrt", or a hashed name
+                    raise CorruptRunError(path, f"holds tensor {name!r}, as does {other}")
             self._find_rows(worker, rows_files)
         self._workers = sorted(self._worker_info, key=lambda w: (self._worker_info[w]["rank"], w))
         tables = []
@@ -518,6 +567,7 @@ class NativeBackend(Backend):
         wrote. The next listing must hold exactly those files, none shorter; a file is
         checked again whenever it is read (a cut made after the listing)."""
         files = end_files(end, path)
+        check_end_fields(end, path)
         self._ended[worker] = {k: v for k, v in end.items() if k != "files"}
         if files is None:
             return
@@ -530,6 +580,23 @@ class NativeBackend(Backend):
         if layout.STEPS_FILE in files:
             self._steps[worker].end_length = (worker, files[layout.STEPS_FILE])
         self._unchecked[worker] = files
+
+    def _check_last_step(self, worker: str, end_path: str) -> None:
+        """The commit log of an ended worker must end at the step its END gives (written
+        after the last commit): fewer steps mean committed steps were lost."""
+        declared = self._ended[worker].get("last_step")
+        if declared is None:
+            return
+        found = self._last_committed(worker)
+        found = -1 if found is None else found
+        if declared != found:
+            ends = f"ends at step {found}" if found >= 0 else "holds no step"
+            raise CorruptRunError(
+                self._steps[worker].path,
+                f"END of {worker} ({end_path}) gives {declared} as the last committed step; "
+                f"the commit log {ends}"
+                + (" (steps lost: cut, or replaced?)" if found < declared else ""),
+            )
 
     def _worker_path(self, worker: str, rel: str) -> str:
         """The path of a file given by its path below a worker's folder ('/' separated):
@@ -633,6 +700,7 @@ class NativeBackend(Backend):
                     log.update(self._last_committed(worker))
                     self._rows_read.add(path)
                 parts.append((widx, log, column))
+        _check_one_record_a_step(name, parts)
         records = NativeRecords(parts)
         self._records[name] = records
         return records

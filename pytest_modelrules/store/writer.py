@@ -511,6 +511,8 @@ class RunWriter:
         """
         if self.closed:
             return
+        if reason is not None and not isinstance(reason, str):
+            raise TypeError(f"the end reason must be a string, got {type(reason).__name__}")
         self.end_step()
         lengths = self._final_lengths()
         for fh in self._files.values():
