@@ -381,18 +381,31 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args.steps = args.steps or 20
     args.rounds = args.rounds or 5
 
+    from pytest_modelrules.capture import kernels, reductions
+
+    if args.stub_kernels and (not (args.host_proxy and args.triton) or args.device != "cpu"):
+        parser.error("--stub-kernels needs --host-proxy --triton on the CPU")
+    # module switches the run changes, put back however it ends (the tests call main())
+    fused = set(reductions.FUSED_NORM_DEVICES)
+    if args.host_proxy:
+        reductions.FUSED_NORM_DEVICES.add("cpu")
+    unstub = stub_kernel_launches(kernels) if args.stub_kernels else None
+    try:
+        return _measure(args)
+    finally:
+        if unstub is not None:
+            unstub()
+        reductions.FUSED_NORM_DEVICES.clear()
+        reductions.FUSED_NORM_DEVICES.update(fused)
+
+
+def _measure(args: argparse.Namespace) -> dict[str, float]:
+    """Run every variant, interleaved, and print the table: main() after set-up."""
     import torch
 
     from pytest_modelrules import Recorder
-    from pytest_modelrules.capture import CollectionConfig, kernels, offload, reductions
+    from pytest_modelrules.capture import CollectionConfig, kernels, offload
     from pytest_modelrules.capture import recorder as recorder_module
-
-    if args.host_proxy:
-        reductions.FUSED_NORM_DEVICES.add("cpu")
-    if args.stub_kernels:
-        if not (args.host_proxy and args.triton) or args.device != "cpu":
-            parser.error("--stub-kernels needs --host-proxy --triton on the CPU")
-        unstub = stub_kernel_launches(kernels)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -495,8 +508,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         rec.close()
     for switch, default in zip(switches, defaults):
         switch.update(default)
-    if args.stub_kernels:
-        unstub()
     shutil.rmtree(tmp, ignore_errors=True)
 
     base = statistics.median(samples["no recorder"])

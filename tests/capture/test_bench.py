@@ -102,12 +102,45 @@ def test_host_proxy_is_resnet18_at_a_narrow_width(capsys, monkeypatch):
     assert (
         sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in full.parameters()) / 50
     )
-    monkeypatch.setattr(reductions, "FUSED_NORM_DEVICES", set(reductions.FUSED_NORM_DEVICES))
+    fused_while_built = []
+    real_build = module.build
+
+    def build(args):
+        fused_while_built.append(set(reductions.FUSED_NORM_DEVICES))
+        return real_build(args)
+
+    monkeypatch.setattr(module, "build", build)
+    before = set(reductions.FUSED_NORM_DEVICES)
     ratios = module.main(["--quick", "--host-proxy"])
     out = capsys.readouterr().out
     assert "at width 8" in out and "host-cost proxy" in out and "paired ratio" in out
-    assert "cpu" in reductions.FUSED_NORM_DEVICES  # the GPU's code path for the norms
+    assert "cpu" in fused_while_built[0]  # the GPU's code path for the norms
+    assert before == reductions.FUSED_NORM_DEVICES  # and as it was after
     assert set(ratios) == {"no recorder", "save_interval=500", "save_interval=1"}
+
+
+def test_a_failing_run_puts_the_module_switches_back(monkeypatch):
+    """main() changes the kernels' builders (--stub-kernels) and the fused-norm devices
+    (--host-proxy): put back even when the run fails, for the rest of a test session."""
+    pytest.importorskip("triton")
+    from pytest_modelrules.capture import kernels, reductions
+
+    module = _script()
+    builders = kernels._kernel, kernels._norm_kernels
+    before = set(reductions.FUSED_NORM_DEVICES)
+    seen = []
+
+    def failing_build(args):
+        seen.append(((kernels._kernel, kernels._norm_kernels), set(reductions.FUSED_NORM_DEVICES)))
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(module, "build", failing_build)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        module.main(["--quick", "--host-proxy", "--triton", "--stub-kernels"])
+    ((stubbed, fused),) = seen
+    assert stubbed != builders and "cpu" in fused and "cpu" not in before  # they were changed
+    assert (kernels._kernel, kernels._norm_kernels) == builders
+    assert before == reductions.FUSED_NORM_DEVICES
 
 
 def test_profile_writes_op_tables_and_traces_of_both_variants(tmp_path, capsys):
