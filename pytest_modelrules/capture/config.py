@@ -328,13 +328,14 @@ def default_collections(
     profile reads it); ``CollectionConfig("relu_input")`` switches it on.
     """
     root = re.escape(root_name)
-    loss_inputs = [rf"^{re.escape(loss_name)}_input_\d+$"] if loss_name else []
+    # an argument by position, or by keyword where its parameter has none (``\w+``)
+    loss_inputs = [rf"^{re.escape(loss_name)}_input_\w+$"] if loss_name else []
     return [
         CollectionConfig("losses", include_regex=[r"[Ll]oss_(?!input).*output"],
                          save_interval=save_interval),
         CollectionConfig("loss_inputs", include_regex=loss_inputs or None,
                          save_interval=save_interval),
-        CollectionConfig("inputs", include_regex=[rf"^{root}_input_\d+$"],
+        CollectionConfig("inputs", include_regex=[rf"^{root}_input_\w+$"],
                          reductions=list(INPUT_REDUCTIONS), save_interval=save_interval),
         CollectionConfig("outputs", include_regex=[rf"^{root}_output_\d+$"],
                          save_interval=save_interval if record_outputs else 0),

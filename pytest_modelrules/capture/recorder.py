@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import functools
 import importlib.util
+import inspect
 import logging
 import os
 import queue
@@ -133,6 +134,40 @@ def _flatten_tensors(value: Any) -> list[tuple[int, torch.Tensor]]:
     else:
         return []
     return [(i, v) for i, v in enumerate(items) if isinstance(v, torch.Tensor)]
+
+
+def _parameter_positions(module: torch.nn.Module) -> dict[str, int]:
+    """The parameters of ``module.forward`` that a caller may pass by position, name ->
+    position: a tensor passed by keyword is recorded under its position (``model(x=t)`` as
+    ``model(t)``: ``<Model>_input_0``). Empty where the signature cannot be read."""
+    try:
+        parameters = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    positions: dict[str, int] = {}
+    for i, parameter in enumerate(parameters):
+        if parameter.kind not in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            break
+        positions[parameter.name] = i
+    return positions
+
+
+def _argument_tensors(
+    args: tuple[Any, ...], kwargs: Mapping[str, Any] | None, positions: Mapping[str, int]
+) -> list[tuple[int | str, torch.Tensor]]:
+    """(key, tensor) of a call's tensor arguments: positional ones by position, keyword ones
+    by their parameter's position, or by keyword where the parameter has none (keyword-only,
+    or taken by ``**kwargs``)."""
+    found: list[tuple[int | str, torch.Tensor]] = [
+        (i, value) for i, value in enumerate(args) if isinstance(value, torch.Tensor)
+    ]
+    if kwargs:
+        found += [
+            (positions.get(key, key), value)
+            for key, value in kwargs.items()
+            if isinstance(value, torch.Tensor)
+        ]
+    return found
 
 
 class _Collection:
@@ -581,6 +616,9 @@ class Recorder:
         self.save_interval = int(save_interval)
         self.root_name = type(self.model).__name__
         self.loss_name = type(loss).__name__ if loss is not None else None
+        # keyword arguments are named by their parameter's position (_argument_tensors)
+        self._root_positions = _parameter_positions(self.model)
+        self._loss_positions = _parameter_positions(loss) if loss is not None else {}
         self.monitor = monitor
         self.sync_interval_s = float(sync_interval_s)
 
@@ -926,7 +964,9 @@ class Recorder:
 
     def _install_static_hooks(self) -> None:
         self._handles.append(
-            self.root.register_forward_pre_hook(_Hook(_guarded(self._root_pre_hook)))
+            self.root.register_forward_pre_hook(
+                _Hook(_guarded(self._root_pre_hook)), with_kwargs=True
+            )
         )
         self._handles.append(
             self.root.register_forward_hook(_Hook(_guarded(self._root_hook, self, "saving")))
@@ -938,7 +978,7 @@ class Recorder:
             # keeps the steps of a model whose compiled forward pass cannot call its hooks
             self._handles.append(
                 self.loss_module.register_forward_hook(
-                    _Hook(_guarded(self._loss_hook, self, "saving"))
+                    _Hook(_guarded(self._loss_hook, self, "saving")), with_kwargs=True
                 )
             )
             self._loss_hooked = True
@@ -979,10 +1019,15 @@ class Recorder:
     def _steps_by_optimizer(self) -> bool:
         return self.optimizer is not None and self.mode == ModeKeys.TRAIN
 
-    def _root_pre_hook(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+    def _root_pre_hook(
+        self,
+        module: torch.nn.Module,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
         if _tracing():  # torch.compile traces the model: run this hook outside its graph
             if _breaks_allowed():
-                _eager(self._root_pre_hook, module, args)
+                _eager(self._root_pre_hook, module, args, kwargs)
             else:  # fullgraph=True: only a note that a forward pass ran (an attribute store)
                 self._hidden_forward = True
             return
@@ -1013,9 +1058,8 @@ class Recorder:
                 self._open_step()
             if self._saving:
                 with torch.no_grad():
-                    for i, value in enumerate(args):
-                        if isinstance(value, torch.Tensor):
-                            self._capture(f"{self.root_name}_input_{i}", value, defer=True)
+                    for key, value in _argument_tensors(args, kwargs, self._root_positions):
+                        self._capture(f"{self.root_name}_input_{key}", value, defer=True)
         except Exception as exc:
             self._fail(exc, "recording the model input")
 
@@ -1110,13 +1154,19 @@ class Recorder:
         except Exception as exc:
             self._fail(exc, "recording the model output")
 
-    def _loss_hook(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    def _loss_hook(
+        self,
+        module: torch.nn.Module,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        output: Any,
+    ) -> None:
         # the step's first loss call, whichever forward pass it follows: with gradient
         # accumulation the first micro-batch's; with two passes before the loss (R-Drop, two
         # views of a batch) the first pass's output's (later calls: already in _captured)
         if _tracing():  # a loss inside a compiled function: outside its graph, when saving
             if self._graph_saving and _breaks_allowed():
-                _eager(self._loss_hook, module, args, output)
+                _eager(self._loss_hook, module, args, kwargs, output)
             return
         if self._hidden_forward:
             # the model's forward pass ran compiled without its hooks: its step begins here
@@ -1133,9 +1183,8 @@ class Recorder:
             return
         try:
             with torch.no_grad():
-                for i, value in enumerate(args):
-                    if isinstance(value, torch.Tensor):
-                        self._capture(f"{self.loss_name}_input_{i}", value, defer=True)
+                for key, value in _argument_tensors(args, kwargs, self._loss_positions):
+                    self._capture(f"{self.loss_name}_input_{key}", value, defer=True)
                 for i, value in _flatten_tensors(output):
                     self._capture(f"{self.loss_name}_output_{i}", value, defer=True)
             self._handoff()
