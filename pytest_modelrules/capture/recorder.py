@@ -348,8 +348,8 @@ BLOCKING_WAIT = True
 _AUTOCAST_FREE = frozenset({("positive_fraction", False)})
 
 
-#: reductions that describe floating-point images; an integer tensor asked only these is stored
-#: in full instead
+#: reductions that describe floating-point images; an integer tensor, or one of fewer than two
+#: dimensions, asked only these is stored in full instead
 _IMAGE_ONLY = frozenset({("sample_channel_mean", False), ("sample_channel_mean", True)})
 
 
@@ -1845,9 +1845,14 @@ class Recorder:
         self._captured.add(name)
         full, reductions = spec
         x = tensor
-        if reductions and not x.is_floating_point() and set(reductions) <= _IMAGE_ONLY:
-            # labels or token ids passed to the model (a model that computes its own loss):
-            # channel means mean nothing there, and the class rules need the exact values
+        if (
+            reductions
+            and (x.ndim < 2 or not x.is_floating_point())
+            and set(reductions) <= _IMAGE_ONLY
+        ):
+            # labels or token ids passed to the model (a model that computes its own loss),
+            # a scalar (the Hugging Face Trainer's num_items_in_batch): channel means mean
+            # nothing there, and the class rules need the exact values
             full, reductions = True, ()
         if name not in self._marked:
             self._mark_seen(name)

@@ -186,3 +186,24 @@ def test_an_unreadable_signature_names_keywords_by_keyword():
     assert _parameter_positions(module) == {}
     t = torch.zeros(1)
     assert _argument_tensors((), {"x": t}, {}) == [("x", t)]
+
+
+def test_scalar_and_1d_float_inputs_are_stored_in_full_not_as_channel_means(tmp_path):
+    """The Hugging Face Trainer passes ``num_items_in_batch`` (a 0-d tensor) to a model whose
+    forward takes ``**kwargs``: a number, not an image batch, stored as it is."""
+
+    def call(model, x, y):
+        count = torch.tensor(float(len(y)))
+        scale = torch.linspace(0, 1, len(y))  # (not "weights": the weights collection matches it)
+        return model(pixel_values=x, labels=y, num_items_in_batch=count, scale=scale)["loss"]
+
+    run = _train(tmp_path / "run", call)
+    names = set(run.tensor_names())
+    assert not [n for n in names if "sample_channel_mean" in n and "input_0" not in n]
+    count = run.tensor("KeywordNet_input_num_items_in_batch").value(1)
+    assert count.shape == () and count == 8.0
+    np.testing.assert_array_equal(
+        run.tensor("KeywordNet_input_scale").value(0), torch.linspace(0, 1, 8).numpy()
+    )
+    # the image batch keeps its channel means
+    assert "modelrules/reductions/sample_channel_mean/KeywordNet_input_0" in names
