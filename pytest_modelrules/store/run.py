@@ -1086,12 +1086,14 @@ def create_trial(
     check: bool = False,
     index_mode: bool = True,
     cache: bool = False,
+    parallel: bool = True,
     **kwargs: Any,
 ) -> Run:
     """SageMaker Debugger's name for :func:`open_run`, with its keywords: ``range_steps`` as
     there; ``check`` (verify checksums: both readers always do), ``index_mode`` (read the
     index files: the smdebug-layout reader always does, and reads every event file's values
-    from them) and ``cache`` (keep values read: values are kept until a refresh) are
+    from them), ``cache`` (keep values read: values are kept until a refresh) and
+    ``parallel`` (read event files in several processes: one reads them fast enough) are
     accepted so that smdebug code runs unchanged, and change nothing."""
-    del check, index_mode, cache
+    del check, index_mode, cache, parallel
     return open_run(path, name=name, range_steps=range_steps, **kwargs)

@@ -116,8 +116,10 @@ def test_smdebug_create_trial_keywords_are_accepted(tmp_path: Path) -> None:
     assert run.name == "mine" and run.steps() == list(range(10))
     run = create_trial(str(tmp_path / "r"), check=True, index_mode=False, cache=True)
     assert run.steps() == list(range(10))
-    with pytest.raises(TypeError):
-        create_trial(str(tmp_path / "r"), parallel=True)  # not a keyword of smdebug's
+    run = create_trial(str(tmp_path / "r"), parallel=False)  # LocalTrial's and S3Trial's too
+    assert run.steps() == list(range(10))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'paralel'"):
+        create_trial(str(tmp_path / "r"), paralel=True)  # a misspelt keyword is an error
 
 
 def test_range_steps_with_an_open_run_is_refused(tmp_path: Path) -> None:
