@@ -863,6 +863,8 @@ class Recorder:
         """End the last step, close the monitor, mark the run ended (with a stop reason)."""
         if self.closed:
             return
+        if reason is not None and not isinstance(reason, str):  # before anything changes
+            raise TypeError(f"the end reason must be a string, got {type(reason).__name__}")
         self.closed = True
         if self._hidden_forward:  # compiled forward passes no loss or optimizer hook saw
             self._forward_was_hidden("at close")

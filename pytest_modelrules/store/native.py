@@ -480,15 +480,14 @@ class NativeBackend(Backend):
                 )
             # END before the commit log: END is written after the last commit, so once it
             # is seen, the commit log read next holds every step
-            end = None
+            end = None  # the path of an END seen in this refresh
             if worker not in self._ended:
-                end = j(layout.WORKERS_DIR, worker, layout.END_FILE)
-                if self.storage.exists(end):
+                end_path = j(layout.WORKERS_DIR, worker, layout.END_FILE)
+                if self.storage.exists(end_path):
+                    end = end_path
                     self._end(worker, end, load_json(self.storage, end))
-                else:
-                    end = None
             self._steps[worker].update(None)
-            if end is not None:  # END just seen: the commit log just read is final
+            if end is not None:  # the commit log just read is final
                 self._check_last_step(worker, end)
         for worker in self._worker_info:
             tdir = j(layout.WORKERS_DIR, worker, layout.TENSORS_DIR)

@@ -246,3 +246,21 @@ def test_the_in_memory_writer_refuses_an_end_reason_that_is_not_a_string():
     assert not builder.run().has_ended
     builder.close(reason="stopped")
     assert builder.run().end_info["reason"] == "stopped"
+
+
+def test_the_recorder_refuses_an_end_reason_that_is_not_a_string_and_stays_open(tmp_path):
+    """A wrong reason is the caller's error, said at once: the Recorder stays open, so that a
+    second close still ends the run (caught inside, it would have left the run unended)."""
+    torch = pytest.importorskip("torch")
+    from pytest_modelrules import Recorder
+
+    model = torch.nn.Linear(3, 2)
+    rec = Recorder(tmp_path / "run", model, save_interval=1)
+    model(torch.ones(4, 3))
+    with pytest.raises(TypeError, match="the end reason must be a string, got int"):
+        rec.close(reason=7)
+    assert not rec.closed
+    rec.close(reason="stopped by hand")
+    run = open_run(tmp_path / "run")
+    assert run.has_ended and run.end_info["reason"] == "stopped by hand"
+    assert run.steps() == [0]
