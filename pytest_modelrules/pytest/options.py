@@ -182,14 +182,16 @@ def ini_lines(config: pytest.Config, name: str) -> list[str]:
     return value
 
 
-def _cli_value(config: pytest.Config, dest: str, flag: str) -> None:
+def _cli_value(
+    config: pytest.Config, dest: str, flag: str, wanted: str = "a run's path or URL"
+) -> None:
     """Refuse an empty command-line value (``--model-run=`` from an unset CI variable), which
     would otherwise skip every model test or override the ini with nothing."""
     value = config.getoption(dest)
     values = value if isinstance(value, list) else [] if value is None else [value]
     if any(not str(v).strip() for v in values):
         raise pytest.UsageError(
-            f"{flag} was given an empty value (an unset variable?): give a run's path or URL"
+            f"{flag} was given an empty value (an unset variable?): give {wanted}"
         )
 
 
@@ -260,7 +262,7 @@ def baseline_spec(config: pytest.Config) -> RunSpec | None:
 
 def report_dir(config: pytest.Config) -> Path | None:
     """The ``--model-rules-report`` folder (or the ini's), or None."""
-    _cli_value(config, "model_rules_report", "--model-rules-report")
+    _cli_value(config, "model_rules_report", "--model-rules-report", "a folder for the report")
     cli = config.getoption("model_rules_report")
     ini = ini_text(config, "model_rules_report").strip()
     if cli:

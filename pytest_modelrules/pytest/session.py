@@ -102,6 +102,7 @@ class ModelRulesSession:
         self.runs: list[RunSpec] = options.run_specs(config)
         self.baseline: RunSpec | None = options.baseline_spec(config)
         self.report_dir: Path | None = options.report_dir(config)
+        options.cache_dir(config)  # its type checked now (trained_run reads it later)
         workerinput = getattr(config, "workerinput", None)
         self.worker: str = workerinput["workerid"] if workerinput else "main"
         self.is_controller = workerinput is None

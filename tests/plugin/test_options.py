@@ -203,6 +203,7 @@ def test_run_spec_parsing() -> None:
     [
         ('model_run_baseline = ["a", "b"]', "model_run_baseline"),
         ('model_rules_report = ["a", "b"]', "model_rules_report"),
+        ('model_run_cache = ["a"]', "model_run_cache"),  # at start, not when trained_run runs
         ('model_rules = [{ rule = "class_imbalance" }]', "model_rules"),
         ("model_run = [1, 2]", "model_run"),
     ],
@@ -232,7 +233,8 @@ def test_an_empty_command_line_value_is_a_usage_error(
     pytester.makepyfile("def test_plain():\n    pass\n")
     result = run_inner(flag)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"*{flag.split('=')[0]} was given an empty value*"])
+    wanted = "a folder for the report" if "report" in flag else "a run's path or URL"
+    result.stderr.fnmatch_lines([f"*{flag.split('=')[0]} was given an empty value*: give {wanted}"])
 
 
 def test_a_report_folder_that_is_a_file_is_refused_at_once(
