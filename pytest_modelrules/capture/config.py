@@ -91,6 +91,16 @@ class SaveConfigMode:
         }
 
 
+class _DefaultInterval(int):
+    """SaveConfig's default ``save_interval`` (500), told apart from a 500 given."""
+
+    def __repr__(self) -> str:
+        return "500"
+
+
+_DEFAULT_INTERVAL = _DefaultInterval(500)
+
+
 class SaveConfig:
     """A save schedule for every mode: one SaveConfigMode per mode.
 
@@ -103,13 +113,15 @@ class SaveConfig:
         self,
         mode_save_configs: Mapping[ModeKeys | str | int, SaveConfigMode | Mapping[str, Any] | None]
         | None = None,
-        save_interval: int | None = 500,
+        save_interval: int | None = _DEFAULT_INTERVAL,
         start_step: int = 0,
         end_step: int | None = None,
         save_steps: Iterable[int] | str | None = None,
     ) -> None:
-        if save_steps is not None and save_interval == 500:
-            save_interval = None  # only the listed steps, as smdebug does
+        if save_interval is _DEFAULT_INTERVAL:
+            # save_steps alone: only those steps (as smdebug's documentation says; its code
+            # also saves every 100th step); an interval given with them: both
+            save_interval = None if save_steps is not None else 500
         base = SaveConfigMode(
             save_interval, _as_steps(save_steps, "save_steps"), start_step, end_step
         )
@@ -356,7 +368,8 @@ def merge_collections(
     defaults: list[CollectionConfig], given: Iterable[CollectionConfig | str] | None
 ) -> list[CollectionConfig]:
     """Defaults plus the user's: a user config with a built-in's name replaces what it sets
-    (regexes and names it does not give are kept); a bare name keeps the built-in."""
+    (regexes and names, reductions, full tensor: what it does not give is kept); a bare name
+    keeps the built-in."""
     by_name = {c.name: c for c in defaults}
     order = [c.name for c in defaults]
     for item in given or []:
@@ -376,9 +389,12 @@ def merge_collections(
             if not item.include_regex and not item.tensor_names:
                 item.include_regex = list(base.include_regex)  # type: ignore[arg-type]
                 item.tensor_names = list(base.tensor_names or [])
-            if item.reductions is None and item.save_raw_tensor is None:
+            # what it does not set is the built-in's: save_raw_tensor alone adds the full
+            # tensor to the built-in's reductions; reductions alone replace them
+            if item.reductions is None:
                 item.reduction_list = base.reduction_list
-                item.full = base.full
+                if item.save_raw_tensor is None:
+                    item.full = base.full
         else:
             order.append(item.name)
         by_name[item.name] = item

@@ -500,7 +500,9 @@ class _Hook(functools.partial):
     def __reduce__(self) -> Any:
         raise TypeError(
             "this model has a pytest-modelrules Recorder's hooks attached: save "
-            "model.state_dict() (what PyTorch recommends), or close the Recorder first"
+            "model.state_dict() (what PyTorch recommends). The recorded model itself pickles "
+            "once its Recorder is closed; a copy.deepcopy of it (an EMA, a teacher) keeps "
+            "the hooks for good, so save the copy's state_dict()"
         )
 
 

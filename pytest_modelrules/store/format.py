@@ -620,10 +620,15 @@ def strided_view(
 
 
 def array_at(buf: bytes | memoryview, index: RecordIndex, i: int) -> np.ndarray:
-    """The i-th record's array as a read-only view of ``buf`` (no copy)."""
-    dtype, shape = index.layouts[int(index.kinds[i])]
+    """The i-th record's value: a read-only view of ``buf`` (no copy), or for a fraction
+    record its counts divided by its denominator (a new read-only float32 array)."""
+    dtype, shape, denominator = index.layouts[int(index.kinds[i])]
     count = 1
     for dim in shape:
         count *= dim
     arr = np.frombuffer(buf, dtype=dtype, count=count, offset=int(index.offsets[i]))
-    return arr.reshape(shape)
+    arr = arr.reshape(shape)
+    if denominator is not None:
+        arr = fraction_values(arr, denominator)
+        arr.flags.writeable = False
+    return arr

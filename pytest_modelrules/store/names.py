@@ -63,6 +63,14 @@ OUR_REDUCTIONS = (
 HISTOGRAM_BINS = 32
 
 
+def split_abs(reduction: str, abs: bool = False) -> tuple[str, bool]:
+    """``("abs_mean", False)`` -> ``("mean", True)``: the spelling of a stored reduction's name
+    (and of messages that list them) as SageMaker Debugger's (name, abs) pair."""
+    if not abs and reduction.startswith("abs_") and reduction[4:] in SMDEBUG_REDUCTIONS:
+        return reduction[4:], True
+    return reduction, abs
+
+
 def reduction_tensor_name(tensor: str, reduction: str, abs: bool = False) -> str:
     """Where a reduction of ``tensor`` is stored."""
     if reduction in SMDEBUG_REDUCTIONS:

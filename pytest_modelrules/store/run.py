@@ -382,10 +382,11 @@ class Tensor:
         )
 
     def has_reduction(self, reduction: str, abs: bool = False) -> bool:
-        """The run holds a stored reduction of this tensor."""
-        from .names import reduction_tensor_name
+        """The run holds a stored reduction of this tensor (``"abs_mean"``: ``"mean"`` with
+        ``abs=True``)."""
+        from .names import reduction_tensor_name, split_abs
 
-        return self.run.has_tensor(reduction_tensor_name(self.name, reduction, abs))
+        return self.run.has_tensor(reduction_tensor_name(self.name, *split_abs(reduction, abs)))
 
     def reduction_value(
         self,
@@ -396,9 +397,11 @@ class Tensor:
         abs: bool = False,
     ) -> np.ndarray:
         """A reduction (min, max, mean, std, variance, sum, l1, l2, positive_fraction, ...)
-        at a step: the stored one when the run holds it, else computed from the full value."""
-        from .names import compute_reduction, reduction_tensor_name
+        at a step: the stored one when the run holds it, else computed from the full value.
+        ``"abs_mean"`` (the stored name's spelling) is ``"mean"`` with ``abs=True``."""
+        from .names import compute_reduction, reduction_tensor_name, split_abs
 
+        reduction_name, abs = split_abs(reduction_name, abs)
         stored = reduction_tensor_name(self.name, reduction_name, abs)
         if self.run.has_tensor(stored):
             return self.run.tensor(stored).value(step_num, mode, worker)
@@ -518,8 +521,9 @@ class ReducedTensor(Tensor):
     ) -> np.ndarray:
         """The stored reduction at a step; TensorUnavailableForStep when that one is not
         stored (it cannot be computed: there is no full value)."""
-        from .names import reduction_tensor_name
+        from .names import reduction_tensor_name, split_abs
 
+        reduction_name, abs = split_abs(reduction_name, abs)
         stored = reduction_tensor_name(self.name, reduction_name, abs)
         if self.run.has_tensor(stored):
             return self.run.tensor(stored).value(step_num, mode, worker)

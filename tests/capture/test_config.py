@@ -53,6 +53,10 @@ def test_save_config_per_mode():
     assert sc.to_json()["TRAIN"]["save_interval"] == 4
     only = SaveConfig(save_steps=[2, 3])
     assert [s for s in range(9) if only.should_save(modes.TRAIN, s)] == [2, 3]
+    # an interval given with the steps saves both, even the default's value (500)
+    both = SaveConfig(save_interval=500, save_steps=[3])
+    assert [s for s in range(1001) if both.should_save(modes.TRAIN, s)] == [0, 3, 500, 1000]
+    assert [s for s in range(1001) if SaveConfig().should_save(modes.TRAIN, s)] == [0, 500, 1000]
 
 
 def test_mode_prefixed_parameters_and_string_values():
@@ -92,6 +96,23 @@ def test_a_user_config_with_a_builtin_name_keeps_its_selection():
     assert by_name["weights"].resolve_save_config(500).modes[modes.TRAIN].save_interval == 100
     assert list(by_name)[-1] == "mine"
     assert re.search(by_name["loss_inputs"].include_regex[0], "CrossEntropyLoss_input_1")
+
+
+@pytest.mark.parametrize(
+    ("given", "reductions", "full"),
+    [
+        ({"save_raw_tensor": True}, [("l2", False)], True),  # the full tensor too
+        ({"save_raw_tensor": False}, [("l2", False)], False),
+        ({"reductions": ["l1"]}, [("l1", False)], False),  # replaced
+        ({"reductions": ["l1"], "save_raw_tensor": True}, [("l1", False)], True),
+        ({"save_interval": 7}, [("l2", False)], False),  # only the schedule changes
+    ],
+)
+def test_overriding_a_builtin_keeps_what_the_override_does_not_set(given, reductions, full):
+    builtins = default_collections("ResNet", "CrossEntropyLoss")
+    merged = merge_collections(builtins, [CollectionConfig("weights", **given)])
+    (weights,) = [c for c in merged if c.name == "weights"]
+    assert list(weights.reduction_list) == reductions and weights.full is full
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ wrappers; models returning their own loss; mixed precision; metadata."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -90,7 +91,6 @@ def test_positive_fractions_are_stored_as_uint8_counts_over_the_batch(tmp_path, 
     float32's bytes) with the batch size as their denominator, also for the smaller last
     batch; they read back as the float32 fractions of the full tensor, which a second
     recording of the same training saves."""
-    import copy
 
     from pytest_modelrules.store import layout
     from pytest_modelrules.store.format import parse_file_header, parse_records
@@ -295,7 +295,6 @@ def test_a_copy_of_the_model_made_while_recording_is_not_recorded(tmp_path):
     """``copy.deepcopy`` of a hooked model (an EMA or teacher copy) copies the Recorder's
     hooks with it; its forward passes, before a step's or after it, are not the model's: the
     run is the one recorded without the copy, bit for bit."""
-    import copy
 
     runs = {}
     for name, use_copy in (("plain", False), ("with copy", True)):
@@ -358,8 +357,12 @@ def test_saving_the_whole_model_while_recording_says_what_to_do(tmp_path):
     with pytest.raises(TypeError, match=r"Recorder's hooks attached: save model.state_dict\(\)"):
         torch.save(model, io.BytesIO())
     torch.save(model.state_dict(), io.BytesIO())
+    twin = copy.deepcopy(model)  # an EMA copy: it keeps the hooks, even after close
     rec.close()
     torch.save(model, io.BytesIO())
+    with pytest.raises(TypeError, match=r"a copy.deepcopy of it .* keeps the hooks for good"):
+        torch.save(twin, io.BytesIO())
+    torch.save(twin.state_dict(), io.BytesIO())  # what the message says to do
     assert not rec.dead
 
 

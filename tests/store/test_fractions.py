@@ -178,3 +178,23 @@ def test_an_in_memory_run_holds_a_fraction_as_the_values_a_reader_gives(tmp_path
     np.testing.assert_array_equal(run.tensor("frac").value(0), _expected(counts, 8))
     saved = run.save(tmp_path / "saved")
     np.testing.assert_array_equal(saved.tensor("frac").value(0), _expected(counts, 8))
+
+
+def test_the_reference_array_at_reads_plain_and_fraction_records():
+    """``format.array_at``, the few lines docs/format.md points a reader in another language
+    to: a plain record as a view of the bytes, a fraction record as counts / denominator."""
+    from pytest_modelrules.store.format import array_at, encode_record, parse_records
+
+    counts = np.array([[0, 3], [5, 6]], np.uint8)
+    plain = np.arange(6, dtype=np.float32).reshape(2, 3)
+    buf = b"".join(
+        encode_record(value, step=s, mode=1, mode_step=s, wall_time=0.0)
+        for s, value in enumerate([plain, Fraction(counts, 6)])
+    )
+    index = parse_records(buf, "records", 0)
+    first = array_at(buf, index, 0)
+    np.testing.assert_array_equal(first, plain)
+    assert first.base is not None and not first.flags.writeable  # a view of the bytes
+    second = array_at(buf, index, 1)
+    np.testing.assert_array_equal(second, _expected(counts, 6))
+    assert second.dtype == np.float32 and not second.flags.writeable

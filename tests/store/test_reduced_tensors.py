@@ -63,6 +63,12 @@ def test_reduction_value_reads_the_stored_reduction(run) -> None:
     assert float(t.reduction_value(2, "l2")) == 12.0
     assert float(t.reduction_value(1, "std", mode="TRAIN")) == 31.0
     assert float(t.reduction_value(3, "max", abs=True)) == 99.0
+    # the stored name's spelling, which the messages list, is accepted too
+    assert float(t.reduction_value(3, "abs_max")) == 99.0
+    assert t.has_reduction("abs_max") and not t.has_reduction("abs_min")
+    assert t.has_reduction("abs_max") and not t.has_reduction("abs_min")
+    with pytest.raises(ValueError, match="unknown reduction 'abs_nonsense'"):
+        t.reduction_value(3, "abs_nonsense")
     assert t.has_reduction("mean") and not t.has_reduction("min")
     with pytest.raises(TensorUnavailableForStep, match="its min reduction is not stored"):
         t.reduction_value(1, "min")
