@@ -45,6 +45,7 @@ class _LookupError(RunError, KeyError):
 
     def __init__(self, what: str, hint: str = "") -> None:
         super().__init__(f"{what}; {hint}" if hint else what)
+        self.hint = hint
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
@@ -79,6 +80,11 @@ class TensorUnavailableForStep(_LookupError):
         self.tensor_name = name
         self.step = step
         self.mode = mode
+
+
+class ShapeUnavailableForStep(TensorUnavailableForStep):
+    """``tensor.shape(step)`` where the tensor was not saved at that step (SageMaker
+    Debugger's name; a TensorUnavailableForStep, so code catching either works)."""
 
 
 class StepNotYetAvailable(StepUnavailable):
@@ -136,6 +142,55 @@ class RuleEvaluationConditionMet(ModelRulesError):
         self.result = result
 
 
+class InsufficientInformationForRuleInvocation(RuleError):
+    """A custom rule's own way to say it lacks what it needs (SageMaker Debugger's class and
+    message; not caught by ``invoke_rule``, as there)."""
+
+    def __init__(self, rule_name: str, message: str) -> None:
+        super().__init__(f"Insufficient information to invoke rule {rule_name}: {message}")
+        self.rule_name = rule_name
+        self.message = message
+
+
+# -- SageMaker Debugger's other names, so that its imports and except clauses keep working. Our
+# readers and rules never raise these: no collection files to miss (collections are optional),
+# no index reader of that name, no profiler data, collections checked as they are made.
+
+
+class MissingCollectionFiles(RunError):
+    """SageMaker Debugger's: the collection files of an ended job could not be loaded."""
+
+    def __init__(self) -> None:
+        super().__init__("Training job has ended. All the collection files could not be loaded")
+
+
+class IndexReaderException(RunError):
+    """SageMaker Debugger's: its index reader failed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NoMoreProfilerData(ModelRulesError):
+    """SageMaker Debugger's: a profiler rule reached the end of training."""
+
+    def __init__(self, timestamp: float) -> None:
+        super().__init__(f"Looking for timestamp {timestamp} and reached end of training.")
+        self.timestamp = timestamp
+
+
+class InvalidCollectionConfiguration(ModelRulesError, ValueError):
+    """SageMaker Debugger's: a collection with neither tensor names nor regexes."""
+
+    def __init__(self, c_name: str) -> None:
+        super().__init__(
+            f"Collection {c_name} has not been configured. Please fill in tensor_name or "
+            "include_regex"
+        )
+        self.c_name = c_name
+
+
 # -- capture ----------------------------------------------------------------------------------
 
 
@@ -146,10 +201,15 @@ class RecorderError(ModelRulesError):
 __all__ = [
     "ClassAxisError",
     "CorruptRunError",
+    "IndexReaderException",
+    "InsufficientInformationForRuleInvocation",
+    "InvalidCollectionConfiguration",
     "InvalidWorker",
+    "MissingCollectionFiles",
     "MissingTensorError",
     "ModelRulesError",
     "NoMoreData",
+    "NoMoreProfilerData",
     "RecorderError",
     "RuleError",
     "RuleEvaluationConditionMet",
@@ -157,6 +217,7 @@ __all__ = [
     "RunError",
     "RunNotEndedWarning",
     "RunNotFoundError",
+    "ShapeUnavailableForStep",
     "StepNotYetAvailable",
     "StepUnavailable",
     "TensorUnavailable",

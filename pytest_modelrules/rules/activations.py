@@ -58,11 +58,10 @@ class _UnitActivityRule(BuiltinRule):
         sources: dict[str, str] = {}
         for name in layers:
             gsteps, frac, source = self._active_fraction(run, name)
-            dead_pct = (
-                (frac * 100.0 < self.threshold_inactivity).mean(axis=1) * 100.0
-                if frac.size
-                else np.zeros(len(gsteps))
-            )
+            # the limit rounded as the stored fractions are (float32 k / N): a unit active in
+            # exactly threshold_inactivity percent of the samples (1 of 100) is not below it
+            limit = float(np.float32(self.threshold_inactivity / 100.0))
+            dead_pct = (frac < limit).mean(axis=1) * 100.0 if frac.size else np.zeros(len(gsteps))
             per_layer[name] = (gsteps, dead_pct)
             units[name] = int(frac.shape[1]) if frac.ndim == 2 else 0
             sources[name] = source

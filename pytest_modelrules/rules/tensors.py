@@ -223,6 +223,10 @@ class VanishingGradient(_PerTensorRule):
     def limit_value(self) -> float:  # type: ignore[override]
         return self.threshold
 
+    def _validate(self) -> None:
+        if not self.threshold >= 0:  # a mean |g| is never below a negative one
+            raise self.param_error("threshold", f"must be at least 0, got {self.threshold}")
+
     def _names(self, run: Any) -> list[str]:
         names = _gradient_names(run)
         if not names:
@@ -269,6 +273,10 @@ class AllZero(_PerTensorRule):
         if not self.collection_names and not self.tensor_regex:
             raise self.param_error(
                 "collection_names", "or 'tensor_regex' is required: AllZero needs tensors to check"
+            )
+        if not 0 <= self.threshold <= 100:
+            raise self.param_error(
+                "threshold", f"is a percent and must lie in [0, 100], got {self.threshold}"
             )
 
     def _names(self, run: Any) -> list[str]:
@@ -936,6 +944,9 @@ class UnchangedTensor(BuiltinRule):
     def _validate(self) -> None:
         if self.num_steps < 2:
             raise self.param_error("num_steps", f"must be at least 2, got {self.num_steps}")
+        for p in ("rtol", "atol"):  # numpy.allclose's tolerances
+            if not getattr(self, p) >= 0:
+                raise self.param_error(p, f"must be at least 0, got {getattr(self, p)}")
 
     def _evaluate(self, run: Any) -> RuleResult:
         names = sel.select(run, self.collection_names, self.tensor_regex, default_all=True)

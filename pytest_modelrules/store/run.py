@@ -29,6 +29,7 @@ from ..exceptions import (
     ModelRulesError,
     NoMoreData,
     RunNotFoundError,
+    ShapeUnavailableForStep,
     StepNotYetAvailable,
     StepUnavailable,
     TensorUnavailable,
@@ -293,8 +294,14 @@ class Tensor:
     def shape(
         self, step_num: int, mode: ModeKeys | str | None = None, worker: str | None = None
     ) -> tuple[int, ...]:
-        """The shape of the value at a step (SageMaker Debugger's ``shape``)."""
-        return tuple(self.value(step_num, mode, worker).shape)
+        """The shape of the value at a step (SageMaker Debugger's ``shape``);
+        ShapeUnavailableForStep (a TensorUnavailableForStep) where it was not saved."""
+        try:
+            return tuple(self.value(step_num, mode, worker).shape)
+        except ShapeUnavailableForStep:
+            raise
+        except TensorUnavailableForStep as exc:
+            raise ShapeUnavailableForStep(exc.tensor_name, exc.step, exc.mode, exc.hint) from None
 
     def value(
         self,

@@ -104,6 +104,22 @@ def test_threshold_inactivity_is_a_percent_of_the_batch(tmp_path: Path) -> None:
     assert dead.triggered and dead.figure == 100.0
 
 
+@pytest.mark.parametrize(("batch", "threshold"), [(100, 1), (50, 2), (200, 0.5), (3, 100 / 3)])
+@pytest.mark.parametrize("source", ["full tensor", "reduction"])
+def test_a_unit_active_in_exactly_the_threshold_share_is_not_dead(
+    tmp_path: Path, batch: int, threshold: float, source: str
+) -> None:
+    """Strictly fewer: active in exactly 1 of 100 samples is not below 1%, though the stored
+    fraction, float32(1 / 100), is a hair under 0.01."""
+    x = np.zeros((batch, 10), np.float32)
+    x[0, :] = 1.0  # every unit active in exactly one sample
+    value = {L1: x} if source == "full tensor" else {red(L1): pos_frac(x)}
+    run = write_run(tmp_path / "run", {0: value})
+    assert not DeadRelu(threshold_inactivity=threshold).evaluate(run).triggered
+    # a hair above the share: every unit is dead
+    assert DeadRelu(threshold_inactivity=threshold * 1.001).evaluate(run).figure == 100.0
+
+
 def test_conv_outputs_count_every_element_as_a_unit(tmp_path: Path) -> None:
     x = np.ones((4, 2, 3, 3), np.float32)
     x[:, 0] = 0.0  # channel 0 dead: 9 of 18 units

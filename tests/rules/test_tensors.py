@@ -446,6 +446,25 @@ def test_unchanged_tensor_saved_steps_need_not_be_consecutive_and_changes_pass(
         UnchangedTensor(num_steps=1)
 
 
+@pytest.mark.parametrize(
+    ("rule", "params", "problem"),
+    [
+        ("unchanged_tensor", {"rtol": -1}, "'rtol' must be at least 0, got -1"),
+        ("unchanged_tensor", {"atol": "-1e-3"}, "'atol' must be at least 0, got -0.001"),
+        ("all_zero", {"tensor_regex": "w", "threshold": -5}, "must lie in [0, 100], got -5"),
+        ("all_zero", {"tensor_regex": "w", "threshold": 101}, "must lie in [0, 100], got 101"),
+        ("vanishing_gradient", {"threshold": -1}, "'threshold' must be at least 0, got -1"),
+        ("vanishing_gradient", {"threshold": "nan"}, "'threshold' must be at least 0, got nan"),
+    ],
+)
+def test_a_threshold_no_value_can_meet_is_refused(rule: str, params: dict, problem: str) -> None:
+    """Negative tolerances make nothing close, a negative percent of zeros triggers at every
+    step, a negative mean |g| can never be under it: wrong values, said before any run."""
+    with pytest.raises(RuleParameterError) as err:
+        registry()[rule](**params)
+    assert problem in str(err.value)
+
+
 def test_unchanged_tensor_and_all_zero_missing_tensors(tmp_path: Path) -> None:
     run = write_run(tmp_path / "run", {g: {rname("w", "l2"): np.float64(1.0)} for g in range(3)})
     with pytest.raises(MissingTensorError, match="stored only as reductions"):
