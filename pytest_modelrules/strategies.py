@@ -34,6 +34,7 @@ from hypothesis.strategies import SearchStrategy
 
 from .modes import parse_mode
 from .store.memory import MemoryRun, MemoryRunBuilder
+from .store.names import relu_tensor_base
 
 __all__ = [
     "GRADIENT_SCALES",
@@ -76,8 +77,10 @@ _FLOAT32_TINY = 1e-30
 
 
 def relu_name(layer: str, call: int = 0) -> str:
-    """``<layer>.relu_output_<call>``: the k-th call of a ReLU module in a step."""
-    return f"{layer}.relu_output_{call}"
+    """The Recorder's name of the ``call``-th output of the ReLU module at path ``layer`` in a
+    step: ``layer1.0.relu`` -> ``layer1.0.relu_output_0``, ``features.1`` ->
+    ``features.1.relu_output_0`` (``.relu`` added where the path does not end in it)."""
+    return f"{relu_tensor_base(layer)}_output_{call}"
 
 
 def gradient_name(param: str) -> str:

@@ -36,7 +36,7 @@ from .. import modes as _modes
 from ..exceptions import RecorderError
 from ..modes import ModeKeys, parse_mode
 from ..store.fs import is_url
-from ..store.names import reduction_tensor_name
+from ..store.names import activation_tensor_base, reduction_tensor_name, relu_tensor_base
 from ..store.writer import RunWriter
 from . import kernels, offload
 from .config import CollectionConfig, SaveConfig, default_collections, merge_collections
@@ -88,26 +88,6 @@ def _plain_path(path: str) -> str:
     if "_orig_mod" not in path:
         return path
     return ".".join(part for part in path.split(".") if part != "_orig_mod")
-
-
-def relu_tensor_base(path: str) -> str:
-    """``layer1.0.relu`` -> ``layer1.0.relu``; ``features.1`` -> ``features.1.relu``; root -> relu.
-
-    Every ReLU's tensors end up named ``<...>relu_output_<k>`` so that smdebug's regex
-    ``.*relu_output`` finds them, whatever the module is called.
-    """
-    return activation_tensor_base(path, "relu")
-
-
-def activation_tensor_base(path: str, kind: str) -> str:
-    """The base name of an activation module's tensors: its path, with ``.<kind>`` added
-    unless the path already ends in it (``encoder.act`` -> ``encoder.act.tanh``), so that
-    smdebug's regexes (``.*tanh_input``, ``.*sigmoid_input``) find them."""
-    if not path:
-        return kind
-    if path.rsplit(".", 1)[-1] == kind:
-        return path
-    return f"{path}.{kind}"
 
 
 #: activation modules besides ``nn.ReLU`` whose calls the Recorder can record, by the kind

@@ -422,9 +422,10 @@ def plot_loss(
         )  # fmt: skip
         bad = idx[~finite]
         if len(bad):  # marked along the bottom of the panel, where no value can hide them
+            label = f"NaN / inf ({len(bad)} step{'' if len(bad) == 1 else 's'})"
             ax.plot(
                 steps[bad], np.full(len(bad), 0.02), ls="none", marker="x", color="C3", ms=5,
-                transform=ax.get_xaxis_transform(), label=f"NaN / inf ({len(bad)} steps)",
+                transform=ax.get_xaxis_transform(), label=label,
             )  # fmt: skip
         if len(idx) and not finite.any():
             ax.text(

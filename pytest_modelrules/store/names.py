@@ -63,6 +63,26 @@ OUR_REDUCTIONS = (
 HISTOGRAM_BINS = 32
 
 
+def relu_tensor_base(path: str) -> str:
+    """``layer1.0.relu`` -> ``layer1.0.relu``; ``features.1`` -> ``features.1.relu``; root -> relu.
+
+    Every ReLU's tensors end up named ``<...>relu_output_<k>`` so that smdebug's regex
+    ``.*relu_output`` finds them, whatever the module is called.
+    """
+    return activation_tensor_base(path, "relu")
+
+
+def activation_tensor_base(path: str, kind: str) -> str:
+    """The base name of an activation module's tensors: its path, with ``.<kind>`` added
+    unless the path already ends in it (``encoder.act`` -> ``encoder.act.tanh``), so that
+    smdebug's regexes (``.*tanh_input``, ``.*sigmoid_input``) find them."""
+    if not path:
+        return kind
+    if path.rsplit(".", 1)[-1] == kind:
+        return path
+    return f"{path}.{kind}"
+
+
 def split_abs(reduction: str, abs: bool = False) -> tuple[str, bool]:
     """``("abs_mean", False)`` -> ``("mean", True)``: the spelling of a stored reduction's name
     (and of messages that list them) as SageMaker Debugger's (name, abs) pair."""

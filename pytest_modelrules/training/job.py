@@ -141,25 +141,36 @@ def prepare_data(config: TrainConfig, data_dir: Path | None = None, log=print) -
     return write_gtsrb(data_dir, signs, show_progress=config.progress)
 
 
+#: the final evaluation pass's input images are recorded in full up to this many bytes
+#: (float32): 26 MB on the CPU defaults (2,150 images of 32 px); the seed's scale (12,630
+#: images of 224 px, 7.6 GB) keeps the every-``save_interval`` images only
+FINAL_IMAGES_MAX_BYTES = 64 * 2**20
+
+
 def _collections(config: TrainConfig, eval_final_steps: list[int]) -> list[Any]:
     """The seed's collections (loss, loss inputs, model input, ReLU output reductions).
 
     Beyond the seed's every-``save_interval`` schedule: the labels and logits of every TRAIN
     step (exact label counts for ClassImbalance; 64 x 44 numbers a step), the loss of every
-    EVAL step (the same test batches compared across epochs) and the loss inputs of every
-    step of the final evaluation pass (every test prediction of the trained model).
+    EVAL step (the same test batches compared across epochs), the loss inputs of every step
+    of the final evaluation pass (every test prediction of the trained model) and, where they
+    fit in FINAL_IMAGES_MAX_BYTES, that pass's images (the misclassified-images gallery shows
+    the trained model's mistakes).
     """
     from ..capture.config import CollectionConfig
 
     every = {"save_interval": config.save_interval}
     final_eval = {"eval.save_interval": config.save_interval, "eval.save_steps": eval_final_steps}
+    image_bytes = 3 * config.image_size**2 * 4
+    final_images = len(eval_final_steps) * config.batch_size * image_bytes
+    inputs = {**every, **final_eval} if final_images <= FINAL_IMAGES_MAX_BYTES else every
     return [
         CollectionConfig("losses", parameters={**every, "eval.save_interval": 1}),
         CollectionConfig(
             "loss_inputs", parameters={**every, "train.save_interval": 1, **final_eval}
         ),
         # full images: the report's misclassified-images gallery shows them
-        CollectionConfig("inputs", parameters=every, save_raw_tensor=True),
+        CollectionConfig("inputs", parameters=inputs, save_raw_tensor=True),
         CollectionConfig("relu_output", parameters=every),
     ]
 

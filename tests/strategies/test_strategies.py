@@ -407,10 +407,37 @@ def test_training_run_arguments_are_checked() -> None:
 )
 def test_per_layer_and_per_parameter_choices(gen: mst.GeneratedRun) -> None:
     assert gen.truth.dead_fraction == {
-        "relu.relu_output_0": 0.0,
-        "layer1.0.relu.relu_output_0": 1.0,
+        "relu_output_0": 0.0,  # the root's own ReLU, as the Recorder names it
+        "layer1.0.relu_output_0": 1.0,
     }
     assert gen.truth.grad_scale["gradient/fc.weight"] == mst.GRADIENT_SCALES["vanishing"]
     assert gen.truth.grad_scale["gradient/fc.bias"] == mst.GRADIENT_SCALES["normal"]
     assert gen.truth.update_ratio["conv1.weight"] == 0.0
     _check_run_against_truth(gen)
+
+
+def test_relu_names_are_the_recorders(tmp_path) -> None:
+    """Generated runs name ReLU outputs as a recorded run does, so that a rule tested on them
+    finds the same names in the real thing."""
+    torch = pytest.importorskip("torch")
+    from pytest_modelrules import Recorder, open_run
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.relu = torch.nn.ReLU()
+            self.block = torch.nn.Module()  # a plain container: block.relu is its ReLU
+            self.block.relu = torch.nn.ReLU()
+            self.features = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.ReLU())
+
+        def forward(self, x):
+            return self.features(self.block.relu(self.relu(x)))
+
+    with Recorder(tmp_path / "run", Net(), save_interval=1) as rec:
+        rec.model(torch.ones(2, 3))
+    recorded = {
+        n.rpartition("/")[2]
+        for n in open_run(tmp_path / "run").tensor_names()
+        if "relu_output" in n
+    }
+    assert recorded == {mst.relu_name(p) for p in ("relu", "block.relu", "features.1")}

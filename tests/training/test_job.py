@@ -34,6 +34,11 @@ def test_recorded_run_holds_the_seed_collections(tiny_reference_run: Path):
     assert sorted(final.tolist()) == list(range(43))
     logits = run.tensor("CrossEntropyLoss_input_0").value(eval_steps[-1], mode=modes.EVAL)
     assert logits.shape[1] == 43
+    # and its images, which the misclassified-images gallery draws (they are small here)
+    images = run.tensor("ResNet_input_0")
+    assert set(eval_steps[-per_pass:]) <= set(images.steps(mode=modes.EVAL))
+    shown = images.value(eval_steps[-1], mode=modes.EVAL)
+    assert shown.ndim == 4 and len(shown) == len(labels.value(eval_steps[-1], mode=modes.EVAL))
     # the test loss of every EVAL step
     assert run.tensor("CrossEntropyLoss_output_0").steps(mode=modes.EVAL) == list(range(6))
     assert meta["recipe"] == "seed" and meta["config"]["flip"] is True
@@ -75,3 +80,22 @@ def test_weights_path_is_loaded(tmp_path: Path):
     assert source == str(path)
     assert torch.equal(model.conv1.weight, ref.conv1.weight)
     assert model.fc.out_features == 43
+
+
+def test_final_pass_images_are_recorded_only_where_they_are_small():
+    """2,150 test images of 32 px (26 MB) are kept; the seed's 12,630 of 224 px (7.6 GB) are
+    not: that pass's images then follow the every-save_interval schedule alone."""
+    from pytest_modelrules.training.job import _collections
+    from pytest_modelrules.training.recipes import TrainConfig
+
+    def inputs_schedule(config: TrainConfig, final: list[int]) -> list[int]:
+        (inputs,) = [c for c in _collections(config, final) if c.name == "inputs"]
+        schedule = inputs.resolve_save_config(config.save_interval).modes[modes.EVAL]
+        return [s for s in range(final[-1] + 1) if schedule.should_save(s)]
+
+    cpu = TrainConfig(image_size=32, save_interval=25)
+    cpu_final = list(range(340, 374))  # 2,150 images at batch 64: 34 steps
+    assert set(cpu_final) <= set(inputs_schedule(cpu, cpu_final))
+    gpu = TrainConfig(image_size=224, save_interval=500)
+    gpu_final = list(range(1780, 1978))  # 12,630 images: 198 steps
+    assert inputs_schedule(gpu, gpu_final) == [0, 500, 1000, 1500]
