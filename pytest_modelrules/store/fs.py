@@ -166,15 +166,17 @@ class Storage:
             raise CorruptRunError(path, _NOT_REGULAR)
         return info.st_size
 
-    def read(self, path: str, start: int = 0) -> bytes:
-        """The file's bytes from ``start`` to its current end (one read)."""
+    def read(self, path: str, start: int = 0, length: int | None = None) -> bytes:
+        """The file's bytes from ``start`` to its current end (one read), or at most
+        ``length`` of them."""
         if self.remote:
-            return self.fs.cat_file(path, start=start or None)
+            end = None if length is None else start + length
+            return self.fs.cat_file(path, start=start or None, end=end)
         fd, _size = open_regular(path)
         with os.fdopen(fd, "rb") as fh, _local(path):
             if start:
                 fh.seek(start)
-            data = fh.read()
+            data = fh.read() if length is None else fh.read(length)
         if data is None:  # opened non-blocking: a file of /proc with nothing to read yet
             raise CorruptRunError(path, "cannot be read without waiting")
         return data

@@ -18,6 +18,7 @@ from ..exceptions import CorruptRunError, RunNotFoundError
 from . import layout
 from .base import Backend, StepTable, TensorRecords, merge_worker_collections
 from .format import (
+    FILE_HEADER,
     FORMAT_NAME,
     FORMAT_VERSION,
     RecordIndex,
@@ -119,6 +120,10 @@ def _listed_file(fname: str) -> bool:
     )
 
 
+#: files larger than this have their first 16 bytes checked before they are read whole
+_PEEK_ABOVE = 1 << 20
+
+
 def _cut(worker: str, length: int, size: int) -> str:
     """The problem of a file shorter than its worker's END says."""
     return (
@@ -184,6 +189,10 @@ class _LogFile:
         if size == self.read_to and not self._tail_to_check(commit_limit):
             return False
         start = self.index.end if self.index is not None else 0
+        if self.header is None and size > _PEEK_ABOVE:
+            # a large file's magic and header length first: a link to some big file of the
+            # host is refused after 16 bytes, not read whole
+            parse_file_header(self.storage.read(self.path, 0, FILE_HEADER.size), self.path)
         chunk = self.storage.read(self.path, start)
         self.read_to = start + len(chunk)
         local = 0
@@ -647,11 +656,14 @@ class NativeBackend(Backend):
     @staticmethod
     def _validate_worker(path: str, info: dict[str, Any]) -> None:
         rank, num = info.get("rank"), info.get("num_workers")
-        if not isinstance(rank, int) or not isinstance(num, int) or num < 1 or not 0 <= rank < num:
+        if type(rank) is not int or type(num) is not int or num < 1 or not 0 <= rank < num:
             raise CorruptRunError(path, f"invalid rank {rank!r} / num_workers {num!r}")
         for key in ("metadata", "collections"):
             if not isinstance(info.get(key, {}), dict):
                 raise CorruptRunError(path, f"{key!r} must be a JSON object")
+        for name, entry in info.get("collections", {}).items():
+            if not isinstance(entry, dict):
+                raise CorruptRunError(path, f"collection {name!r} must be a JSON object")
 
     def _last_committed(self, worker: str) -> int | None:
         log = self._steps.get(worker)

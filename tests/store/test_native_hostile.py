@@ -186,6 +186,10 @@ def test_file_header_with_bad_json_or_wrong_kind(tmp_path):
         ("workers/worker_0/worker.json", '{"rank": 3, "num_workers": 2}', "invalid rank 3"),
         ("workers/worker_0/worker.json", '{"rank": 0, "num_workers": 1, "metadata": []}',
          "'metadata' must be a JSON object"),
+        ("workers/worker_0/worker.json", '{"rank": false, "num_workers": true}',
+         "invalid rank False / num_workers True"),
+        ("workers/worker_0/worker.json", '{"rank": 0, "num_workers": 1, "collections": {"c": 5}}',
+         "collection 'c' must be a JSON object"),
         ("workers/worker_0/END", "NaN garbage", "invalid JSON"),
         ("run.json", "[" * 100000 + "]" * 100000, "invalid JSON"),
     ],
@@ -315,6 +319,36 @@ def test_a_link_to_a_host_file_is_refused_without_showing_its_bytes(tmp_path):
         pytest.skip("no symbolic links here")
     err = expect_corrupt(root, "not a pytest-modelrules file", f)
     assert "TOPSECR" not in str(err)
+
+
+def test_a_link_to_a_large_host_file_is_refused_after_its_first_bytes(tmp_path, monkeypatch):
+    """A link to a big file of the machine (a 64 MB one here, say a dataset or a core dump)
+    is refused on its first 16 bytes: never read whole into memory."""
+    import os
+
+    from pytest_modelrules.store import fs
+
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as fh:
+        fh.truncate(64 << 20)  # sparse: no magic number at its start
+    root = make_run(tmp_path / "r")
+    f = tensor_file(root)
+    f.unlink()
+    try:
+        os.symlink(big, f)
+    except (OSError, NotImplementedError):
+        pytest.skip("no symbolic links here")
+    read = []
+    real_read = fs.Storage.read
+
+    def counting_read(self, path, start=0, length=None):
+        data = real_read(self, path, start, length)
+        read.append((path, len(data)))
+        return data
+
+    monkeypatch.setattr(fs.Storage, "read", counting_read)
+    expect_corrupt(root, "not a pytest-modelrules file", f)
+    assert [n for path, n in read if path == str(f)] == [16]
 
 
 def _zero_size_record(path: Path, rec: int, shape: tuple[int, ...]) -> None:
