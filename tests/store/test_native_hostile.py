@@ -303,20 +303,26 @@ def test_a_fifo_in_a_run_is_refused_at_once_not_waited_on(tmp_path):
     assert str(f) in proc.stdout
 
 
-def test_a_link_to_a_host_file_is_refused_without_showing_its_bytes(tmp_path):
-    """A run may hold a symbolic link to any file of the machine that reads it; the error
-    names the run's file and shows none of the target's bytes."""
+def _run_linking_to(tmp_path: Path, target: Path) -> tuple[Path, Path]:
+    """A run whose tensor file is a symbolic link to ``target``: (run, the link)."""
     import os
 
-    secret = tmp_path / "secret.txt"
-    secret.write_text("TOPSECRET and more")
     root = make_run(tmp_path / "r")
     f = tensor_file(root)
     f.unlink()
     try:
-        os.symlink(secret, f)
+        os.symlink(target, f)
     except (OSError, NotImplementedError):
         pytest.skip("no symbolic links here")
+    return root, f
+
+
+def test_a_link_to_a_host_file_is_refused_without_showing_its_bytes(tmp_path):
+    """A run may hold a symbolic link to any file of the machine that reads it; the error
+    names the run's file and shows none of the target's bytes."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOPSECRET and more")
+    root, f = _run_linking_to(tmp_path, secret)
     err = expect_corrupt(root, "not a pytest-modelrules file", f)
     assert "TOPSECR" not in str(err)
 
@@ -324,20 +330,12 @@ def test_a_link_to_a_host_file_is_refused_without_showing_its_bytes(tmp_path):
 def test_a_link_to_a_large_host_file_is_refused_after_its_first_bytes(tmp_path, monkeypatch):
     """A link to a big file of the machine (a 64 MB one here, say a dataset or a core dump)
     is refused on its first 16 bytes: never read whole into memory."""
-    import os
-
     from pytest_modelrules.store import fs
 
     big = tmp_path / "big.bin"
     with open(big, "wb") as fh:
         fh.truncate(64 << 20)  # sparse: no magic number at its start
-    root = make_run(tmp_path / "r")
-    f = tensor_file(root)
-    f.unlink()
-    try:
-        os.symlink(big, f)
-    except (OSError, NotImplementedError):
-        pytest.skip("no symbolic links here")
+    root, f = _run_linking_to(tmp_path, big)
     read = []
     real_read = fs.Storage.read
 
