@@ -37,7 +37,7 @@ from ..exceptions import RecorderError
 from ..modes import ModeKeys, parse_mode
 from ..store.fs import is_url
 from ..store.names import activation_tensor_base, reduction_tensor_name, relu_tensor_base
-from ..store.writer import RunWriter
+from ..store.writer import RunWriter, check_end_reason
 from . import kernels, offload
 from .config import CollectionConfig, SaveConfig, default_collections, merge_collections
 from .host import BFLOAT16, write_blobs
@@ -845,8 +845,7 @@ class Recorder:
         """End the last step, close the monitor, mark the run ended (with a stop reason)."""
         if self.closed:
             return
-        if reason is not None and not isinstance(reason, str):  # before anything changes
-            raise TypeError(f"the end reason must be a string, got {type(reason).__name__}")
+        check_end_reason(reason)  # before anything changes
         self.closed = True
         if self._hidden_forward:  # compiled forward passes no loss or optimizer hook saw
             self._forward_was_hidden("at close")

@@ -23,7 +23,7 @@ from . import layout
 from .base import ArrayRecords, Backend, StepTable, merge_worker_collections
 from .format import Fraction, fraction_values
 from .run import Run
-from .writer import check_write, open_step, stored_value
+from .writer import check_end_reason, check_write, open_step, stored_value
 
 #: wall time of global step 0 when none is given: a fixed epoch keeps built runs deterministic
 BASE_WALL_TIME = 1_700_000_000.0
@@ -133,8 +133,7 @@ class MemoryWorkerWriter:
         """Commit the last step and mark this worker ended (with an optional stop reason)."""
         if self.closed:
             return
-        if reason is not None and not isinstance(reason, str):
-            raise TypeError(f"the end reason must be a string, got {type(reason).__name__}")
+        check_end_reason(reason)
         self.end_step()
         end: dict[str, Any] = {"last_step": self._last_committed}
         if reason:

@@ -124,6 +124,11 @@ def _listed_file(fname: str) -> bool:
 _PEEK_ABOVE = 1 << 20
 
 
+def _missing(worker: str, length: int) -> str:
+    """The problem of a file its worker's END lists that is not there."""
+    return f"missing: END of {worker} records {length} bytes for it"
+
+
 def _cut(worker: str, length: int, size: int) -> str:
     """The problem of a file shorter than its worker's END says."""
     return (
@@ -171,9 +176,7 @@ class _LogFile:
         except FileNotFoundError:
             if self.end_length is not None:
                 worker, length = self.end_length
-                raise CorruptRunError(
-                    self.path, f"missing: END of {worker} records {length} bytes for it"
-                ) from None
+                raise CorruptRunError(self.path, _missing(worker, length)) from None
             return False
         new = self._read(size, commit_limit)
         # after the read: damage inside a record is named more precisely by it
@@ -634,10 +637,7 @@ class NativeBackend(Backend):
         missing = [rel for rel in files if rel not in listed and rel != layout.STEPS_FILE]
         if missing:
             rel = min(missing)
-            raise CorruptRunError(
-                self._worker_path(worker, rel),
-                f"missing: END of {worker} records {files[rel]} bytes for it",
-            )
+            raise CorruptRunError(self._worker_path(worker, rel), _missing(worker, files[rel]))
         extra = sorted(listed.keys() - files.keys())
         if extra:
             raise CorruptRunError(

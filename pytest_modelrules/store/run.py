@@ -298,8 +298,6 @@ class Tensor:
         ShapeUnavailableForStep (a TensorUnavailableForStep) where it was not saved."""
         try:
             return tuple(self.value(step_num, mode, worker).shape)
-        except ShapeUnavailableForStep:
-            raise
         except TensorUnavailableForStep as exc:
             raise ShapeUnavailableForStep(exc.tensor_name, exc.step, exc.mode, exc.hint) from None
 

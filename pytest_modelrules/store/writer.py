@@ -131,6 +131,13 @@ def check_write(
     return step, mode_key, False
 
 
+def check_end_reason(reason: object) -> None:
+    """TypeError for an end reason that is not a string (or None): END's ``reason`` is text,
+    and a reader refuses any other type. Writers check it before they change anything."""
+    if reason is not None and not isinstance(reason, str):
+        raise TypeError(f"the end reason must be a string, got {type(reason).__name__}")
+
+
 def open_step(
     step: int, mode_key: int, mode_step: int | None, wall: float, mode_counts: dict[int, int]
 ) -> tuple[int, int, int, float]:
@@ -511,8 +518,7 @@ class RunWriter:
         """
         if self.closed:
             return
-        if reason is not None and not isinstance(reason, str):
-            raise TypeError(f"the end reason must be a string, got {type(reason).__name__}")
+        check_end_reason(reason)
         self.end_step()
         lengths = self._final_lengths()
         for fh in self._files.values():
